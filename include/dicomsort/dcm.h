@@ -1,0 +1,173 @@
+/*
+ * dcm.h - the DICOM adapter: the only door to DCMTK (dcm.cpp is the only C++
+ * file in the tree). No DCMTK type, exception or log line crosses it.
+ *
+ * Owns: reading a DICOM object from a file, reading attribute values as UTF-8
+ * (honouring SpecificCharacterSet), changing and removing attributes at any
+ * nesting level, and writing the object back in its original transfer syntax.
+ *
+ * Protocol:
+ *   1. dcm_init() once in main(), before any thread starts: it silences
+ *      DCMTK's console logger and loads the data dictionary (fails fast).
+ *   2. dcm_load() a file, read/modify it, dcm_save_fd() it, dcm_free() it.
+ *      One struct dcm_file belongs to one thread at a time.
+ *
+ * Large values (pixel data) are loaded lazily: DCMTK keeps only an offset and
+ * re-opens the *path* given to dcm_load() when it saves. The caller must keep
+ * that path pointing at unchanged bytes until dcm_save_fd() returned; ingest
+ * passes "/proc/self/fd/N" of a descriptor it holds open for exactly that.
+ *
+ * Tags are uint32_t: group << 16 | element.
+ * Return convention: 0 on success, -1 with *err filled (see error.h), except
+ * the getters, whose return value says present (1), absent (0) or failed (-1).
+ */
+#ifndef DICOMSORT_DCM_H
+#define DICOMSORT_DCM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dicomsort/error.h"
+
+#define DCM_TAG(group, element) (((uint32_t)(group) << 16) | (uint32_t)(element))
+#define DCM_GROUP(tag) ((uint16_t)((tag) >> 16))
+#define DCM_ELEMENT(tag) ((uint16_t)((tag) & 0xffffu))
+
+#define DCM_SpecificCharacterSet DCM_TAG(0x0008, 0x0005)
+#define DCM_SOPClassUID DCM_TAG(0x0008, 0x0016)
+#define DCM_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
+#define DCM_StudyDate DCM_TAG(0x0008, 0x0020)
+#define DCM_Modality DCM_TAG(0x0008, 0x0060)
+#define DCM_PatientName DCM_TAG(0x0010, 0x0010)
+#define DCM_PatientID DCM_TAG(0x0010, 0x0020)
+#define DCM_PatientBirthDate DCM_TAG(0x0010, 0x0030)
+#define DCM_SeriesNumber DCM_TAG(0x0020, 0x0011)
+#define DCM_SeriesDescription DCM_TAG(0x0008, 0x103e)
+#define DCM_PixelData DCM_TAG(0x7fe0, 0x0010)
+
+struct dcm_file;
+struct dcm_elem;	/* an element met by dcm_visit(); valid only in the callback */
+
+/** Once per process, before threads start. -1 (ERROR_SETUP) if the DICOM
+ *  dictionary cannot be loaded. */
+int dcm_init(struct error *err);
+
+/**
+ * Parse the file at path. A Part 10 file (128-byte preamble, "DICM", meta
+ * header) is accepted; so is a bare dataset without preamble and meta header
+ * (old modalities write those), but only if it parses cleanly and carries a
+ * SOPClassUID and a SOPInstanceUID, so a text file is never taken for DICOM.
+ * On success *out owns the object; on failure -1 with ERROR_INPUT and a
+ * message such as "not a DICOM file", "truncated DICOM file (...)" or
+ * ERROR_TRANSIENT when the file could not be read at all.
+ */
+int dcm_load(struct dcm_file **out, const char *path, struct error *err);
+
+void dcm_free(struct dcm_file *file);
+
+/** The transfer syntax the object was read in, as a UID string (static). */
+const char *dcm_transfer_syntax(const struct dcm_file *file);
+
+/** Force every lazily loaded value into memory, verifying it is readable. */
+int dcm_load_all(struct dcm_file *file, struct error *err);
+
+/** Tag of a dictionary keyword such as "SeriesDescription". 0 or -1. */
+int dcm_tag_from_keyword(const char *keyword, uint32_t *tag);
+
+/** Keyword of a tag into buf ("" for unknown/private). */
+void dcm_keyword_from_tag(uint32_t tag, char *buf, size_t len);
+
+/**
+ * Top-level attribute value as a NUL-terminated UTF-8 string in *utf8
+ * (malloc'd, caller frees), converted from the dataset's
+ * SpecificCharacterSet; multiple values joined by '\'; leading and trailing
+ * padding spaces removed. Bytes that cannot be converted become '?', so a
+ * value is always returned if the attribute is present.
+ * Returns 1 present (maybe ""), 0 absent (*utf8 = NULL), -1 on error.
+ */
+int dcm_get_string(struct dcm_file *file, uint32_t tag, char **utf8);
+
+/** Raw bytes of a top-level string value, no charset conversion. Same
+ *  returns as dcm_get_string(). */
+int dcm_get_raw(struct dcm_file *file, uint32_t tag, char **raw);
+
+/**
+ * Set a top-level attribute (inserted if absent) to value, whose bytes are
+ * stored as they are: pass ASCII, or text in the dataset's character set.
+ */
+int dcm_put_string(struct dcm_file *file, uint32_t tag, const char *value,
+		   struct error *err);
+
+/** Make a top-level attribute zero length, if present. */
+int dcm_empty(struct dcm_file *file, uint32_t tag, struct error *err);
+
+/** Remove a top-level attribute if present. */
+int dcm_delete(struct dcm_file *file, uint32_t tag, struct error *err);
+
+/**
+ * Convert every string value of the dataset to UTF-8 and set
+ * SpecificCharacterSet to "ISO_IR 192". After it, dcm_put_string() takes
+ * UTF-8. -1 (ERROR_INPUT) if the character set cannot be converted.
+ */
+int dcm_convert_to_utf8(struct dcm_file *file, struct error *err);
+
+/** A code: one item of a code sequence. */
+struct dcm_code {
+	const char *value;	/* CodeValue */
+	const char *scheme;	/* CodingSchemeDesignator */
+	const char *meaning;	/* CodeMeaning */
+};
+
+/**
+ * Set the top-level sequence tag to one item per code (CodeValue,
+ * CodingSchemeDesignator, CodeMeaning), replacing what was there.
+ */
+int dcm_put_code_sequence(struct dcm_file *file, uint32_t tag,
+			  const struct dcm_code *codes, size_t count,
+			  struct error *err);
+
+/* ---- visiting every element, at every nesting level ---- */
+
+enum dcm_visit_action {
+	DCM_VISIT_KEEP = 0,	/* keep it (and descend if it is a sequence) */
+	DCM_VISIT_REMOVE,	/* remove it (a sequence with all its items) */
+};
+
+typedef enum dcm_visit_action (*dcm_visitor)(void *ctx, struct dcm_elem *elem);
+
+/**
+ * Call fn for every element of the dataset in file order, depth first: a
+ * sequence element first, then the elements of each of its items. The meta
+ * header (group 0002) is not visited. Returns 0, or -1 if the walk failed.
+ */
+int dcm_visit(struct dcm_file *file, dcm_visitor fn, void *ctx,
+	      struct error *err);
+
+uint32_t dcm_elem_tag(const struct dcm_elem *elem);
+/** Two-letter VR ("PN", "SQ", "OB", ...). */
+const char *dcm_elem_vr(const struct dcm_elem *elem);
+/** 0 at top level, 1 inside an item of a top-level sequence, ... */
+int dcm_elem_depth(const struct dcm_elem *elem);
+/** Private creator of a private element ("" if none/not private). */
+const char *dcm_elem_private_creator(const struct dcm_elem *elem);
+/** Value as UTF-8; like dcm_get_string(). Not for SQ. */
+int dcm_elem_get_string(struct dcm_elem *elem, char **utf8);
+/** Replace the value; bytes stored as given. Not for SQ. */
+int dcm_elem_put_string(struct dcm_elem *elem, const char *value,
+			struct error *err);
+/** Make the element zero length (for a sequence: remove all its items). */
+int dcm_elem_empty(struct dcm_elem *elem, struct error *err);
+
+/* ---- writing ---- */
+
+/**
+ * Write the object as a Part 10 file (preamble, new meta header) in its
+ * original transfer syntax to the open, empty, writable descriptor fd. fd
+ * stays open and is not synced. Fails with ERROR_TRANSIENT on write errors
+ * (err->errnum set when known) and ERROR_INPUT when the object cannot be
+ * encoded. A failure leaves partial bytes in fd: the caller discards them.
+ */
+int dcm_save_fd(struct dcm_file *file, int fd, struct error *err);
+
+#endif

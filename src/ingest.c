@@ -1,0 +1,446 @@
+/* ingest.c - one source file in, one result out; see ingest.h. */
+#include "dicomsort/ingest.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dicomsort/dcm.h"
+#include "dicomsort/fsutil.h"
+
+/* Far more than any real clash; a bound keeps a hostile input from making
+ * us probe names forever. */
+#define MAX_NUMBERED_NAMES 10000
+#define MAX_PLACEHOLDERS 64
+
+struct compiled_layout {
+	struct layout *layout;
+	uint32_t tags[MAX_PLACEHOLDERS];	/* tag of each placeholder */
+};
+
+struct ingest {
+	struct ingest_options opts;
+	struct compiled_layout dirs;
+	struct compiled_layout name;	/* layout NULL: keep source name */
+	int output_fd;
+	int processed_fd;		/* -1 unless INGEST_MOVE_SOURCE */
+	pthread_mutex_t table_lock;	/* guards table (the pointer) */
+	struct corrtable *table;
+};
+
+/* What one ingest_file() call holds; released in one place. */
+struct job {
+	struct ingest *ingest;
+	const struct compiled_layout *layout;	/* during expansion */
+	int source_fd;
+	struct stat source_st;
+	struct dcm_file *file;
+	struct corrtable *table;
+	char *values[MAX_PLACEHOLDERS];
+	int dir_fd;
+	int tmp_fd;
+	char tmp_name[64];
+};
+
+static int compile_layout(struct compiled_layout *cl, const char *tmpl,
+			  bool single_component, struct error *err)
+{
+	if (layout_compile(&cl->layout, tmpl, err) == -1)
+		return -1;
+	if (single_component && layout_component_count(cl->layout) != 1)
+		return error_set(err, ERROR_SETUP, 0,
+				 "file name template '%s' must not contain '/'", tmpl);
+	if (layout_placeholder_count(cl->layout) > MAX_PLACEHOLDERS)
+		return error_set(err, ERROR_SETUP, 0,
+				 "template '%s' has too many placeholders", tmpl);
+	for (size_t i = 0; i < layout_placeholder_count(cl->layout); i++) {
+		const char *kw = layout_placeholder(cl->layout, i);
+
+		if (dcm_tag_from_keyword(kw, &cl->tags[i]) == -1)
+			return error_set(err, ERROR_SETUP, 0,
+					 "template '%s': unknown DICOM keyword '%s'",
+					 tmpl, kw);
+	}
+	return 0;
+}
+
+int ingest_new(struct ingest **out, const struct ingest_options *opts,
+	       struct error *err)
+{
+	struct ingest *in = calloc(1, sizeof(*in));
+
+	if (in == NULL)
+		return error_set(err, ERROR_SETUP, errno, "out of memory");
+	in->opts = *opts;
+	in->output_fd = -1;
+	in->processed_fd = -1;
+	pthread_mutex_init(&in->table_lock, NULL);
+	*out = in;
+	if (compile_layout(&in->dirs, opts->dir_template ? opts->dir_template :
+			   LAYOUT_DEFAULT_DIRS, false, err) == -1)
+		return -1;
+	if (opts->name_template != NULL &&
+	    compile_layout(&in->name, opts->name_template, true, err) == -1)
+		return -1;
+	if (deid_check_options(&opts->deid, err) == -1)
+		return -1;
+	if (opts->deid.table != NULL)
+		in->table = corrtable_ref((struct corrtable *)opts->deid.table);
+	if (opts->dry_run)
+		return 0;
+	in->output_fd = fsutil_open_dir(opts->output_dir, true, err);
+	if (in->output_fd == -1)
+		return -1;
+	if (opts->disposal == INGEST_MOVE_SOURCE) {
+		if (opts->processed_dir == NULL)
+			return error_set(err, ERROR_SETUP, 0,
+					 "moving sources needs a processed folder");
+		in->processed_fd = fsutil_open_dir(opts->processed_dir, true, err);
+		if (in->processed_fd == -1)
+			return -1;
+	}
+	return 0;
+}
+
+void ingest_free(struct ingest *in)
+{
+	if (in == NULL)
+		return;
+	layout_free(in->dirs.layout);
+	layout_free(in->name.layout);
+	if (in->output_fd != -1)
+		close(in->output_fd);
+	if (in->processed_fd != -1)
+		close(in->processed_fd);
+	corrtable_unref(in->table);
+	pthread_mutex_destroy(&in->table_lock);
+	free(in);
+}
+
+void ingest_set_table(struct ingest *in, struct corrtable *table)
+{
+	struct corrtable *old;
+
+	if (table != NULL)
+		corrtable_ref(table);
+	pthread_mutex_lock(&in->table_lock);
+	old = in->table;
+	in->table = table;
+	pthread_mutex_unlock(&in->table_lock);
+	corrtable_unref(old);
+}
+
+static struct corrtable *current_table(struct ingest *in)
+{
+	struct corrtable *t;
+
+	pthread_mutex_lock(&in->table_lock);
+	t = in->table ? corrtable_ref(in->table) : NULL;
+	pthread_mutex_unlock(&in->table_lock);
+	return t;
+}
+
+static void job_release(struct job *job)
+{
+	if (job->tmp_fd != -1) {
+		close(job->tmp_fd);
+		unlinkat(job->dir_fd, job->tmp_name, 0);
+	}
+	if (job->dir_fd != -1)
+		close(job->dir_fd);
+	if (job->source_fd != -1)
+		close(job->source_fd);
+	for (size_t i = 0; i < MAX_PLACEHOLDERS; i++)
+		free(job->values[i]);
+	dcm_free(job->file);
+	corrtable_unref(job->table);
+}
+
+/* ---- step 1: open the source, refusing anything but a regular file ---- */
+
+static int open_source(struct job *job, const char *path, struct error *err)
+{
+	/* O_NONBLOCK: opening a FIFO must not wait for a writer. */
+	job->source_fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (job->source_fd == -1) {
+		if (errno == ELOOP)
+			return error_set(err, ERROR_INPUT, 0,
+					 "is a symlink; symlinks are never followed");
+		if (errno == ENOENT)
+			return error_set(err, ERROR_TRANSIENT, errno, "cannot open");
+		return error_set(err, ERROR_INPUT, errno, "cannot open");
+	}
+	if (fstat(job->source_fd, &job->source_st) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
+	if (!S_ISREG(job->source_st.st_mode))
+		return error_set(err, ERROR_INPUT, 0, "not a regular file");
+	if (job->source_st.st_size == 0)
+		return error_set(err, ERROR_INPUT, 0, "empty file");
+	return 0;
+}
+
+/* DCMTK re-opens the path at save time to stream large values; the
+ * descriptor's /proc path keeps it reading the very inode we checked. */
+static int load_source(struct job *job, struct error *err)
+{
+	char proc_path[64];
+
+	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", job->source_fd);
+	return dcm_load(&job->file, proc_path, err);
+}
+
+/* A writer that is still busy, or a file replaced under us, must not be
+ * published: the lazily loaded pixel data would come from changed bytes. */
+static int check_source_unchanged(struct job *job, struct error *err)
+{
+	struct stat now;
+
+	if (fstat(job->source_fd, &now) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
+	if (now.st_size != job->source_st.st_size ||
+	    now.st_mtim.tv_sec != job->source_st.st_mtim.tv_sec ||
+	    now.st_mtim.tv_nsec != job->source_st.st_mtim.tv_nsec)
+		return error_set(err, ERROR_TRANSIENT, 0,
+				 "source changed while it was processed");
+	return 0;
+}
+
+/* ---- step 2: where it goes ---- */
+
+static const char *layout_value(void *ctx, const char *keyword)
+{
+	struct job *job = ctx;
+	const struct compiled_layout *cl = job->layout;
+
+	for (size_t i = 0; i < layout_placeholder_count(cl->layout); i++) {
+		if (strcmp(layout_placeholder(cl->layout, i), keyword) != 0)
+			continue;
+		free(job->values[i]);
+		job->values[i] = NULL;
+		if (dcm_get_string(job->file, cl->tags[i], &job->values[i]) != 1)
+			return NULL;
+		return job->values[i];
+	}
+	return NULL;
+}
+
+static int expand(struct job *job, const struct compiled_layout *cl,
+		  char *out, size_t len, struct error *err)
+{
+	job->layout = cl;
+	return layout_expand(cl->layout, layout_value, job, out, len, err);
+}
+
+static int destination(struct job *job, const char *source_path,
+		       char *dir, size_t dirlen, char *name, size_t namelen,
+		       struct error *err)
+{
+	struct ingest *in = job->ingest;
+	char base[PATH_MAX];
+
+	if (expand(job, &in->dirs, dir, dirlen, err) == -1)
+		return -1;
+	if (in->name.layout != NULL)
+		return expand(job, &in->name, name, namelen, err);
+	snprintf(base, sizeof(base), "%s", source_path);
+	if (snprintf(name, namelen, "%s", basename(base)) >= (int)namelen)
+		return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
+	return 0;
+}
+
+/* ---- step 3: write a temp file and publish it without overwriting ---- */
+
+static int write_temp(struct job *job, const char *dir, struct error *err)
+{
+	job->dir_fd = fsutil_mkdirs_at(job->ingest->output_fd, dir, err);
+	if (job->dir_fd == -1)
+		return -1;
+	job->tmp_fd = fsutil_tmpfile_at(job->dir_fd, job->tmp_name,
+					sizeof(job->tmp_name), err);
+	if (job->tmp_fd == -1)
+		return -1;
+	if (dcm_save_fd(job->file, job->tmp_fd, err) == -1)
+		return -1;
+	if (fchmod(job->tmp_fd, 0644) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
+	if (check_source_unchanged(job, err) == -1)
+		return -1;
+	if (job->ingest->opts.sync == INGEST_SYNC_EACH)
+		return fsutil_fsync(job->tmp_fd, "output file", err);
+	return 0;
+}
+
+/* 1 when the file already named name holds exactly our bytes. */
+static int identical_to(struct job *job, const char *name, struct error *err)
+{
+	int fd = openat(job->dir_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	int same;
+
+	if (fd == -1)
+		return errno == ELOOP ? 0 :
+		       error_set(err, ERROR_TRANSIENT, errno, "cannot open %s", name);
+	same = fsutil_same_content(job->tmp_fd, fd, err);
+	/* The copy we rely on instead of ours may not be durable yet. */
+	if (same == 1 && job->ingest->opts.sync == INGEST_SYNC_EACH &&
+	    fsutil_fsync(fd, name, err) == -1)
+		same = -1;
+	close(fd);
+	return same;
+}
+
+static int publish(struct job *job, const char *name, char *final,
+		   size_t finallen, struct ingest_result *res)
+{
+	struct error *err = &res->err;
+
+	for (unsigned n = 0; n < MAX_NUMBERED_NAMES; n++) {
+		int rc, same;
+
+		if (fsutil_numbered_name(name, n, final, finallen) == -1)
+			return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
+		rc = fsutil_publish(job->dir_fd, job->tmp_name, final, err);
+		if (rc == -1)
+			return -1;
+		if (rc == 0) {
+			close(job->tmp_fd);
+			job->tmp_fd = -1;
+			res->status = INGEST_STORED;
+			res->same_uid_conflict = n > 0 && job->ingest->name.layout;
+			if (job->ingest->opts.sync == INGEST_SYNC_EACH)
+				return fsutil_fsync(job->dir_fd, "output folder", err);
+			return 0;
+		}
+		same = identical_to(job, final, err);
+		if (same == -1)
+			return -1;
+		if (same == 1) {
+			res->status = INGEST_DUPLICATE;
+			return 0;	/* job_release() removes the temp file */
+		}
+	}
+	return error_set(err, ERROR_INPUT, 0, "too many files named %s", name);
+}
+
+/* ---- step 4: the source goes only once its output is durable ---- */
+
+static int source_still_ours(struct job *job, const char *path, struct error *err)
+{
+	struct stat st;
+
+	if (lstat(path, &st) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "lstat source");
+	if (st.st_ino != job->source_st.st_ino || st.st_dev != job->source_st.st_dev)
+		return error_set(err, ERROR_TRANSIENT, 0,
+				 "source was replaced while it was processed");
+	return 0;
+}
+
+static int move_source(struct job *job, const char *path, const char *rel,
+		       struct error *err)
+{
+	char relcopy[PATH_MAX], basecopy[PATH_MAX];
+	const char *subdir;
+	int dirfd, rc = 0;
+
+	snprintf(relcopy, sizeof(relcopy), "%s", rel ? rel : path);
+	snprintf(basecopy, sizeof(basecopy), "%s", relcopy);
+	subdir = rel && strchr(rel, '/') ? dirname(relcopy) : "";
+	dirfd = fsutil_mkdirs_at(job->ingest->processed_fd, subdir, err);
+	if (dirfd == -1)
+		return -1;
+	if (renameat(AT_FDCWD, path, dirfd, basename(basecopy)) == -1)
+		rc = error_set(err, ERROR_TRANSIENT, errno,
+			       "cannot move source to the processed folder");
+	else
+		rc = fsutil_fsync(dirfd, "processed folder", err);
+	close(dirfd);
+	return rc;
+}
+
+static int dispose_source(struct job *job, const char *path, const char *rel,
+			  struct error *err)
+{
+	switch (job->ingest->opts.disposal) {
+	case INGEST_KEEP_SOURCE:
+		return 0;
+	case INGEST_DELETE_SOURCE:
+		if (source_still_ours(job, path, err) == -1)
+			return -1;
+		if (unlink(path) == -1)
+			return error_set(err, ERROR_TRANSIENT, errno,
+					 "cannot delete source");
+		return 0;
+	case INGEST_MOVE_SOURCE:
+		if (source_still_ours(job, path, err) == -1)
+			return -1;
+		return move_source(job, path, rel, err);
+	}
+	return 0;
+}
+
+static int run(struct job *job, const char *path, const char *rel,
+	       struct ingest_result *res)
+{
+	struct error *err = &res->err;
+	struct deid_options deid = job->ingest->opts.deid;
+	char dir[PATH_MAX], name[NAME_MAX + 1], final[NAME_MAX + 1];
+	char *uid = NULL;
+
+	if (open_source(job, path, err) == -1 || load_source(job, err) == -1)
+		return -1;
+	job->table = current_table(job->ingest);
+	deid.table = job->table;
+	if (deid_apply(&deid, job->file, &res->deid, err) == -1)
+		return -1;
+	if (res->deid.hold) {
+		res->status = INGEST_HELD;
+		return 0;
+	}
+	if (dcm_get_string(job->file, DCM_SOPInstanceUID, &uid) == 1)
+		snprintf(res->sop_instance_uid, sizeof(res->sop_instance_uid),
+			 "%s", uid);
+	free(uid);
+	if (destination(job, path, dir, sizeof(dir), name, sizeof(name), err) == -1)
+		return -1;
+	if (job->ingest->opts.dry_run) {
+		snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, name);
+		res->status = INGEST_STORED;
+		return 0;
+	}
+	if (write_temp(job, dir, err) == -1 ||
+	    publish(job, name, final, sizeof(final), res) == -1)
+		return -1;
+	snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
+	return dispose_source(job, path, rel, err);
+}
+
+int ingest_file(struct ingest *in, const char *source_path,
+		const char *source_rel, struct ingest_result *res)
+{
+	struct job job = { .ingest = in, .source_fd = -1, .dir_fd = -1,
+			   .tmp_fd = -1 };
+	int rc;
+
+	memset(res, 0, sizeof(*res));
+	rc = run(&job, source_path, source_rel, res);
+	job_release(&job);
+	if (rc == -1)
+		res->status = res->err.kind == ERROR_INPUT ? INGEST_REJECTED :
+			      INGEST_FAILED;
+	return rc;
+}
+
+int ingest_sync_all(struct ingest *in, struct error *err)
+{
+	if (in->output_fd == -1)
+		return 0;
+	if (syncfs(in->output_fd) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "syncfs output");
+	return 0;
+}

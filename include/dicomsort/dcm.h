@@ -28,23 +28,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include "dicomsort/error.h"
 
 #define DCM_TAG(group, element) (((uint32_t)(group) << 16) | (uint32_t)(element))
 #define DCM_GROUP(tag) ((uint16_t)((tag) >> 16))
 #define DCM_ELEMENT(tag) ((uint16_t)((tag) & 0xffffu))
 
-#define DCM_SpecificCharacterSet DCM_TAG(0x0008, 0x0005)
-#define DCM_SOPClassUID DCM_TAG(0x0008, 0x0016)
-#define DCM_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
-#define DCM_StudyDate DCM_TAG(0x0008, 0x0020)
-#define DCM_Modality DCM_TAG(0x0008, 0x0060)
-#define DCM_PatientName DCM_TAG(0x0010, 0x0010)
-#define DCM_PatientID DCM_TAG(0x0010, 0x0020)
-#define DCM_PatientBirthDate DCM_TAG(0x0010, 0x0030)
-#define DCM_SeriesNumber DCM_TAG(0x0020, 0x0011)
-#define DCM_SeriesDescription DCM_TAG(0x0008, 0x103e)
-#define DCM_PixelData DCM_TAG(0x7fe0, 0x0010)
+#define TAG_SpecificCharacterSet DCM_TAG(0x0008, 0x0005)
+#define TAG_SOPClassUID DCM_TAG(0x0008, 0x0016)
+#define TAG_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
+#define TAG_StudyDate DCM_TAG(0x0008, 0x0020)
+#define TAG_Modality DCM_TAG(0x0008, 0x0060)
+#define TAG_PatientName DCM_TAG(0x0010, 0x0010)
+#define TAG_PatientID DCM_TAG(0x0010, 0x0020)
+#define TAG_PatientBirthDate DCM_TAG(0x0010, 0x0030)
+#define TAG_SeriesNumber DCM_TAG(0x0020, 0x0011)
+#define TAG_SeriesDescription DCM_TAG(0x0008, 0x103e)
+#define TAG_PixelData DCM_TAG(0x7fe0, 0x0010)
 
 struct dcm_file;
 struct dcm_elem;	/* an element met by dcm_visit(); valid only in the callback */
@@ -169,5 +173,9 @@ int dcm_elem_empty(struct dcm_elem *elem, struct error *err);
  * encoded. A failure leaves partial bytes in fd: the caller discards them.
  */
 int dcm_save_fd(struct dcm_file *file, int fd, struct error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -15,6 +15,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum error_kind {
 	ERROR_NONE = 0,
 	ERROR_INPUT,
@@ -46,5 +50,9 @@ int error_set(struct error *err, enum error_kind kind, int errnum,
 enum error_kind error_kind_for_output_errno(int errnum);
 
 void error_clear(struct error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

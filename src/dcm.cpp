@@ -1,0 +1,630 @@
+/*
+ * dcm.cpp - the DICOM adapter over DCMTK's dcmdata; see dcm.h.
+ * The only C++ in the tree: every function is extern "C", catches every
+ * exception and turns OFCondition into struct error.
+ */
+#include "dicomsort/dcm.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdict.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcostrmf.h>
+#include <dcmtk/dcmdata/dcsequen.h>
+#include <dcmtk/dcmdata/dcspchrs.h>
+#include <dcmtk/dcmdata/dcvrsl.h>
+#include <dcmtk/dcmdata/dcwcache.h>
+#include <dcmtk/dcmdata/dcxfer.h>
+#include <dcmtk/oflog/oflog.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iconv.h>
+#include <string>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct dcm_file {
+	DcmFileFormat format;
+	DcmDataset *dataset = nullptr;
+	/* Selecting a character set opens iconv: do it once per file. */
+	DcmSpecificCharacterSet charset;
+	bool charset_tried = false;
+	bool charset_ok = false;
+	std::string charset_name;
+};
+
+struct dcm_elem {
+	struct dcm_file *file;
+	DcmElement *element;
+	DcmItem *parent;
+	int depth;
+	char vr[3];
+	std::string creator;
+};
+
+static int fail(struct error *err, enum error_kind kind, int errnum,
+		const char *what, const OFCondition &cond)
+{
+	return error_set(err, kind, errnum, "%s (%s)", what, cond.text());
+}
+
+extern "C" int dcm_init(struct error *err)
+{
+	try {
+		OFLog::configure(OFLogger::OFF_LOG_LEVEL);
+		if (!dcmDataDict.isDictionaryLoaded())
+			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
+					 "dictionary could not be loaded (DCMDICTPATH?)");
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_SETUP, 0, "DICOM library setup failed");
+	}
+}
+
+/* ---- loading ---- */
+
+/* Something that starts like a bare dataset: a tag of group 0008 (or
+ * 0002/0010, rarer) in either byte order. */
+static bool looks_like_dataset(const char *path)
+{
+	unsigned char b[4];
+	FILE *f = fopen(path, "rb");
+	size_t n;
+
+	if (f == nullptr)
+		return false;
+	n = fread(b, 1, sizeof(b), f);
+	fclose(f);
+	if (n < 4)
+		return false;
+	unsigned le = b[0] | (b[1] << 8), be = (b[0] << 8) | b[1];
+	return le == 0x0008 || be == 0x0008 || le == 0x0002 || le == 0x0010;
+}
+
+static bool has_value(DcmDataset *ds, const DcmTagKey &key)
+{
+	OFString v;
+
+	return ds->findAndGetOFString(key, v).good() && !v.empty();
+}
+
+static long long file_size(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* Lazily loaded values are only offsets: make sure each lies within the
+ * file, or a file cut inside its pixel data would pass as whole. */
+static bool values_within(DcmItem *item, long long size)
+{
+	for (unsigned long i = 0; i < item->card(); i++) {
+		DcmElement *e = item->getElement(i);
+		if (e == nullptr)
+			continue;
+		if (e->ident() == EVR_SQ) {
+			DcmSequenceOfItems *sq = static_cast<DcmSequenceOfItems *>(e);
+			for (unsigned long k = 0; k < sq->card(); k++)
+				if (!values_within(sq->getItem(k), size))
+					return false;
+			continue;
+		}
+		if (e->getLengthField() != DCM_UndefinedLength &&
+		    (long long)e->getLengthField() > size)
+			return false;
+	}
+	return true;
+}
+
+static int classify_load_error(const char *path, const OFCondition &cond,
+			       struct error *err)
+{
+	long long size = file_size(path);
+
+	if (size == 0)
+		return error_set(err, ERROR_INPUT, 0, "empty file");
+	if (size < 0)
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
+	if (cond == EC_StreamNotifyClient || cond == EC_InvalidStream ||
+	    cond == EC_EndOfStream || cond == EC_PrematureSequDelimitationItem ||
+	    cond == EC_SequEnd || cond == EC_ItemEnd)
+		return fail(err, ERROR_INPUT, 0, "truncated or corrupt DICOM file",
+			    cond);
+	if (cond.code() == 18 || cond.code() == 19)	/* file not found/readable */
+		return fail(err, ERROR_TRANSIENT, 0, "cannot read", cond);
+	return fail(err, ERROR_INPUT, 0, "not a DICOM file", cond);
+}
+
+static int load(struct dcm_file *f, const char *path, struct error *err)
+{
+	OFCondition cond = f->format.loadFile(path, EXS_Unknown, EGL_noChange,
+					      DCM_MaxReadLength, ERM_fileOnly);
+
+	if (cond == EC_FileMetaInfoHeaderMissing) {
+		if (!looks_like_dataset(path))
+			return error_set(err, ERROR_INPUT, 0, "not a DICOM file");
+		f->format.clear();
+		cond = f->format.loadFile(path, EXS_Unknown, EGL_noChange,
+					  DCM_MaxReadLength, ERM_dataset);
+	}
+	if (cond.bad())
+		return classify_load_error(path, cond, err);
+	f->dataset = f->format.getDataset();
+	if (!has_value(f->dataset, DCM_SOPInstanceUID) ||
+	    !has_value(f->dataset, DCM_SOPClassUID))
+		return error_set(err, ERROR_INPUT, 0, file_size(path) > 0 ?
+				 "not a DICOM file (no SOPClassUID/SOPInstanceUID)"
+				 : "empty file");
+	if (!values_within(f->dataset, file_size(path)))
+		return error_set(err, ERROR_INPUT, 0, "truncated DICOM file (a "
+				 "value is longer than the file)");
+	return 0;
+}
+
+extern "C" int dcm_load(struct dcm_file **out, const char *path,
+			struct error *err)
+{
+	struct dcm_file *f = nullptr;
+
+	try {
+		f = new dcm_file;
+		if (load(f, path, err) == -1) {
+			delete f;
+			return -1;
+		}
+		*out = f;
+		return 0;
+	} catch (...) {
+		delete f;
+		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
+	}
+}
+
+extern "C" void dcm_free(struct dcm_file *file)
+{
+	delete file;
+}
+
+extern "C" const char *dcm_transfer_syntax(const struct dcm_file *file)
+{
+	DcmXfer xfer(file->dataset->getOriginalXfer());
+
+	return xfer.getXferID();
+}
+
+extern "C" int dcm_load_all(struct dcm_file *file, struct error *err)
+{
+	try {
+		OFCondition cond = file->format.loadAllDataIntoMemory();
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "truncated DICOM file", cond);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
+	}
+}
+
+/* ---- tags ---- */
+
+extern "C" int dcm_tag_from_keyword(const char *keyword, uint32_t *tag)
+{
+	try {
+		DcmTag t;
+		if (DcmTag::findTagFromName(keyword, t).bad())
+			return -1;
+		*tag = DCM_TAG(t.getGroup(), t.getElement());
+		return 0;
+	} catch (...) {
+		return -1;
+	}
+}
+
+extern "C" void dcm_keyword_from_tag(uint32_t tag, char *buf, size_t len)
+{
+	try {
+		DcmTag t(DCM_GROUP(tag), DCM_ELEMENT(tag));
+		const char *name = t.getTagName();
+		snprintf(buf, len, "%s", name && strcmp(name, DcmTag_ERROR_TagName) ?
+			 name : "");
+	} catch (...) {
+		snprintf(buf, len, "%s", "");
+	}
+}
+
+/* ---- strings ---- */
+
+static void trim(std::string &s)
+{
+	size_t end = s.find_last_not_of(std::string(" \0", 2));
+	size_t start = s.find_first_not_of(' ');
+
+	if (end == std::string::npos || start == std::string::npos) {
+		s.clear();
+		return;
+	}
+	s = s.substr(start, end - start + 1);
+}
+
+static std::string replace_non_ascii(const std::string &raw)
+{
+	std::string out(raw);
+
+	for (char &c : out)
+		if ((unsigned char)c >= 0x80)
+			c = '?';
+	return out;
+}
+
+static bool is_japanese_iso2022(const std::string &cs)
+{
+	return cs.find("ISO 2022 IR 87") != std::string::npos ||
+	       cs.find("ISO 2022 IR 159") != std::string::npos ||
+	       cs.find("ISO 2022 IR 13") != std::string::npos;
+}
+
+/* glibc's ISO-2022-JP-2 understands the escape sequences DICOM's
+ * Japanese character sets use; DCMTK's iconv mapping does not. */
+static bool iconv_japanese(const std::string &raw, std::string &out)
+{
+	iconv_t cd = iconv_open("UTF-8", "ISO-2022-JP-2");
+	bool ok;
+
+	if (cd == (iconv_t)-1)
+		return false;
+	std::string in(raw);
+	std::string buf(in.size() * 4 + 16, '\0');
+	char *ip = &in[0], *op = &buf[0];
+	size_t il = in.size(), ol = buf.size();
+	ok = iconv(cd, &ip, &il, &op, &ol) != (size_t)-1 &&
+	     iconv(cd, nullptr, nullptr, &op, &ol) != (size_t)-1;
+	iconv_close(cd);
+	if (ok)
+		out.assign(&buf[0], buf.size() - ol);
+	return ok;
+}
+
+static bool select_charset(struct dcm_file *f)
+{
+	OFString cs;
+
+	if (f->charset_tried)
+		return f->charset_ok;
+	f->charset_tried = true;
+	f->dataset->findAndGetOFStringArray(DCM_SpecificCharacterSet, cs);
+	f->charset_name = cs.c_str();
+	f->charset_ok = f->charset.selectCharacterSet(cs).good();
+	return f->charset_ok;
+}
+
+static bool is_ascii(const std::string &s)
+{
+	for (unsigned char c : s)
+		if (c >= 0x80)
+			return false;
+	return true;
+}
+
+static std::string to_utf8(struct dcm_file *f, const std::string &raw,
+			   bool person_name)
+{
+	OFString out;
+
+	if (is_ascii(raw))
+		return raw;
+	select_charset(f);
+	if (f->charset_ok && f->charset.convertString(raw.c_str(), out,
+			person_name ? "\\^=" : "\\").good())
+		return std::string(out.c_str(), out.length());
+	std::string jp;
+	if (is_japanese_iso2022(f->charset_name) && iconv_japanese(raw, jp))
+		return jp;
+	return replace_non_ascii(raw);
+}
+
+static int element_raw(DcmElement *e, std::string &raw)
+{
+	OFString value;
+
+	if (e->ident() == EVR_SQ)
+		return -1;
+	if (e->getOFStringArray(value, OFFalse).bad())
+		return -1;
+	raw.assign(value.c_str(), value.length());
+	trim(raw);
+	return 1;
+}
+
+static char *dup_string(const std::string &s)
+{
+	char *p = (char *)malloc(s.size() + 1);
+
+	if (p != nullptr)
+		memcpy(p, s.c_str(), s.size() + 1);
+	return p;
+}
+
+static int element_string(struct dcm_file *f, DcmElement *e, char **out,
+			  bool convert)
+{
+	std::string raw;
+
+	*out = nullptr;
+	if (element_raw(e, raw) != 1)
+		return -1;
+	if (convert)
+		raw = to_utf8(f, raw, e->getVR() == EVR_PN);
+	*out = dup_string(raw);
+	return *out ? 1 : -1;
+}
+
+static int get_top(struct dcm_file *f, uint32_t tag, char **out, bool convert)
+{
+	try {
+		DcmElement *e = nullptr;
+
+		*out = nullptr;
+		if (f->dataset->findAndGetElement(DcmTagKey(DCM_GROUP(tag),
+				DCM_ELEMENT(tag)), e, OFFalse).bad() || e == nullptr)
+			return 0;
+		return element_string(f, e, out, convert);
+	} catch (...) {
+		return -1;
+	}
+}
+
+extern "C" int dcm_get_string(struct dcm_file *file, uint32_t tag, char **utf8)
+{
+	return get_top(file, tag, utf8, true);
+}
+
+extern "C" int dcm_get_raw(struct dcm_file *file, uint32_t tag, char **raw)
+{
+	return get_top(file, tag, raw, false);
+}
+
+/* ---- changing ---- */
+
+extern "C" int dcm_put_string(struct dcm_file *file, uint32_t tag,
+			      const char *value, struct error *err)
+{
+	try {
+		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
+		OFCondition cond = file->dataset->putAndInsertString(key, value);
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot set attribute", cond);
+		if (tag == TAG_SpecificCharacterSet)
+			file->charset_tried = false;
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot set attribute");
+	}
+}
+
+extern "C" int dcm_empty(struct dcm_file *file, uint32_t tag, struct error *err)
+{
+	try {
+		DcmElement *e = nullptr;
+		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
+		if (file->dataset->findAndGetElement(key, e, OFFalse).bad() || !e)
+			return 0;
+		OFCondition cond = e->ident() == EVR_SQ ?
+			static_cast<DcmSequenceOfItems *>(e)->clear() : e->clear();
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot empty attribute", cond);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot empty attribute");
+	}
+}
+
+extern "C" int dcm_delete(struct dcm_file *file, uint32_t tag, struct error *err)
+{
+	try {
+		file->dataset->findAndDeleteElement(DcmTagKey(DCM_GROUP(tag),
+						    DCM_ELEMENT(tag)), OFFalse, OFFalse);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot delete attribute");
+	}
+}
+
+extern "C" int dcm_convert_to_utf8(struct dcm_file *file, struct error *err)
+{
+	try {
+		OFCondition cond = file->dataset->convertToUTF8();
+		file->charset_tried = false;
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot convert the "
+				    "character set to UTF-8", cond);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot convert to UTF-8");
+	}
+}
+
+extern "C" int dcm_put_code_sequence(struct dcm_file *file, uint32_t tag,
+				     const struct dcm_code *codes, size_t count,
+				     struct error *err)
+{
+	try {
+		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
+		file->dataset->findAndDeleteElement(key, OFFalse, OFFalse);
+		for (size_t i = 0; i < count; i++) {
+			DcmItem *item = nullptr;
+			OFCondition cond = file->dataset->findOrCreateSequenceItem(
+				key, item, -2);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodeValue, codes[i].value);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodingSchemeDesignator,
+								codes[i].scheme);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodeMeaning,
+								codes[i].meaning);
+			if (cond.bad())
+				return fail(err, ERROR_INPUT, 0, "cannot add code", cond);
+		}
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot add code sequence");
+	}
+}
+
+/* ---- visiting ---- */
+
+static std::string private_creator(DcmItem *parent, const DcmTagKey &key)
+{
+	OFString creator;
+	Uint16 el = key.getElement();
+
+	if (!(key.getGroup() & 1) || el < 0x1000)
+		return "";
+	DcmTagKey creator_key(key.getGroup(), (Uint16)(el >> 8));
+	if (parent->findAndGetOFString(creator_key, creator).bad())
+		return "";
+	std::string s(creator.c_str());
+	trim(s);
+	return s;
+}
+
+static int walk(struct dcm_file *f, DcmItem *item, int depth, dcm_visitor fn,
+		void *ctx)
+{
+	unsigned long i = 0;
+
+	while (i < item->card()) {
+		DcmElement *e = item->getElement(i);
+		struct dcm_elem elem;
+		OFString vr;
+
+		elem.file = f;
+		elem.element = e;
+		elem.parent = item;
+		elem.depth = depth;
+		snprintf(elem.vr, sizeof(elem.vr), "%s", DcmVR(e->getVR()).getVRName());
+		elem.creator = private_creator(item, e->getTag());
+		if (e->getTag().getGroup() == 0x0002) {
+			i++;
+			continue;
+		}
+		if (fn(ctx, &elem) == DCM_VISIT_REMOVE) {
+			delete item->remove(i);
+			continue;
+		}
+		if (e->ident() == EVR_SQ) {
+			DcmSequenceOfItems *sq = static_cast<DcmSequenceOfItems *>(e);
+			for (unsigned long k = 0; k < sq->card(); k++)
+				if (walk(f, sq->getItem(k), depth + 1, fn, ctx) == -1)
+					return -1;
+		}
+		i++;
+	}
+	return 0;
+}
+
+extern "C" int dcm_visit(struct dcm_file *file, dcm_visitor fn, void *ctx,
+			 struct error *err)
+{
+	try {
+		return walk(file, file->dataset, 0, fn, ctx);
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
+	}
+}
+
+extern "C" uint32_t dcm_elem_tag(const struct dcm_elem *elem)
+{
+	return DCM_TAG(elem->element->getGTag(), elem->element->getETag());
+}
+
+extern "C" const char *dcm_elem_vr(const struct dcm_elem *elem)
+{
+	return elem->vr;
+}
+
+extern "C" int dcm_elem_depth(const struct dcm_elem *elem)
+{
+	return elem->depth;
+}
+
+extern "C" const char *dcm_elem_private_creator(const struct dcm_elem *elem)
+{
+	return elem->creator.c_str();
+}
+
+extern "C" int dcm_elem_get_string(struct dcm_elem *elem, char **utf8)
+{
+	try {
+		return element_string(elem->file, elem->element, utf8, true);
+	} catch (...) {
+		*utf8 = nullptr;
+		return -1;
+	}
+}
+
+extern "C" int dcm_elem_put_string(struct dcm_elem *elem, const char *value,
+				   struct error *err)
+{
+	try {
+		OFCondition cond = elem->element->putString(value);
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot set value", cond);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	}
+}
+
+extern "C" int dcm_elem_empty(struct dcm_elem *elem, struct error *err)
+{
+	try {
+		DcmElement *e = elem->element;
+		OFCondition cond = e->ident() == EVR_SQ ?
+			static_cast<DcmSequenceOfItems *>(e)->clear() : e->clear();
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot empty value", cond);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot empty value");
+	}
+}
+
+/* ---- writing ---- */
+
+extern "C" int dcm_save_fd(struct dcm_file *file, int fd, struct error *err)
+{
+	try {
+		int copy = dup(fd);
+		FILE *stream = copy == -1 ? nullptr : fdopen(copy, "wb");
+		if (stream == nullptr) {
+			if (copy != -1)
+				close(copy);
+			return error_set(err, ERROR_TRANSIENT, errno, "cannot write");
+		}
+		OFCondition cond;
+		{
+			/* The stream owns and closes the FILE. */
+			DcmOutputFileStream out(stream);
+			DcmWriteCache cache;
+			file->format.transferInit();
+			cond = file->format.write(out, EXS_Unknown, EET_UndefinedLength,
+						  &cache, EGL_recalcGL, EPD_noChange,
+						  0, 0, 0, EWM_createNewMeta);
+			file->format.transferEnd();
+			if (cond.good())
+				cond = out.status();
+			out.flush();
+		}
+		if (cond.bad())
+			return fail(err, ERROR_TRANSIENT, errno, "cannot write DICOM "
+				    "file", cond);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_TRANSIENT, 0, "cannot write DICOM file");
+	}
+}

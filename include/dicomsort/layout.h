@@ -15,9 +15,10 @@
  *   - in SeriesDescription, '.' becomes '_' (the original's rule);
  *   - control characters (0x00-0x1f, 0x7f) are removed, invalid UTF-8 bytes
  *     become '_'.
- * Then every resulting component is checked: empty becomes "UNKNOWN", a
- * component of only dots ("." "..") has each dot replaced by '_', and it is
- * cut to at most 255 bytes on a UTF-8 character boundary.
+ * Then every resulting component is checked: empty becomes "UNKNOWN",
+ * leading dots become '_' (so no "." or "..", no hidden folder, nothing
+ * that looks like our temp files), and it is cut to at most 255 bytes on a
+ * UTF-8 character boundary.
  * So an expanded path is always relative, has no "." or ".." component and
  * can never leave the directory it is joined to.
  */

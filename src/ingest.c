@@ -402,7 +402,7 @@ static int run(struct job *job, const char *path, const char *rel,
 		res->status = INGEST_HELD;
 		return 0;
 	}
-	if (dcm_get_string(job->file, DCM_SOPInstanceUID, &uid) == 1)
+	if (dcm_get_string(job->file, TAG_SOPInstanceUID, &uid) == 1)
 		snprintf(res->sop_instance_uid, sizeof(res->sop_instance_uid),
 			 "%s", uid);
 	free(uid);

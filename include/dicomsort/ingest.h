@@ -57,7 +57,7 @@ enum ingest_status {
 
 struct ingest_result {
 	enum ingest_status status;
-	char dest[PATH_MAX];		/* relative to output_dir */
+	char dest[PATH_MAX + NAME_MAX + 2];	/* relative to output_dir */
 	char sop_instance_uid[65];	/* after de-identification */
 	bool same_uid_conflict;		/* stored beside a different file of
 					   the same name (numbered name) */

@@ -43,9 +43,9 @@ static const char *const option_names[DEID_OPTION_COUNT] = {
 };
 
 /* CID 7050 code of each option, same order; the profile's own first. */
-static const struct dcm_code profile_code = {
+static const struct dicom_code profile_code = {
 	"113100", "DCM", "Basic Application Confidentiality Profile" };
-static const struct dcm_code option_codes[DEID_OPTION_COUNT] = {
+static const struct dicom_code option_codes[DEID_OPTION_COUNT] = {
 	{ "113111", "DCM", "Retain Safe Private Option" },
 	{ "113110", "DCM", "Retain UIDs Option" },
 	{ "113109", "DCM", "Retain Device Identity Option" },
@@ -270,7 +270,7 @@ static int new_patient_id(const struct deid_options *o, const char *id,
 			  char *out, size_t len, struct deid_report *report,
 			  struct error *err)
 {
-	const char *mapped = o->table ? corrtable_lookup(o->table, id) : NULL;
+	const char *mapped = o->table ? correlation_lookup(o->table, id) : NULL;
 
 	snprintf(out, len, "%s", id);
 	if (mapped != NULL) {
@@ -301,23 +301,23 @@ static int new_patient_id(const struct deid_options *o, const char *id,
 
 /* ---- seed: the original tool's anonymization ---- */
 
-static int apply_seed(struct dcm_file *file, struct error *err)
+static int apply_seed(struct dicom_file *file, struct error *err)
 {
 	char *value = NULL;
 	int rc = 0;
 
 	/* Like the original: only attributes that are there are touched. */
-	if (dcm_get_raw(file, TAG_PatientBirthDate, &value) == 1)
-		rc = dcm_empty(file, TAG_PatientBirthDate, err);
+	if (dicom_get_raw(file, TAG_PatientBirthDate, &value) == 1)
+		rc = dicom_empty(file, TAG_PatientBirthDate, err);
 	free(value);
 	value = NULL;
-	if (rc == 0 && dcm_get_raw(file, TAG_PatientName, &value) == 1)
-		rc = dcm_put_string(file, TAG_PatientName, "ANONYMIZED", err);
+	if (rc == 0 && dicom_get_raw(file, TAG_PatientName, &value) == 1)
+		rc = dicom_put_string(file, TAG_PatientName, "ANONYMIZED", err);
 	free(value);
 	return rc;
 }
 
-static int apply_id_only(const struct deid_options *o, struct dcm_file *file,
+static int apply_id_only(const struct deid_options *o, struct dicom_file *file,
 			 bool seed, struct deid_report *report, struct error *err)
 {
 	char new_id[65];
@@ -326,12 +326,12 @@ static int apply_id_only(const struct deid_options *o, struct dcm_file *file,
 
 	if (seed && apply_seed(file, err) == -1)
 		return -1;
-	if (dcm_get_raw(file, TAG_PatientID, &id) != 1)
+	if (dicom_get_raw(file, TAG_PatientID, &id) != 1)
 		return 0;
 	if (new_patient_id(o, id, new_id, sizeof(new_id), report, err) == -1)
 		rc = -1;
 	else if (!report->hold && strcmp(new_id, id) != 0)
-		rc = dcm_put_string(file, TAG_PatientID, new_id, err);
+		rc = dicom_put_string(file, TAG_PatientID, new_id, err);
 	free(id);
 	return rc;
 }
@@ -554,31 +554,31 @@ static void fail(struct basic_ctx *c, const struct error *err)
 	}
 }
 
-static void put(struct basic_ctx *c, struct dcm_elem *e, const char *value)
+static void put(struct basic_ctx *c, struct dicom_elem *e, const char *value)
 {
 	struct error err = ERROR_INIT;
 
-	if (dcm_elem_put_string(e, value, &err) == -1)
+	if (dicom_elem_put_string(e, value, &err) == -1)
 		fail(c, &err);
 }
 
-static enum dcm_visit_action empty(struct basic_ctx *c, struct dcm_elem *e)
+static enum dicom_visit_action empty(struct basic_ctx *c, struct dicom_elem *e)
 {
 	struct error err = ERROR_INIT;
 
-	if (dcm_elem_empty(e, &err) == -1)
+	if (dicom_elem_empty(e, &err) == -1)
 		fail(c, &err);
 	return DCM_VISIT_KEEP;
 }
 
 /* Apply fn to each '\'-separated value of the element. */
-static void map_values(struct basic_ctx *c, struct dcm_elem *e,
+static void map_values(struct basic_ctx *c, struct dicom_elem *e,
 		       void (*fn)(struct basic_ctx *, const char *, char *, size_t))
 {
 	char *value = NULL, *out;
 	size_t cap;
 
-	if (dcm_elem_get_string(e, &value) != 1 || value[0] == '\0') {
+	if (dicom_elem_get_string(e, &value) != 1 || value[0] == '\0') {
 		free(value);
 		return;
 	}
@@ -639,7 +639,7 @@ static void map_date(struct basic_ctx *c, const char *value, char *out, size_t l
 		 value + (digits < 8 ? digits : 8));
 }
 
-static void shift_dates(struct basic_ctx *c, struct dcm_elem *e, const char *vr)
+static void shift_dates(struct basic_ctx *c, struct dicom_elem *e, const char *vr)
 {
 	if (strcmp(vr, "DA") == 0 || strcmp(vr, "DT") == 0) {
 		map_values(c, e, map_date);
@@ -648,11 +648,11 @@ static void shift_dates(struct basic_ctx *c, struct dcm_elem *e, const char *vr)
 	/* TM: a shift by whole days leaves times as they are. */
 }
 
-static void clean_element(struct basic_ctx *c, struct dcm_elem *e)
+static void clean_element(struct basic_ctx *c, struct dicom_elem *e)
 {
 	char *value = NULL, *cleaned;
 
-	if (dcm_elem_get_string(e, &value) != 1) {
+	if (dicom_elem_get_string(e, &value) != 1) {
 		free(value);
 		return;
 	}
@@ -663,13 +663,13 @@ static void clean_element(struct basic_ctx *c, struct dcm_elem *e)
 	free(value);
 }
 
-static enum dcm_visit_action act_clean(struct basic_ctx *c, struct dcm_elem *e,
+static enum dicom_visit_action act_clean(struct basic_ctx *c, struct dicom_elem *e,
 				       const char *vr, int column)
 {
 	if (strcmp(vr, "SQ") == 0) {
 		/* Keep the sequence; text inside it is cleaned. */
 		if (c->clean_below < 0)
-			c->clean_below = dcm_elem_depth(e);
+			c->clean_below = dicom_elem_depth(e);
 		return DCM_VISIT_KEEP;
 	}
 	if (column == DEID_COL_MODIFIED_DATES)
@@ -683,12 +683,12 @@ static enum dcm_visit_action act_clean(struct basic_ctx *c, struct dcm_elem *e,
 	return DCM_VISIT_KEEP;
 }
 
-static enum dcm_visit_action act_dummy(struct basic_ctx *c, struct dcm_elem *e,
+static enum dicom_visit_action act_dummy(struct basic_ctx *c, struct dicom_elem *e,
 				       const char *vr)
 {
 	const char *dummy = dummy_for_vr(vr);
 	char *value = NULL;
-	int present = dcm_elem_get_string(e, &value);
+	int present = dicom_elem_get_string(e, &value);
 
 	/* Already empty stays empty: that is what Z would give. */
 	if (present == 1 && value[0] == '\0') {
@@ -706,11 +706,11 @@ static enum dcm_visit_action act_dummy(struct basic_ctx *c, struct dcm_elem *e,
 	return DCM_VISIT_KEEP;
 }
 
-static enum dcm_visit_action apply_action(struct basic_ctx *c,
-					  struct dcm_elem *e,
+static enum dicom_visit_action apply_action(struct basic_ctx *c,
+					  struct dicom_elem *e,
 					  enum deid_action act, int column)
 {
-	const char *vr = dcm_elem_vr(e);
+	const char *vr = dicom_elem_vr(e);
 
 	switch (act) {
 	case DEID_ACT_NONE:
@@ -741,10 +741,10 @@ static enum dcm_visit_action apply_action(struct basic_ctx *c,
 
 /* Private data is removed unless Retain Safe Private lists it as
  * "CREATOR:gggg,xxee". */
-static bool safe_private(const struct basic_ctx *c, struct dcm_elem *e)
+static bool safe_private(const struct basic_ctx *c, struct dicom_elem *e)
 {
-	uint32_t tag = dcm_elem_tag(e);
-	const char *creator = dcm_elem_private_creator(e);
+	uint32_t tag = dicom_elem_tag(e);
+	const char *creator = dicom_elem_private_creator(e);
 
 	if (!(c->opts->options & DEID_RETAIN_SAFE_PRIVATE) || creator[0] == '\0')
 		return false;
@@ -766,15 +766,15 @@ static bool safe_private(const struct basic_ctx *c, struct dcm_elem *e)
 	return false;
 }
 
-static enum dcm_visit_action visit_basic(void *ctx, struct dcm_elem *e)
+static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 {
 	struct basic_ctx *c = ctx;
-	uint32_t tag = dcm_elem_tag(e);
+	uint32_t tag = dicom_elem_tag(e);
 	const struct deid_rule *rule;
 	int column = -1;
 
 	/* Depth first: back at the cleaned sequence's level means out of it. */
-	if (c->clean_below >= 0 && dcm_elem_depth(e) <= c->clean_below)
+	if (c->clean_below >= 0 && dicom_elem_depth(e) <= c->clean_below)
 		c->clean_below = -1;
 	if (DCM_GROUP(tag) & 1)
 		return safe_private(c, e) ? DCM_VISIT_KEEP : DCM_VISIT_REMOVE;
@@ -788,7 +788,7 @@ static enum dcm_visit_action visit_basic(void *ctx, struct dcm_elem *e)
 	}
 	rule = find_rule(tag);
 	if (rule == NULL) {
-		if (c->clean_below >= 0 && is_text_vr(dcm_elem_vr(e)))
+		if (c->clean_below >= 0 && is_text_vr(dicom_elem_vr(e)))
 			clean_element(c, e);
 		return DCM_VISIT_KEEP;
 	}
@@ -800,10 +800,10 @@ static enum dcm_visit_action visit_basic(void *ctx, struct dcm_elem *e)
 
 /* Names, IDs and the birth date wherever they occur, before anything
  * changes: Clean Descriptors removes them from the text that stays. */
-static enum dcm_visit_action collect_identifiers(void *ctx, struct dcm_elem *e)
+static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem *e)
 {
 	struct tokens *t = ctx;
-	uint32_t tag = dcm_elem_tag(e);
+	uint32_t tag = dicom_elem_tag(e);
 	char *value = NULL;
 
 	if (tag != TAG_PatientName && tag != TAG_PatientID &&
@@ -811,11 +811,11 @@ static enum dcm_visit_action collect_identifiers(void *ctx, struct dcm_elem *e)
 	    tag != DCM_TAG(0x0010, 0x1001) && tag != DCM_TAG(0x0010, 0x1005) &&
 	    tag != DCM_TAG(0x0010, 0x1060))
 		return DCM_VISIT_KEEP;
-	if (dcm_elem_get_string(e, &value) == 1 && value[0] != '\0') {
+	if (dicom_elem_get_string(e, &value) == 1 && value[0] != '\0') {
 		if (tag == TAG_PatientBirthDate)
 			add_date_tokens(t, value);
 		else
-			add_multi(t, value, strcmp(dcm_elem_vr(e), "PN") == 0);
+			add_multi(t, value, strcmp(dicom_elem_vr(e), "PN") == 0);
 	}
 	free(value);
 	return DCM_VISIT_KEEP;
@@ -831,7 +831,7 @@ static bool listed(const char *value, const char *const *list)
 
 /* Burned-in text survives every header rule: refuse what says it has some,
  * and, when it does not say, kinds of objects that often do. */
-static int check_burned_in(const struct deid_options *o, struct dcm_file *file,
+static int check_burned_in(const struct deid_options *o, struct dicom_file *file,
 			   struct error *err)
 {
 	static const char *const modalities[] = { "US", "SC", "OT", "XC", "ES", NULL };
@@ -844,15 +844,15 @@ static int check_burned_in(const struct deid_options *o, struct dcm_file *file,
 
 	if (o->allow_burned_in)
 		return 0;
-	if (dcm_get_string(file, DCM_TAG(0x0028, 0x0301), &burned) == 1 &&
+	if (dicom_get_string(file, DCM_TAG(0x0028, 0x0301), &burned) == 1 &&
 	    burned[0] != '\0') {
 		if (strcmp(burned, "NO") != 0)
 			rc = error_set(err, ERROR_INPUT, 0, "burned-in annotation "
 				       "(BurnedInAnnotation = %s)",
 				       strcmp(burned, "YES") == 0 ? "YES" : "not NO");
 	} else {
-		dcm_get_string(file, TAG_Modality, &modality);
-		dcm_get_string(file, TAG_SOPClassUID, &sop_class);
+		dicom_get_string(file, TAG_Modality, &modality);
+		dicom_get_string(file, TAG_SOPClassUID, &sop_class);
 		if (modality && listed(modality, o->burned_in_modalities ?
 					o->burned_in_modalities : modalities))
 			rc = error_set(err, ERROR_INPUT, 0, "may carry burned-in "
@@ -872,36 +872,36 @@ static int check_burned_in(const struct deid_options *o, struct dcm_file *file,
 
 /* Undeclared or unconvertible text is rewritten as the adapter read it
  * ('?' for what it could not), so every value is UTF-8 afterwards. */
-static enum dcm_visit_action rewrite_as_read(void *ctx, struct dcm_elem *e)
+static enum dicom_visit_action rewrite_as_read(void *ctx, struct dicom_elem *e)
 {
 	struct basic_ctx *c = ctx;
 	char *value = NULL;
 
-	if (is_text_vr(dcm_elem_vr(e)) && dcm_elem_get_string(e, &value) == 1)
+	if (is_text_vr(dicom_elem_vr(e)) && dicom_elem_get_string(e, &value) == 1)
 		put(c, e, value);
 	free(value);
 	return DCM_VISIT_KEEP;
 }
 
-static int to_utf8(struct basic_ctx *c, struct dcm_file *file, struct error *err)
+static int to_utf8(struct basic_ctx *c, struct dicom_file *file, struct error *err)
 {
 	struct error ignored = ERROR_INIT;
 
-	if (dcm_convert_to_utf8(file, &ignored) == 0)
+	if (dicom_convert_to_utf8(file, &ignored) == 0)
 		return 0;
-	if (dcm_visit(file, rewrite_as_read, c, err) == -1)
+	if (dicom_visit(file, rewrite_as_read, c, err) == -1)
 		return -1;
 	if (c->failed) {
 		*err = c->err;
 		return -1;
 	}
-	return dcm_put_string(file, TAG_SpecificCharacterSet, "ISO_IR 192", err);
+	return dicom_put_string(file, TAG_SpecificCharacterSet, "ISO_IR 192", err);
 }
 
 static int record_method(const struct deid_options *o, struct basic_ctx *c,
-			 struct dcm_file *file, struct error *err)
+			 struct dicom_file *file, struct error *err)
 {
-	struct dcm_code codes[1 + DEID_OPTION_COUNT];
+	struct dicom_code codes[1 + DEID_OPTION_COUNT];
 	char method[64 * (1 + DEID_OPTION_COUNT)];
 	size_t n = 0;
 	const char *ltim = "REMOVED";
@@ -920,15 +920,15 @@ static int record_method(const struct deid_options *o, struct basic_ctx *c,
 		ltim = "UNMODIFIED";
 	else if (c->dates_shifted || (o->options & DEID_RETAIN_MODIFIED_DATES))
 		ltim = "MODIFIED";
-	if (dcm_put_string(file, DCM_TAG(0x0012, 0x0062), "YES", err) == -1 ||
-	    dcm_put_string(file, DCM_TAG(0x0012, 0x0063), method, err) == -1 ||
-	    dcm_put_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, n, err) == -1 ||
-	    dcm_put_string(file, DCM_TAG(0x0028, 0x0303), ltim, err) == -1)
+	if (dicom_put_string(file, DCM_TAG(0x0012, 0x0062), "YES", err) == -1 ||
+	    dicom_put_string(file, DCM_TAG(0x0012, 0x0063), method, err) == -1 ||
+	    dicom_put_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, n, err) == -1 ||
+	    dicom_put_string(file, DCM_TAG(0x0028, 0x0303), ltim, err) == -1)
 		return -1;
 	return 0;
 }
 
-static int apply_basic(const struct deid_options *o, struct dcm_file *file,
+static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		       struct deid_report *report, struct error *err)
 {
 	struct tokens tokens = { .count = 0 };
@@ -938,7 +938,7 @@ static int apply_basic(const struct deid_options *o, struct dcm_file *file,
 
 	if (check_burned_in(o, file, err) == -1)
 		return -1;
-	if (dcm_get_raw(file, TAG_PatientID, &id) != 1) {
+	if (dicom_get_raw(file, TAG_PatientID, &id) != 1) {
 		free(id);
 		id = strdup("");
 	}
@@ -948,9 +948,9 @@ static int apply_basic(const struct deid_options *o, struct dcm_file *file,
 	c.new_id = new_id;
 	c.new_name = o->patient_name ? o->patient_name : new_id;
 	c.shift_days = report->shift_days = shift_days_for(o, id);
-	if (dcm_visit(file, collect_identifiers, &tokens, err) == -1 ||
+	if (dicom_visit(file, collect_identifiers, &tokens, err) == -1 ||
 	    to_utf8(&c, file, err) == -1 ||
-	    dcm_visit(file, visit_basic, &c, err) == -1)
+	    dicom_visit(file, visit_basic, &c, err) == -1)
 		goto out;
 	if (c.failed) {
 		*err = c.err;
@@ -963,7 +963,7 @@ out:
 	return rc;
 }
 
-int deid_apply(const struct deid_options *opts, struct dcm_file *file,
+int deid_apply(const struct deid_options *opts, struct dicom_file *file,
 	       struct deid_report *report, struct error *err)
 {
 	memset(report, 0, sizeof(*report));

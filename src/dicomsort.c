@@ -1,9 +1,9 @@
 /*
  * dicomsort.c - the batch command: a drop-in, faster replacement for the
- * original Python sorting tool (same flags, same tree), on top of ingest.
+ * original Python sorting tool (same flags, same tree), on top of pipeline.
  *
  * main() only wires things: parse flags, collect the input files, run them
- * through ingest_file() on worker threads, then report.
+ * through pipeline_file() on worker threads, then report.
  */
 #include <errno.h>
 #include <fts.h>
@@ -20,9 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dicomsort/corrtable.h"
-#include "dicomsort/dcm.h"
-#include "dicomsort/ingest.h"
+#include "dicomsort/correlation.h"
+#include "dicomsort/dicom.h"
+#include "dicomsort/pipeline.h"
 
 enum exit_code { EXIT_ALL_FINE = 0, EXIT_SOME_REJECTED = 1, EXIT_USAGE = 2 };
 
@@ -32,7 +32,7 @@ struct input_file {
 	char *path;
 	char *rel;		/* relative to --dicomin */
 	enum file_status status;
-	struct ingest_result *result;	/* when FILE_DONE */
+	struct pipeline_result *result;	/* when FILE_DONE */
 };
 
 struct options {
@@ -59,7 +59,7 @@ struct options {
 struct run {
 	struct input_file *files;
 	size_t count;
-	struct ingest *ingest;
+	struct pipeline *pipeline;
 	atomic_size_t next;
 	atomic_size_t done;
 };
@@ -331,7 +331,7 @@ static void *worker(void *arg)
 			f->result = malloc(sizeof(*f->result));
 			if (f->result == NULL)
 				abort();
-			ingest_file(r->ingest, f->path, f->rel, f->result);
+			pipeline_file(r->pipeline, f->path, f->rel, f->result);
 			f->status = FILE_DONE;
 		}
 		atomic_fetch_add(&r->done, 1);
@@ -390,11 +390,11 @@ static const char *status_name(const struct input_file *f)
 	if (f->status == FILE_SKIPPED)
 		return "skipped";
 	switch (f->result->status) {
-	case INGEST_STORED: return "stored";
-	case INGEST_DUPLICATE: return "duplicate";
-	case INGEST_REJECTED: return "rejected";
-	case INGEST_HELD: return "rejected";
-	case INGEST_FAILED: return "failed";
+	case PIPELINE_STORED: return "stored";
+	case PIPELINE_DUPLICATE: return "duplicate";
+	case PIPELINE_REJECTED: return "rejected";
+	case PIPELINE_HELD: return "rejected";
+	case PIPELINE_FAILED: return "failed";
 	}
 	return "failed";
 }
@@ -410,11 +410,11 @@ static void tally_files(const struct run *r, struct tally *t)
 			continue;
 		}
 		switch (f->result->status) {
-		case INGEST_STORED: t->stored++; break;
-		case INGEST_DUPLICATE: t->duplicates++; break;
-		case INGEST_REJECTED: t->rejected++; break;
-		case INGEST_HELD: t->rejected++; break;
-		case INGEST_FAILED: t->failed++; break;
+		case PIPELINE_STORED: t->stored++; break;
+		case PIPELINE_DUPLICATE: t->duplicates++; break;
+		case PIPELINE_REJECTED: t->rejected++; break;
+		case PIPELINE_HELD: t->rejected++; break;
+		case PIPELINE_FAILED: t->failed++; break;
 		}
 	}
 }
@@ -424,8 +424,8 @@ static void report_problems(const struct run *r)
 	for (size_t i = 0; i < r->count; i++) {
 		const struct input_file *f = &r->files[i];
 
-		if (f->status == FILE_DONE && (f->result->status == INGEST_REJECTED ||
-					       f->result->status == INGEST_FAILED))
+		if (f->status == FILE_DONE && (f->result->status == PIPELINE_REJECTED ||
+					       f->result->status == PIPELINE_FAILED))
 			fprintf(stderr, "dicomsort: %s: %s\n", f->path,
 				f->result->err.msg);
 	}
@@ -480,9 +480,9 @@ static void print_json(const struct run *r, const struct tally *t,
 		elapsed, (double)r->count / (elapsed > 0 ? elapsed : 1e-9), unmapped);
 	for (size_t i = 0; i < r->count; i++) {
 		const struct input_file *f = &r->files[i];
-		const struct ingest_result *res = f->result;
-		bool ok = res && (res->status == INGEST_STORED ||
-				  res->status == INGEST_DUPLICATE);
+		const struct pipeline_result *res = f->result;
+		bool ok = res && (res->status == PIPELINE_STORED ||
+				  res->status == PIPELINE_DUPLICATE);
 
 		fputs(i ? ",{\"source\":" : "{\"source\":", stdout);
 		json_string(stdout, f->path);
@@ -534,12 +534,12 @@ static size_t write_missing_ids(const struct run *r, const char *path, bool quie
 	return unique;
 }
 
-static struct corrtable *load_table(const char *path)
+static struct correlation *load_table(const char *path)
 {
 	struct error err = ERROR_INIT;
-	struct corrtable *table = NULL;
+	struct correlation *table = NULL;
 
-	if (path != NULL && corrtable_load(&table, path, &err) == -1) {
+	if (path != NULL && correlation_load(&table, path, &err) == -1) {
 		fprintf(stderr, "dicomsort: %s\n", err.msg);
 		exit(EXIT_USAGE);
 	}
@@ -549,7 +549,7 @@ static struct corrtable *load_table(const char *path)
 /* --profile wins; otherwise the original's flags: --anonymize, or a table
  * alone, mean seed. */
 static enum deid_profile choose_profile(const struct options *o,
-					const struct corrtable *table)
+					const struct correlation *table)
 {
 	enum deid_profile p;
 
@@ -587,12 +587,12 @@ static struct deid_secret *load_secret(const char *path)
 	return secret;
 }
 
-static struct ingest *setup_ingest(const struct options *o,
-				   struct corrtable *table,
+static struct pipeline *setup_pipeline(const struct options *o,
+				   struct correlation *table,
 				   const struct deid_secret *secret)
 {
 	struct error err = ERROR_INIT;
-	struct ingest_options io = {
+	struct pipeline_options io = {
 		.output_dir = o->dicomout,
 		.dir_template = o->layout,
 		.name_template = o->filename,
@@ -610,17 +610,17 @@ static struct ingest *setup_ingest(const struct options *o,
 		},
 		/* Copies need one sync at the end; a moved source goes only
 		 * after its own copy is durable. */
-		.sync = o->move ? INGEST_SYNC_EACH : INGEST_SYNC_NONE,
-		.disposal = o->move ? INGEST_DELETE_SOURCE : INGEST_KEEP_SOURCE,
+		.sync = o->move ? PIPELINE_SYNC_EACH : PIPELINE_SYNC_NONE,
+		.disposal = o->move ? PIPELINE_DELETE_SOURCE : PIPELINE_KEEP_SOURCE,
 		.dry_run = o->dry_run,
 	};
-	struct ingest *ingest;
+	struct pipeline *pipeline;
 
-	if (ingest_new(&ingest, &io, &err) == -1) {
+	if (pipeline_new(&pipeline, &io, &err) == -1) {
 		fprintf(stderr, "dicomsort: %s\n", err.msg);
 		exit(EXIT_USAGE);
 	}
-	return ingest;
+	return pipeline;
 }
 
 int main(int argc, char **argv)
@@ -628,7 +628,7 @@ int main(int argc, char **argv)
 	struct options o = { .missing_log = "missing_patient_ids.log" };
 	struct error err = ERROR_INIT;
 	struct run r = { 0 };
-	struct corrtable *table;
+	struct correlation *table;
 	struct deid_secret *secret;
 	struct tally t;
 	struct stat st;
@@ -643,13 +643,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dicomsort: --dicomin %s: not a folder\n", o.dicomin);
 		return EXIT_USAGE;
 	}
-	if (dcm_init(&err) == -1) {
+	if (dicom_init(&err) == -1) {
 		fprintf(stderr, "dicomsort: %s\n", err.msg);
 		return EXIT_USAGE;
 	}
 	table = load_table(o.table_path);
 	secret = load_secret(o.secret_path);
-	r.ingest = setup_ingest(&o, table, secret);
+	r.pipeline = setup_pipeline(&o, table, secret);
 	started = now_seconds();
 	if (collect(&r, o.dicomin, o.dicomout) == -1) {
 		fprintf(stderr, "dicomsort: %s: %s\n", o.dicomin, strerror(errno));
@@ -657,7 +657,7 @@ int main(int argc, char **argv)
 	}
 	run_workers(&r, o.jobs, !o.quiet && !o.json && isatty(STDERR_FILENO),
 		    started);
-	if (!o.dry_run && ingest_sync_all(r.ingest, &err) == -1)
+	if (!o.dry_run && pipeline_sync_all(r.pipeline, &err) == -1)
 		fprintf(stderr, "dicomsort: %s\n", err.msg);
 	elapsed = now_seconds() - started;
 	report_problems(&r);
@@ -677,8 +677,8 @@ int main(int argc, char **argv)
 		free(r.files[i].result);
 	}
 	free(r.files);
-	ingest_free(r.ingest);
-	corrtable_unref(table);
+	pipeline_free(r.pipeline);
+	correlation_unref(table);
 	deid_secret_free(secret);
 	return t.rejected || t.failed ? EXIT_SOME_REJECTED : EXIT_ALL_FINE;
 }

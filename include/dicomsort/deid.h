@@ -24,8 +24,8 @@
 
 #include <stdbool.h>
 
-#include "dicomsort/corrtable.h"
-#include "dicomsort/dcm.h"
+#include "dicomsort/correlation.h"
+#include "dicomsort/dicom.h"
 #include "dicomsort/error.h"
 
 enum deid_profile {
@@ -62,7 +62,7 @@ struct deid_secret;
 
 struct deid_options {
 	enum deid_profile profile;
-	const struct corrtable *table;	/* NULL: no table */
+	const struct correlation *table;	/* NULL: no table */
 	unsigned options;		/* enum deid_option bits (basic) */
 	const struct deid_secret *secret;	/* required for basic */
 	enum deid_unknown_id unknown_id;
@@ -114,7 +114,7 @@ int deid_check_options(const struct deid_options *opts, struct error *err);
  * policy an unknown ID returns 0 with report->hold set: the caller parks
  * the file instead of storing it.
  */
-int deid_apply(const struct deid_options *opts, struct dcm_file *file,
+int deid_apply(const struct deid_options *opts, struct dicom_file *file,
 	       struct deid_report *report, struct error *err);
 
 #endif

@@ -1,7 +1,7 @@
 /*
  * error.h - the error value every core function fills in instead of logging.
  *
- * The core (dcm, corrtable, layout, deid, fsutil, ingest) never prints, logs or
+ * The core (dcm, correlation, layout, deid, fsutil, pipeline) never prints, logs or
  * exits. A failing function returns -1 and fills a caller-owned struct error;
  * only the front ends (dicomsort, dicomsortd) decide what to say and do.
  * The kind tells the caller what to do with the file:

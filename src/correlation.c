@@ -1,5 +1,5 @@
-/* corrtable.c - the PatientID correlation table; see corrtable.h. */
-#include "dicomsort/corrtable.h"
+/* correlation.c - the PatientID correlation table; see correlation.h. */
+#include "dicomsort/correlation.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -23,18 +23,18 @@ struct entry {
 /*
  * Open addressing with linear probing; the capacity is a power of two and
  * the table is kept at most half full, so a lookup probes a slot or two.
- * Built once by corrtable_load() and read-only after, hence no locks.
+ * Built once by correlation_load() and read-only after, hence no locks.
  */
-struct corrtable {
+struct correlation {
 	atomic_size_t refs;
 	struct entry *slots;
 	size_t capacity;
 	size_t count;
 };
 
-/* What corrtable_load() carries from line to line. */
+/* What correlation_load() carries from line to line. */
 struct loader {
-	struct corrtable *table;
+	struct correlation *table;
 	const char *path;
 	size_t lineno;
 	struct error *err;
@@ -51,7 +51,7 @@ static uint64_t fnv1a(const char *s)
 	return h;
 }
 
-static struct entry *find_slot(const struct corrtable *t, const char *id,
+static struct entry *find_slot(const struct correlation *t, const char *id,
 			       uint64_t hash)
 {
 	size_t mask = t->capacity - 1;
@@ -63,7 +63,7 @@ static struct entry *find_slot(const struct corrtable *t, const char *id,
 	return &t->slots[i];
 }
 
-static int grow(struct corrtable *t)
+static int grow(struct correlation *t)
 {
 	struct entry *old = t->slots;
 	size_t oldcap = t->capacity;
@@ -81,7 +81,7 @@ static int grow(struct corrtable *t)
 	return 0;
 }
 
-static void table_free(struct corrtable *t)
+static void table_free(struct correlation *t)
 {
 	for (size_t i = 0; i < t->capacity; i++)
 		free(t->slots[i].old_id);
@@ -91,7 +91,7 @@ static void table_free(struct corrtable *t)
 
 static int add_pair(struct loader *ld, const char *old_id, const char *new_id)
 {
-	struct corrtable *t = ld->table;
+	struct correlation *t = ld->table;
 	uint64_t hash = fnv1a(old_id);
 	size_t oldlen = strlen(old_id), newlen = strlen(new_id);
 	struct entry *e;
@@ -252,7 +252,7 @@ static int parse_file(struct loader *ld, FILE *f)
 	return rc;
 }
 
-int corrtable_load(struct corrtable **out, const char *path, struct error *err)
+int correlation_load(struct correlation **out, const char *path, struct error *err)
 {
 	struct loader ld = { NULL, path, 0, err };
 	FILE *f;
@@ -280,7 +280,7 @@ int corrtable_load(struct corrtable **out, const char *path, struct error *err)
 	return 0;
 }
 
-const char *corrtable_lookup(const struct corrtable *table, const char *old_id)
+const char *correlation_lookup(const struct correlation *table, const char *old_id)
 {
 	const struct entry *e;
 
@@ -290,19 +290,19 @@ const char *corrtable_lookup(const struct corrtable *table, const char *old_id)
 	return e->old_id != NULL ? e->new_id : NULL;
 }
 
-size_t corrtable_size(const struct corrtable *table)
+size_t correlation_size(const struct correlation *table)
 {
 	return table->count;
 }
 
-struct corrtable *corrtable_ref(struct corrtable *table)
+struct correlation *correlation_ref(struct correlation *table)
 {
 	/* Taking a reference needs no ordering: the caller already holds one. */
 	atomic_fetch_add_explicit(&table->refs, 1, memory_order_relaxed);
 	return table;
 }
 
-void corrtable_unref(struct corrtable *table)
+void correlation_unref(struct correlation *table)
 {
 	if (table == NULL)
 		return;

@@ -1,4 +1,4 @@
-/* test_corrtable.c - the correlation table: the original's format, the
+/* test_correlation.c - the correlation table: the original's format, the
  * stricter rules on top, errors naming file and line, big tables, refs. */
 #include <errno.h>
 #include <limits.h>
@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "dicomsort/corrtable.h"
+#include "dicomsort/correlation.h"
 
 static char scratch[PATH_MAX];
 static char table_path[PATH_MAX + 32];
@@ -31,9 +31,9 @@ static int make_scratch(void **state)
 		snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", env);
 		if (system(cmd) != 0)
 			return -1;
-		snprintf(scratch, sizeof(scratch), "%s/test_corrtable.XXXXXX", env);
+		snprintf(scratch, sizeof(scratch), "%s/test_correlation.XXXXXX", env);
 	} else {
-		snprintf(scratch, sizeof(scratch), "/tmp/test_corrtable.XXXXXX");
+		snprintf(scratch, sizeof(scratch), "/tmp/test_correlation.XXXXXX");
 	}
 	if (mkdtemp(scratch) == NULL)
 		return -1;
@@ -65,13 +65,13 @@ static void write_table(const char *text)
 	write_bytes(text, strlen(text));
 }
 
-static struct corrtable *load_ok(const char *text)
+static struct correlation *load_ok(const char *text)
 {
 	struct error err = ERROR_INIT;
-	struct corrtable *t = NULL;
+	struct correlation *t = NULL;
 
 	write_table(text);
-	if (corrtable_load(&t, table_path, &err) != 0)
+	if (correlation_load(&t, table_path, &err) != 0)
 		fail_msg("load failed: %s", err.msg);
 	assert_non_null(t);
 	return t;
@@ -81,11 +81,11 @@ static struct corrtable *load_ok(const char *text)
 static void load_fails(const char *text, size_t len, const char *suffix)
 {
 	struct error err = ERROR_INIT;
-	struct corrtable *t = NULL;
+	struct correlation *t = NULL;
 	char want[PATH_MAX + 256];
 
 	write_bytes(text, len);
-	assert_int_equal(corrtable_load(&t, table_path, &err), -1);
+	assert_int_equal(correlation_load(&t, table_path, &err), -1);
 	assert_null(t);
 	assert_int_equal(err.kind, ERROR_SETUP);
 	snprintf(want, sizeof(want), "%s:%s", table_path, suffix);
@@ -99,7 +99,7 @@ static void load_fails_str(const char *text, const char *suffix)
 
 static void separators_comma_space_tab_and_runs(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("A1,B1\n"
@@ -109,48 +109,48 @@ static void separators_comma_space_tab_and_runs(void **state)
 		    "   A5\t\tB5   \n"
 		    "A6,B6,,\n"
 		    "A7 B7 ,\t\n");
-	assert_int_equal(corrtable_size(t), 7);
-	assert_string_equal(corrtable_lookup(t, "A1"), "B1");
-	assert_string_equal(corrtable_lookup(t, "A2"), "B2");
-	assert_string_equal(corrtable_lookup(t, "A3"), "B3");
-	assert_string_equal(corrtable_lookup(t, "A4"), "B4");
-	assert_string_equal(corrtable_lookup(t, "A5"), "B5");
-	assert_string_equal(corrtable_lookup(t, "A6"), "B6");
-	assert_string_equal(corrtable_lookup(t, "A7"), "B7");
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 7);
+	assert_string_equal(correlation_lookup(t, "A1"), "B1");
+	assert_string_equal(correlation_lookup(t, "A2"), "B2");
+	assert_string_equal(correlation_lookup(t, "A3"), "B3");
+	assert_string_equal(correlation_lookup(t, "A4"), "B4");
+	assert_string_equal(correlation_lookup(t, "A5"), "B5");
+	assert_string_equal(correlation_lookup(t, "A6"), "B6");
+	assert_string_equal(correlation_lookup(t, "A7"), "B7");
+	correlation_unref(t);
 }
 
 static void lookup_is_exact(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("Pat-01 NEW.01\nM\xc3\xbcller anon_\xe2\x82\xac\n");
-	assert_string_equal(corrtable_lookup(t, "Pat-01"), "NEW.01");
-	assert_string_equal(corrtable_lookup(t, "M\xc3\xbcller"),
+	assert_string_equal(correlation_lookup(t, "Pat-01"), "NEW.01");
+	assert_string_equal(correlation_lookup(t, "M\xc3\xbcller"),
 			    "anon_\xe2\x82\xac");
-	assert_null(corrtable_lookup(t, "pat-01"));
-	assert_null(corrtable_lookup(t, "Pat-01 "));
-	assert_null(corrtable_lookup(t, "Pat-0"));
-	assert_null(corrtable_lookup(t, "NEW.01"));
-	assert_null(corrtable_lookup(t, ""));
-	assert_null(corrtable_lookup(t, NULL));
-	corrtable_unref(t);
+	assert_null(correlation_lookup(t, "pat-01"));
+	assert_null(correlation_lookup(t, "Pat-01 "));
+	assert_null(correlation_lookup(t, "Pat-0"));
+	assert_null(correlation_lookup(t, "NEW.01"));
+	assert_null(correlation_lookup(t, ""));
+	assert_null(correlation_lookup(t, NULL));
+	correlation_unref(t);
 }
 
 static void line_ends_crlf_cr_and_no_final_newline(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("A1,B1\r\nA2,B2\r\n\r\nA3,B3\rA4,B4\nA5 B5");
-	assert_int_equal(corrtable_size(t), 5);
-	assert_string_equal(corrtable_lookup(t, "A1"), "B1");
-	assert_string_equal(corrtable_lookup(t, "A2"), "B2");
-	assert_string_equal(corrtable_lookup(t, "A3"), "B3");
-	assert_string_equal(corrtable_lookup(t, "A4"), "B4");
-	assert_string_equal(corrtable_lookup(t, "A5"), "B5");
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 5);
+	assert_string_equal(correlation_lookup(t, "A1"), "B1");
+	assert_string_equal(correlation_lookup(t, "A2"), "B2");
+	assert_string_equal(correlation_lookup(t, "A3"), "B3");
+	assert_string_equal(correlation_lookup(t, "A4"), "B4");
+	assert_string_equal(correlation_lookup(t, "A5"), "B5");
+	correlation_unref(t);
 }
 
 static void line_numbers_count_every_kind_of_line_end(void **state)
@@ -163,34 +163,34 @@ static void line_numbers_count_every_kind_of_line_end(void **state)
 
 static void utf8_bom_is_skipped(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("\xef\xbb\xbfOLD1,NEW1\r\nOLD2,NEW2\r\n");
-	assert_int_equal(corrtable_size(t), 2);
-	assert_string_equal(corrtable_lookup(t, "OLD1"), "NEW1");
-	assert_null(corrtable_lookup(t, "\xef\xbb\xbfOLD1"));
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 2);
+	assert_string_equal(correlation_lookup(t, "OLD1"), "NEW1");
+	assert_null(correlation_lookup(t, "\xef\xbb\xbfOLD1"));
+	correlation_unref(t);
 
 	/* Only at the very start: elsewhere it is part of an ID. */
 	t = load_ok("A,B\n\xef\xbb\xbf" "C,D\n");
-	assert_string_equal(corrtable_lookup(t, "\xef\xbb\xbf" "C"), "D");
-	assert_null(corrtable_lookup(t, "C"));
-	corrtable_unref(t);
+	assert_string_equal(correlation_lookup(t, "\xef\xbb\xbf" "C"), "D");
+	assert_null(correlation_lookup(t, "C"));
+	correlation_unref(t);
 
 	t = load_ok("\xef\xbb\xbf# header comment\nA B\n");
-	assert_int_equal(corrtable_size(t), 1);
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 1);
+	correlation_unref(t);
 }
 
 static void utf16_is_refused_clearly(void **state)
 {
 	struct error err = ERROR_INIT;
-	struct corrtable *t = NULL;
+	struct correlation *t = NULL;
 
 	(void)state;
 	write_bytes("\xff\xfe" "A\0,\0B\0\n\0", 10);
-	assert_int_equal(corrtable_load(&t, table_path, &err), -1);
+	assert_int_equal(correlation_load(&t, table_path, &err), -1);
 	assert_int_equal(err.kind, ERROR_SETUP);
 	assert_non_null(strstr(err.msg, "UTF-16"));
 	assert_non_null(strstr(err.msg, table_path));
@@ -198,7 +198,7 @@ static void utf16_is_refused_clearly(void **state)
 
 static void comments_and_blank_lines(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("# old new\n"
@@ -211,22 +211,22 @@ static void comments_and_blank_lines(void **state)
 		    " , ,\t\n"
 		    "A B\n"
 		    "\n");
-	assert_int_equal(corrtable_size(t), 1);
-	assert_string_equal(corrtable_lookup(t, "A"), "B");
-	assert_null(corrtable_lookup(t, "#"));
-	assert_null(corrtable_lookup(t, "old"));
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 1);
+	assert_string_equal(correlation_lookup(t, "A"), "B");
+	assert_null(correlation_lookup(t, "#"));
+	assert_null(correlation_lookup(t, "old"));
+	correlation_unref(t);
 }
 
 static void empty_file_is_an_empty_table(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("");
-	assert_int_equal(corrtable_size(t), 0);
-	assert_null(corrtable_lookup(t, "A"));
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 0);
+	assert_null(correlation_lookup(t, "A"));
+	correlation_unref(t);
 }
 
 static void malformed_lines_name_file_and_line(void **state)
@@ -251,14 +251,14 @@ static void conflicting_mapping_names_both_lines(void **state)
 
 static void identical_pair_twice_is_fine(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("A,B\nC D\nA\tB\nA , B\n");
-	assert_int_equal(corrtable_size(t), 2);
-	assert_string_equal(corrtable_lookup(t, "A"), "B");
-	assert_string_equal(corrtable_lookup(t, "C"), "D");
-	corrtable_unref(t);
+	assert_int_equal(correlation_size(t), 2);
+	assert_string_equal(correlation_lookup(t, "A"), "B");
+	assert_string_equal(correlation_lookup(t, "C"), "D");
+	correlation_unref(t);
 }
 
 static void nul_byte_is_an_error(void **state)
@@ -272,7 +272,7 @@ static void long_lines_are_not_truncated(void **state)
 	size_t n = 1 << 20;
 	char *text = malloc(2 * n + 8);
 	char *old_id = malloc(n + 1), *new_id = malloc(n + 1);
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	assert_non_null(text);
@@ -284,12 +284,12 @@ static void long_lines_are_not_truncated(void **state)
 	new_id[n] = '\0';
 	snprintf(text, 2 * n + 8, "%s,%s\nA,B\n", old_id, new_id);
 	t = load_ok(text);
-	assert_int_equal(corrtable_size(t), 2);
-	assert_string_equal(corrtable_lookup(t, old_id), new_id);
+	assert_int_equal(correlation_size(t), 2);
+	assert_string_equal(correlation_lookup(t, old_id), new_id);
 	old_id[n - 1] = '\0';
-	assert_null(corrtable_lookup(t, old_id));
-	assert_string_equal(corrtable_lookup(t, "A"), "B");
-	corrtable_unref(t);
+	assert_null(correlation_lookup(t, old_id));
+	assert_string_equal(correlation_lookup(t, "A"), "B");
+	correlation_unref(t);
 
 	/* A too long line is still counted, not cut into a valid one. */
 	memset(text, 'x', 2 * n);
@@ -315,7 +315,7 @@ static void big_table_loads_fast(void **state)
 	enum { LINES = 100000 };
 	static const char *const seps[] = { ",", " ", "\t", " ,\t" };
 	struct error err = ERROR_INIT;
-	struct corrtable *t = NULL;
+	struct correlation *t = NULL;
 	char id[64], want[64];
 	FILE *f = fopen(table_path, "w");
 	double t0, elapsed;
@@ -329,38 +329,38 @@ static void big_table_loads_fast(void **state)
 	assert_int_equal(fclose(f), 0);
 
 	t0 = now_seconds();
-	if (corrtable_load(&t, table_path, &err) != 0)
+	if (correlation_load(&t, table_path, &err) != 0)
 		fail_msg("load failed: %s", err.msg);
 	elapsed = now_seconds() - t0;
 	/* Generous enough for a sanitizer build on a busy machine; a
 	 * quadratic load takes minutes. */
 	if (elapsed > 5.0)
 		fail_msg("100k lines took %.2f s", elapsed);
-	assert_int_equal(corrtable_size(t), LINES);
+	assert_int_equal(correlation_size(t), LINES);
 
 	t0 = now_seconds();
 	for (int i = 0; i < LINES; i++) {
 		snprintf(id, sizeof(id), "%s%d", i % 2 ? "PAT" : "Pat", i);
 		snprintf(want, sizeof(want), "%08d", i * 7);
-		assert_string_equal(corrtable_lookup(t, id), want);
+		assert_string_equal(correlation_lookup(t, id), want);
 		snprintf(id, sizeof(id), "NOPE%d", i);
-		assert_null(corrtable_lookup(t, id));
+		assert_null(correlation_lookup(t, id));
 	}
 	elapsed = now_seconds() - t0;
 	if (elapsed > 5.0)
 		fail_msg("200k lookups took %.2f s", elapsed);
-	corrtable_unref(t);
+	correlation_unref(t);
 }
 
 static void missing_file_is_a_setup_error(void **state)
 {
 	struct error err = ERROR_INIT;
-	struct corrtable *t = NULL;
+	struct correlation *t = NULL;
 	char path[PATH_MAX + 32], want[PATH_MAX + 128];
 
 	(void)state;
 	snprintf(path, sizeof(path), "%s/does-not-exist.csv", scratch);
-	assert_int_equal(corrtable_load(&t, path, &err), -1);
+	assert_int_equal(correlation_load(&t, path, &err), -1);
 	assert_null(t);
 	assert_int_equal(err.kind, ERROR_SETUP);
 	assert_int_equal(err.errnum, ENOENT);
@@ -371,10 +371,10 @@ static void missing_file_is_a_setup_error(void **state)
 static void directory_is_a_setup_error(void **state)
 {
 	struct error err = ERROR_INIT;
-	struct corrtable *t = NULL;
+	struct correlation *t = NULL;
 
 	(void)state;
-	assert_int_equal(corrtable_load(&t, scratch, &err), -1);
+	assert_int_equal(correlation_load(&t, scratch, &err), -1);
 	assert_null(t);
 	assert_int_equal(err.kind, ERROR_SETUP);
 	assert_int_equal(err.errnum, EISDIR);
@@ -383,31 +383,31 @@ static void directory_is_a_setup_error(void **state)
 
 static void refs_keep_the_table_alive(void **state)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("A B\n");
-	assert_ptr_equal(corrtable_ref(t), t);
-	assert_ptr_equal(corrtable_ref(t), t);
-	corrtable_unref(t);
-	corrtable_unref(t);
+	assert_ptr_equal(correlation_ref(t), t);
+	assert_ptr_equal(correlation_ref(t), t);
+	correlation_unref(t);
+	correlation_unref(t);
 	/* Still ours: the sanitizer build catches a premature free here. */
-	assert_string_equal(corrtable_lookup(t, "A"), "B");
-	assert_int_equal(corrtable_size(t), 1);
-	corrtable_unref(t);
-	corrtable_unref(NULL);
+	assert_string_equal(correlation_lookup(t, "A"), "B");
+	assert_int_equal(correlation_size(t), 1);
+	correlation_unref(t);
+	correlation_unref(NULL);
 }
 
 static void *reader(void *arg)
 {
-	struct corrtable *shared = arg;
+	struct correlation *shared = arg;
 
 	for (int i = 0; i < 20000; i++) {
-		struct corrtable *t = corrtable_ref(shared);
+		struct correlation *t = correlation_ref(shared);
 
-		if (strcmp(corrtable_lookup(t, "A"), "B") != 0)
+		if (strcmp(correlation_lookup(t, "A"), "B") != 0)
 			abort();
-		corrtable_unref(t);
+		correlation_unref(t);
 	}
 	return NULL;
 }
@@ -415,7 +415,7 @@ static void *reader(void *arg)
 static void refs_and_lookups_from_many_threads(void **state)
 {
 	pthread_t th[8];
-	struct corrtable *t;
+	struct correlation *t;
 
 	(void)state;
 	t = load_ok("A B\nC D\n");
@@ -423,8 +423,8 @@ static void refs_and_lookups_from_many_threads(void **state)
 		assert_int_equal(pthread_create(&th[i], NULL, reader, t), 0);
 	for (size_t i = 0; i < 8; i++)
 		assert_int_equal(pthread_join(th[i], NULL), 0);
-	assert_string_equal(corrtable_lookup(t, "C"), "D");
-	corrtable_unref(t);
+	assert_string_equal(correlation_lookup(t, "C"), "D");
+	correlation_unref(t);
 }
 
 int main(void)

@@ -1,5 +1,5 @@
 /*
- * dcm.h - the DICOM adapter: the only door to DCMTK (dcm.cpp is the only C++
+ * dicom.h - the DICOM adapter: the only door to DCMTK (dicom.cpp is the only C++
  * file in the tree). No DCMTK type, exception or log line crosses it.
  *
  * Owns: reading a DICOM object from a file, reading attribute values as UTF-8
@@ -7,22 +7,22 @@
  * nesting level, and writing the object back in its original transfer syntax.
  *
  * Protocol:
- *   1. dcm_init() once in main(), before any thread starts: it silences
+ *   1. dicom_init() once in main(), before any thread starts: it silences
  *      DCMTK's console logger and loads the data dictionary (fails fast).
- *   2. dcm_load() a file, read/modify it, dcm_save_fd() it, dcm_free() it.
- *      One struct dcm_file belongs to one thread at a time.
+ *   2. dicom_load() a file, read/modify it, dicom_save_fd() it, dicom_free() it.
+ *      One struct dicom_file belongs to one thread at a time.
  *
  * Large values (pixel data) are loaded lazily: DCMTK keeps only an offset and
- * re-opens the *path* given to dcm_load() when it saves. The caller must keep
- * that path pointing at unchanged bytes until dcm_save_fd() returned; ingest
+ * re-opens the *path* given to dicom_load() when it saves. The caller must keep
+ * that path pointing at unchanged bytes until dicom_save_fd() returned; pipeline
  * passes "/proc/self/fd/N" of a descriptor it holds open for exactly that.
  *
  * Tags are uint32_t: group << 16 | element.
  * Return convention: 0 on success, -1 with *err filled (see error.h), except
  * the getters, whose return value says present (1), absent (0) or failed (-1).
  */
-#ifndef DICOMSORT_DCM_H
-#define DICOMSORT_DCM_H
+#ifndef DICOMSORT_DICOM_H
+#define DICOMSORT_DICOM_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -50,12 +50,12 @@ extern "C" {
 #define TAG_SeriesDescription DCM_TAG(0x0008, 0x103e)
 #define TAG_PixelData DCM_TAG(0x7fe0, 0x0010)
 
-struct dcm_file;
-struct dcm_elem;	/* an element met by dcm_visit(); valid only in the callback */
+struct dicom_file;
+struct dicom_elem;	/* an element met by dicom_visit(); valid only in the callback */
 
 /** Once per process, before threads start. -1 (ERROR_SETUP) if the DICOM
  *  dictionary cannot be loaded. */
-int dcm_init(struct error *err);
+int dicom_init(struct error *err);
 
 /**
  * Parse the file at path. A Part 10 file (128-byte preamble, "DICM", meta
@@ -66,21 +66,21 @@ int dcm_init(struct error *err);
  * message such as "not a DICOM file", "truncated DICOM file (...)" or
  * ERROR_TRANSIENT when the file could not be read at all.
  */
-int dcm_load(struct dcm_file **out, const char *path, struct error *err);
+int dicom_load(struct dicom_file **out, const char *path, struct error *err);
 
-void dcm_free(struct dcm_file *file);
+void dicom_free(struct dicom_file *file);
 
 /** The transfer syntax the object was read in, as a UID string (static). */
-const char *dcm_transfer_syntax(const struct dcm_file *file);
+const char *dicom_transfer_syntax(const struct dicom_file *file);
 
 /** Force every lazily loaded value into memory, verifying it is readable. */
-int dcm_load_all(struct dcm_file *file, struct error *err);
+int dicom_load_all(struct dicom_file *file, struct error *err);
 
 /** Tag of a dictionary keyword such as "SeriesDescription". 0 or -1. */
-int dcm_tag_from_keyword(const char *keyword, uint32_t *tag);
+int dicom_tag_from_keyword(const char *keyword, uint32_t *tag);
 
 /** Keyword of a tag into buf ("" for unknown/private). */
-void dcm_keyword_from_tag(uint32_t tag, char *buf, size_t len);
+void dicom_keyword_from_tag(uint32_t tag, char *buf, size_t len);
 
 /**
  * Top-level attribute value as a NUL-terminated UTF-8 string in *utf8
@@ -90,34 +90,34 @@ void dcm_keyword_from_tag(uint32_t tag, char *buf, size_t len);
  * value is always returned if the attribute is present.
  * Returns 1 present (maybe ""), 0 absent (*utf8 = NULL), -1 on error.
  */
-int dcm_get_string(struct dcm_file *file, uint32_t tag, char **utf8);
+int dicom_get_string(struct dicom_file *file, uint32_t tag, char **utf8);
 
 /** Raw bytes of a top-level string value, no charset conversion. Same
- *  returns as dcm_get_string(). */
-int dcm_get_raw(struct dcm_file *file, uint32_t tag, char **raw);
+ *  returns as dicom_get_string(). */
+int dicom_get_raw(struct dicom_file *file, uint32_t tag, char **raw);
 
 /**
  * Set a top-level attribute (inserted if absent) to value, whose bytes are
  * stored as they are: pass ASCII, or text in the dataset's character set.
  */
-int dcm_put_string(struct dcm_file *file, uint32_t tag, const char *value,
+int dicom_put_string(struct dicom_file *file, uint32_t tag, const char *value,
 		   struct error *err);
 
 /** Make a top-level attribute zero length, if present. */
-int dcm_empty(struct dcm_file *file, uint32_t tag, struct error *err);
+int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *err);
 
 /** Remove a top-level attribute if present. */
-int dcm_delete(struct dcm_file *file, uint32_t tag, struct error *err);
+int dicom_delete(struct dicom_file *file, uint32_t tag, struct error *err);
 
 /**
  * Convert every string value of the dataset to UTF-8 and set
- * SpecificCharacterSet to "ISO_IR 192". After it, dcm_put_string() takes
+ * SpecificCharacterSet to "ISO_IR 192". After it, dicom_put_string() takes
  * UTF-8. -1 (ERROR_INPUT) if the character set cannot be converted.
  */
-int dcm_convert_to_utf8(struct dcm_file *file, struct error *err);
+int dicom_convert_to_utf8(struct dicom_file *file, struct error *err);
 
 /** A code: one item of a code sequence. */
-struct dcm_code {
+struct dicom_code {
 	const char *value;	/* CodeValue */
 	const char *scheme;	/* CodingSchemeDesignator */
 	const char *meaning;	/* CodeMeaning */
@@ -127,41 +127,41 @@ struct dcm_code {
  * Set the top-level sequence tag to one item per code (CodeValue,
  * CodingSchemeDesignator, CodeMeaning), replacing what was there.
  */
-int dcm_put_code_sequence(struct dcm_file *file, uint32_t tag,
-			  const struct dcm_code *codes, size_t count,
+int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
+			  const struct dicom_code *codes, size_t count,
 			  struct error *err);
 
 /* ---- visiting every element, at every nesting level ---- */
 
-enum dcm_visit_action {
+enum dicom_visit_action {
 	DCM_VISIT_KEEP = 0,	/* keep it (and descend if it is a sequence) */
 	DCM_VISIT_REMOVE,	/* remove it (a sequence with all its items) */
 };
 
-typedef enum dcm_visit_action (*dcm_visitor)(void *ctx, struct dcm_elem *elem);
+typedef enum dicom_visit_action (*dicom_visitor)(void *ctx, struct dicom_elem *elem);
 
 /**
  * Call fn for every element of the dataset in file order, depth first: a
  * sequence element first, then the elements of each of its items. The meta
  * header (group 0002) is not visited. Returns 0, or -1 if the walk failed.
  */
-int dcm_visit(struct dcm_file *file, dcm_visitor fn, void *ctx,
+int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 	      struct error *err);
 
-uint32_t dcm_elem_tag(const struct dcm_elem *elem);
+uint32_t dicom_elem_tag(const struct dicom_elem *elem);
 /** Two-letter VR ("PN", "SQ", "OB", ...). */
-const char *dcm_elem_vr(const struct dcm_elem *elem);
+const char *dicom_elem_vr(const struct dicom_elem *elem);
 /** 0 at top level, 1 inside an item of a top-level sequence, ... */
-int dcm_elem_depth(const struct dcm_elem *elem);
+int dicom_elem_depth(const struct dicom_elem *elem);
 /** Private creator of a private element ("" if none/not private). */
-const char *dcm_elem_private_creator(const struct dcm_elem *elem);
-/** Value as UTF-8; like dcm_get_string(). Not for SQ. */
-int dcm_elem_get_string(struct dcm_elem *elem, char **utf8);
+const char *dicom_elem_private_creator(const struct dicom_elem *elem);
+/** Value as UTF-8; like dicom_get_string(). Not for SQ. */
+int dicom_elem_get_string(struct dicom_elem *elem, char **utf8);
 /** Replace the value; bytes stored as given. Not for SQ. */
-int dcm_elem_put_string(struct dcm_elem *elem, const char *value,
+int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 			struct error *err);
 /** Make the element zero length (for a sequence: remove all its items). */
-int dcm_elem_empty(struct dcm_elem *elem, struct error *err);
+int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
 
 /* ---- writing ---- */
 
@@ -172,7 +172,7 @@ int dcm_elem_empty(struct dcm_elem *elem, struct error *err);
  * (err->errnum set when known) and ERROR_INPUT when the object cannot be
  * encoded. A failure leaves partial bytes in fd: the caller discards them.
  */
-int dcm_save_fd(struct dcm_file *file, int fd, struct error *err);
+int dicom_save_fd(struct dicom_file *file, int fd, struct error *err);
 
 #ifdef __cplusplus
 }

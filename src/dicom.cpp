@@ -1,9 +1,9 @@
 /*
- * dcm.cpp - the DICOM adapter over DCMTK's dcmdata; see dcm.h.
+ * dicom.cpp - the DICOM adapter over DCMTK's dcmdata; see dicom.h.
  * The only C++ in the tree: every function is extern "C", catches every
  * exception and turns OFCondition into struct error.
  */
-#include "dicomsort/dcm.h"
+#include "dicomsort/dicom.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdict.h>
@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-struct dcm_file {
+struct dicom_file {
 	DcmFileFormat format;
 	DcmDataset *dataset = nullptr;
 	/* Selecting a character set opens iconv: do it once per file. */
@@ -37,8 +37,8 @@ struct dcm_file {
 	std::string charset_name;
 };
 
-struct dcm_elem {
-	struct dcm_file *file;
+struct dicom_elem {
+	struct dicom_file *file;
 	DcmElement *element;
 	DcmItem *parent;
 	int depth;
@@ -52,7 +52,7 @@ static int fail(struct error *err, enum error_kind kind, int errnum,
 	return error_set(err, kind, errnum, "%s (%s)", what, cond.text());
 }
 
-extern "C" int dcm_init(struct error *err)
+extern "C" int dicom_init(struct error *err)
 {
 	try {
 		OFLog::configure(OFLogger::OFF_LOG_LEVEL);
@@ -140,7 +140,7 @@ static int classify_load_error(const char *path, const OFCondition &cond,
 	return fail(err, ERROR_INPUT, 0, "not a DICOM file", cond);
 }
 
-static int load(struct dcm_file *f, const char *path, struct error *err)
+static int load(struct dicom_file *f, const char *path, struct error *err)
 {
 	OFCondition cond = f->format.loadFile(path, EXS_Unknown, EGL_noChange,
 					      DCM_MaxReadLength, ERM_fileOnly);
@@ -160,19 +160,21 @@ static int load(struct dcm_file *f, const char *path, struct error *err)
 		return error_set(err, ERROR_INPUT, 0, file_size(path) > 0 ?
 				 "not a DICOM file (no SOPClassUID/SOPInstanceUID)"
 				 : "empty file");
-	if (!values_within(f->dataset, file_size(path)))
+	/* A deflated stream inflates beyond the file's size. */
+	if (f->dataset->getOriginalXfer() != EXS_DeflatedLittleEndianExplicit &&
+	    !values_within(f->dataset, file_size(path)))
 		return error_set(err, ERROR_INPUT, 0, "truncated DICOM file (a "
 				 "value is longer than the file)");
 	return 0;
 }
 
-extern "C" int dcm_load(struct dcm_file **out, const char *path,
+extern "C" int dicom_load(struct dicom_file **out, const char *path,
 			struct error *err)
 {
-	struct dcm_file *f = nullptr;
+	struct dicom_file *f = nullptr;
 
 	try {
-		f = new dcm_file;
+		f = new dicom_file;
 		if (load(f, path, err) == -1) {
 			delete f;
 			return -1;
@@ -185,19 +187,19 @@ extern "C" int dcm_load(struct dcm_file **out, const char *path,
 	}
 }
 
-extern "C" void dcm_free(struct dcm_file *file)
+extern "C" void dicom_free(struct dicom_file *file)
 {
 	delete file;
 }
 
-extern "C" const char *dcm_transfer_syntax(const struct dcm_file *file)
+extern "C" const char *dicom_transfer_syntax(const struct dicom_file *file)
 {
 	DcmXfer xfer(file->dataset->getOriginalXfer());
 
 	return xfer.getXferID();
 }
 
-extern "C" int dcm_load_all(struct dcm_file *file, struct error *err)
+extern "C" int dicom_load_all(struct dicom_file *file, struct error *err)
 {
 	try {
 		OFCondition cond = file->format.loadAllDataIntoMemory();
@@ -211,7 +213,7 @@ extern "C" int dcm_load_all(struct dcm_file *file, struct error *err)
 
 /* ---- tags ---- */
 
-extern "C" int dcm_tag_from_keyword(const char *keyword, uint32_t *tag)
+extern "C" int dicom_tag_from_keyword(const char *keyword, uint32_t *tag)
 {
 	try {
 		DcmTag t;
@@ -224,7 +226,7 @@ extern "C" int dcm_tag_from_keyword(const char *keyword, uint32_t *tag)
 	}
 }
 
-extern "C" void dcm_keyword_from_tag(uint32_t tag, char *buf, size_t len)
+extern "C" void dicom_keyword_from_tag(uint32_t tag, char *buf, size_t len)
 {
 	try {
 		DcmTag t(DCM_GROUP(tag), DCM_ELEMENT(tag));
@@ -288,7 +290,7 @@ static bool iconv_japanese(const std::string &raw, std::string &out)
 	return ok;
 }
 
-static bool select_charset(struct dcm_file *f)
+static bool select_charset(struct dicom_file *f)
 {
 	OFString cs;
 
@@ -309,7 +311,7 @@ static bool is_ascii(const std::string &s)
 	return true;
 }
 
-static std::string to_utf8(struct dcm_file *f, const std::string &raw,
+static std::string to_utf8(struct dicom_file *f, const std::string &raw,
 			   bool person_name)
 {
 	OFString out;
@@ -348,7 +350,7 @@ static char *dup_string(const std::string &s)
 	return p;
 }
 
-static int element_string(struct dcm_file *f, DcmElement *e, char **out,
+static int element_string(struct dicom_file *f, DcmElement *e, char **out,
 			  bool convert)
 {
 	std::string raw;
@@ -362,7 +364,7 @@ static int element_string(struct dcm_file *f, DcmElement *e, char **out,
 	return *out ? 1 : -1;
 }
 
-static int get_top(struct dcm_file *f, uint32_t tag, char **out, bool convert)
+static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 {
 	try {
 		DcmElement *e = nullptr;
@@ -377,19 +379,19 @@ static int get_top(struct dcm_file *f, uint32_t tag, char **out, bool convert)
 	}
 }
 
-extern "C" int dcm_get_string(struct dcm_file *file, uint32_t tag, char **utf8)
+extern "C" int dicom_get_string(struct dicom_file *file, uint32_t tag, char **utf8)
 {
 	return get_top(file, tag, utf8, true);
 }
 
-extern "C" int dcm_get_raw(struct dcm_file *file, uint32_t tag, char **raw)
+extern "C" int dicom_get_raw(struct dicom_file *file, uint32_t tag, char **raw)
 {
 	return get_top(file, tag, raw, false);
 }
 
 /* ---- changing ---- */
 
-extern "C" int dcm_put_string(struct dcm_file *file, uint32_t tag,
+extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 			      const char *value, struct error *err)
 {
 	try {
@@ -405,7 +407,7 @@ extern "C" int dcm_put_string(struct dcm_file *file, uint32_t tag,
 	}
 }
 
-extern "C" int dcm_empty(struct dcm_file *file, uint32_t tag, struct error *err)
+extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *err)
 {
 	try {
 		DcmElement *e = nullptr;
@@ -422,7 +424,7 @@ extern "C" int dcm_empty(struct dcm_file *file, uint32_t tag, struct error *err)
 	}
 }
 
-extern "C" int dcm_delete(struct dcm_file *file, uint32_t tag, struct error *err)
+extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error *err)
 {
 	try {
 		file->dataset->findAndDeleteElement(DcmTagKey(DCM_GROUP(tag),
@@ -433,7 +435,7 @@ extern "C" int dcm_delete(struct dcm_file *file, uint32_t tag, struct error *err
 	}
 }
 
-extern "C" int dcm_convert_to_utf8(struct dcm_file *file, struct error *err)
+extern "C" int dicom_convert_to_utf8(struct dicom_file *file, struct error *err)
 {
 	try {
 		OFCondition cond = file->dataset->convertToUTF8();
@@ -447,8 +449,8 @@ extern "C" int dcm_convert_to_utf8(struct dcm_file *file, struct error *err)
 	}
 }
 
-extern "C" int dcm_put_code_sequence(struct dcm_file *file, uint32_t tag,
-				     const struct dcm_code *codes, size_t count,
+extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
+				     const struct dicom_code *codes, size_t count,
 				     struct error *err)
 {
 	try {
@@ -492,14 +494,14 @@ static std::string private_creator(DcmItem *parent, const DcmTagKey &key)
 	return s;
 }
 
-static int walk(struct dcm_file *f, DcmItem *item, int depth, dcm_visitor fn,
+static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn,
 		void *ctx)
 {
 	unsigned long i = 0;
 
 	while (i < item->card()) {
 		DcmElement *e = item->getElement(i);
-		struct dcm_elem elem;
+		struct dicom_elem elem;
 		OFString vr;
 
 		elem.file = f;
@@ -527,7 +529,7 @@ static int walk(struct dcm_file *f, DcmItem *item, int depth, dcm_visitor fn,
 	return 0;
 }
 
-extern "C" int dcm_visit(struct dcm_file *file, dcm_visitor fn, void *ctx,
+extern "C" int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 			 struct error *err)
 {
 	try {
@@ -537,27 +539,27 @@ extern "C" int dcm_visit(struct dcm_file *file, dcm_visitor fn, void *ctx,
 	}
 }
 
-extern "C" uint32_t dcm_elem_tag(const struct dcm_elem *elem)
+extern "C" uint32_t dicom_elem_tag(const struct dicom_elem *elem)
 {
 	return DCM_TAG(elem->element->getGTag(), elem->element->getETag());
 }
 
-extern "C" const char *dcm_elem_vr(const struct dcm_elem *elem)
+extern "C" const char *dicom_elem_vr(const struct dicom_elem *elem)
 {
 	return elem->vr;
 }
 
-extern "C" int dcm_elem_depth(const struct dcm_elem *elem)
+extern "C" int dicom_elem_depth(const struct dicom_elem *elem)
 {
 	return elem->depth;
 }
 
-extern "C" const char *dcm_elem_private_creator(const struct dcm_elem *elem)
+extern "C" const char *dicom_elem_private_creator(const struct dicom_elem *elem)
 {
 	return elem->creator.c_str();
 }
 
-extern "C" int dcm_elem_get_string(struct dcm_elem *elem, char **utf8)
+extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
 {
 	try {
 		return element_string(elem->file, elem->element, utf8, true);
@@ -567,7 +569,7 @@ extern "C" int dcm_elem_get_string(struct dcm_elem *elem, char **utf8)
 	}
 }
 
-extern "C" int dcm_elem_put_string(struct dcm_elem *elem, const char *value,
+extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 				   struct error *err)
 {
 	try {
@@ -580,7 +582,7 @@ extern "C" int dcm_elem_put_string(struct dcm_elem *elem, const char *value,
 	}
 }
 
-extern "C" int dcm_elem_empty(struct dcm_elem *elem, struct error *err)
+extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 {
 	try {
 		DcmElement *e = elem->element;
@@ -596,7 +598,7 @@ extern "C" int dcm_elem_empty(struct dcm_elem *elem, struct error *err)
 
 /* ---- writing ---- */
 
-extern "C" int dcm_save_fd(struct dcm_file *file, int fd, struct error *err)
+extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
 		int copy = dup(fd);

@@ -1,5 +1,5 @@
 /*
- * corrtable.h - the PatientID correlation table (old ID -> new ID).
+ * correlation.h - the PatientID correlation table (old ID -> new ID).
  *
  * Owns: parsing the original tool's table format and answering lookups.
  * Format: one "old new" pair per line, the two fields separated by a comma,
@@ -9,35 +9,35 @@
  * old ID mapped to two different new IDs, is an error naming file and line.
  * The same pair given twice is fine.
  *
- * A table is built completely by corrtable_load() and never changes after,
+ * A table is built completely by correlation_load() and never changes after,
  * so a reload builds a new one and swaps the pointer: readers hold a
- * reference (corrtable_ref) for as long as they use it. Lookups are O(1)
+ * reference (correlation_ref) for as long as they use it. Lookups are O(1)
  * (hash table) and safe from any number of threads.
  */
-#ifndef DICOMSORT_CORRTABLE_H
-#define DICOMSORT_CORRTABLE_H
+#ifndef DICOMSORT_CORRELATION_H
+#define DICOMSORT_CORRELATION_H
 
 #include <stddef.h>
 
 #include "dicomsort/error.h"
 
-struct corrtable;
+struct correlation;
 
 /** Parse the file at path into a new table with one reference. On error -1,
  *  ERROR_SETUP, message "PATH:LINE: what is wrong" (or "PATH: strerror"). */
-int corrtable_load(struct corrtable **out, const char *path, struct error *err);
+int correlation_load(struct correlation **out, const char *path, struct error *err);
 
 /** The new ID for old_id, or NULL when the table does not map it. The
  *  string lives as long as the table. */
-const char *corrtable_lookup(const struct corrtable *table, const char *old_id);
+const char *correlation_lookup(const struct correlation *table, const char *old_id);
 
 /** Number of distinct old IDs. */
-size_t corrtable_size(const struct corrtable *table);
+size_t correlation_size(const struct correlation *table);
 
 /** Take one more reference; returns table. Atomic. */
-struct corrtable *corrtable_ref(struct corrtable *table);
+struct correlation *correlation_ref(struct correlation *table);
 
 /** Drop a reference; the last one frees the table. NULL is fine. */
-void corrtable_unref(struct corrtable *table);
+void correlation_unref(struct correlation *table);
 
 #endif

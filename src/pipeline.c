@@ -1,5 +1,5 @@
-/* ingest.c - one source file in, one result out; see ingest.h. */
-#include "dicomsort/ingest.h"
+/* pipeline.c - one source file in, one result out; see pipeline.h. */
+#include "dicomsort/pipeline.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dicomsort/dcm.h"
+#include "dicomsort/dicom.h"
 #include "dicomsort/fsutil.h"
 
 /* Far more than any real clash; a bound keeps a hostile input from making
@@ -24,24 +24,24 @@ struct compiled_layout {
 	uint32_t tags[MAX_PLACEHOLDERS];	/* tag of each placeholder */
 };
 
-struct ingest {
-	struct ingest_options opts;
+struct pipeline {
+	struct pipeline_options opts;
 	struct compiled_layout dirs;
 	struct compiled_layout name;	/* layout NULL: keep source name */
 	int output_fd;
-	int processed_fd;		/* -1 unless INGEST_MOVE_SOURCE */
+	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
-	struct corrtable *table;
+	struct correlation *table;
 };
 
-/* What one ingest_file() call holds; released in one place. */
+/* What one pipeline_file() call holds; released in one place. */
 struct job {
-	struct ingest *ingest;
+	struct pipeline *pipeline;
 	const struct compiled_layout *layout;	/* during expansion */
 	int source_fd;
 	struct stat source_st;
-	struct dcm_file *file;
-	struct corrtable *table;
+	struct dicom_file *file;
+	struct correlation *table;
 	char *values[MAX_PLACEHOLDERS];
 	int dir_fd;
 	int tmp_fd;
@@ -62,7 +62,7 @@ static int compile_layout(struct compiled_layout *cl, const char *tmpl,
 	for (size_t i = 0; i < layout_placeholder_count(cl->layout); i++) {
 		const char *kw = layout_placeholder(cl->layout, i);
 
-		if (dcm_tag_from_keyword(kw, &cl->tags[i]) == -1)
+		if (dicom_tag_from_keyword(kw, &cl->tags[i]) == -1)
 			return error_set(err, ERROR_SETUP, 0,
 					 "template '%s': unknown DICOM keyword '%s'",
 					 tmpl, kw);
@@ -70,10 +70,10 @@ static int compile_layout(struct compiled_layout *cl, const char *tmpl,
 	return 0;
 }
 
-int ingest_new(struct ingest **out, const struct ingest_options *opts,
+int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	       struct error *err)
 {
-	struct ingest *in = calloc(1, sizeof(*in));
+	struct pipeline *in = calloc(1, sizeof(*in));
 
 	if (in == NULL)
 		return error_set(err, ERROR_SETUP, errno, "out of memory");
@@ -91,13 +91,13 @@ int ingest_new(struct ingest **out, const struct ingest_options *opts,
 	if (deid_check_options(&opts->deid, err) == -1)
 		return -1;
 	if (opts->deid.table != NULL)
-		in->table = corrtable_ref((struct corrtable *)opts->deid.table);
+		in->table = correlation_ref((struct correlation *)opts->deid.table);
 	if (opts->dry_run)
 		return 0;
 	in->output_fd = fsutil_open_dir(opts->output_dir, true, err);
 	if (in->output_fd == -1)
 		return -1;
-	if (opts->disposal == INGEST_MOVE_SOURCE) {
+	if (opts->disposal == PIPELINE_MOVE_SOURCE) {
 		if (opts->processed_dir == NULL)
 			return error_set(err, ERROR_SETUP, 0,
 					 "moving sources needs a processed folder");
@@ -108,7 +108,7 @@ int ingest_new(struct ingest **out, const struct ingest_options *opts,
 	return 0;
 }
 
-void ingest_free(struct ingest *in)
+void pipeline_free(struct pipeline *in)
 {
 	if (in == NULL)
 		return;
@@ -118,30 +118,30 @@ void ingest_free(struct ingest *in)
 		close(in->output_fd);
 	if (in->processed_fd != -1)
 		close(in->processed_fd);
-	corrtable_unref(in->table);
+	correlation_unref(in->table);
 	pthread_mutex_destroy(&in->table_lock);
 	free(in);
 }
 
-void ingest_set_table(struct ingest *in, struct corrtable *table)
+void pipeline_set_table(struct pipeline *in, struct correlation *table)
 {
-	struct corrtable *old;
+	struct correlation *old;
 
 	if (table != NULL)
-		corrtable_ref(table);
+		correlation_ref(table);
 	pthread_mutex_lock(&in->table_lock);
 	old = in->table;
 	in->table = table;
 	pthread_mutex_unlock(&in->table_lock);
-	corrtable_unref(old);
+	correlation_unref(old);
 }
 
-static struct corrtable *current_table(struct ingest *in)
+static struct correlation *current_table(struct pipeline *in)
 {
-	struct corrtable *t;
+	struct correlation *t;
 
 	pthread_mutex_lock(&in->table_lock);
-	t = in->table ? corrtable_ref(in->table) : NULL;
+	t = in->table ? correlation_ref(in->table) : NULL;
 	pthread_mutex_unlock(&in->table_lock);
 	return t;
 }
@@ -158,8 +158,8 @@ static void job_release(struct job *job)
 		close(job->source_fd);
 	for (size_t i = 0; i < MAX_PLACEHOLDERS; i++)
 		free(job->values[i]);
-	dcm_free(job->file);
-	corrtable_unref(job->table);
+	dicom_free(job->file);
+	correlation_unref(job->table);
 }
 
 /* ---- step 1: open the source, refusing anything but a regular file ---- */
@@ -192,7 +192,7 @@ static int load_source(struct job *job, struct error *err)
 	char proc_path[64];
 
 	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", job->source_fd);
-	return dcm_load(&job->file, proc_path, err);
+	return dicom_load(&job->file, proc_path, err);
 }
 
 /* A writer that is still busy, or a file replaced under us, must not be
@@ -223,7 +223,7 @@ static const char *layout_value(void *ctx, const char *keyword)
 			continue;
 		free(job->values[i]);
 		job->values[i] = NULL;
-		if (dcm_get_string(job->file, cl->tags[i], &job->values[i]) != 1)
+		if (dicom_get_string(job->file, cl->tags[i], &job->values[i]) != 1)
 			return NULL;
 		return job->values[i];
 	}
@@ -241,7 +241,7 @@ static int destination(struct job *job, const char *source_path,
 		       char *dir, size_t dirlen, char *name, size_t namelen,
 		       struct error *err)
 {
-	struct ingest *in = job->ingest;
+	struct pipeline *in = job->pipeline;
 	char base[PATH_MAX];
 
 	if (expand(job, &in->dirs, dir, dirlen, err) == -1)
@@ -258,20 +258,20 @@ static int destination(struct job *job, const char *source_path,
 
 static int write_temp(struct job *job, const char *dir, struct error *err)
 {
-	job->dir_fd = fsutil_mkdirs_at(job->ingest->output_fd, dir, err);
+	job->dir_fd = fsutil_mkdirs_at(job->pipeline->output_fd, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
 	job->tmp_fd = fsutil_tmpfile_at(job->dir_fd, job->tmp_name,
 					sizeof(job->tmp_name), err);
 	if (job->tmp_fd == -1)
 		return -1;
-	if (dcm_save_fd(job->file, job->tmp_fd, err) == -1)
+	if (dicom_save_fd(job->file, job->tmp_fd, err) == -1)
 		return -1;
 	if (fchmod(job->tmp_fd, 0644) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
 	if (check_source_unchanged(job, err) == -1)
 		return -1;
-	if (job->ingest->opts.sync == INGEST_SYNC_EACH)
+	if (job->pipeline->opts.sync == PIPELINE_SYNC_EACH)
 		return fsutil_fsync(job->tmp_fd, "output file", err);
 	return 0;
 }
@@ -287,7 +287,7 @@ static int identical_to(struct job *job, const char *name, struct error *err)
 		       error_set(err, ERROR_TRANSIENT, errno, "cannot open %s", name);
 	same = fsutil_same_content(job->tmp_fd, fd, err);
 	/* The copy we rely on instead of ours may not be durable yet. */
-	if (same == 1 && job->ingest->opts.sync == INGEST_SYNC_EACH &&
+	if (same == 1 && job->pipeline->opts.sync == PIPELINE_SYNC_EACH &&
 	    fsutil_fsync(fd, name, err) == -1)
 		same = -1;
 	close(fd);
@@ -295,7 +295,7 @@ static int identical_to(struct job *job, const char *name, struct error *err)
 }
 
 static int publish(struct job *job, const char *name, char *final,
-		   size_t finallen, struct ingest_result *res)
+		   size_t finallen, struct pipeline_result *res)
 {
 	struct error *err = &res->err;
 
@@ -310,9 +310,9 @@ static int publish(struct job *job, const char *name, char *final,
 		if (rc == 0) {
 			close(job->tmp_fd);
 			job->tmp_fd = -1;
-			res->status = INGEST_STORED;
-			res->same_uid_conflict = n > 0 && job->ingest->name.layout;
-			if (job->ingest->opts.sync == INGEST_SYNC_EACH)
+			res->status = PIPELINE_STORED;
+			res->same_uid_conflict = n > 0 && job->pipeline->name.layout;
+			if (job->pipeline->opts.sync == PIPELINE_SYNC_EACH)
 				return fsutil_fsync(job->dir_fd, "output folder", err);
 			return 0;
 		}
@@ -320,7 +320,7 @@ static int publish(struct job *job, const char *name, char *final,
 		if (same == -1)
 			return -1;
 		if (same == 1) {
-			res->status = INGEST_DUPLICATE;
+			res->status = PIPELINE_DUPLICATE;
 			return 0;	/* job_release() removes the temp file */
 		}
 	}
@@ -351,7 +351,7 @@ static int move_source(struct job *job, const char *path, const char *rel,
 	snprintf(relcopy, sizeof(relcopy), "%s", rel ? rel : path);
 	snprintf(basecopy, sizeof(basecopy), "%s", relcopy);
 	subdir = rel && strchr(rel, '/') ? dirname(relcopy) : "";
-	dirfd = fsutil_mkdirs_at(job->ingest->processed_fd, subdir, err);
+	dirfd = fsutil_mkdirs_at(job->pipeline->processed_fd, subdir, err);
 	if (dirfd == -1)
 		return -1;
 	if (renameat(AT_FDCWD, path, dirfd, basename(basecopy)) == -1)
@@ -366,17 +366,17 @@ static int move_source(struct job *job, const char *path, const char *rel,
 static int dispose_source(struct job *job, const char *path, const char *rel,
 			  struct error *err)
 {
-	switch (job->ingest->opts.disposal) {
-	case INGEST_KEEP_SOURCE:
+	switch (job->pipeline->opts.disposal) {
+	case PIPELINE_KEEP_SOURCE:
 		return 0;
-	case INGEST_DELETE_SOURCE:
+	case PIPELINE_DELETE_SOURCE:
 		if (source_still_ours(job, path, err) == -1)
 			return -1;
 		if (unlink(path) == -1)
 			return error_set(err, ERROR_TRANSIENT, errno,
 					 "cannot delete source");
 		return 0;
-	case INGEST_MOVE_SOURCE:
+	case PIPELINE_MOVE_SOURCE:
 		if (source_still_ours(job, path, err) == -1)
 			return -1;
 		return move_source(job, path, rel, err);
@@ -385,32 +385,32 @@ static int dispose_source(struct job *job, const char *path, const char *rel,
 }
 
 static int run(struct job *job, const char *path, const char *rel,
-	       struct ingest_result *res)
+	       struct pipeline_result *res)
 {
 	struct error *err = &res->err;
-	struct deid_options deid = job->ingest->opts.deid;
+	struct deid_options deid = job->pipeline->opts.deid;
 	char dir[PATH_MAX], name[NAME_MAX + 1], final[NAME_MAX + 1];
 	char *uid = NULL;
 
 	if (open_source(job, path, err) == -1 || load_source(job, err) == -1)
 		return -1;
-	job->table = current_table(job->ingest);
+	job->table = current_table(job->pipeline);
 	deid.table = job->table;
 	if (deid_apply(&deid, job->file, &res->deid, err) == -1)
 		return -1;
 	if (res->deid.hold) {
-		res->status = INGEST_HELD;
+		res->status = PIPELINE_HELD;
 		return 0;
 	}
-	if (dcm_get_string(job->file, TAG_SOPInstanceUID, &uid) == 1)
+	if (dicom_get_string(job->file, TAG_SOPInstanceUID, &uid) == 1)
 		snprintf(res->sop_instance_uid, sizeof(res->sop_instance_uid),
 			 "%s", uid);
 	free(uid);
 	if (destination(job, path, dir, sizeof(dir), name, sizeof(name), err) == -1)
 		return -1;
-	if (job->ingest->opts.dry_run) {
+	if (job->pipeline->opts.dry_run) {
 		snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, name);
-		res->status = INGEST_STORED;
+		res->status = PIPELINE_STORED;
 		return 0;
 	}
 	if (write_temp(job, dir, err) == -1 ||
@@ -420,10 +420,10 @@ static int run(struct job *job, const char *path, const char *rel,
 	return dispose_source(job, path, rel, err);
 }
 
-int ingest_file(struct ingest *in, const char *source_path,
-		const char *source_rel, struct ingest_result *res)
+int pipeline_file(struct pipeline *in, const char *source_path,
+		const char *source_rel, struct pipeline_result *res)
 {
-	struct job job = { .ingest = in, .source_fd = -1, .dir_fd = -1,
+	struct job job = { .pipeline = in, .source_fd = -1, .dir_fd = -1,
 			   .tmp_fd = -1 };
 	int rc;
 
@@ -431,12 +431,12 @@ int ingest_file(struct ingest *in, const char *source_path,
 	rc = run(&job, source_path, source_rel, res);
 	job_release(&job);
 	if (rc == -1)
-		res->status = res->err.kind == ERROR_INPUT ? INGEST_REJECTED :
-			      INGEST_FAILED;
+		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :
+			      PIPELINE_FAILED;
 	return rc;
 }
 
-int ingest_sync_all(struct ingest *in, struct error *err)
+int pipeline_sync_all(struct pipeline *in, struct error *err)
 {
 	if (in->output_fd == -1)
 		return 0;

@@ -1,0 +1,126 @@
+/*
+ * config.h - the daemon's configuration file (libconfig syntax).
+ *
+ * Owns: reading, validating and defaulting dicomsortd.conf. Every key is
+ * checked against the list of known keys: an unknown key or a value of the
+ * wrong type or range is an error naming the file and line, so a typo never
+ * silently means a default. Relative paths are taken relative to the config
+ * file's directory; @include works the same way.
+ *
+ * The result is plain data owned by struct config (strings strdup'ed), so a
+ * reload can parse a fresh one and swap.
+ *
+ * Top-level keys (stable names, see etc/dicomsortd.conf):
+ *   input, output, quarantine      folders (required)
+ *   layout, filename               templates (layout.h; filename "" = keep
+ *                                  the source name)
+ *   profile                        "none" | "seed" | "basic"
+ *   correlation_table              path, optional
+ *   after_success                  "delete" (default) | "move"
+ *   processed                      folder, required when after_success=move
+ *   hold                           folder for files whose PatientID is not
+ *                                  in the table yet (deid.unknown_id="hold")
+ *   settle_ms                      quiet time before a file is taken (2000)
+ *   ignore                         list of globs on the base name
+ *                                  (default [".*", "*.part", "*.tmp"])
+ *   workers                        threads, 0 = one per core (0)
+ *   log_target                     "auto" | "journal" | "stderr" ("auto")
+ * Groups:
+ *   retry    { parse_attempts = 3; backoff_ms = 1000; backoff_max_ms = 60000; }
+ *   rescan   { interval_s = 300; }            0 = off
+ *   cleanup  { remove_empty_dirs = true; min_age_s = 60; }
+ *   shutdown { timeout_s = 10; }
+ *   deid     { secret = "file"; retain_uids = false; ... (one boolean per
+ *              PS3.15 option, deid.h's names); safe_private = [...];
+ *              unknown_id = "keep"|"pseudonymize"|"reject"|"hold";
+ *              pseudonym_prefix; patient_name; max_date_shift_days;
+ *              allow_burned_in; burned_in_modalities = [...];
+ *              burned_in_sop_classes = [...]; }
+ */
+#ifndef DICOMSORT_CONFIG_H
+#define DICOMSORT_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "dicomsort/deid.h"
+#include "dicomsort/error.h"
+
+#define CONFIG_DEFAULT_PATH "/etc/dicomsortd/dicomsortd.conf"
+
+enum after_success {
+	AFTER_SUCCESS_DELETE,
+	AFTER_SUCCESS_MOVE,
+};
+
+enum log_target {
+	LOG_TARGET_AUTO,	/* journald when under systemd, else stderr */
+	LOG_TARGET_JOURNAL,
+	LOG_TARGET_STDERR,
+};
+
+struct config {
+	char *path;			/* the file it was read from */
+	char *input;
+	char *output;
+	char *quarantine;
+	char *layout;
+	char *filename;			/* NULL: keep the source's name */
+	enum deid_profile profile;
+	char *correlation_table;	/* NULL: none */
+	enum after_success after_success;
+	char *processed;		/* NULL unless after_success=move */
+	char *hold;			/* NULL unless deid.unknown_id=hold */
+	long settle_ms;
+	char **ignore;			/* NULL-terminated list of globs */
+	long workers;			/* resolved: >= 1 */
+	enum log_target log_target;
+	struct {
+		long parse_attempts;	/* tries before quarantine, >= 1 */
+		long backoff_ms;	/* first delay after an output error */
+		long backoff_max_ms;
+	} retry;
+	struct {
+		long interval_s;	/* 0 = no periodic rescan */
+	} rescan;
+	struct {
+		bool remove_empty_dirs;
+		long min_age_s;		/* leave younger folders alone */
+	} cleanup;
+	struct {
+		long timeout_s;		/* bound on finishing in-flight files */
+	} shutdown;
+	struct {
+		char *secret;		/* path of the site secret; NULL: none */
+		unsigned options;	/* enum deid_option bits */
+		char **safe_private;	/* NULL-terminated, may be NULL */
+		enum deid_unknown_id unknown_id;
+		char *pseudonym_prefix;	/* NULL: deid's default */
+		char *patient_name;	/* NULL: the new PatientID */
+		long max_date_shift_days;	/* 0: deid's default */
+		bool allow_burned_in;
+		char **burned_in_modalities;	/* NULL: deid's default list */
+		char **burned_in_sop_classes;	/* NULL: deid's default list */
+	} deid;
+};
+
+/**
+ * Read and validate path into *cfg (zeroed first). -1 with ERROR_SETUP and
+ * "FILE:LINE: message" on any problem; *cfg is then released already.
+ */
+int config_load(struct config *cfg, const char *path, struct error *err);
+
+/** Free everything config_load() allocated; cfg may be zeroed. */
+void config_release(struct config *cfg);
+
+/**
+ * The de-identification options cfg asks for, except the table and the
+ * secret, which the caller loads (they live longer or shorter than cfg's
+ * strings, which *out points into).
+ */
+void config_deid_options(const struct config *cfg, struct deid_options *out);
+
+/** Whether base name matches one of cfg->ignore's globs (fnmatch). */
+bool config_ignored(const struct config *cfg, const char *base_name);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * quarantine.h - setting input aside: bad input with its reason
+ * (quarantine), and input that must wait for the correlation table (hold).
+ *
+ * Owns: moving a rejected source into the quarantine folder (same relative
+ * path as in the input, numbered like the sorted tree on a clash) and
+ * writing the sidecar "<name>.reason" that says what failed, when, after how
+ * many attempts and which rule. The original bytes are kept as they were:
+ * a rename on the same file system; across file systems a copy that is
+ * fsynced before the source is removed. A symlink is moved as the link
+ * itself, never followed.
+ * Thread-safe: each call works on its own descriptors.
+ */
+#ifndef DICOMSORT_QUARANTINE_H
+#define DICOMSORT_QUARANTINE_H
+
+#include <stddef.h>
+
+#include "dicomsort/error.h"
+
+struct quarantine_entry {
+	const char *source_path;	/* where the file is now */
+	const char *source_rel;		/* relative to the input root */
+	const char *reason;		/* what failed */
+	const char *rule;		/* which rule sent it here */
+	unsigned attempts;
+};
+
+/**
+ * Move the file into the folder open as quarantine_fd and write its
+ * sidecar; dest gets the path relative to the quarantine folder.
+ */
+int quarantine_file(int quarantine_fd, const struct quarantine_entry *entry,
+		    char *dest, size_t destlen, struct error *err);
+
+/**
+ * Park the file in the hold folder (open as hold_fd) under its relative
+ * path, numbered on a clash; dest gets where it went. It comes back with
+ * hold_release().
+ */
+int hold_file(int hold_fd, const char *source_path, const char *source_rel,
+	      char *dest, size_t destlen, struct error *err);
+
+/**
+ * Move every file of the hold folder back into the input folder (same
+ * relative path, numbered on a clash), where the watch picks it up again.
+ * Returns how many files moved, or -1 (some may have moved).
+ */
+long hold_release(const char *hold_dir, const char *input_dir,
+		  struct error *err);
+
+#endif

@@ -1,0 +1,95 @@
+/*
+ * watch.h - noticing finished files in the input tree (inotify + debounce).
+ *
+ * Owns: the inotify watches (through libinotifytools, whose state is global
+ * and single-threaded: call this module from the daemon loop's thread only)
+ * and the table of pending files with their debounce deadlines.
+ *
+ * A file becomes pending when it is closed after writing (IN_CLOSE_WRITE),
+ * moved in (IN_MOVED_TO), or found by a scan. It is ready once it has been
+ * quiet for settle_ms: any later write (IN_MODIFY) makes it wait for the
+ * next close, any open/close pushes the deadline back. Names matching the
+ * ignore globs are never pending (a later rename to a real name is an
+ * IN_MOVED_TO and counts). Folders created later are watched and scanned
+ * (files created before their watch existed are not missed). On queue
+ * overflow, or when a watched folder moves away, everything is re-watched
+ * and rescanned.
+ *
+ * A file handed out by watch_take_ready() is "in flight" until the caller
+ * says watch_done() or watch_retry(); scans and events do not hand it out
+ * twice meanwhile, but a write during flight is remembered and the file
+ * becomes pending again when done.
+ *
+ * Times are CLOCK_MONOTONIC milliseconds (watch_now_ms()).
+ */
+#ifndef DICOMSORT_WATCH_H
+#define DICOMSORT_WATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dicomsort/error.h"
+
+struct watch;
+
+struct watch_options {
+	const char *root;		/* the input folder */
+	const char *const *ignore;	/* NULL-terminated globs, may be NULL */
+	long settle_ms;
+};
+
+int64_t watch_now_ms(void);
+
+/** Initialize inotify and watch root recursively. Does not scan: call
+ *  watch_scan() for the backlog. -1 ERROR_SETUP. */
+int watch_new(struct watch **out, const struct watch_options *opts,
+	      struct error *err);
+
+void watch_free(struct watch *watch);
+
+/** The descriptor to poll for readability. It changes after a re-watch
+ *  (overflow), so ask again after each watch_handle_events(). */
+int watch_fd(const struct watch *watch);
+
+/** Drain and handle all queued inotify events. Returns the number of files
+ *  that became pending, or -1 when the watches had to be rebuilt and that
+ *  failed (err filled; the caller retries later with watch_rewatch()). */
+int watch_handle_events(struct watch *watch, struct error *err);
+
+/** Make every regular, non-ignored file below root pending (those not
+ *  pending or in flight yet). Returns how many were added, or -1. */
+long watch_scan(struct watch *watch, struct error *err);
+
+/** Drop all watches, watch root again, then scan. Returns as watch_scan. */
+long watch_rewatch(struct watch *watch, struct error *err);
+
+/** Milliseconds until the next pending file is ready: 0 if one is ready
+ *  now, -1 if nothing is pending. */
+int64_t watch_next_ready_ms(const struct watch *watch);
+
+/**
+ * Hand out up to max ready files: paths[i] gets a malloc'd absolute path
+ * (caller frees). They are in flight from now on. Returns the count.
+ */
+size_t watch_take_ready(struct watch *watch, char **paths, size_t max);
+
+/** The in-flight file path is finished (stored, quarantined, vanished). */
+void watch_done(struct watch *watch, const char *path);
+
+/** The in-flight file path should be tried again in delay_ms. */
+void watch_retry(struct watch *watch, const char *path, long delay_ms);
+
+/** How many times path was given back with watch_retry() since it last
+ *  became pending afresh (0 for a new file, or one the watch does not
+ *  know); the daemon's attempt number is this plus one. */
+unsigned watch_attempts(const struct watch *watch, const char *path);
+
+/** Files pending (not yet ready or waiting for a retry) and in flight. */
+size_t watch_pending_count(const struct watch *watch);
+size_t watch_in_flight_count(const struct watch *watch);
+
+/** Remove empty folders below root (never root) whose mtime is at least
+ *  min_age_s old and that hold no pending file. Returns how many. */
+size_t watch_remove_empty_dirs(struct watch *watch, long min_age_s);
+
+#endif

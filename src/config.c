@@ -1,0 +1,629 @@
+/* config.c - reading dicomsortd.conf; see config.h. */
+#include "dicomsort/config.h"
+
+#include <errno.h>
+#include <fnmatch.h>
+#include <libconfig.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/*
+ * The schema: every key the file may hold, with its type. Validation walks
+ * the file against it first, so the readers below can assume the types.
+ */
+enum key_kind {
+	KEY_STRING,
+	KEY_INT,
+	KEY_BOOL,
+	KEY_STRINGS,	/* a list or array of strings */
+	KEY_GROUP,
+};
+
+struct key {
+	const char *name;
+	enum key_kind kind;
+	const struct key *members;	/* KEY_GROUP only, NULL-name ended */
+};
+
+static const struct key retry_keys[] = {
+	{ "parse_attempts", KEY_INT, NULL },
+	{ "backoff_ms", KEY_INT, NULL },
+	{ "backoff_max_ms", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct key rescan_keys[] = {
+	{ "interval_s", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct key cleanup_keys[] = {
+	{ "remove_empty_dirs", KEY_BOOL, NULL },
+	{ "min_age_s", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct key shutdown_keys[] = {
+	{ "timeout_s", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
+/* The option booleans are checked by name through deid_option_from_name(),
+ * so this list holds only the other keys. */
+static const struct key deid_keys[] = {
+	{ "secret", KEY_STRING, NULL },
+	{ "safe_private", KEY_STRINGS, NULL },
+	{ "unknown_id", KEY_STRING, NULL },
+	{ "pseudonym_prefix", KEY_STRING, NULL },
+	{ "patient_name", KEY_STRING, NULL },
+	{ "max_date_shift_days", KEY_INT, NULL },
+	{ "allow_burned_in", KEY_BOOL, NULL },
+	{ "burned_in_modalities", KEY_STRINGS, NULL },
+	{ "burned_in_sop_classes", KEY_STRINGS, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct key root_keys[] = {
+	{ "input", KEY_STRING, NULL },
+	{ "output", KEY_STRING, NULL },
+	{ "quarantine", KEY_STRING, NULL },
+	{ "layout", KEY_STRING, NULL },
+	{ "filename", KEY_STRING, NULL },
+	{ "profile", KEY_STRING, NULL },
+	{ "correlation_table", KEY_STRING, NULL },
+	{ "after_success", KEY_STRING, NULL },
+	{ "processed", KEY_STRING, NULL },
+	{ "hold", KEY_STRING, NULL },
+	{ "settle_ms", KEY_INT, NULL },
+	{ "ignore", KEY_STRINGS, NULL },
+	{ "workers", KEY_INT, NULL },
+	{ "log_target", KEY_STRING, NULL },
+	{ "retry", KEY_GROUP, retry_keys },
+	{ "rescan", KEY_GROUP, rescan_keys },
+	{ "cleanup", KEY_GROUP, cleanup_keys },
+	{ "shutdown", KEY_GROUP, shutdown_keys },
+	{ "deid", KEY_GROUP, deid_keys },
+	{ NULL, 0, NULL },
+};
+
+static const char *const default_ignore[] = { ".*", "*.part", "*.tmp", NULL };
+
+/* "FILE:LINE: " for a setting, falling back to the main file. */
+static int setting_error(const struct config *cfg, const config_setting_t *s,
+			 struct error *err, const char *fmt, const char *what)
+{
+	const char *file = config_setting_source_file(s);
+
+	return error_set(err, ERROR_SETUP, 0, "%s:%u: %s%s",
+			 file ? file : cfg->path,
+			 config_setting_source_line(s), what, fmt);
+}
+
+static const char *kind_name(enum key_kind kind)
+{
+	switch (kind) {
+	case KEY_STRING: return "a string";
+	case KEY_INT: return "an integer";
+	case KEY_BOOL: return "true or false";
+	case KEY_STRINGS: return "a list of strings";
+	case KEY_GROUP: return "a group { ... }";
+	}
+	return "?";
+}
+
+static bool has_kind(const config_setting_t *s, enum key_kind kind)
+{
+	int type = config_setting_type(s);
+
+	switch (kind) {
+	case KEY_STRING: return type == CONFIG_TYPE_STRING;
+	case KEY_INT: return type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64;
+	case KEY_BOOL: return type == CONFIG_TYPE_BOOL;
+	case KEY_GROUP: return type == CONFIG_TYPE_GROUP;
+	case KEY_STRINGS:
+		if (type != CONFIG_TYPE_LIST && type != CONFIG_TYPE_ARRAY)
+			return false;
+		for (int i = 0; i < config_setting_length(s); i++)
+			if (config_setting_type(config_setting_get_elem(s, i)) !=
+			    CONFIG_TYPE_STRING)
+				return false;
+		return true;
+	}
+	return false;
+}
+
+static const struct key *find_key(const struct key *keys, const char *name,
+				  bool deid_group)
+{
+	static const struct key option_key = { "", KEY_BOOL, NULL };
+
+	for (const struct key *k = keys; k->name; k++)
+		if (strcmp(k->name, name) == 0)
+			return k;
+	if (deid_group && deid_option_from_name(name) != 0)
+		return &option_key;
+	return NULL;
+}
+
+static int check_group(const struct config *cfg, const config_setting_t *group,
+		       const struct key *keys, struct error *err)
+{
+	char what[160];
+
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *s = config_setting_get_elem(group, i);
+		const char *name = config_setting_name(s);
+		const struct key *k = find_key(keys, name, keys == deid_keys);
+
+		if (k == NULL) {
+			snprintf(what, sizeof(what), "unknown setting '%s'",
+				 name);
+			return setting_error(cfg, s, err, "", what);
+		}
+		if (!has_kind(s, k->kind)) {
+			snprintf(what, sizeof(what), "'%s' must be ", name);
+			return setting_error(cfg, s, err, kind_name(k->kind),
+					     what);
+		}
+		if (k->kind == KEY_GROUP &&
+		    check_group(cfg, s, k->members, err) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* Paths in the file are relative to the file's folder, not to whatever
+ * the working directory happens to be (systemd starts us in /). */
+static char *resolve_path(const char *base_dir, const char *value)
+{
+	char *path;
+
+	if (value[0] == '/' || base_dir == NULL)
+		return strdup(value);
+	if (asprintf(&path, "%s/%s", base_dir, value) == -1)
+		return NULL;
+	return path;
+}
+
+static char *dir_of(const char *path)
+{
+	char *abs = realpath(path, NULL);
+	char *slash;
+
+	if (abs == NULL)
+		return NULL;
+	slash = strrchr(abs, '/');
+	if (slash == abs)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	return abs;
+}
+
+struct reader {
+	struct config *cfg;
+	config_t *lc;
+	const char *base_dir;
+	struct error *err;
+	bool out_of_memory;
+};
+
+static const config_setting_t *lookup(struct reader *r, const char *path)
+{
+	return config_lookup(r->lc, path);
+}
+
+static int read_string(struct reader *r, const char *path, char **out,
+		       bool is_path)
+{
+	const config_setting_t *s = lookup(r, path);
+	const char *value;
+
+	if (s == NULL)
+		return 0;
+	value = config_setting_get_string(s);
+	if (value[0] == '\0' && is_path)
+		return setting_error(r->cfg, s, r->err, "",
+				     "a folder or file name must not be empty");
+	free(*out);
+	*out = is_path ? resolve_path(r->base_dir, value) : strdup(value);
+	if (*out == NULL)
+		r->out_of_memory = true;
+	return 0;
+}
+
+static int read_long(struct reader *r, const char *path, long *out, long min,
+		     long max)
+{
+	const config_setting_t *s = lookup(r, path);
+	long long value;
+	char range[96];
+
+	if (s == NULL)
+		return 0;
+	value = config_setting_get_int64(s);
+	if (config_setting_type(s) == CONFIG_TYPE_INT)
+		value = config_setting_get_int(s);
+	if (value < min || value > max) {
+		snprintf(range, sizeof(range), "'%s' must be between %ld and %ld",
+			 config_setting_name(s), min, max);
+		return setting_error(r->cfg, s, r->err, "", range);
+	}
+	*out = (long)value;
+	return 0;
+}
+
+static void read_bool(struct reader *r, const char *path, bool *out)
+{
+	const config_setting_t *s = lookup(r, path);
+
+	if (s != NULL)
+		*out = config_setting_get_bool(s);
+}
+
+static void free_strings(char **list)
+{
+	if (list == NULL)
+		return;
+	for (char **p = list; *p; p++)
+		free(*p);
+	free(list);
+}
+
+static char **copy_strings(const char *const *src, size_t n)
+{
+	char **list = calloc(n + 1, sizeof(*list));
+
+	if (list == NULL)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		list[i] = strdup(src[i]);
+		if (list[i] == NULL) {
+			free_strings(list);
+			return NULL;
+		}
+	}
+	return list;
+}
+
+static int read_strings(struct reader *r, const char *path, char ***out)
+{
+	const config_setting_t *s = lookup(r, path);
+	const char **values;
+	int n;
+
+	if (s == NULL)
+		return 0;
+	n = config_setting_length(s);
+	values = calloc((size_t)n + 1, sizeof(*values));
+	if (values == NULL) {
+		r->out_of_memory = true;
+		return 0;
+	}
+	for (int i = 0; i < n; i++)
+		values[i] = config_setting_get_string_elem(s, i);
+	free_strings(*out);
+	*out = copy_strings(values, (size_t)n);
+	if (*out == NULL)
+		r->out_of_memory = true;
+	free(values);
+	return 0;
+}
+
+/* A string setting that must be one of a few names. */
+static int read_choice(struct reader *r, const char *path,
+		       const char *const *names, int *out)
+{
+	const config_setting_t *s = lookup(r, path);
+	char what[160];
+	const char *value;
+
+	if (s == NULL)
+		return 0;
+	value = config_setting_get_string(s);
+	for (int i = 0; names[i]; i++) {
+		if (strcmp(value, names[i]) == 0) {
+			*out = i;
+			return 0;
+		}
+	}
+	snprintf(what, sizeof(what), "'%s' is not a valid value for '%s'",
+		 value, config_setting_name(s));
+	return setting_error(r->cfg, s, r->err, "", what);
+}
+
+static int read_required(struct reader *r, const char *key, char **out)
+{
+	if (read_string(r, key, out, true) == -1)
+		return -1;
+	if (*out == NULL && !r->out_of_memory)
+		return error_set(r->err, ERROR_SETUP, 0,
+				 "%s: '%s' is required", r->cfg->path, key);
+	return 0;
+}
+
+static int read_folders(struct reader *r)
+{
+	struct config *cfg = r->cfg;
+
+	if (read_required(r, "input", &cfg->input) == -1 ||
+	    read_required(r, "output", &cfg->output) == -1 ||
+	    read_required(r, "quarantine", &cfg->quarantine) == -1 ||
+	    read_string(r, "processed", &cfg->processed, true) == -1 ||
+	    read_string(r, "hold", &cfg->hold, true) == -1 ||
+	    read_string(r, "correlation_table", &cfg->correlation_table,
+			true) == -1)
+		return -1;
+	return 0;
+}
+
+static int read_processing(struct reader *r)
+{
+	static const char *const after[] = { "delete", "move", NULL };
+	static const char *const targets[] = { "auto", "journal", "stderr",
+					       NULL };
+	struct config *cfg = r->cfg;
+	const config_setting_t *s;
+	int after_success = AFTER_SUCCESS_DELETE, target = LOG_TARGET_AUTO;
+
+	if (read_string(r, "layout", &cfg->layout, false) == -1 ||
+	    read_string(r, "filename", &cfg->filename, false) == -1 ||
+	    read_choice(r, "after_success", after, &after_success) == -1 ||
+	    read_choice(r, "log_target", targets, &target) == -1 ||
+	    read_long(r, "settle_ms", &cfg->settle_ms, 0, 3600000) == -1 ||
+	    read_long(r, "workers", &cfg->workers, 0, 256) == -1 ||
+	    read_strings(r, "ignore", &cfg->ignore) == -1)
+		return -1;
+	cfg->after_success = after_success;
+	cfg->log_target = target;
+	if (cfg->filename && cfg->filename[0] == '\0') {
+		free(cfg->filename);
+		cfg->filename = NULL;
+	}
+	s = lookup(r, "profile");
+	if (s && deid_profile_from_name(config_setting_get_string(s),
+					&cfg->profile) == -1)
+		return setting_error(cfg, s, r->err, "",
+				     "'profile' must be \"none\", \"seed\" or \"basic\"");
+	return 0;
+}
+
+static int read_groups(struct reader *r)
+{
+	struct config *cfg = r->cfg;
+
+	if (read_long(r, "retry.parse_attempts", &cfg->retry.parse_attempts,
+		      1, 100) == -1 ||
+	    read_long(r, "retry.backoff_ms", &cfg->retry.backoff_ms, 1,
+		      3600000) == -1 ||
+	    read_long(r, "retry.backoff_max_ms", &cfg->retry.backoff_max_ms,
+		      1, 86400000) == -1 ||
+	    read_long(r, "rescan.interval_s", &cfg->rescan.interval_s, 0,
+		      86400 * 7) == -1 ||
+	    read_long(r, "cleanup.min_age_s", &cfg->cleanup.min_age_s, 0,
+		      86400 * 365) == -1 ||
+	    read_long(r, "shutdown.timeout_s", &cfg->shutdown.timeout_s, 1,
+		      3600) == -1)
+		return -1;
+	read_bool(r, "cleanup.remove_empty_dirs", &cfg->cleanup.remove_empty_dirs);
+	return 0;
+}
+
+static int read_deid(struct reader *r)
+{
+	struct config *cfg = r->cfg;
+	const config_setting_t *group = lookup(r, "deid");
+	const config_setting_t *s;
+
+	if (group == NULL)
+		return 0;
+	for (int i = 0; i < config_setting_length(group); i++) {
+		const config_setting_t *opt = config_setting_get_elem(group, i);
+		unsigned bit = deid_option_from_name(config_setting_name(opt));
+
+		if (bit == 0)
+			continue;
+		if (config_setting_get_bool(opt))
+			cfg->deid.options |= bit;
+		else
+			cfg->deid.options &= ~bit;
+	}
+	if (read_string(r, "deid.secret", &cfg->deid.secret, true) == -1 ||
+	    read_strings(r, "deid.safe_private", &cfg->deid.safe_private) == -1 ||
+	    read_string(r, "deid.pseudonym_prefix", &cfg->deid.pseudonym_prefix,
+			false) == -1 ||
+	    read_string(r, "deid.patient_name", &cfg->deid.patient_name,
+			false) == -1 ||
+	    read_long(r, "deid.max_date_shift_days",
+		      &cfg->deid.max_date_shift_days, 1, 36500) == -1 ||
+	    read_strings(r, "deid.burned_in_modalities",
+			 &cfg->deid.burned_in_modalities) == -1 ||
+	    read_strings(r, "deid.burned_in_sop_classes",
+			 &cfg->deid.burned_in_sop_classes) == -1)
+		return -1;
+	read_bool(r, "deid.allow_burned_in", &cfg->deid.allow_burned_in);
+	s = lookup(r, "deid.unknown_id");
+	if (s && deid_unknown_id_from_name(config_setting_get_string(s),
+					   &cfg->deid.unknown_id) == -1)
+		return setting_error(cfg, s, r->err, "",
+				     "'unknown_id' must be \"keep\", \"pseudonymize\", \"reject\" or \"hold\"");
+	return 0;
+}
+
+/* Whether path is dir or below it, by name (the folders may not exist
+ * yet, so this cannot resolve symlinks). */
+static bool inside(const char *path, const char *dir)
+{
+	size_t len;
+
+	if (path == NULL || dir == NULL)
+		return false;
+	len = strlen(dir);
+	while (len > 1 && dir[len - 1] == '/')
+		len--;
+	return strncmp(path, dir, len) == 0 &&
+	       (path[len] == '\0' || path[len] == '/');
+}
+
+/* Rules that span several keys. */
+static int check_consistency(struct config *cfg, struct error *err)
+{
+	if (cfg->after_success == AFTER_SUCCESS_MOVE && cfg->processed == NULL)
+		return error_set(err, ERROR_SETUP, 0,
+				 "%s: after_success = \"move\" needs 'processed'",
+				 cfg->path);
+	if (cfg->deid.unknown_id == DEID_UNKNOWN_HOLD && cfg->hold == NULL)
+		return error_set(err, ERROR_SETUP, 0,
+				 "%s: deid.unknown_id = \"hold\" needs 'hold'",
+				 cfg->path);
+	if (cfg->profile == DEID_BASIC && cfg->deid.secret == NULL)
+		return error_set(err, ERROR_SETUP, 0,
+				 "%s: profile \"basic\" needs deid.secret",
+				 cfg->path);
+	if (inside(cfg->output, cfg->input) || inside(cfg->quarantine, cfg->input) ||
+	    inside(cfg->processed, cfg->input) || inside(cfg->hold, cfg->input))
+		return error_set(err, ERROR_SETUP, 0,
+				 "%s: output, quarantine, processed and hold must not "
+				 "be inside input (they would be taken as new files)",
+				 cfg->path);
+	if (cfg->retry.backoff_max_ms < cfg->retry.backoff_ms)
+		return error_set(err, ERROR_SETUP, 0,
+				 "%s: retry.backoff_max_ms is less than retry.backoff_ms",
+				 cfg->path);
+	return 0;
+}
+
+static int set_defaults(struct config *cfg, const char *path)
+{
+	cfg->path = strdup(path);
+	cfg->layout = strdup("{PatientID}/{StudyDate}/{SeriesNumber}_{SeriesDescription}/");
+	cfg->ignore = copy_strings(default_ignore, 3);
+	cfg->profile = DEID_NONE;
+	cfg->after_success = AFTER_SUCCESS_DELETE;
+	cfg->settle_ms = 2000;
+	cfg->workers = 0;
+	cfg->log_target = LOG_TARGET_AUTO;
+	cfg->retry.parse_attempts = 3;
+	cfg->retry.backoff_ms = 1000;
+	cfg->retry.backoff_max_ms = 60000;
+	cfg->rescan.interval_s = 300;
+	cfg->cleanup.remove_empty_dirs = true;
+	cfg->cleanup.min_age_s = 60;
+	cfg->shutdown.timeout_s = 10;
+	return cfg->path && cfg->layout && cfg->ignore ? 0 : -1;
+}
+
+static int parse_file(config_t *lc, struct config *cfg, const char *base_dir,
+		      struct error *err)
+{
+	int saved;
+
+	if (base_dir != NULL)	/* libconfig strdup()s it unchecked */
+		config_set_include_dir(lc, base_dir);
+	errno = 0;
+	if (config_read_file(lc, cfg->path) == CONFIG_TRUE)
+		return 0;
+	saved = errno;
+	if (config_error_type(lc) == CONFIG_ERR_FILE_IO)
+		return error_set(err, ERROR_SETUP, saved ? saved : EISDIR,
+				 "%s: cannot read the configuration", cfg->path);
+	return error_set(err, ERROR_SETUP, 0, "%s:%d: %s",
+			 config_error_file(lc) ? config_error_file(lc) : cfg->path,
+			 config_error_line(lc), config_error_text(lc));
+}
+
+static long online_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n > 0 ? n : 1;
+}
+
+int config_load(struct config *cfg, const char *path, struct error *err)
+{
+	struct reader r = { .cfg = cfg, .err = err };
+	config_t lc;
+	char *base_dir;
+	int rc = -1;
+
+	memset(cfg, 0, sizeof(*cfg));
+	if (set_defaults(cfg, path) == -1) {
+		config_release(cfg);
+		return error_set(err, ERROR_SETUP, ENOMEM, "%s", path);
+	}
+	base_dir = dir_of(path);
+	config_init(&lc);
+	r.lc = &lc;
+	r.base_dir = base_dir;
+	if (parse_file(&lc, cfg, base_dir, err) == 0 &&
+	    check_group(cfg, config_root_setting(&lc), root_keys, err) == 0 &&
+	    read_folders(&r) == 0 && read_processing(&r) == 0 &&
+	    read_groups(&r) == 0 && read_deid(&r) == 0) {
+		if (r.out_of_memory)
+			error_set(err, ERROR_SETUP, ENOMEM, "%s", path);
+		else if (check_consistency(cfg, err) == 0)
+			rc = 0;
+	}
+	config_destroy(&lc);
+	free(base_dir);
+	if (rc == -1) {
+		config_release(cfg);
+		return -1;
+	}
+	if (cfg->workers == 0)
+		cfg->workers = online_cpus();
+	return 0;
+}
+
+void config_release(struct config *cfg)
+{
+	free(cfg->path);
+	free(cfg->input);
+	free(cfg->output);
+	free(cfg->quarantine);
+	free(cfg->layout);
+	free(cfg->filename);
+	free(cfg->correlation_table);
+	free(cfg->processed);
+	free(cfg->hold);
+	free_strings(cfg->ignore);
+	free(cfg->deid.secret);
+	free_strings(cfg->deid.safe_private);
+	free(cfg->deid.pseudonym_prefix);
+	free(cfg->deid.patient_name);
+	free_strings(cfg->deid.burned_in_modalities);
+	free_strings(cfg->deid.burned_in_sop_classes);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+void config_deid_options(const struct config *cfg, struct deid_options *out)
+{
+	*out = (struct deid_options){
+		.profile = cfg->profile,
+		.options = cfg->deid.options,
+		.unknown_id = cfg->deid.unknown_id,
+		.pseudonym_prefix = cfg->deid.pseudonym_prefix,
+		.patient_name = cfg->deid.patient_name,
+		.max_shift_days = cfg->deid.max_date_shift_days,
+		.safe_private = (const char *const *)cfg->deid.safe_private,
+		.allow_burned_in = cfg->deid.allow_burned_in,
+		.burned_in_modalities =
+			(const char *const *)cfg->deid.burned_in_modalities,
+		.burned_in_sop_classes =
+			(const char *const *)cfg->deid.burned_in_sop_classes,
+	};
+}
+
+bool config_ignored(const struct config *cfg, const char *base_name)
+{
+	if (cfg->ignore == NULL)
+		return false;
+	for (char **glob = cfg->ignore; *glob; glob++)
+		if (fnmatch(*glob, base_name, 0) == 0)
+			return true;
+	return false;
+}

@@ -1,0 +1,680 @@
+/* daemon.c - the poll loop around watch, workers and pipeline; see daemon.h. */
+#include "dicomsort/daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "dicomsort/correlation.h"
+#include "dicomsort/dicom.h"
+#include "dicomsort/fsutil.h"
+#include "dicomsort/pipeline.h"
+#include "dicomsort/log.h"
+#include "dicomsort/notify.h"
+#include "dicomsort/quarantine.h"
+#include "dicomsort/watch.h"
+#include "dicomsort/workers.h"
+
+enum slot { SLOT_SIGNAL, SLOT_WATCH, SLOT_TIMER, SLOT_DONE, SLOT_COUNT };
+
+/* What a worker decided about one file. */
+enum outcome {
+	OUTCOME_STORED,
+	OUTCOME_DUPLICATE,
+	OUTCOME_RETRY_INPUT,	/* unreadable: maybe still in transfer */
+	OUTCOME_RETRY_OUTPUT,	/* our side failed: keep source, back off */
+	OUTCOME_QUARANTINED,
+	OUTCOME_HELD,		/* parked until the table knows its PatientID */
+	OUTCOME_VANISHED,	/* gone before we got to it */
+};
+
+struct job {
+	char *path;		/* absolute; the watch's key */
+	const char *rel;	/* inside path, relative to the input root */
+	char logged_source[64];	/* what the audit may say about the source */
+	unsigned attempt;	/* 1 for the first try */
+	enum outcome outcome;
+	struct pipeline_result result;
+	char quarantined_as[PATH_MAX];	/* or held as */
+};
+
+struct counters {
+	unsigned long stored, duplicates, quarantined, held, retries;
+};
+
+struct daemon {
+	const struct config *cfg;
+	struct pipeline *pipeline;
+	struct watch *watch;
+	struct workers *workers;
+	struct deid_secret *secret;
+	int quarantine_fd;
+	int hold_fd;		/* -1 unless the hold policy is on */
+	struct pollfd fds[SLOT_COUNT];
+	struct counters count;
+	char last_error[PATH_MAX + ERROR_MSG_MAX + 8];
+	bool output_trouble;	/* an output error is being retried */
+	bool stopping;
+	bool rewatch_needed;
+	int64_t next_watchdog_ms, next_rescan_ms, next_cleanup_ms;
+	int64_t watchdog_ms;
+	size_t max_outstanding;
+};
+
+static void job_free(void *p)
+{
+	struct job *job = p;
+
+	if (job != NULL)
+		free(job->path);
+	free(job);
+}
+
+/* ---- on a worker thread ---- */
+
+static bool vanished(const struct job *job)
+{
+	struct stat st;
+
+	return lstat(job->path, &st) == -1 && errno == ENOENT;
+}
+
+static void quarantine_job(struct daemon *d, struct job *job)
+{
+	struct quarantine_entry entry = {
+		.source_path = job->path,
+		.source_rel = job->rel,
+		.reason = job->result.err.msg,
+		.rule = "input rejected",
+		.attempts = job->attempt,
+	};
+	struct error err = ERROR_INIT;
+
+	if (quarantine_file(d->quarantine_fd, &entry, job->quarantined_as,
+			    sizeof(job->quarantined_as), &err) == 0) {
+		job->outcome = OUTCOME_QUARANTINED;
+		return;
+	}
+	job->result.err = err;
+	job->outcome = OUTCOME_RETRY_OUTPUT;
+}
+
+static void hold_job(struct daemon *d, struct job *job)
+{
+	struct error err = ERROR_INIT;
+
+	if (hold_file(d->hold_fd, job->path, job->rel, job->quarantined_as,
+		      sizeof(job->quarantined_as), &err) == 0) {
+		job->outcome = OUTCOME_HELD;
+		return;
+	}
+	job->result.err = err;
+	job->outcome = vanished(job) ? OUTCOME_VANISHED : OUTCOME_RETRY_OUTPUT;
+}
+
+static void run_job(void *ctx, void *p)
+{
+	struct daemon *d = ctx;
+	struct job *job = p;
+
+	pipeline_file(d->pipeline, job->path, job->rel, &job->result);
+	switch (job->result.status) {
+	case PIPELINE_STORED:
+		job->outcome = OUTCOME_STORED;
+		break;
+	case PIPELINE_DUPLICATE:
+		job->outcome = OUTCOME_DUPLICATE;
+		break;
+	case PIPELINE_HELD:
+		hold_job(d, job);
+		break;
+	case PIPELINE_FAILED:
+		job->outcome = vanished(job) ? OUTCOME_VANISHED :
+			       OUTCOME_RETRY_OUTPUT;
+		break;
+	case PIPELINE_REJECTED:
+		if (vanished(job))
+			job->outcome = OUTCOME_VANISHED;
+		else if (job->attempt < (unsigned)d->cfg->retry.parse_attempts)
+			job->outcome = OUTCOME_RETRY_INPUT;
+		else
+			quarantine_job(d, job);
+		break;
+	}
+}
+
+/* ---- back on the loop thread ---- */
+
+static void status_text(const struct daemon *d, char *buf, size_t len)
+{
+	snprintf(buf, len, "stored %lu, duplicates %lu, quarantined %lu, "
+		 "held %lu, queued %zu, retries %lu%s%s%s", d->count.stored,
+		 d->count.duplicates, d->count.quarantined, d->count.held,
+		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
+		 d->count.retries,
+		 d->output_trouble ? "; output problem, retrying" : "",
+		 d->last_error[0] ? "; last error: " : "", d->last_error);
+}
+
+static void update_status(const struct daemon *d)
+{
+	char status[sizeof(d->last_error) + 256];
+
+	status_text(d, status, sizeof(status));
+	notify_status(status);
+}
+
+static long backoff_ms(const struct config *cfg, unsigned attempt)
+{
+	long delay = cfg->retry.backoff_ms;
+
+	for (unsigned i = 1; i < attempt && delay < cfg->retry.backoff_max_ms; i++)
+		delay *= 2;
+	return delay < cfg->retry.backoff_max_ms ? delay : cfg->retry.backoff_max_ms;
+}
+
+static void audit_job(const struct job *job, const char *event, int priority,
+		      const char *dest, const char *reason)
+{
+	struct audit_record rec = {
+		.event = event,
+		.priority = priority,
+		.source = job->logged_source[0] ? job->logged_source : job->rel,
+		.dest = dest,
+		.sop_instance_uid = job->result.sop_instance_uid[0] ?
+				    job->result.sop_instance_uid : NULL,
+		.reason = reason,
+	};
+
+	log_audit(&rec);
+}
+
+static void remember_error(struct daemon *d, const struct job *job)
+{
+	snprintf(d->last_error, sizeof(d->last_error), "%s: %s",
+		 job->logged_source[0] ? job->logged_source : job->rel,
+		 job->result.err.msg);
+}
+
+static void finish_job(struct daemon *d, struct job *job)
+{
+	const char *reason = job->result.err.msg;
+
+	switch (job->outcome) {
+	case OUTCOME_STORED:
+		d->count.stored++;
+		d->output_trouble = false;
+		audit_job(job, "stored", LOG_INFO, job->result.dest, NULL);
+		watch_done(d->watch, job->path);
+		break;
+	case OUTCOME_DUPLICATE:
+		d->count.duplicates++;
+		audit_job(job, "duplicate", LOG_INFO, job->result.dest,
+			  "identical file already stored");
+		watch_done(d->watch, job->path);
+		break;
+	case OUTCOME_HELD:
+		d->count.held++;
+		audit_job(job, "held", LOG_NOTICE,
+			  job->logged_source[0] ? NULL : job->quarantined_as,
+			  "PatientID not in the correlation table yet; "
+			  "retried after the next reload");
+		watch_done(d->watch, job->path);
+		break;
+	case OUTCOME_VANISHED:
+		log_msg(LOG_DEBUG, "%s vanished before it was processed",
+			job->logged_source[0] ? job->logged_source : job->rel);
+		watch_done(d->watch, job->path);
+		break;
+	case OUTCOME_QUARANTINED:
+		d->count.quarantined++;
+		remember_error(d, job);
+		audit_job(job, "quarantined", LOG_WARNING,
+			  job->logged_source[0] ? NULL : job->quarantined_as,
+			  reason);
+		watch_done(d->watch, job->path);
+		break;
+	case OUTCOME_RETRY_INPUT:
+		d->count.retries++;
+		audit_job(job, "retry", LOG_INFO, NULL, reason);
+		watch_retry(d->watch, job->path, d->cfg->settle_ms);
+		break;
+	case OUTCOME_RETRY_OUTPUT:
+		d->count.retries++;
+		d->output_trouble = true;
+		remember_error(d, job);
+		audit_job(job, "retry", LOG_ERR, NULL, reason);
+		watch_retry(d->watch, job->path, backoff_ms(d->cfg, job->attempt));
+		break;
+	}
+	job_free(job);
+}
+
+static void collect_done(struct daemon *d)
+{
+	void *jobs[64];
+	size_t n;
+
+	n = workers_take_done(d->workers, jobs, 64);
+	for (size_t i = 0; i < n; i++)
+		finish_job(d, jobs[i]);
+	if (n > 0)
+		update_status(d);
+}
+
+/*
+ * Folder and file names in a drop folder may be a patient's name or ID
+ * (PACS exports often are). When de-identifying, the audit names the
+ * source by its inode only: enough to find it with `find -inum`, nothing
+ * to identify anyone by.
+ */
+static void redact_source(const struct daemon *d, struct job *job)
+{
+	struct stat st;
+
+	if (d->cfg->profile == DEID_NONE)
+		return;
+	if (lstat(job->path, &st) == 0)
+		snprintf(job->logged_source, sizeof(job->logged_source),
+			 "inode %llu", (unsigned long long)st.st_ino);
+	else
+		snprintf(job->logged_source, sizeof(job->logged_source),
+			 "(name withheld)");
+}
+
+static struct job *job_new(const struct daemon *d, char *path)
+{
+	struct job *job = calloc(1, sizeof(*job));
+	size_t rootlen = strlen(d->cfg->input);
+
+	if (job == NULL)
+		abort();
+	job->path = path;
+	job->rel = path;
+	if (strncmp(path, d->cfg->input, rootlen) == 0 && path[rootlen] == '/')
+		job->rel = path + rootlen + 1;
+	job->attempt = watch_attempts(d->watch, path) + 1;
+	redact_source(d, job);
+	return job;
+}
+
+/* Keep the pool a little ahead of the threads, no more: files left in the
+ * watch still get their events (a late write pushes them back). */
+static void dispatch(struct daemon *d)
+{
+	char *paths[64];
+
+	while (!d->stopping) {
+		size_t outstanding = workers_outstanding(d->workers);
+		size_t room, n;
+
+		if (outstanding >= d->max_outstanding)
+			return;
+		room = d->max_outstanding - outstanding;
+		n = watch_take_ready(d->watch, paths, room < 64 ? room : 64);
+		if (n == 0)
+			return;
+		for (size_t i = 0; i < n; i++)
+			workers_submit(d->workers, job_new(d, paths[i]));
+	}
+}
+
+/* ---- signals ---- */
+
+static int block_signals(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+		return -1;
+	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+/* Held files go back into the input folder, where the watch takes them
+ * like any new arrival, now under the new table. */
+static void release_held(struct daemon *d)
+{
+	struct error err = ERROR_INIT;
+	char reason[128];
+	struct audit_record rec = { .event = "release", .priority = LOG_INFO,
+				    .reason = reason };
+	long released;
+
+	if (d->cfg->hold == NULL)
+		return;
+	released = hold_release(d->cfg->hold, d->cfg->input, &err);
+	if (released < 0) {
+		rec.priority = LOG_ERR;
+		rec.reason = err.msg;
+		snprintf(d->last_error, sizeof(d->last_error),
+			 "releasing held files: %s", err.msg);
+	} else {
+		snprintf(reason, sizeof(reason),
+			 "%ld held files returned to the input folder", released);
+	}
+	if (released != 0)
+		log_audit(&rec);
+}
+
+/* A new table is parsed completely before it replaces the old one; a
+ * broken table leaves the old one in force. */
+static void reload(struct daemon *d)
+{
+	struct error err = ERROR_INIT;
+	struct correlation *table;
+	char status[sizeof(d->last_error) + 256];
+
+	notify_reloading();
+	if (d->cfg->correlation_table == NULL) {
+		log_msg(LOG_INFO, "reload: no correlation table configured");
+	} else if (correlation_load(&table, d->cfg->correlation_table, &err) == -1) {
+		struct audit_record rec = { .event = "reload", .priority = LOG_ERR,
+					    .reason = err.msg };
+		log_audit(&rec);
+		snprintf(d->last_error, sizeof(d->last_error), "reload: %s", err.msg);
+	} else {
+		char reason[128];
+		struct audit_record rec = { .event = "reload", .priority = LOG_INFO,
+					    .reason = reason };
+
+		snprintf(reason, sizeof(reason), "correlation table reloaded, "
+			 "%zu IDs", correlation_size(table));
+		pipeline_set_table(d->pipeline, table);
+		correlation_unref(table);
+		log_audit(&rec);
+		release_held(d);
+	}
+	status_text(d, status, sizeof(status));
+	notify_ready(status);
+}
+
+static void handle_signals(struct daemon *d)
+{
+	struct signalfd_siginfo si;
+
+	while (read(d->fds[SLOT_SIGNAL].fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGHUP)
+			reload(d);
+		else
+			d->stopping = true;
+	}
+}
+
+/* ---- timers ---- */
+
+static int64_t earliest(int64_t a, int64_t b)
+{
+	if (a < 0)
+		return b;
+	if (b < 0)
+		return a;
+	return a < b ? a : b;
+}
+
+static void arm_timer(struct daemon *d, int64_t now)
+{
+	int64_t ready = watch_next_ready_ms(d->watch);
+	int64_t at = ready < 0 ? -1 : now + ready;
+	struct itimerspec its = { 0 };
+
+	at = earliest(at, d->next_watchdog_ms);
+	at = earliest(at, d->next_rescan_ms);
+	at = earliest(at, d->next_cleanup_ms);
+	if (d->rewatch_needed)
+		at = earliest(at, now + 1000);
+	if (at >= 0) {
+		if (at <= now)
+			at = now + 1;
+		its.it_value.tv_sec = at / 1000;
+		its.it_value.tv_nsec = (at % 1000) * 1000000;
+	}
+	timerfd_settime(d->fds[SLOT_TIMER].fd, TFD_TIMER_ABSTIME, &its, NULL);
+}
+
+static void rewatch(struct daemon *d, const char *why)
+{
+	struct error err = ERROR_INIT;
+	long found = watch_rewatch(d->watch, &err);
+
+	d->rewatch_needed = found < 0;
+	if (found < 0)
+		log_msg(LOG_ERR, "cannot watch %s again (%s): %s", d->cfg->input,
+			why, err.msg);
+	else if (found > 0)
+		log_msg(LOG_INFO, "%s: %ld files found", why, found);
+}
+
+static void handle_timer(struct daemon *d, int64_t now)
+{
+	uint64_t expirations;
+
+	if (read(d->fds[SLOT_TIMER].fd, &expirations, sizeof(expirations)) == -1 &&
+	    errno != EAGAIN)
+		log_msg(LOG_WARNING, "timerfd: %s", strerror(errno));
+	if (d->next_watchdog_ms >= 0 && now >= d->next_watchdog_ms) {
+		notify_watchdog();
+		d->next_watchdog_ms = now + d->watchdog_ms / 2;
+	}
+	if (d->rewatch_needed || (d->next_rescan_ms >= 0 && now >= d->next_rescan_ms)) {
+		rewatch(d, "rescan");
+		d->next_rescan_ms = d->cfg->rescan.interval_s > 0 ?
+				    now + d->cfg->rescan.interval_s * 1000 : -1;
+	}
+	if (d->next_cleanup_ms >= 0 && now >= d->next_cleanup_ms) {
+		watch_remove_empty_dirs(d->watch, d->cfg->cleanup.min_age_s);
+		d->next_cleanup_ms = now + 30 * 1000;
+	}
+}
+
+static void handle_watch(struct daemon *d)
+{
+	struct error err = ERROR_INIT;
+
+	if (watch_handle_events(d->watch, &err) == -1) {
+		log_msg(LOG_ERR, "watching %s: %s", d->cfg->input, err.msg);
+		d->rewatch_needed = true;
+	}
+}
+
+/* ---- setup and teardown ---- */
+
+static int open_folders(struct daemon *d, struct error *err)
+{
+	int fd = fsutil_open_dir(d->cfg->input, true, err);
+
+	if (fd == -1)
+		return -1;
+	close(fd);
+	d->quarantine_fd = fsutil_open_dir(d->cfg->quarantine, true, err);
+	if (d->quarantine_fd == -1)
+		return -1;
+	if (d->cfg->hold != NULL) {
+		d->hold_fd = fsutil_open_dir(d->cfg->hold, true, err);
+		if (d->hold_fd == -1)
+			return -1;
+	}
+	return 0;
+}
+
+static int setup_pipeline(struct daemon *d, struct error *err)
+{
+	const struct config *cfg = d->cfg;
+	struct correlation *table = NULL;
+	struct pipeline_options opts = {
+		.output_dir = cfg->output,
+		.dir_template = cfg->layout,
+		.name_template = cfg->filename,
+		.sync = PIPELINE_SYNC_EACH,
+		.disposal = cfg->after_success == AFTER_SUCCESS_MOVE ?
+			    PIPELINE_MOVE_SOURCE : PIPELINE_DELETE_SOURCE,
+		.processed_dir = cfg->processed,
+	};
+	int rc;
+
+	config_deid_options(cfg, &opts.deid);
+	if (cfg->deid.secret != NULL &&
+	    deid_secret_load(&d->secret, cfg->deid.secret, err) == -1)
+		return -1;
+	opts.deid.secret = d->secret;
+	if (cfg->correlation_table != NULL &&
+	    correlation_load(&table, cfg->correlation_table, err) == -1)
+		return -1;
+	opts.deid.table = table;
+	rc = pipeline_new(&d->pipeline, &opts, err);
+	correlation_unref(table);
+	return rc;
+}
+
+static int setup_watch(struct daemon *d, struct error *err)
+{
+	struct watch_options opts = {
+		.root = d->cfg->input,
+		.ignore = (const char *const *)d->cfg->ignore,
+		.settle_ms = d->cfg->settle_ms,
+	};
+	long backlog;
+
+	if (watch_new(&d->watch, &opts, err) == -1)
+		return -1;
+	backlog = watch_scan(d->watch, err);
+	if (backlog < 0)
+		return -1;
+	if (backlog > 0)
+		log_msg(LOG_INFO, "backlog: %ld files waiting in %s", backlog,
+			d->cfg->input);
+	return 0;
+}
+
+static int setup(struct daemon *d, struct error *err)
+{
+	int64_t now = watch_now_ms();
+
+	d->quarantine_fd = -1;
+	d->hold_fd = -1;
+	d->fds[SLOT_SIGNAL].fd = block_signals();
+	if (d->fds[SLOT_SIGNAL].fd == -1)
+		return error_set(err, ERROR_SETUP, errno, "signalfd");
+	d->fds[SLOT_TIMER].fd = timerfd_create(CLOCK_MONOTONIC,
+					       TFD_CLOEXEC | TFD_NONBLOCK);
+	if (d->fds[SLOT_TIMER].fd == -1)
+		return error_set(err, ERROR_SETUP, errno, "timerfd");
+	if (dicom_init(err) == -1 || open_folders(d, err) == -1 ||
+	    setup_pipeline(d, err) == -1)
+		return -1;
+	/* Watches go in before the backlog scan, so nothing that arrives
+	 * between the two is missed. */
+	if (setup_watch(d, err) == -1)
+		return -1;
+	if (workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
+			  err) == -1)
+		return -1;
+	d->max_outstanding = (size_t)d->cfg->workers * 2;
+	d->watchdog_ms = notify_watchdog_ms();
+	d->next_watchdog_ms = d->watchdog_ms > 0 ? now : -1;
+	d->next_rescan_ms = d->cfg->rescan.interval_s > 0 ?
+			    now + d->cfg->rescan.interval_s * 1000 : -1;
+	d->next_cleanup_ms = d->cfg->cleanup.remove_empty_dirs ?
+			     now + 30 * 1000 : -1;
+	for (int i = 0; i < SLOT_COUNT; i++)
+		d->fds[i].events = POLLIN;
+	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
+	return 0;
+}
+
+/* Stop taking files; let the running ones finish within the bound. Files
+ * not started stay in the input folder for the next start. */
+static int shut_down(struct daemon *d)
+{
+	int64_t deadline = watch_now_ms() + d->cfg->shutdown.timeout_s * 1000;
+	struct audit_record rec = { .event = "stop", .priority = LOG_INFO };
+	int rc;
+
+	notify_stopping();
+	rc = workers_stop(d->workers, deadline);
+	if (rc == 0)
+		collect_done(d);
+	rec.reason = rc == 0 ? "all files in flight finished" :
+		     "timed out waiting for files in flight";
+	log_audit(&rec);
+	if (rc == -1) {
+		/* Leave now, under the running threads' feet: every step of
+		 * a job is crash-safe, and they must not outlive our data. */
+		fflush(stderr);
+		_exit(0);
+	}
+	workers_free(d->workers, job_free);
+	watch_free(d->watch);
+	pipeline_free(d->pipeline);
+	deid_secret_free(d->secret);
+	close(d->quarantine_fd);
+	if (d->hold_fd != -1)
+		close(d->hold_fd);
+	close(d->fds[SLOT_SIGNAL].fd);
+	close(d->fds[SLOT_TIMER].fd);
+	return 0;
+}
+
+static void serve(struct daemon *d)
+{
+	while (!d->stopping) {
+		int64_t now;
+
+		dispatch(d);
+		arm_timer(d, watch_now_ms());
+		d->fds[SLOT_WATCH].fd = watch_fd(d->watch);
+		if (poll(d->fds, SLOT_COUNT, -1) == -1) {
+			if (errno != EINTR)
+				log_msg(LOG_ERR, "poll: %s", strerror(errno));
+			continue;
+		}
+		now = watch_now_ms();
+		for (int i = 0; i < SLOT_COUNT; i++)
+			if (d->fds[i].revents & (POLLERR | POLLNVAL))
+				log_msg(LOG_ERR, "poll slot %d: error", i);
+		if (d->fds[SLOT_SIGNAL].revents & POLLIN)
+			handle_signals(d);
+		if (d->fds[SLOT_WATCH].revents & POLLIN)
+			handle_watch(d);
+		if (d->fds[SLOT_DONE].revents & POLLIN)
+			collect_done(d);
+		if (d->fds[SLOT_TIMER].revents & POLLIN)
+			handle_timer(d, now);
+	}
+}
+
+int daemon_run(const struct config *cfg)
+{
+	struct daemon d = { .cfg = cfg };
+	struct error err = ERROR_INIT;
+	struct audit_record start = { .event = "start", .priority = LOG_INFO };
+	char status[sizeof(d.last_error) + 256], reason[PATH_MAX * 2];
+
+	if (setup(&d, &err) == -1) {
+		log_msg(LOG_ERR, "%s", err.msg);
+		return 1;
+	}
+	snprintf(reason, sizeof(reason), "watching %s, sorting into %s, "
+		 "profile %s, %ld workers", cfg->input, cfg->output,
+		 deid_profile_name(cfg->profile), cfg->workers);
+	start.reason = reason;
+	log_audit(&start);
+	status_text(&d, status, sizeof(status));
+	notify_ready(status);
+	serve(&d);
+	return shut_down(&d);
+}

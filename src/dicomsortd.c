@@ -1,0 +1,145 @@
+/*
+ * dicomsortd.c - the drop-folder daemon's main(): flags, config, then the
+ * loop in daemon.c. Runs in the foreground, as systemd wants it.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dicomsort/config.h"
+#include "dicomsort/correlation.h"
+#include "dicomsort/daemon.h"
+#include "dicomsort/dicom.h"
+#include "dicomsort/pipeline.h"
+#include "dicomsort/log.h"
+
+static const char usage_text[] =
+"usage: dicomsortd [-c FILE] [--check-config] [--log-target auto|journal|stderr]\n"
+"                  [--debug] [--help] [--version]\n"
+"\n"
+"Watch a drop folder and sort every finished DICOM file into a tree.\n"
+"  -c, --config FILE   configuration (default " CONFIG_DEFAULT_PATH ")\n"
+"  --check-config      validate the configuration and exit\n"
+"  --log-target T      auto (journald under systemd, else stderr), journal, stderr\n"
+"  --debug             also log debug messages\n"
+"\n"
+"Signals: HUP reloads the correlation table; TERM/INT finish files in\n"
+"flight and exit.\n";
+
+struct flags {
+	const char *config_path;
+	const char *log_target;
+	int check_only;
+	int debug;
+};
+
+static void parse_flags(int argc, char **argv, struct flags *f)
+{
+	enum { OPT_CHECK = 256, OPT_LOG, OPT_DEBUG, OPT_HELP, OPT_VERSION };
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, OPT_CHECK },
+		{ "log-target", required_argument, NULL, OPT_LOG },
+		{ "debug", no_argument, NULL, OPT_DEBUG },
+		{ "help", no_argument, NULL, OPT_HELP },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "c:", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c': f->config_path = optarg; break;
+		case OPT_CHECK: f->check_only = 1; break;
+		case OPT_LOG: f->log_target = optarg; break;
+		case OPT_DEBUG: f->debug = 1; break;
+		case OPT_HELP: fputs(usage_text, stdout); exit(0);
+		case OPT_VERSION: printf("dicomsortd %s\n", DICOMSORT_VERSION); exit(0);
+		default: fputs(usage_text, stderr); exit(2);
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "dicomsortd: unexpected argument '%s'\n", argv[optind]);
+		exit(2);
+	}
+}
+
+static int log_target_from_flag(const char *name, enum log_target *target)
+{
+	if (name == NULL)
+		return 0;
+	if (strcmp(name, "auto") == 0)
+		*target = LOG_TARGET_AUTO;
+	else if (strcmp(name, "journal") == 0)
+		*target = LOG_TARGET_JOURNAL;
+	else if (strcmp(name, "stderr") == 0)
+		*target = LOG_TARGET_STDERR;
+	else
+		return -1;
+	return 0;
+}
+
+/* Everything a start would check, without touching the folders. */
+static int check_config(const struct config *cfg, struct error *err)
+{
+	struct pipeline_options opts = {
+		.output_dir = cfg->output,
+		.dir_template = cfg->layout,
+		.name_template = cfg->filename,
+		.dry_run = true,
+	};
+	struct correlation *table = NULL;
+	struct deid_secret *secret = NULL;
+	struct pipeline *pipeline = NULL;
+	int rc = -1;
+
+	config_deid_options(cfg, &opts.deid);
+	if (dicom_init(err) == -1)
+		return -1;
+	if (cfg->deid.secret &&
+	    deid_secret_load(&secret, cfg->deid.secret, err) == -1)
+		return -1;
+	opts.deid.secret = secret;
+	if (cfg->correlation_table == NULL ||
+	    correlation_load(&table, cfg->correlation_table, err) == 0) {
+		opts.deid.table = table;
+		rc = pipeline_new(&pipeline, &opts, err);
+	}
+	pipeline_free(pipeline);
+	correlation_unref(table);
+	deid_secret_free(secret);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct flags f = { .config_path = CONFIG_DEFAULT_PATH };
+	struct error err = ERROR_INIT;
+	struct config cfg;
+	int rc;
+
+	parse_flags(argc, argv, &f);
+	if (config_load(&cfg, f.config_path, &err) == -1) {
+		fprintf(stderr, "dicomsortd: %s\n", err.msg);
+		return 2;
+	}
+	if (log_target_from_flag(f.log_target, &cfg.log_target) == -1) {
+		fprintf(stderr, "dicomsortd: --log-target wants auto, journal or stderr\n");
+		config_release(&cfg);
+		return 2;
+	}
+	if (f.check_only) {
+		rc = check_config(&cfg, &err);
+		if (rc == -1)
+			fprintf(stderr, "dicomsortd: %s\n", err.msg);
+		else
+			printf("%s: configuration is valid\n", cfg.path);
+		config_release(&cfg);
+		return rc == -1 ? 2 : 0;
+	}
+	log_open("dicomsortd", cfg.log_target, f.debug);
+	rc = daemon_run(&cfg);
+	config_release(&cfg);
+	return rc;
+}

@@ -1,0 +1,116 @@
+/* log.c - journald or stderr; see log.h. */
+#define SD_JOURNAL_SUPPRESS_LOCATION
+#include "dicomsort/log.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-journal.h>
+
+/* Set once by log_open() before threads exist; read-only afterwards. */
+static struct {
+	const char *ident;
+	bool journal;
+	bool debug;
+} log_state = { "dicomsortd", false, false };
+
+void log_open(const char *ident, enum log_target target, int debug)
+{
+	log_state.ident = ident;
+	log_state.debug = debug != 0;
+	switch (target) {
+	case LOG_TARGET_JOURNAL:
+		log_state.journal = true;
+		break;
+	case LOG_TARGET_STDERR:
+		log_state.journal = false;
+		break;
+	case LOG_TARGET_AUTO:
+		log_state.journal = getenv("JOURNAL_STREAM") != NULL;
+		break;
+	}
+}
+
+static const char *priority_name(int priority)
+{
+	switch (priority) {
+	case LOG_EMERG: case LOG_ALERT: case LOG_CRIT: case LOG_ERR:
+		return "error";
+	case LOG_WARNING:
+		return "warning";
+	case LOG_DEBUG:
+		return "debug";
+	default:
+		return "info";
+	}
+}
+
+/* One fputs per record, so lines from different threads never interleave. */
+static void stderr_line(const char *line)
+{
+	char buf[4096];
+
+	snprintf(buf, sizeof(buf), "%s: %s\n", log_state.ident, line);
+	fputs(buf, stderr);
+}
+
+void log_msg(int priority, const char *fmt, ...)
+{
+	char msg[2048], line[2100];
+	va_list ap;
+
+	if (priority == LOG_DEBUG && !log_state.debug)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (log_state.journal) {
+		sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", priority,
+				"SYSLOG_IDENTIFIER=%s", log_state.ident, NULL);
+		return;
+	}
+	snprintf(line, sizeof(line), "%s: %s", priority_name(priority), msg);
+	stderr_line(line);
+}
+
+static void append_field(char *buf, size_t len, const char *key, const char *val)
+{
+	size_t used = strlen(buf);
+
+	if (val != NULL && used < len)
+		snprintf(buf + used, len - used, " %s=\"%s\"", key, val);
+}
+
+void log_audit(const struct audit_record *rec)
+{
+	char message[3072], line[3600];
+
+	snprintf(message, sizeof(message), "%s %s%s%s%s%s", rec->event,
+		 rec->source ? rec->source : "",
+		 rec->dest ? " -> " : "", rec->dest ? rec->dest : "",
+		 rec->reason ? ": " : "", rec->reason ? rec->reason : "");
+	if (log_state.journal) {
+		/* Absent fields are sent empty: journald keeps the record
+		 * shape stable for queries. */
+		sd_journal_send("MESSAGE=%s", message,
+				"PRIORITY=%d", rec->priority,
+				"SYSLOG_IDENTIFIER=%s", log_state.ident,
+				"DICOMSORTD_EVENT=%s", rec->event,
+				"DICOMSORTD_SOURCE=%s", rec->source ? rec->source : "",
+				"DICOMSORTD_DEST=%s", rec->dest ? rec->dest : "",
+				"DICOMSORTD_SOP_INSTANCE_UID=%s",
+				rec->sop_instance_uid ? rec->sop_instance_uid : "",
+				"DICOMSORTD_REASON=%s", rec->reason ? rec->reason : "",
+				NULL);
+		return;
+	}
+	snprintf(line, sizeof(line), "%s: event=%s", priority_name(rec->priority),
+		 rec->event);
+	append_field(line, sizeof(line), "source", rec->source);
+	append_field(line, sizeof(line), "dest", rec->dest);
+	append_field(line, sizeof(line), "sop_instance_uid", rec->sop_instance_uid);
+	append_field(line, sizeof(line), "reason", rec->reason);
+	stderr_line(line);
+}

@@ -1,0 +1,1134 @@
+/*
+ * watch.c - inotify through libinotifytools, and the debounce table; see
+ * watch.h.
+ *
+ * libinotifytools 3.22 keeps its state in globals (one descriptor, rb-trees
+ * of watches, a static event buffer): hence one struct watch at a time, on
+ * one thread, and everything here static. Its traps, and our answers:
+ *  - no accessor for the descriptor: find it in /proc/self/fd;
+ *  - it select()s on that descriptor and aborts when it is >= FD_SETSIZE:
+ *    the daemon creates the watch early, and we refuse rather than abort;
+ *  - next_event(0) blocks forever and num_events > 1 busy-waits: only
+ *    next_events(0, 1) is used, until it returns NULL;
+ *  - it buffers up to 4096 events: we drain to NULL before every cleanup,
+ *    or the next instance would be handed the old one's events and wds;
+ *  - folders created later are not watched, renamed folders keep their old
+ *    path, and watches the kernel dropped (rmdir) are never forgotten: we
+ *    watch new folders ourselves and rebuild everything (cleanup, initialize,
+ *    watch root, scan) when a folder moves, on queue overflow and on
+ *    watch_rewatch().
+ *
+ * The table: every known file is an entry in a hash table keyed by its
+ * absolute path. Pending entries whose last word was a close (or a move in,
+ * a scan, a retry) sit in a binary heap ordered by deadline, so the next
+ * ready file and the next timeout are O(1) and a burst costs O(log n) each.
+ * Entries waiting for a close after a write are only in the table.
+ */
+#include "dicomsort/watch.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/select.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Declares a `struct watch` of its own; ours is a different type of the
+ * same tag, which is fine as long as inotifytools_filename_from_watch()
+ * is never called. */
+#include <inotifytools/inotifytools.h>
+
+/*
+ * IN_CLOSE_WRITE and IN_MOVED_TO make a file pending; IN_MODIFY makes it
+ * wait for the next close; IN_OPEN and IN_ATTRIB (a writer reopening it,
+ * cp -p setting times) push the deadline back; IN_CREATE shows symlinks and
+ * other files that are never closed; IN_DELETE and IN_MOVED_FROM forget;
+ * the *_SELF events tell when the root or a folder goes away. Not
+ * IN_CLOSE_NOWRITE: our own reads of files in flight would only be noise.
+ */
+#define WATCH_EVENTS	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY | IN_OPEN | \
+			 IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | \
+			 IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)
+
+#define WATCH_TRIES	8	/* watch_recursively() racing with deletions */
+#define MAX_INOTIFY_FDS	64	/* other inotify instances we tolerate */
+#define NOT_IN_HEAP	((size_t)-1)
+
+enum entry_state { ENTRY_PENDING, ENTRY_IN_FLIGHT };
+
+/*
+ * While pending, closed and deadline say when the file is ready. While in
+ * flight they describe the writes seen meanwhile (dirty): closed whether the
+ * last one was a close, deadline when that last event settles.
+ */
+struct entry {
+	struct entry *next;		/* hash chain */
+	char *path;
+	uint64_t hash;
+	uint64_t seq;			/* equal deadlines: first come first */
+	int64_t deadline;
+	size_t heap_at;			/* index in the heap or NOT_IN_HEAP */
+	unsigned attempts;		/* watch_retry() calls since pending */
+	unsigned gen;			/* last full scan that saw it */
+	enum entry_state state;
+	bool closed;
+	bool dirty;
+};
+
+struct watch {
+	char *root;			/* without trailing '/' */
+	size_t rootlen;
+	char **ignore;			/* NULL-terminated, may be empty */
+	long settle_ms;
+	int fd;				/* -1 while inotify is down */
+	bool rebuild;			/* set while draining, done after */
+	struct entry **buckets;
+	size_t nbuckets, nentries;
+	struct entry **heap;
+	size_t heaplen, heapcap;
+	size_t npending, ninflight;
+	uint64_t seq;
+	unsigned gen;
+};
+
+/* libinotifytools has one global instance; so do we. */
+static bool watch_exists;
+
+int64_t watch_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Out of memory in the middle of event handling has no useful recovery:
+ * a half-updated table would lose files silently. */
+static void *xmalloc(size_t size)
+{
+	void *p = malloc(size);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n, size);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+/* ---- ignore globs ---- */
+
+static bool ignored_name(const struct watch *w, const char *name)
+{
+	for (char **g = w->ignore; *g != NULL; g++)
+		if (fnmatch(*g, name, 0) == 0)
+			return true;
+	return false;
+}
+
+/* A file is ignored when its name or any folder between it and root
+ * matches: a writer may fill ".incoming/" and rename it when done. */
+static bool ignored_path(const struct watch *w, const char *path)
+{
+	char name[NAME_MAX + 1];
+	const char *p = path + w->rootlen + 1;
+
+	while (*p != '\0') {
+		size_t len = strcspn(p, "/");
+
+		if (len > NAME_MAX)
+			return true;
+		memcpy(name, p, len);
+		name[len] = '\0';
+		if (ignored_name(w, name))
+			return true;
+		p += len;
+		p += strspn(p, "/");
+	}
+	return false;
+}
+
+/* ---- the heap of ready-to-be entries ---- */
+
+static bool heap_less(const struct entry *a, const struct entry *b)
+{
+	if (a->deadline != b->deadline)
+		return a->deadline < b->deadline;
+	return a->seq < b->seq;
+}
+
+static void heap_set(struct watch *w, size_t i, struct entry *e)
+{
+	w->heap[i] = e;
+	e->heap_at = i;
+}
+
+static void heap_up(struct watch *w, size_t i)
+{
+	struct entry *e = w->heap[i];
+
+	while (i > 0 && heap_less(e, w->heap[(i - 1) / 2])) {
+		heap_set(w, i, w->heap[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	heap_set(w, i, e);
+}
+
+static void heap_down(struct watch *w, size_t i)
+{
+	struct entry *e = w->heap[i];
+
+	for (;;) {
+		size_t c = 2 * i + 1;
+
+		if (c >= w->heaplen)
+			break;
+		if (c + 1 < w->heaplen && heap_less(w->heap[c + 1], w->heap[c]))
+			c++;
+		if (!heap_less(w->heap[c], e))
+			break;
+		heap_set(w, i, w->heap[c]);
+		i = c;
+	}
+	heap_set(w, i, e);
+}
+
+static void heap_push(struct watch *w, struct entry *e)
+{
+	if (w->heaplen == w->heapcap) {
+		size_t cap = w->heapcap ? w->heapcap * 2 : 64;
+		struct entry **h = realloc(w->heap, cap * sizeof(*h));
+
+		if (h == NULL)
+			abort();
+		w->heap = h;
+		w->heapcap = cap;
+	}
+	heap_set(w, w->heaplen++, e);
+	heap_up(w, e->heap_at);
+}
+
+static void heap_remove(struct watch *w, struct entry *e)
+{
+	size_t i = e->heap_at;
+	struct entry *last;
+
+	if (i == NOT_IN_HEAP)
+		return;
+	e->heap_at = NOT_IN_HEAP;
+	last = w->heap[--w->heaplen];
+	if (last == e)
+		return;
+	heap_set(w, i, last);
+	heap_up(w, i);
+	heap_down(w, last->heap_at);
+}
+
+/* ---- the table of known files ---- */
+
+static uint64_t hash_path(const char *s)
+{
+	uint64_t h = 14695981039346656037ULL;	/* FNV-1a */
+
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)*s;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+static struct entry *lookup(const struct watch *w, const char *path)
+{
+	uint64_t h = hash_path(path);
+
+	for (struct entry *e = w->buckets[h & (w->nbuckets - 1)]; e != NULL;
+	     e = e->next)
+		if (e->hash == h && strcmp(e->path, path) == 0)
+			return e;
+	return NULL;
+}
+
+static void grow_table(struct watch *w)
+{
+	size_t n = w->nbuckets * 2;
+	struct entry **b = xcalloc(n, sizeof(*b));
+
+	for (size_t i = 0; i < w->nbuckets; i++) {
+		struct entry *e, *next;
+
+		for (e = w->buckets[i]; e != NULL; e = next) {
+			next = e->next;
+			e->next = b[e->hash & (n - 1)];
+			b[e->hash & (n - 1)] = e;
+		}
+	}
+	free(w->buckets);
+	w->buckets = b;
+	w->nbuckets = n;
+}
+
+/* A new pending entry; the caller sets closed and deadline through
+ * set_due(). */
+static struct entry *insert(struct watch *w, const char *path)
+{
+	struct entry *e = xcalloc(1, sizeof(*e));
+	size_t b;
+
+	if (w->nentries >= w->nbuckets)
+		grow_table(w);
+	e->path = xstrdup(path);
+	e->hash = hash_path(path);
+	e->seq = w->seq++;
+	e->heap_at = NOT_IN_HEAP;
+	e->gen = w->gen;
+	e->state = ENTRY_PENDING;
+	b = e->hash & (w->nbuckets - 1);
+	e->next = w->buckets[b];
+	w->buckets[b] = e;
+	w->nentries++;
+	w->npending++;
+	return e;
+}
+
+static void drop(struct watch *w, struct entry *e)
+{
+	struct entry **pp = &w->buckets[e->hash & (w->nbuckets - 1)];
+
+	while (*pp != e)
+		pp = &(*pp)->next;
+	*pp = e->next;
+	heap_remove(w, e);
+	if (e->state == ENTRY_PENDING)
+		w->npending--;
+	else
+		w->ninflight--;
+	w->nentries--;
+	free(e->path);
+	free(e);
+}
+
+/* Keep the heap in step: a pending entry is in it exactly when closed. */
+static void set_due(struct watch *w, struct entry *e, bool closed,
+		    int64_t deadline)
+{
+	e->closed = closed;
+	e->deadline = deadline;
+	if (e->state != ENTRY_PENDING || !closed)
+		heap_remove(w, e);
+	else if (e->heap_at == NOT_IN_HEAP)
+		heap_push(w, e);
+	else {
+		heap_up(w, e->heap_at);
+		heap_down(w, e->heap_at);
+	}
+}
+
+/* ---- what events do to an entry ---- */
+
+/* Closed after writing, moved in, or found: ready after settling. */
+static int note_closed(struct watch *w, const char *path, int64_t now)
+{
+	struct entry *e = lookup(w, path);
+	int added = 0;
+
+	if (e == NULL) {
+		e = insert(w, path);
+		added = 1;
+	}
+	if (e->state == ENTRY_IN_FLIGHT)
+		e->dirty = true;
+	set_due(w, e, true, now + w->settle_ms);
+	return added;
+}
+
+/* Written to: wait for the next close. */
+static int note_written(struct watch *w, const char *path, int64_t now)
+{
+	struct entry *e = lookup(w, path);
+	int added = 0;
+
+	if (e == NULL) {
+		e = insert(w, path);
+		added = 1;
+	}
+	if (e->state == ENTRY_IN_FLIGHT)
+		e->dirty = true;
+	set_due(w, e, false, now + w->settle_ms);
+	return added;
+}
+
+/* Opened or changed attributes: someone is still at it. In flight, that
+ * someone is most likely us. */
+static void note_touched(struct watch *w, const char *path, int64_t now)
+{
+	struct entry *e = lookup(w, path);
+
+	if (e != NULL && e->state == ENTRY_PENDING)
+		set_due(w, e, e->closed, now + w->settle_ms);
+}
+
+/* Deleted or moved away. A file in flight stays until watch_done(); what
+ * was written to it meanwhile went with it. */
+static void note_gone(struct watch *w, const char *path)
+{
+	struct entry *e = lookup(w, path);
+
+	if (e == NULL)
+		return;
+	if (e->state == ENTRY_IN_FLIGHT)
+		e->dirty = false;
+	else
+		drop(w, e);
+}
+
+/* ---- scanning ---- */
+
+static bool is_dot_or_dotdot(const char *name)
+{
+	return name[0] == '.' && (name[1] == '\0' ||
+				  (name[1] == '.' && name[2] == '\0'));
+}
+
+/* Symlinks are not directories here: we never descend through them. */
+static bool entry_is_dir(int dfd, const struct dirent *de)
+{
+	struct stat st;
+
+	if (de->d_type != DT_UNKNOWN)
+		return de->d_type == DT_DIR;
+	if (fstatat(dfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == -1)
+		return false;
+	return S_ISDIR(st.st_mode);
+}
+
+/*
+ * Any non-directory counts, symlinks and FIFOs too: the pipeline rejects
+ * them into quarantine, which is better than leaving them unexplained.
+ *
+ * A known entry still waiting for a close may have lost it (queue
+ * overflow, the gap while watches are rebuilt, a truncate(2) without
+ * open): if it was quiet for settle_ms by both our events and its mtime,
+ * treat it as closed rather than keep it forever.
+ */
+static long scan_file(struct watch *w, int dfd, const char *name,
+		      const char *path, int64_t now)
+{
+	struct entry *e = lookup(w, path);
+	struct timespec rt;
+	struct stat st;
+	int64_t mtime_ms, real_ms;
+
+	if (e == NULL) {
+		e = insert(w, path);
+		set_due(w, e, true, now + w->settle_ms);
+		return 1;
+	}
+	e->gen = w->gen;
+	if (e->state != ENTRY_PENDING || e->closed || now < e->deadline)
+		return 0;
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == -1)
+		return 0;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	real_ms = (int64_t)rt.tv_sec * 1000 + rt.tv_nsec / 1000000;
+	mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 +
+		   st.st_mtim.tv_nsec / 1000000;
+	if (real_ms - mtime_ms >= w->settle_ms)
+		set_due(w, e, true, now + w->settle_ms);
+	return 0;
+}
+
+static long scan_dir(struct watch *w, int dfd, char *path, size_t len,
+		     int64_t now);
+
+static long scan_subdir(struct watch *w, int dfd, const char *name,
+			char *path, size_t len, int64_t now)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			O_CLOEXEC);
+
+	if (fd == -1)
+		return 0;	/* gone meanwhile, or not ours to read */
+	return scan_dir(w, fd, path, len, now);
+}
+
+/* path holds the folder's path (len bytes); dfd is consumed. */
+static long scan_dir(struct watch *w, int dfd, char *path, size_t len,
+		     int64_t now)
+{
+	DIR *dir = fdopendir(dfd);
+	struct dirent *de;
+	long added = 0;
+
+	if (dir == NULL) {
+		close(dfd);
+		return 0;
+	}
+	while ((de = readdir(dir)) != NULL) {
+		size_t nlen = strlen(de->d_name);
+
+		if (is_dot_or_dotdot(de->d_name) ||
+		    ignored_name(w, de->d_name) || len + 1 + nlen >= PATH_MAX)
+			continue;
+		path[len] = '/';
+		memcpy(path + len + 1, de->d_name, nlen + 1);
+		if (entry_is_dir(dirfd(dir), de))
+			added += scan_subdir(w, dirfd(dir), de->d_name, path,
+					     len + 1 + nlen, now);
+		else
+			added += scan_file(w, dirfd(dir), de->d_name, path, now);
+		path[len] = '\0';
+	}
+	closedir(dir);
+	return added;
+}
+
+/* A folder that appeared below root, after its watch was added. */
+static long scan_new_dir(struct watch *w, const char *dirpath, int64_t now)
+{
+	char path[PATH_MAX];
+	size_t len = strlen(dirpath);
+	int fd;
+
+	if (len >= sizeof(path))
+		return 0;
+	memcpy(path, dirpath, len + 1);
+	fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1)
+		return 0;
+	return scan_dir(w, fd, path, len, now);
+}
+
+/* Entries no full scan has seen and whose file is gone: events lost in
+ * an overflow, or paths gone stale when a folder moved. */
+static void prune_unseen(struct watch *w)
+{
+	struct stat st;
+
+	for (size_t i = 0; i < w->nbuckets; i++) {
+		struct entry *e = w->buckets[i], *next;
+
+		for (; e != NULL; e = next) {
+			next = e->next;
+			if (e->state != ENTRY_PENDING || e->gen == w->gen)
+				continue;
+			if (lstat(e->path, &st) == -1 &&
+			    (errno == ENOENT || errno == ENOTDIR))
+				drop(w, e);
+		}
+	}
+}
+
+long watch_scan(struct watch *w, struct error *err)
+{
+	char path[PATH_MAX];
+	long added;
+	int fd;
+
+	memcpy(path, w->root, w->rootlen + 1);
+	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot scan %s",
+				 w->root);
+	w->gen++;
+	added = scan_dir(w, fd, path, w->rootlen, watch_now_ms());
+	prune_unseen(w);
+	return added;
+}
+
+/* ---- inotify through libinotifytools ---- */
+
+/* The inotify instances open in this process, or -1. */
+static int list_inotify_fds(int *fds, size_t max, size_t *n)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	struct dirent *de;
+
+	*n = 0;
+	if (dir == NULL)
+		return -1;
+	while ((de = readdir(dir)) != NULL) {
+		char link[64];
+		ssize_t len;
+
+		if (de->d_name[0] == '.')
+			continue;
+		len = readlinkat(dirfd(dir), de->d_name, link, sizeof(link) - 1);
+		if (len <= 0)
+			continue;
+		link[len] = '\0';
+		if (strcmp(link, "anon_inode:inotify") != 0)
+			continue;
+		if (*n == max) {
+			closedir(dir);
+			errno = EMFILE;
+			return -1;
+		}
+		fds[(*n)++] = atoi(de->d_name);
+	}
+	closedir(dir);
+	return 0;
+}
+
+/* The descriptor inotifytools_initialize() just made: it has no accessor,
+ * so it is the one inotify instance that was not there before. */
+static int find_new_inotify_fd(const int *before, size_t nbefore)
+{
+	int after[MAX_INOTIFY_FDS];
+	size_t nafter;
+	int found = -1;
+
+	if (list_inotify_fds(after, MAX_INOTIFY_FDS, &nafter) == -1)
+		return -1;
+	for (size_t i = 0; i < nafter; i++) {
+		bool old = false;
+
+		for (size_t j = 0; j < nbefore && !old; j++)
+			old = after[i] == before[j];
+		if (old)
+			continue;
+		if (found != -1) {
+			errno = EEXIST;	/* someone else made one meanwhile */
+			return -1;
+		}
+		found = after[i];
+	}
+	if (found == -1)
+		errno = ENOENT;
+	return found;
+}
+
+static int inotify_up(struct watch *w, enum error_kind kind,
+		      struct error *err)
+{
+	int before[MAX_INOTIFY_FDS];
+	size_t nbefore;
+	int fd, flags;
+
+	if (list_inotify_fds(before, MAX_INOTIFY_FDS, &nbefore) == -1)
+		return error_set(err, kind, errno, "cannot list /proc/self/fd");
+	if (!inotifytools_initialize())
+		return error_set(err, kind, inotifytools_error(),
+				 "cannot initialize inotify");
+	fd = find_new_inotify_fd(before, nbefore);
+	if (fd == -1) {
+		error_set(err, kind, errno, "cannot find the inotify descriptor");
+		inotifytools_cleanup();
+		return -1;
+	}
+	if (fd >= FD_SETSIZE) {
+		/* libinotifytools would abort in FD_SET() on the first read. */
+		inotifytools_cleanup();
+		return error_set(err, kind, 0, "inotify descriptor %d is beyond "
+				 "FD_SETSIZE (%d): too many files open", fd,
+				 FD_SETSIZE);
+	}
+	flags = fcntl(fd, F_GETFL);
+	if (flags == -1 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) == -1 ||
+	    fcntl(fd, F_SETFD, FD_CLOEXEC) == -1) {
+		error_set(err, kind, errno, "cannot set up the inotify descriptor");
+		inotifytools_cleanup();
+		return -1;
+	}
+	w->fd = fd;
+	return 0;
+}
+
+/*
+ * Read and throw away whatever the library still buffers, so that cleanup
+ * leaves nothing behind for the next instance to misread.
+ */
+static void drain_discard(void)
+{
+	while (inotifytools_next_events(0, 1) != NULL ||
+	       inotifytools_error() == EINTR)
+		;
+}
+
+static void inotify_down(struct watch *w)
+{
+	if (w->fd == -1)
+		return;
+	drain_discard();
+	inotifytools_cleanup();
+	w->fd = -1;
+}
+
+/* watch_recursively() gives up with ENOENT when anything below vanishes
+ * between its readdir and lstat: try again while path itself exists.
+ * Returns 0, 1 when path is gone, or -1 with errno. */
+static int watch_tree(const char *path)
+{
+	struct stat st;
+	int e = ENOENT;
+
+	for (int i = 0; i < WATCH_TRIES; i++) {
+		if (inotifytools_watch_recursively(path, WATCH_EVENTS))
+			return 0;
+		e = inotifytools_error();
+		if (e != ENOENT)
+			break;
+		if (lstat(path, &st) == -1 && errno == ENOENT)
+			return 1;
+	}
+	errno = e != 0 ? e : EIO;	/* it failed without saying why */
+	return -1;
+}
+
+/* Everything again: forgets stale paths and kernel-dropped watches. On
+ * failure inotify may be down (fd -1) or up with part of the tree. */
+static int rebuild(struct watch *w, enum error_kind kind, struct error *err)
+{
+	inotify_down(w);
+	if (inotify_up(w, kind, err) == -1)
+		return -1;
+	if (watch_tree(w->root) != 0)
+		return error_set(err, kind, errno == 0 ? ENOENT : errno,
+				 "cannot watch %s", w->root);
+	return 0;
+}
+
+long watch_rewatch(struct watch *w, struct error *err)
+{
+	struct error scan_err = ERROR_INIT;
+	int rc = rebuild(w, ERROR_TRANSIENT, err);
+	long added;
+
+	/* Scan even when watching failed: the periodic retry then keeps
+	 * files moving, if late. */
+	added = watch_scan(w, rc == -1 ? &scan_err : err);
+	w->rebuild = false;
+	return rc == -1 ? -1 : added;
+}
+
+/* ---- events ---- */
+
+static bool is_root_dir(const struct watch *w, const char *dir)
+{
+	return strncmp(dir, w->root, w->rootlen) == 0 &&
+	       strcmp(dir + w->rootlen, "/") == 0;
+}
+
+/* A folder appeared: watch it, then scan it for what arrived before the
+ * watch did. A failure to watch is worth a full rebuild later. */
+static long dir_appeared(struct watch *w, const char *path, int64_t now,
+			 struct error *err)
+{
+	if (ignored_path(w, path))
+		return 0;
+	if (watch_tree(path) == -1)
+		error_set(err, ERROR_TRANSIENT, errno, "cannot watch %s", path);
+	return scan_new_dir(w, path, now);
+}
+
+static long file_event(struct watch *w, uint32_t mask, const char *path,
+		       int64_t now)
+{
+	struct stat st;
+
+	if (ignored_path(w, path))
+		return 0;
+	if (mask & (IN_CLOSE_WRITE | IN_MOVED_TO))
+		return note_closed(w, path, now);
+	if (mask & IN_MODIFY)
+		return note_written(w, path, now);
+	if (mask & (IN_DELETE | IN_MOVED_FROM))
+		note_gone(w, path);
+	else if (mask & (IN_OPEN | IN_ATTRIB))
+		note_touched(w, path, now);
+	else if ((mask & IN_CREATE) && lstat(path, &st) == 0 &&
+		 !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+		return note_closed(w, path, now);	/* never closed */
+	return 0;
+}
+
+/*
+ * One event. Regular files created are left to their IN_MODIFY and
+ * IN_CLOSE_WRITE (a hard link has neither: the periodic scan finds it).
+ * Our own rmdir gives IN_DELETE_SELF and IN_IGNORED on the folder: nothing
+ * to do. A folder moving anywhere makes every path below it stale.
+ */
+static long handle_event(struct watch *w, const struct inotify_event *ev,
+			 int64_t now, struct error *err)
+{
+	char path[PATH_MAX];
+	const char *dir;
+
+	if (ev->mask & (IN_Q_OVERFLOW | IN_UNMOUNT)) {
+		w->rebuild = true;
+		return 0;
+	}
+	if (ev->mask & IN_IGNORED)
+		return 0;
+	dir = inotifytools_filename_from_wd(ev->wd);
+	if (dir == NULL || dir[0] == '\0')
+		return 0;	/* a watch the library no longer knows */
+	if (ev->len == 0 || ev->name[0] == '\0') {
+		if ((ev->mask & IN_MOVE_SELF) ||
+		    ((ev->mask & IN_DELETE_SELF) && is_root_dir(w, dir)))
+			w->rebuild = true;
+		return 0;
+	}
+	if ((size_t)snprintf(path, sizeof(path), "%s%s", dir, ev->name) >=
+	    sizeof(path) || strncmp(path, w->root, w->rootlen) != 0 ||
+	    path[w->rootlen] != '/')
+		return 0;
+	if (!(ev->mask & IN_ISDIR))
+		return file_event(w, ev->mask, path, now);
+	if (ev->mask & IN_MOVED_FROM)
+		w->rebuild = true;
+	else if (ev->mask & (IN_CREATE | IN_MOVED_TO))
+		return dir_appeared(w, path, now, err);
+	return 0;
+}
+
+/*
+ * Drains to NULL, however long that takes: events the library buffered
+ * would not wake poll() again. Flooding it means writing files faster than
+ * a hash lookup per event, which the kernel queue limit catches first.
+ */
+int watch_handle_events(struct watch *w, struct error *err)
+{
+	struct error ev_err = ERROR_INIT;
+	int64_t now = watch_now_ms();
+	struct inotify_event *ev;
+	long added = 0, found;
+
+	if (w->fd == -1)
+		return 0;
+	for (;;) {
+		int e;
+
+		ev = inotifytools_next_events(0, 1);
+		if (ev != NULL) {
+			if (!w->rebuild)
+				added += handle_event(w, ev, now, &ev_err);
+			continue;
+		}
+		e = inotifytools_error();
+		if (e == EINTR)
+			continue;
+		if (e != 0 && e != EAGAIN) {
+			error_set(&ev_err, ERROR_TRANSIENT, e, "reading inotify");
+			w->rebuild = true;
+		}
+		break;
+	}
+	if (w->rebuild) {
+		found = watch_rewatch(w, err);
+		if (found < 0)
+			return -1;
+		added += found;
+	} else if (ev_err.kind != ERROR_NONE) {
+		if (err != NULL)
+			*err = ev_err;
+		return -1;
+	}
+	return added > INT_MAX ? INT_MAX : (int)added;
+}
+
+/* ---- life cycle ---- */
+
+static char **copy_globs(const char *const *globs)
+{
+	size_t n = 0;
+	char **copy;
+
+	while (globs != NULL && globs[n] != NULL)
+		n++;
+	copy = xcalloc(n + 1, sizeof(*copy));
+	for (size_t i = 0; i < n; i++)
+		copy[i] = xstrdup(globs[i]);
+	return copy;
+}
+
+int watch_new(struct watch **out, const struct watch_options *opts,
+	      struct error *err)
+{
+	struct watch *w;
+	size_t len;
+
+	*out = NULL;
+	if (watch_exists)
+		return error_set(err, ERROR_SETUP, 0, "only one watch at a time: "
+				 "libinotifytools has global state");
+	if (opts->root == NULL || opts->root[0] != '/')
+		return error_set(err, ERROR_SETUP, 0, "input folder must be an "
+				 "absolute path");
+	len = strlen(opts->root);
+	while (len > 0 && opts->root[len - 1] == '/')
+		len--;
+	if (len == 0)
+		return error_set(err, ERROR_SETUP, 0, "input folder cannot be /");
+	if (len >= PATH_MAX - 1)
+		return error_set(err, ERROR_SETUP, ENAMETOOLONG, "%s", opts->root);
+	w = xcalloc(1, sizeof(*w));
+	w->root = xmalloc(len + 1);
+	memcpy(w->root, opts->root, len);
+	w->root[len] = '\0';
+	w->rootlen = len;
+	w->ignore = copy_globs(opts->ignore);
+	w->settle_ms = opts->settle_ms > 0 ? opts->settle_ms : 0;
+	w->fd = -1;
+	w->nbuckets = 256;
+	w->buckets = xcalloc(w->nbuckets, sizeof(*w->buckets));
+	watch_exists = true;
+	if (rebuild(w, ERROR_SETUP, err) == -1) {
+		watch_free(w);
+		return -1;
+	}
+	*out = w;
+	return 0;
+}
+
+void watch_free(struct watch *w)
+{
+	if (w == NULL)
+		return;
+	inotify_down(w);
+	for (size_t i = 0; i < w->nbuckets; i++) {
+		struct entry *e, *next;
+
+		for (e = w->buckets[i]; e != NULL; e = next) {
+			next = e->next;
+			free(e->path);
+			free(e);
+		}
+	}
+	for (char **g = w->ignore; *g != NULL; g++)
+		free(*g);
+	free(w->ignore);
+	free(w->buckets);
+	free(w->heap);
+	free(w->root);
+	free(w);
+	watch_exists = false;
+}
+
+int watch_fd(const struct watch *w)
+{
+	return w->fd;
+}
+
+/* ---- handing files out ---- */
+
+int64_t watch_next_ready_ms(const struct watch *w)
+{
+	int64_t left;
+
+	if (w->heaplen == 0)
+		return -1;
+	left = w->heap[0]->deadline - watch_now_ms();
+	return left > 0 ? left : 0;
+}
+
+size_t watch_take_ready(struct watch *w, char **paths, size_t max)
+{
+	int64_t now = watch_now_ms();
+	size_t n = 0;
+
+	while (n < max && w->heaplen > 0 && w->heap[0]->deadline <= now) {
+		struct entry *e = w->heap[0];
+
+		heap_remove(w, e);
+		e->state = ENTRY_IN_FLIGHT;
+		e->dirty = false;
+		w->npending--;
+		w->ninflight++;
+		paths[n++] = xstrdup(e->path);
+	}
+	return n;
+}
+
+/* Back to pending, for what was written while it was in flight. */
+static void land(struct watch *w, struct entry *e, bool closed,
+		 int64_t deadline)
+{
+	if (e->state == ENTRY_IN_FLIGHT) {
+		e->state = ENTRY_PENDING;
+		w->ninflight--;
+		w->npending++;
+	}
+	e->dirty = false;
+	set_due(w, e, closed, deadline);
+}
+
+void watch_done(struct watch *w, const char *path)
+{
+	struct entry *e = lookup(w, path);
+
+	if (e == NULL || e->state != ENTRY_IN_FLIGHT)
+		return;
+	if (!e->dirty) {
+		drop(w, e);
+		return;
+	}
+	e->attempts = 0;	/* new content, a fresh start */
+	land(w, e, e->closed, e->deadline);
+}
+
+void watch_retry(struct watch *w, const char *path, long delay_ms)
+{
+	struct entry *e = lookup(w, path);
+	int64_t at = watch_now_ms() + (delay_ms > 0 ? delay_ms : 0);
+
+	if (e == NULL)
+		e = insert(w, path);
+	e->attempts++;
+	if (e->state == ENTRY_IN_FLIGHT && e->dirty) {
+		/* A writer is back: its last event decides, but not sooner
+		 * than asked. */
+		land(w, e, e->closed, e->deadline > at ? e->deadline : at);
+		return;
+	}
+	land(w, e, true, at);
+}
+
+unsigned watch_attempts(const struct watch *w, const char *path)
+{
+	const struct entry *e = lookup(w, path);
+
+	return e != NULL ? e->attempts : 0;
+}
+
+size_t watch_pending_count(const struct watch *w)
+{
+	return w->npending;
+}
+
+size_t watch_in_flight_count(const struct watch *w)
+{
+	return w->ninflight;
+}
+
+/* ---- removing emptied folders ---- */
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* All known paths, sorted: the ones below a folder are then one binary
+ * search away, which keeps a cleanup O((folders + files) log files). */
+static char **sorted_paths(const struct watch *w)
+{
+	char **paths = xmalloc((w->nentries + 1) * sizeof(*paths));
+	size_t n = 0;
+
+	for (size_t i = 0; i < w->nbuckets; i++)
+		for (struct entry *e = w->buckets[i]; e != NULL; e = e->next)
+			paths[n++] = e->path;
+	qsort(paths, n, sizeof(*paths), cmp_str);
+	return paths;
+}
+
+static bool known_below(const struct watch *w, char **paths, char *dir,
+			size_t len)
+{
+	size_t lo = 0, hi = w->nentries;
+	bool below;
+
+	dir[len] = '/';		/* within PATH_MAX: dir held a name more */
+	dir[len + 1] = '\0';
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (strcmp(paths[mid], dir) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	below = lo < w->nentries && strncmp(paths[lo], dir, len + 1) == 0;
+	dir[len] = '\0';
+	return below;
+}
+
+/*
+ * Depth first, so that a tree of empty folders goes in one call. Age is
+ * the folder's mtime before we removed anything below it (our own rmdir
+ * would make every parent young). Folders with ignored names are left
+ * alone: they may be a writer's staging folder that must exist. dfd is
+ * consumed.
+ */
+static size_t prune_dirs(const struct watch *w, int dfd, char *path,
+			 size_t len, time_t cutoff, char **paths)
+{
+	DIR *dir = fdopendir(dfd);
+	struct dirent *de;
+	size_t removed = 0;
+
+	if (dir == NULL) {
+		close(dfd);
+		return 0;
+	}
+	while ((de = readdir(dir)) != NULL) {
+		size_t nlen = strlen(de->d_name);
+		struct stat st;
+		bool old;
+		int fd;
+
+		if (is_dot_or_dotdot(de->d_name) ||
+		    ignored_name(w, de->d_name) || len + 2 + nlen >= PATH_MAX ||
+		    !entry_is_dir(dirfd(dir), de))
+			continue;
+		fd = openat(dirfd(dir), de->d_name, O_RDONLY | O_DIRECTORY |
+			    O_NOFOLLOW | O_CLOEXEC);
+		if (fd == -1)
+			continue;
+		if (fstat(fd, &st) == -1) {
+			close(fd);
+			continue;
+		}
+		old = st.st_mtime <= cutoff;
+		path[len] = '/';
+		memcpy(path + len + 1, de->d_name, nlen + 1);
+		removed += prune_dirs(w, fd, path, len + 1 + nlen, cutoff, paths);
+		/* ENOTEMPTY just means it is in use. */
+		if (old && !known_below(w, paths, path, len + 1 + nlen) &&
+		    unlinkat(dirfd(dir), de->d_name, AT_REMOVEDIR) == 0)
+			removed++;
+		path[len] = '\0';
+	}
+	closedir(dir);
+	return removed;
+}
+
+size_t watch_remove_empty_dirs(struct watch *w, long min_age_s)
+{
+	char path[PATH_MAX];
+	char **paths;
+	size_t removed;
+	int fd;
+
+	memcpy(path, w->root, w->rootlen + 1);
+	fd = open(w->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return 0;
+	paths = sorted_paths(w);
+	removed = prune_dirs(w, fd, path, w->rootlen, time(NULL) - min_age_s,
+			     paths);
+	free(paths);
+	return removed;
+}

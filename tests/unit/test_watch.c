@@ -1,0 +1,707 @@
+/* test_watch.c - real inotify on real temporary folders: a file is handed
+ * out once it was closed (or moved in) and stayed quiet for settle_ms, not
+ * before and not twice; temporary names wait; new folders, backlog, queue
+ * overflow and rewatch lose nothing; emptied old folders go. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "dicomsort/watch.h"
+
+#define SETTLE_MS 200
+
+static const char *const ignore[] = { ".*", "*.part", "*.tmp", NULL };
+
+static char base[PATH_MAX - 64];/* holds root and outside */
+static char root[PATH_MAX];	/* the watched folder */
+static char outside[PATH_MAX];	/* same file system, not watched */
+static struct watch *w;
+
+static int64_t now_ms(void)
+{
+	return watch_now_ms();
+}
+
+static const char *in(const char *dir, const char *rel)
+{
+	static char buf[4][PATH_MAX];
+	static int next;
+	char *p = buf[next++ % 4];
+
+	snprintf(p, PATH_MAX, "%s/%s", dir, rel);
+	return p;
+}
+
+static void write_file(const char *path, const char *text, int flags)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | flags, 0644);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	assert_int_equal(close(fd), 0);
+}
+
+static void make_old(const char *path)
+{
+	struct timespec times[2] = { { time(NULL) - 3600, 0 },
+				     { time(NULL) - 3600, 0 } };
+
+	assert_int_equal(utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW), 0);
+}
+
+static void start_watch(void)
+{
+	struct watch_options opts = { root, ignore, SETTLE_MS };
+	struct error err = ERROR_INIT;
+
+	assert_int_equal(watch_new(&w, &opts, &err), 0);
+	assert_true(watch_fd(w) >= 0);
+}
+
+static int make_dirs(void **state)
+{
+	const char *tmp = getenv("DICOMSORT_TEST_TMP");
+
+	(void)state;
+	if (tmp == NULL)
+		tmp = "/tmp";
+	mkdir(tmp, 0755);
+	snprintf(base, sizeof(base), "%s/test_watch.XXXXXX", tmp);
+	if (mkdtemp(base) == NULL)
+		return -1;
+	snprintf(root, sizeof(root), "%s/in", base);
+	snprintf(outside, sizeof(outside), "%s/outside", base);
+	if (mkdir(root, 0755) == -1 || mkdir(outside, 0755) == -1)
+		return -1;
+	w = NULL;
+	return 0;
+}
+
+static int make_dirs_and_watch(void **state)
+{
+	if (make_dirs(state) == -1)
+		return -1;
+	start_watch();
+	return 0;
+}
+
+static int remove_one(const char *path, const struct stat *st, int type,
+		      struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	return type == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+static int drop_dirs(void **state)
+{
+	(void)state;
+	watch_free(w);
+	w = NULL;
+	return nftw(base, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Handle events for ms milliseconds, as the daemon's loop would. */
+static void pump(int ms)
+{
+	int64_t end = now_ms() + ms;
+	int64_t left;
+
+	while ((left = end - now_ms()) > 0) {
+		struct pollfd pfd = { watch_fd(w), POLLIN, 0 };
+		struct error err = ERROR_INIT;
+
+		poll(&pfd, 1, (int)left);
+		assert_true(watch_handle_events(w, &err) >= 0);
+	}
+}
+
+/* Pump until something is ready (or timeout_ms passes); take up to max. */
+static size_t wait_ready(char **paths, size_t max, int timeout_ms)
+{
+	int64_t end = now_ms() + timeout_ms;
+
+	for (;;) {
+		struct pollfd pfd = { watch_fd(w), POLLIN, 0 };
+		struct error err = ERROR_INIT;
+		int64_t left = end - now_ms(), next;
+		size_t n;
+
+		assert_true(watch_handle_events(w, &err) >= 0);
+		n = watch_take_ready(w, paths, max);
+		if (n > 0 || left <= 0)
+			return n;
+		next = watch_next_ready_ms(w);
+		if (next >= 0 && next < left)
+			left = next;
+		poll(&pfd, 1, (int)left + 1);
+	}
+}
+
+/* Expect exactly path to be handed out within timeout_ms. */
+static void expect_ready(const char *path, int timeout_ms)
+{
+	char *got[4];
+	size_t n = wait_ready(got, 4, timeout_ms);
+
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0], path);
+	free(got[0]);
+}
+
+static void expect_nothing_ready(int ms)
+{
+	char *got[1];
+
+	pump(ms);
+	if (watch_take_ready(w, got, 1) == 1) {
+		print_error("unexpectedly ready: %s\n", got[0]);
+		free(got[0]);
+		fail();
+	}
+}
+
+/* Take every ready path into names (by base name), failing on repeats. */
+static size_t take_all(char **names, size_t max, int timeout_ms)
+{
+	size_t total = 0;
+	char *got[64];
+
+	for (;;) {
+		size_t n = wait_ready(got, 64, timeout_ms);
+
+		if (n == 0)
+			return total;
+		for (size_t i = 0; i < n; i++) {
+			for (size_t j = 0; j < total; j++)
+				assert_string_not_equal(names[j], got[i]);
+			assert_true(total < max);
+			names[total++] = got[i];
+		}
+	}
+}
+
+static bool taken(char **names, size_t n, const char *path)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(names[i], path) == 0)
+			return true;
+	return false;
+}
+
+static void free_all(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+}
+
+static void closed_file_waits_for_settle_ms(void **state)
+{
+	const char *path = in(root, "a.dcm");
+	char *got[1];
+	int64_t closed;
+
+	(void)state;
+	write_file(path, "DICM", O_TRUNC);
+	closed = now_ms();
+	expect_nothing_ready(SETTLE_MS / 2);
+	assert_int_equal(watch_pending_count(w), 1);
+	assert_true(watch_next_ready_ms(w) > 0);
+	assert_int_equal(wait_ready(got, 1, 2000), 1);
+	assert_true(now_ms() - closed >= SETTLE_MS);
+	assert_string_equal(got[0], path);
+	free(got[0]);
+	assert_int_equal(watch_pending_count(w), 0);
+	assert_int_equal(watch_in_flight_count(w), 1);
+	assert_int_equal(watch_next_ready_ms(w), -1);
+	watch_done(w, path);
+	assert_int_equal(watch_in_flight_count(w), 0);
+	expect_nothing_ready(SETTLE_MS + 50);
+}
+
+/* Write, close, reopen, write, close... over 3 x settle_ms, each pause
+ * shorter than settle_ms: not handed out before the last close settles. */
+static void slow_writer_waits_for_its_last_close(void **state)
+{
+	const char *path = in(root, "slow.dcm");
+	char *got[1];
+	int64_t last;
+
+	(void)state;
+	write_file(path, "part1", O_TRUNC);
+	for (int i = 0; i < 5; i++) {
+		expect_nothing_ready(SETTLE_MS * 3 / 4);
+		write_file(path, "more", O_APPEND);
+	}
+	last = now_ms();
+	assert_int_equal(wait_ready(got, 1, 2000), 1);
+	assert_true(now_ms() - last >= SETTLE_MS);
+	free(got[0]);
+}
+
+/* A writer that keeps the file open and pauses longer than settle_ms:
+ * its write made the file wait for the close. */
+static void open_writer_is_waited_for(void **state)
+{
+	const char *path = in(root, "open.dcm");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int64_t closed;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "x", 1), 1);
+	expect_nothing_ready(SETTLE_MS * 3);
+	assert_int_equal(watch_pending_count(w), 1);
+	assert_int_equal(write(fd, "y", 1), 1);
+	expect_nothing_ready(SETTLE_MS * 2);
+	close(fd);
+	closed = now_ms();
+	expect_ready(path, 2000);
+	assert_true(now_ms() - closed >= SETTLE_MS);
+}
+
+static void moved_in_file_is_ready(void **state)
+{
+	(void)state;
+	write_file(in(outside, "m.dcm"), "DICM", O_TRUNC);
+	expect_nothing_ready(50);
+	assert_int_equal(rename(in(outside, "m.dcm"), in(root, "m.dcm")), 0);
+	expect_ready(in(root, "m.dcm"), 2000);
+}
+
+static void temporary_names_wait_until_renamed(void **state)
+{
+	(void)state;
+	write_file(in(root, ".x.part"), "DICM", O_TRUNC);
+	write_file(in(root, ".rsync.abc"), "DICM", O_TRUNC);
+	write_file(in(root, "y.tmp"), "DICM", O_TRUNC);
+	assert_int_equal(mkdir(in(root, ".incoming"), 0755), 0);
+	write_file(in(root, ".incoming/s.dcm"), "DICM", O_TRUNC);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_int_equal(watch_pending_count(w), 0);
+
+	assert_int_equal(rename(in(root, ".x.part"), in(root, "x.dcm")), 0);
+	expect_ready(in(root, "x.dcm"), 2000);
+	assert_int_equal(rename(in(root, ".rsync.abc"), in(root, "abc.dcm")), 0);
+	expect_ready(in(root, "abc.dcm"), 2000);
+	/* A folder renamed to a real name: everything inside counts now. */
+	assert_int_equal(rename(in(root, ".incoming"), in(root, "study")), 0);
+	expect_ready(in(root, "study/s.dcm"), 2000);
+	expect_nothing_ready(SETTLE_MS + 50);
+}
+
+/* Files written right after mkdir race the new folder's watch: the scan
+ * that follows the watch must find them. */
+static void new_folders_are_watched_and_scanned(void **state)
+{
+	char *names[16];
+	size_t n;
+
+	(void)state;
+	assert_int_equal(mkdir(in(root, "sub"), 0755), 0);
+	write_file(in(root, "sub/a.dcm"), "DICM", O_TRUNC);
+	assert_int_equal(mkdir(in(root, "sub2"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "sub2/x"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "sub2/x/y"), 0755), 0);
+	write_file(in(root, "sub2/x/y/b.dcm"), "DICM", O_TRUNC);
+	pump(50);
+	write_file(in(root, "sub/c.dcm"), "DICM", O_TRUNC);
+	assert_int_equal(mkdir(in(root, "sub2/x/y/z"), 0755), 0);
+	write_file(in(root, "sub2/x/y/z/d.dcm"), "DICM", O_TRUNC);
+
+	n = take_all(names, 16, SETTLE_MS * 4);
+	assert_int_equal(n, 4);
+	assert_true(taken(names, n, in(root, "sub/a.dcm")));
+	assert_true(taken(names, n, in(root, "sub/c.dcm")));
+	assert_true(taken(names, n, in(root, "sub2/x/y/b.dcm")));
+	assert_true(taken(names, n, in(root, "sub2/x/y/z/d.dcm")));
+	free_all(names, n);
+}
+
+/* Symlinks are handed out (the pipeline rejects them); a symlinked folder
+ * is not descended into. */
+static void backlog_is_found_by_scan(void **state)
+{
+	struct error err = ERROR_INIT;
+	char *names[16];
+	size_t n;
+
+	(void)state;
+	assert_int_equal(mkdir(in(root, "p1"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "p1/s1"), 0755), 0);
+	write_file(in(root, "top.dcm"), "DICM", O_TRUNC);
+	write_file(in(root, "p1/s1/i1.dcm"), "DICM", O_TRUNC);
+	write_file(in(root, "p1/.hidden"), "DICM", O_TRUNC);
+	write_file(in(root, "p1/half.part"), "DICM", O_TRUNC);
+	write_file(in(outside, "target.dcm"), "DICM", O_TRUNC);
+	assert_int_equal(mkdir(in(outside, "dir"), 0755), 0);
+	write_file(in(outside, "dir/inner.dcm"), "DICM", O_TRUNC);
+	assert_int_equal(symlink(in(outside, "target.dcm"), in(root, "link.dcm")), 0);
+	assert_int_equal(symlink(in(outside, "dir"), in(root, "dirlink")), 0);
+
+	start_watch();
+	assert_int_equal(watch_pending_count(w), 0);
+	assert_int_equal(watch_scan(w, &err), 4);
+	assert_int_equal(watch_pending_count(w), 4);
+	assert_int_equal(watch_scan(w, &err), 0);
+	expect_nothing_ready(SETTLE_MS / 2);
+	n = take_all(names, 16, SETTLE_MS * 3);
+	assert_int_equal(n, 4);
+	assert_true(taken(names, n, in(root, "top.dcm")));
+	assert_true(taken(names, n, in(root, "p1/s1/i1.dcm")));
+	assert_true(taken(names, n, in(root, "link.dcm")));
+	assert_true(taken(names, n, in(root, "dirlink")));
+	free_all(names, n);
+}
+
+static void file_in_flight_is_not_handed_out_twice(void **state)
+{
+	struct error err = ERROR_INIT;
+	const char *path = in(root, "f.dcm");
+	int64_t written;
+
+	(void)state;
+	write_file(path, "DICM", O_TRUNC);
+	expect_ready(path, 2000);
+	assert_int_equal(watch_scan(w, &err), 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_int_equal(watch_in_flight_count(w), 1);
+
+	/* Our own reading of it is no write. */
+	{
+		char buf[8];
+		int fd = open(path, O_RDONLY);
+
+		assert_true(read(fd, buf, sizeof(buf)) > 0);
+		close(fd);
+	}
+	pump(50);
+	watch_done(w, path);
+	assert_int_equal(watch_pending_count(w), 0);
+	assert_int_equal(watch_in_flight_count(w), 0);
+
+	/* A write while in flight: pending again once done. */
+	assert_int_equal(watch_scan(w, &err), 1);
+	expect_ready(path, 2000);
+	write_file(path, "more", O_APPEND);
+	written = now_ms();
+	expect_nothing_ready(50);
+	watch_done(w, path);
+	assert_int_equal(watch_pending_count(w), 1);
+	expect_ready(path, 2000);
+	assert_true(now_ms() - written >= SETTLE_MS);
+
+	/* Written, then deleted (stored and removed) while in flight. */
+	write_file(path, "again", O_APPEND);
+	pump(20);
+	assert_int_equal(unlink(path), 0);
+	pump(20);
+	watch_done(w, path);
+	assert_int_equal(watch_pending_count(w), 0);
+	assert_int_equal(watch_in_flight_count(w), 0);
+	expect_nothing_ready(SETTLE_MS + 50);
+}
+
+static void retry_offers_again_after_the_delay(void **state)
+{
+	const char *path = in(root, "r.dcm");
+	char *got[1];
+	int64_t retried;
+
+	(void)state;
+	write_file(path, "DICM", O_TRUNC);
+	expect_ready(path, 2000);
+	assert_int_equal(watch_attempts(w, path), 0);
+	watch_retry(w, path, 400);
+	retried = now_ms();
+	assert_int_equal(watch_attempts(w, path), 1);
+	assert_int_equal(watch_in_flight_count(w), 0);
+	assert_int_equal(watch_pending_count(w), 1);
+	assert_true(watch_next_ready_ms(w) > 300);
+	assert_int_equal(watch_take_ready(w, got, 1), 0);
+	expect_ready(path, 2000);
+	assert_true(now_ms() - retried >= 400);
+	watch_retry(w, path, 0);
+	assert_int_equal(watch_attempts(w, path), 2);
+	expect_ready(path, 100);
+	watch_done(w, path);
+	assert_int_equal(watch_attempts(w, path), 0);
+}
+
+static void deleted_pending_file_is_forgotten(void **state)
+{
+	(void)state;
+	write_file(in(root, "gone.dcm"), "DICM", O_TRUNC);
+	pump(20);
+	assert_int_equal(watch_pending_count(w), 1);
+	assert_int_equal(unlink(in(root, "gone.dcm")), 0);
+	pump(20);
+	assert_int_equal(watch_pending_count(w), 0);
+	write_file(in(root, "away.dcm"), "DICM", O_TRUNC);
+	pump(20);
+	assert_int_equal(rename(in(root, "away.dcm"), in(outside, "away.dcm")), 0);
+	expect_nothing_ready(SETTLE_MS + 50);
+	assert_int_equal(watch_pending_count(w), 0);
+}
+
+/* A hard link brings a file without IN_CLOSE_WRITE: only a scan finds it,
+ * which makes it a witness of whether a rescan happened. */
+static void rewatch_rescans_and_keeps_watching(void **state)
+{
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_int_equal(mkdir(in(root, "a"), 0755), 0);
+	write_file(in(root, "a/f1.dcm"), "DICM", O_TRUNC);
+	expect_ready(in(root, "a/f1.dcm"), 2000);
+	watch_done(w, in(root, "a/f1.dcm"));
+	assert_int_equal(unlink(in(root, "a/f1.dcm")), 0);
+
+	/* A moved folder: new files in it carry the new path. */
+	assert_int_equal(rename(in(root, "a"), in(root, "b")), 0);
+	pump(50);
+	write_file(in(root, "b/f2.dcm"), "DICM", O_TRUNC);
+	expect_ready(in(root, "b/f2.dcm"), 2000);
+	watch_done(w, in(root, "b/f2.dcm"));
+	assert_int_equal(unlink(in(root, "b/f2.dcm")), 0);
+
+	write_file(in(outside, "hl.dcm"), "DICM", O_TRUNC);
+	assert_int_equal(link(in(outside, "hl.dcm"), in(root, "b/hl.dcm")), 0);
+	expect_nothing_ready(SETTLE_MS + 50);
+	assert_int_equal(watch_rewatch(w, &err), 1);
+	assert_true(watch_fd(w) >= 0);
+	expect_ready(in(root, "b/hl.dcm"), 2000);
+
+	assert_int_equal(mkdir(in(root, "c"), 0755), 0);
+	write_file(in(root, "c/f3.dcm"), "DICM", O_TRUNC);
+	write_file(in(root, "b/f4.dcm"), "DICM", O_TRUNC);
+	{
+		char *names[4];
+		size_t n = take_all(names, 4, SETTLE_MS * 3);
+
+		assert_int_equal(n, 2);
+		assert_true(taken(names, n, in(root, "c/f3.dcm")));
+		assert_true(taken(names, n, in(root, "b/f4.dcm")));
+		free_all(names, n);
+	}
+}
+
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (f != NULL) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+/* More events than the kernel queues while nobody reads: the overflow
+ * event triggers a rebuild, whose scan finds the files whose events were
+ * lost. Uses the system's limit as it is; skipped when it is huge. */
+static void queue_overflow_loses_nothing(void **state)
+{
+	long limit = read_long("/proc/sys/fs/inotify/max_queued_events");
+	struct error err = ERROR_INIT;
+	char **names;
+	long nfiles;
+	size_t n;
+
+	(void)state;
+	if (limit <= 0 || limit > 65536) {
+		print_message("max_queued_events=%ld: overflow test skipped\n",
+			      limit);
+		skip();
+	}
+	/* IN_CREATE, IN_OPEN, IN_MODIFY, IN_CLOSE_WRITE per file. */
+	nfiles = limit / 4 + 1000;
+	for (long i = 0; i < nfiles; i++) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "o%06ld.dcm", i);
+		write_file(in(root, name), "D", O_TRUNC);
+	}
+	assert_true(watch_handle_events(w, &err) >= 0);
+	assert_int_equal(watch_pending_count(w), (size_t)nfiles);
+	names = calloc((size_t)nfiles, sizeof(*names));
+	n = take_all(names, (size_t)nfiles, SETTLE_MS * 5);
+	assert_int_equal(n, (size_t)nfiles);
+	for (size_t i = 0; i < n; i++)
+		watch_done(w, names[i]);
+	free_all(names, n);
+	free(names);
+	/* Still watching after the rebuild. */
+	write_file(in(root, "after.dcm"), "DICM", O_TRUNC);
+	expect_ready(in(root, "after.dcm"), 2000);
+}
+
+static void empty_old_folders_are_removed(void **state)
+{
+	struct stat st;
+
+	(void)state;
+	assert_int_equal(mkdir(in(root, "old1"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "old1/old2"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "young"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "full"), 0755), 0);
+	assert_int_equal(mkdir(in(root, "busy"), 0755), 0);
+	assert_int_equal(mkdir(in(root, ".staging"), 0755), 0);
+	write_file(in(root, "full/keep.dcm"), "DICM", O_TRUNC);
+	write_file(in(root, "busy/f.dcm"), "DICM", O_TRUNC);
+	{
+		char *names[4];
+		size_t n = take_all(names, 4, SETTLE_MS * 3);
+
+		assert_int_equal(n, 2);
+		free_all(names, n);
+	}
+	watch_done(w, in(root, "full/keep.dcm"));
+	/* In flight and already unlinked: the folder looks empty. */
+	assert_int_equal(unlink(in(root, "busy/f.dcm")), 0);
+	write_file(in(outside, "hl.dcm"), "DICM", O_TRUNC);
+	make_old(in(root, "old1/old2"));
+	make_old(in(root, "old1"));
+	make_old(in(root, "full"));
+	make_old(in(root, "busy"));
+	make_old(in(root, ".staging"));
+	make_old(root);
+	pump(50);
+
+	assert_int_equal(watch_remove_empty_dirs(w, 600), 2);
+	assert_int_equal(lstat(in(root, "old1"), &st), -1);
+	assert_int_equal(lstat(in(root, "young"), &st), 0);
+	assert_int_equal(lstat(in(root, "full"), &st), 0);
+	assert_int_equal(lstat(in(root, "busy"), &st), 0);
+	assert_int_equal(lstat(in(root, ".staging"), &st), 0);
+	assert_int_equal(lstat(root, &st), 0);
+
+	/* Our own rmdir must not cost a rescan: a hard link, which only a
+	 * scan would find, stays unnoticed. */
+	assert_int_equal(link(in(outside, "hl.dcm"), in(root, "hl.dcm")), 0);
+	pump(100);
+	assert_int_equal(watch_pending_count(w), 0);
+
+	watch_done(w, in(root, "busy/f.dcm"));
+	assert_int_equal(watch_remove_empty_dirs(w, 600), 1);
+	assert_int_equal(lstat(in(root, "busy"), &st), -1);
+	assert_int_equal(watch_remove_empty_dirs(w, 0), 1);	/* young */
+	assert_int_equal(lstat(root, &st), 0);
+}
+
+static void burst_of_2000_files_each_ready_once(void **state)
+{
+	enum { N = 2000 };
+	static unsigned char seen[N];
+	size_t total = 0;
+	int64_t start, created;
+
+	(void)state;
+	memset(seen, 0, sizeof(seen));
+	start = now_ms();
+	for (int i = 0; i < N; i++) {
+		char name[32];
+
+		snprintf(name, sizeof(name), "b%04d.dcm", i);
+		write_file(in(root, name), "DICM", O_TRUNC);
+	}
+	created = now_ms();
+	while (total < N && now_ms() - created < 10000) {
+		char *got[64];
+		size_t n = wait_ready(got, 64, 1000);
+
+		for (size_t i = 0; i < n; i++) {
+			const char *b = strrchr(got[i], '/') + 1;
+			int idx = atoi(b + 1);
+
+			assert_true(idx >= 0 && idx < N);
+			assert_int_equal(seen[idx], 0);
+			seen[idx] = 1;
+			watch_done(w, got[i]);
+			free(got[i]);
+		}
+		total += n;
+	}
+	assert_int_equal(total, N);
+	print_message("%d files: created in %lld ms, all ready %lld ms after "
+		      "the last close\n", N, (long long)(created - start),
+		      (long long)(now_ms() - created));
+	expect_nothing_ready(SETTLE_MS + 50);
+	assert_int_equal(watch_pending_count(w), 0);
+	assert_int_equal(watch_in_flight_count(w), 0);
+}
+
+static void one_watch_at_a_time(void **state)
+{
+	struct watch_options opts = { root, ignore, SETTLE_MS };
+	struct error err = ERROR_INIT;
+	struct watch *second;
+	int fd = watch_fd(w);
+
+	(void)state;
+	assert_true((fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+	assert_true((fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+	assert_int_equal(watch_new(&second, &opts, &err), -1);
+	assert_int_equal(err.kind, ERROR_SETUP);
+	assert_null(second);
+}
+
+static void missing_root_is_a_setup_error(void **state)
+{
+	struct watch_options opts = { NULL, ignore, SETTLE_MS };
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	opts.root = in(base, "nonexistent");
+	assert_int_equal(watch_new(&w, &opts, &err), -1);
+	assert_int_equal(err.kind, ERROR_SETUP);
+	assert_int_equal(err.errnum, ENOENT);
+	opts.root = "relative/path";
+	assert_int_equal(watch_new(&w, &opts, &err), -1);
+	/* A failed watch_new leaves room for the next one. */
+	start_watch();
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, make_dirs_and_watch, drop_dirs)
+#define T0(f) cmocka_unit_test_setup_teardown(f, make_dirs, drop_dirs)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(closed_file_waits_for_settle_ms),
+		T(slow_writer_waits_for_its_last_close),
+		T(open_writer_is_waited_for),
+		T(moved_in_file_is_ready),
+		T(temporary_names_wait_until_renamed),
+		T(new_folders_are_watched_and_scanned),
+		T0(backlog_is_found_by_scan),
+		T(file_in_flight_is_not_handed_out_twice),
+		T(retry_offers_again_after_the_delay),
+		T(deleted_pending_file_is_forgotten),
+		T(rewatch_rescans_and_keeps_watching),
+		T(queue_overflow_loses_nothing),
+		T(empty_old_folders_are_removed),
+		T(burst_of_2000_files_each_ready_once),
+		T(one_watch_at_a_time),
+		T0(missing_root_is_a_setup_error),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -38,11 +38,16 @@ static int mkdir_p(const char *path)
 
 int fsutil_open_dir(const char *path, bool create, struct error *err)
 {
-	int fd;
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
-	if (create && mkdir_p(path) == -1)
+	/* Create only what is missing: under ProtectSystem=strict even a
+	 * mkdir of an existing parent such as /var is a write attempt. */
+	if (fd != -1 || errno != ENOENT || !create)
+		goto opened;
+	if (mkdir_p(path) == -1)
 		return error_set(err, ERROR_SETUP, errno, "cannot create %s", path);
 	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+opened:
 	if (fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "cannot open %s", path);
 	return fd;
@@ -52,12 +57,17 @@ int fsutil_open_dir(const char *path, bool create, struct error *err)
  * directory (O_NOFOLLOW refuses a symlink planted in its place). */
 static int step_into(int dirfd, const char *name, struct error *err)
 {
-	int fd;
+	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			O_CLOEXEC);
 
+	/* Most folders exist already: try the open first, mkdir on ENOENT. */
+	if (fd != -1 || errno != ENOENT)
+		goto opened;
 	if (mkdirat(dirfd, name, 0755) == -1 && errno != EEXIST)
 		return error_set(err, error_kind_for_output_errno(errno), errno,
 				 "cannot create directory %s", name);
 	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+opened:
 	if (fd == -1)
 		return error_set(err, errno == ENOTDIR || errno == ELOOP ?
 				 ERROR_INPUT : ERROR_TRANSIENT, errno,

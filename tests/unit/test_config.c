@@ -232,7 +232,7 @@ static void shipped_example_config_is_valid(void **state)
 	if (config_load(&cfg, DICOMSORT_SOURCE_DIR "/etc/dicomsortd.conf",
 			&err) == -1)
 		fail_msg("%s", err.msg);
-	assert_string_equal(cfg.input, "/var/lib/dicomsortd/incoming");
+	assert_string_equal(cfg.input, "/srv/dicom/incoming");
 	assert_int_equal(cfg.profile, DEID_NONE);
 	config_release(&cfg);
 }

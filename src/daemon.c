@@ -511,6 +511,15 @@ static int open_folders(struct daemon *d, struct error *err)
 	return 0;
 }
 
+/* The audit names every destination, so when de-identifying the source's
+ * own name (which may be a patient's) is not reused unless configured. */
+static const char *daemon_file_name(const struct config *cfg)
+{
+	if (cfg->filename == NULL && cfg->profile != DEID_NONE)
+		return PIPELINE_DEIDENTIFIED_NAME;
+	return cfg->filename;
+}
+
 static int setup_pipeline(struct daemon *d, struct error *err)
 {
 	const struct config *cfg = d->cfg;
@@ -518,7 +527,7 @@ static int setup_pipeline(struct daemon *d, struct error *err)
 	struct pipeline_options opts = {
 		.output_dir = cfg->output,
 		.dir_template = cfg->layout,
-		.name_template = cfg->filename,
+		.name_template = daemon_file_name(cfg),
 		.sync = PIPELINE_SYNC_EACH,
 		.disposal = cfg->after_success == AFTER_SUCCESS_MOVE ?
 			    PIPELINE_MOVE_SOURCE : PIPELINE_DELETE_SOURCE,

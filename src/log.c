@@ -56,6 +56,29 @@ static void stderr_line(const char *line)
 	fputs(buf, stderr);
 }
 
+/*
+ * Values come from file names and DICOM data: a newline or quote in them
+ * must not forge a second record or end a field early, so quotes,
+ * backslashes and control bytes are escaped (\", \\, \xHH).
+ */
+static void append_escaped(char *buf, size_t len, const char *val)
+{
+	size_t used = strlen(buf);
+
+	for (const unsigned char *p = (const unsigned char *)val;
+	     *p && used + 5 < len; p++) {
+		if (*p == '"' || *p == '\\') {
+			buf[used++] = '\\';
+			buf[used++] = (char)*p;
+		} else if (*p < 0x20 || *p == 0x7f) {
+			used += (size_t)snprintf(buf + used, len - used, "\\x%02x", *p);
+		} else {
+			buf[used++] = (char)*p;
+		}
+	}
+	buf[used] = '\0';
+}
+
 void log_msg(int priority, const char *fmt, ...)
 {
 	char msg[2048], line[2100];
@@ -71,7 +94,8 @@ void log_msg(int priority, const char *fmt, ...)
 				"SYSLOG_IDENTIFIER=%s", log_state.ident, NULL);
 		return;
 	}
-	snprintf(line, sizeof(line), "%s: %s", priority_name(priority), msg);
+	snprintf(line, sizeof(line), "%s: ", priority_name(priority));
+	append_escaped(line, sizeof(line), msg);
 	stderr_line(line);
 }
 
@@ -79,8 +103,13 @@ static void append_field(char *buf, size_t len, const char *key, const char *val
 {
 	size_t used = strlen(buf);
 
-	if (val != NULL && used < len)
-		snprintf(buf + used, len - used, " %s=\"%s\"", key, val);
+	if (val == NULL || used + strlen(key) + 4 >= len)
+		return;
+	snprintf(buf + used, len - used, " %s=\"", key);
+	append_escaped(buf, len - 1, val);
+	used = strlen(buf);
+	buf[used] = '"';
+	buf[used + 1] = '\0';
 }
 
 void log_audit(const struct audit_record *rec)

@@ -85,8 +85,12 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	if (compile_layout(&in->dirs, opts->dir_template ? opts->dir_template :
 			   LAYOUT_DEFAULT_DIRS, false, err) == -1)
 		return -1;
-	if (opts->name_template != NULL &&
-	    compile_layout(&in->name, opts->name_template, true, err) == -1)
+	/* A source's own name may carry the patient's name: under basic the
+	 * file is named by its (replaced) SOPInstanceUID unless told otherwise. */
+	if (opts->name_template == NULL && opts->deid.profile == DEID_BASIC)
+		in->opts.name_template = PIPELINE_DEIDENTIFIED_NAME;
+	if (in->opts.name_template != NULL &&
+	    compile_layout(&in->name, in->opts.name_template, true, err) == -1)
 		return -1;
 	if (deid_check_options(&opts->deid, err) == -1)
 		return -1;

@@ -35,10 +35,14 @@ enum pipeline_disposal {
 	PIPELINE_MOVE_SOURCE,	/* into processed_dir, same relative name */
 };
 
+/* The file name used instead of the source's when de-identifying. */
+#define PIPELINE_DEIDENTIFIED_NAME "{SOPInstanceUID}.dcm"
+
 struct pipeline_options {
 	const char *output_dir;
 	const char *dir_template;	/* NULL: LAYOUT_DEFAULT_DIRS */
-	const char *name_template;	/* NULL: keep the source's base name */
+	const char *name_template;	/* NULL: keep the source's base name
+					   (basic: PIPELINE_DEIDENTIFIED_NAME) */
 	struct deid_options deid;
 	enum pipeline_sync sync;
 	enum pipeline_disposal disposal;

@@ -18,7 +18,6 @@
 
 #define SECRET_MIN 16
 #define SECRET_MAX 4096
-#define MAX_TOKENS 64
 #define DEFAULT_SHIFT_DAYS 365
 
 struct deid_secret {
@@ -280,8 +279,12 @@ static int new_patient_id(const struct deid_options *o, const char *id,
 	if (o->table == NULL && o->profile != DEID_BASIC &&
 	    o->unknown_id == DEID_UNKNOWN_DEFAULT)
 		return 0;	/* nothing to map against: the original's way */
-	report->id_unmapped = true;
-	snprintf(report->original_id, sizeof(report->original_id), "%s", id);
+	/* Only a table can miss an ID: without one there is nothing to list
+	 * in the batch's log, and no original ID is kept. */
+	if (o->table != NULL) {
+		report->id_unmapped = true;
+		snprintf(report->original_id, sizeof(report->original_id), "%s", id);
+	}
 	switch (unknown_policy(o)) {
 	case DEID_UNKNOWN_REJECT:
 		return error_set(err, ERROR_INPUT, 0,
@@ -338,33 +341,152 @@ static int apply_id_only(const struct deid_options *o, struct dicom_file *file,
 
 /* ---- basic: identifying strings, for Clean Descriptors ---- */
 
-struct tokens {
-	char *list[MAX_TOKENS];	/* lowercase, alphanumeric only */
-	size_t count;
+/*
+ * Text is compared as Unicode code points, case folded (ASCII, Latin-1,
+ * Latin Extended-A, Greek, Cyrillic), with separators (ASCII characters that
+ * are neither letters nor digits) ignored: "Müller" matches "MÜLLER" and
+ * "PAT_0042" matches "PAT0042". Transliterations ("MUELLER") are not
+ * matched.
+ */
+
+struct token {
+	uint32_t *cp;		/* folded code points, no separators */
+	size_t len;
 };
 
-static bool is_separator(unsigned char c)
+struct tokens {
+	struct token *list;
+	size_t count, cap;
+	bool failed;		/* out of memory: clean everything away */
+};
+
+static uint32_t fold(uint32_t c)
 {
-	return c < 0x80 && !isalnum(c);
+	if (c >= 'A' && c <= 'Z')
+		return c + 0x20;
+	if (c < 0x80)
+		return c;
+	if (c >= 0xC0 && c <= 0xDE && c != 0xD7)
+		return c + 0x20;
+	if (c >= 0x100 && c <= 0x137 && c != 0x130)
+		return c | 1;
+	if (c == 0x130)
+		return 'i';
+	if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E))
+		return (c & 1) ? c + 1 : c;
+	if (c >= 0x14A && c <= 0x177)
+		return c | 1;
+	if (c == 0x178)
+		return 0xFF;
+	if ((c >= 0x391 && c <= 0x3A9) || (c >= 0x410 && c <= 0x42F))
+		return c + 0x20;
+	if (c >= 0x400 && c <= 0x40F)
+		return c + 0x50;
+	return c;
+}
+
+/* Decode one UTF-8 character at s (not at its end): its folded code point,
+ * its length in *n. A byte that does not start a valid sequence stands for
+ * itself (U+DC00 + byte), so any input works. */
+static uint32_t next_char(const unsigned char *s, size_t *n)
+{
+	uint32_t c = s[0];
+	size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ?
+		     3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+
+	if (len == 1) {
+		*n = 1;
+		return fold(c);
+	}
+	if (len == 0)
+		goto invalid;
+	c &= 0x3F >> (len - 1);
+	for (size_t i = 1; i < len; i++) {
+		if ((s[i] & 0xC0) != 0x80)
+			goto invalid;
+		c = (c << 6) | (s[i] & 0x3F);
+	}
+	*n = len;
+	return fold(c);
+invalid:
+	*n = 1;
+	return 0xDC00 + s[0];
+}
+
+static bool is_separator(uint32_t c)
+{
+	return c < 0x80 && !isalnum((int)c);
+}
+
+/* The text as folded code points, without separators; *offsets (if not
+ * NULL) gets the byte offset of each, plus one for the end. */
+static size_t fold_text(const char *text, size_t len, uint32_t **cps,
+			size_t **offsets)
+{
+	const unsigned char *s = (const unsigned char *)text;
+	size_t n = 0, i = 0;
+
+	*cps = malloc((len + 1) * sizeof(**cps));
+	if (offsets)
+		*offsets = malloc((len + 1) * sizeof(**offsets));
+	if (*cps == NULL || (offsets && *offsets == NULL)) {
+		free(*cps);
+		*cps = NULL;
+		if (offsets) {
+			free(*offsets);
+			*offsets = NULL;
+		}
+		return 0;
+	}
+	while (i < len && s[i]) {
+		size_t step;
+		uint32_t c = next_char(s + i, &step);
+
+		if (i + step > len)
+			step = len - i;
+		if (!is_separator(c)) {
+			if (offsets)
+				(*offsets)[n] = i;
+			(*cps)[n++] = c;
+		}
+		i += step;
+	}
+	if (offsets)
+		(*offsets)[n] = i;
+	return n;
 }
 
 static void add_token(struct tokens *t, const char *text, size_t len)
 {
-	char *tok;
-	size_t n = 0;
+	struct token tok;
 
-	if (t->count == MAX_TOKENS)
+	tok.len = fold_text(text, len, &tok.cp, NULL);
+	if (tok.cp == NULL) {
+		t->failed = true;
 		return;
-	tok = malloc(len + 1);
-	if (tok == NULL)
+	}
+	if (tok.len < 2) {	/* an initial would erase letters everywhere */
+		free(tok.cp);
 		return;
-	for (size_t i = 0; i < len; i++)
-		if (!is_separator((unsigned char)text[i]))
-			tok[n++] = (char)tolower((unsigned char)text[i]);
-	tok[n] = '\0';
-	if (n < 2) {	/* an initial would erase letters everywhere */
-		free(tok);
-		return;
+	}
+	for (size_t i = 0; i < t->count; i++) {
+		if (t->list[i].len == tok.len &&
+		    memcmp(t->list[i].cp, tok.cp, tok.len * sizeof(*tok.cp)) == 0) {
+			free(tok.cp);
+			return;
+		}
+	}
+	if (t->count == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 32;
+		struct token *list = realloc(t->list, cap * sizeof(*list));
+
+		if (list == NULL) {
+			free(tok.cp);
+			t->failed = true;
+			return;
+		}
+		t->list = list;
+		t->cap = cap;
 	}
 	t->list[t->count++] = tok;
 }
@@ -379,6 +501,43 @@ static void add_name_tokens(struct tokens *t, const char *value)
 		size_t n = strcspn(p, "^= ,\\-'");
 		if (n > 0)
 			add_token(t, p, n);
+		p += n;
+		if (*p)
+			p++;
+	}
+}
+
+/* A word that identifies on its own: 4+ characters with a letter, or 6+
+ * digits (shorter numbers occur everywhere: house numbers, slice sizes). */
+static bool distinctive_word(const char *w, size_t n)
+{
+	size_t letters = 0, chars = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)w[i];
+
+		if ((ch & 0xC0) != 0x80)
+			chars++;
+		if (!isdigit(ch))
+			letters++;
+	}
+	return letters > 0 ? chars >= 4 : chars >= 6;
+}
+
+/* Free text that identifies (addresses, institutions, stations): whole,
+ * and each distinctive word of it. */
+static void add_text_tokens(struct tokens *t, const char *value)
+{
+	const unsigned char *p = (const unsigned char *)value;
+
+	add_token(t, value, strlen(value));
+	while (*p) {
+		size_t n = 0;
+
+		while (p[n] && !(p[n] < 0x80 && !isalnum(p[n])))
+			n++;
+		if (n > 0 && distinctive_word((const char *)p, n))
+			add_token(t, (const char *)p, n);
 		p += n;
 		if (*p)
 			p++;
@@ -400,19 +559,27 @@ static void add_date_tokens(struct tokens *t, const char *da)
 	add_token(t, buf, 8);
 }
 
-static void add_multi(struct tokens *t, const char *value, bool name)
+enum token_kind { TOKEN_WHOLE, TOKEN_NAME, TOKEN_TEXT };
+
+static void add_multi(struct tokens *t, const char *value, enum token_kind kind)
 {
 	const char *p = value;
 
 	while (*p) {
 		size_t n = strcspn(p, "\\");
-		char part[256];
+		char *part = strndup(p, n);
 
-		snprintf(part, sizeof(part), "%.*s", (int)(n < 255 ? n : 255), p);
-		if (name)
+		if (part == NULL) {
+			t->failed = true;
+			return;
+		}
+		if (kind == TOKEN_NAME)
 			add_name_tokens(t, part);
+		else if (kind == TOKEN_TEXT)
+			add_text_tokens(t, part);
 		else
-			add_token(t, part, strlen(part));
+			add_token(t, part, n);
+		free(part);
 		p += n;
 		if (*p)
 			p++;
@@ -422,50 +589,67 @@ static void add_multi(struct tokens *t, const char *value, bool name)
 static void free_tokens(struct tokens *t)
 {
 	for (size_t i = 0; i < t->count; i++)
-		free(t->list[i]);
-	t->count = 0;
+		free(t->list[i].cp);
+	free(t->list);
+	t->list = NULL;
+	t->count = t->cap = 0;
 }
 
-/* Length of the match of token at s (separators inside skipped), or 0. */
-static size_t match_at(const char *s, const char *token)
+/* Byte offset just after the k-th folded character of in. */
+static size_t char_end(const char *in, size_t len, const size_t *off, size_t k)
 {
-	size_t i = 0;
+	size_t step;
 
-	if (is_separator((unsigned char)s[0]))
-		return 0;
-	for (const char *t = token; *t; t++) {
-		while (s[i] && is_separator((unsigned char)s[i]))
-			i++;
-		if (s[i] == '\0' || tolower((unsigned char)s[i]) != *t)
-			return 0;
-		i++;
-	}
-	return i;
+	next_char((const unsigned char *)in + off[k], &step);
+	return off[k] + step < len ? off[k] + step : len;
 }
 
-/* Remove every occurrence of every token, in any case or separator form. */
+/* Remove every occurrence of every token, in any case or separator form;
+ * the separators around a match stay. NULL when out of memory. */
 static char *clean_text(const char *in, const struct tokens *t)
 {
-	size_t len = strlen(in), o = 0;
-	char *out = malloc(len + 1);
+	size_t len = strlen(in), o = 0, n, *off = NULL, i = 0, k = 0;
+	uint32_t *cp = NULL;
+	char *out;
 
-	if (out == NULL)
+	if (t->failed)
+		return strdup("");
+	out = malloc(len + 1);
+	n = fold_text(in, len, &cp, &off);
+	if (out == NULL || cp == NULL) {
+		free(out);
+		free(cp);
+		free(off);
 		return NULL;
-	for (size_t i = 0; i < len;) {
-		size_t best = 0;
+	}
+	/* k: the next folded character; i: the next input byte to copy. */
+	while (k < n) {
+		size_t best = 0, end;
 
-		for (size_t k = 0; k < t->count; k++) {
-			size_t m = match_at(in + i, t->list[k]);
-			if (m > best)
-				best = m;
+		for (size_t j = 0; j < t->count; j++) {
+			const struct token *tok = &t->list[j];
+
+			if (tok->len > best && tok->len <= n - k &&
+			    memcmp(cp + k, tok->cp, tok->len * sizeof(*cp)) == 0)
+				best = tok->len;
 		}
-		if (best > 0) {
-			i += best;
+		if (best == 0) {
+			end = char_end(in, len, off, k);
+			while (i < end)
+				out[o++] = in[i++];
+			k++;
 			continue;
 		}
-		out[o++] = in[i++];
+		while (i < off[k])
+			out[o++] = in[i++];
+		i = char_end(in, len, off, k + best - 1);
+		k += best;
 	}
+	while (i < len)
+		out[o++] = in[i++];
 	out[o] = '\0';
+	free(cp);
+	free(off);
 	return out;
 }
 
@@ -491,19 +675,32 @@ static const struct deid_rule *find_rule(uint32_t tag)
 	return NULL;
 }
 
+/* How much of the value an option code keeps: when two chosen options
+ * have different codes for one row (Retain Device Identity keeps a
+ * calibration date that Modified Dates shifts), the one that keeps less
+ * wins. */
+static int retention(enum deid_action act)
+{
+	return act == DEID_ACT_K ? 2 : act == DEID_ACT_C ? 1 : 0;
+}
+
 /* The action for this row under the chosen options; *column says which
  * option decided (-1: the Basic Profile). */
 static enum deid_action effective_action(const struct deid_rule *r,
 					 unsigned options, int *column)
 {
+	enum deid_action act = r->basic;
+
+	*column = -1;
 	for (int c = 0; c < DEID_COL_COUNT; c++) {
-		if ((options & (1u << c)) && r->option[c] != DEID_ACT_NONE) {
+		if (!(options & (1u << c)) || r->option[c] == DEID_ACT_NONE)
+			continue;
+		if (*column == -1 || retention(r->option[c]) < retention(act)) {
 			*column = c;
-			return r->option[c];
+			act = r->option[c];
 		}
 	}
-	*column = -1;
-	return r->basic;
+	return act;
 }
 
 struct basic_ctx {
@@ -526,13 +723,15 @@ static const char *dummy_for_vr(const char *vr)
 		{ "IS", "0" }, { "LO", "ANONYMIZED" }, { "LT", "ANONYMIZED" },
 		{ "PN", "ANONYMIZED" }, { "SH", "ANONYMIZED" }, { "ST", "ANONYMIZED" },
 		{ "TM", "000000" }, { "UC", "ANONYMIZED" }, { "UR", "ANONYMIZED" },
-		{ "UT", "ANONYMIZED" },
+		{ "UT", "ANONYMIZED" }, { "US", "0" }, { "SS", "0" }, { "UL", "0" },
+		{ "SL", "0" }, { "FL", "0" }, { "FD", "0" }, { "UV", "0" },
+		{ "SV", "0" },
 	};
 
 	for (size_t i = 0; i < sizeof(dummies) / sizeof(*dummies); i++)
 		if (strcmp(vr, dummies[i].vr) == 0)
 			return dummies[i].value;
-	return NULL;	/* binary VRs: emptied instead */
+	return NULL;	/* AT, SQ: emptied; binary VRs: put_binary_dummy() */
 }
 
 static bool is_text_vr(const char *vr)
@@ -657,30 +856,48 @@ static void clean_element(struct basic_ctx *c, struct dicom_elem *e)
 		return;
 	}
 	cleaned = clean_text(value, c->tokens);
-	if (cleaned != NULL && strcmp(cleaned, value) != 0)
+	if (cleaned == NULL) {	/* never keep what could not be cleaned */
+		struct error err = ERROR_INIT;
+
+		error_set(&err, ERROR_TRANSIENT, ENOMEM, "cleaning a value");
+		fail(c, &err);
+	} else if (strcmp(cleaned, value) != 0) {
 		put(c, e, cleaned);
+	}
 	free(cleaned);
 	free(value);
 }
 
-static enum dicom_visit_action act_clean(struct basic_ctx *c, struct dicom_elem *e,
-				       const char *vr, int column)
+static bool is_binary_vr(const char *vr)
 {
-	if (strcmp(vr, "SQ") == 0) {
-		/* Keep the sequence; text inside it is cleaned. */
-		if (c->clean_below < 0)
-			c->clean_below = dicom_elem_depth(e);
-		return DCM_VISIT_KEEP;
+	static const char *const binary[] = { "OB", "OW", "OF", "OD", "OL", "OV",
+					       "UN" };
+
+	for (size_t i = 0; i < sizeof(binary) / sizeof(*binary); i++)
+		if (strcmp(vr, binary[i]) == 0)
+			return true;
+	return false;
+}
+
+/* A binary value's dummy: as many zero values as it had (at most 64,
+ * at least 2 bytes), so it stays non-empty and holds nothing. value is
+ * the adapter's '\'-separated form of the original. */
+static void put_binary_dummy(struct basic_ctx *c, struct dicom_elem *e,
+			     const char *vr, const char *value)
+{
+	char zeros[2 * 64];
+	size_t count = 1;
+
+	for (const char *p = value; *p && count < 64; p++)
+		count += *p == '\\';
+	if (count < 2 && (strcmp(vr, "OB") == 0 || strcmp(vr, "UN") == 0))
+		count = 2;
+	for (size_t i = 0; i < count; i++) {
+		zeros[2 * i] = '0';
+		zeros[2 * i + 1] = '\\';
 	}
-	if (column == DEID_COL_MODIFIED_DATES)
-		shift_dates(c, e, vr);
-	else if (strcmp(vr, "UI") == 0)
-		map_values(c, e, map_uid);
-	else if (is_text_vr(vr))
-		clean_element(c, e);
-	else
-		return empty(c, e);
-	return DCM_VISIT_KEEP;
+	zeros[2 * count - 1] = '\0';
+	put(c, e, zeros);
 }
 
 static enum dicom_visit_action act_dummy(struct basic_ctx *c, struct dicom_elem *e,
@@ -695,6 +912,11 @@ static enum dicom_visit_action act_dummy(struct basic_ctx *c, struct dicom_elem 
 		free(value);
 		return DCM_VISIT_KEEP;
 	}
+	if (is_binary_vr(vr) && present == 1) {
+		put_binary_dummy(c, e, vr, value);
+		free(value);
+		return DCM_VISIT_KEEP;
+	}
 	free(value);
 	if (strcmp(vr, "UI") == 0) {
 		map_values(c, e, map_uid);
@@ -703,6 +925,30 @@ static enum dicom_visit_action act_dummy(struct basic_ctx *c, struct dicom_elem 
 	if (dummy == NULL)
 		return empty(c, e);
 	put(c, e, dummy);
+	return DCM_VISIT_KEEP;
+}
+
+static enum dicom_visit_action act_clean(struct basic_ctx *c, struct dicom_elem *e,
+				       const char *vr, int column)
+{
+	if (strcmp(vr, "SQ") == 0) {
+		/* Keep the sequence; text inside it is cleaned. */
+		if (c->clean_below < 0)
+			c->clean_below = dicom_elem_depth(e);
+		return DCM_VISIT_KEEP;
+	}
+	if (column == DEID_COL_MODIFIED_DATES && is_binary_vr(vr))
+		/* A binary timestamp cannot be moved by whole days here:
+		 * a zero dummy, so the real date does not survive. */
+		return act_dummy(c, e, vr);
+	if (column == DEID_COL_MODIFIED_DATES)
+		shift_dates(c, e, vr);
+	else if (strcmp(vr, "UI") == 0)
+		map_values(c, e, map_uid);
+	else if (is_text_vr(vr))
+		clean_element(c, e);
+	else
+		return empty(c, e);
 	return DCM_VISIT_KEEP;
 }
 
@@ -740,30 +986,46 @@ static enum dicom_visit_action apply_action(struct basic_ctx *c,
 }
 
 /* Private data is removed unless Retain Safe Private lists it as
- * "CREATOR:gggg,xxee". */
+ * "CREATOR:gggg,xxee". A private creator element (gggg,00bb) stays when an
+ * entry names its creator in its group, so the elements it reserves keep
+ * their creator. */
 static bool safe_private(const struct basic_ctx *c, struct dicom_elem *e)
 {
 	uint32_t tag = dicom_elem_tag(e);
-	const char *creator = dicom_elem_private_creator(e);
+	uint16_t el = DCM_ELEMENT(tag);
+	bool is_creator = el >= 0x0010 && el <= 0x00ff;
+	char *own = NULL;
+	const char *creator;
+	bool keep = false;
 
-	if (!(c->opts->options & DEID_RETAIN_SAFE_PRIVATE) || creator[0] == '\0')
+	if (!(c->opts->options & DEID_RETAIN_SAFE_PRIVATE))
 		return false;
-	for (const char *const *p = c->opts->safe_private; p && *p; p++) {
+	if (is_creator) {
+		if (dicom_elem_get_string(e, &own) != 1) {
+			free(own);
+			return false;
+		}
+		creator = own;
+	} else if (el >= 0x1000) {
+		creator = dicom_elem_private_creator(e);
+	} else {
+		return false;	/* group length, (gggg,0001-000f): not data */
+	}
+	for (const char *const *p = c->opts->safe_private;
+	     !keep && creator[0] != '\0' && p && *p; p++) {
 		const char *colon = strrchr(*p, ':');
-		unsigned g, el;
+		unsigned g, entry;
 		char x1, x2;
 
-		if (colon == NULL || strncmp(*p, creator, (size_t)(colon - *p)) != 0 ||
-		    strlen(creator) != (size_t)(colon - *p) ||
-		    sscanf(colon + 1, "%4x,%c%c%2x", &g, &x1, &x2, &el) != 4)
+		if (colon == NULL || strlen(creator) != (size_t)(colon - *p) ||
+		    strncmp(*p, creator, (size_t)(colon - *p)) != 0 ||
+		    sscanf(colon + 1, "%4x,%c%c%2x", &g, &x1, &x2, &entry) != 4 ||
+		    g != DCM_GROUP(tag))
 			continue;
-		if (g != DCM_GROUP(tag))
-			continue;
-		/* A creator element stays when any of its entries does. */
-		if (DCM_ELEMENT(tag) <= 0x00ff || (DCM_ELEMENT(tag) & 0xff) == el)
-			return true;
+		keep = is_creator || (el & 0xff) == entry;
 	}
-	return false;
+	free(own);
+	return keep;
 }
 
 static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
@@ -771,6 +1033,7 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	struct basic_ctx *c = ctx;
 	uint32_t tag = dicom_elem_tag(e);
 	const struct deid_rule *rule;
+	enum deid_action act;
 	int column = -1;
 
 	/* Depth first: back at the cleaned sequence's level means out of it. */
@@ -792,30 +1055,68 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 			clean_element(c, e);
 		return DCM_VISIT_KEEP;
 	}
-	return apply_action(c, e, effective_action(rule, c->opts->options, &column),
-			    column);
+	/* Two statements: the order in which arguments are evaluated is
+	 * unspecified, and column is set by effective_action(). */
+	act = effective_action(rule, c->opts->options, &column);
+	return apply_action(c, e, act, column);
 }
 
 /* ---- basic: before and after the walk ---- */
 
-/* Names, IDs and the birth date wherever they occur, before anything
- * changes: Clean Descriptors removes them from the text that stays. */
+/* What identifies on its own, and how its text is split into tokens. */
+static const struct {
+	uint32_t tag;
+	enum token_kind kind;
+} identifying[] = {
+	{ DCM_TAG(0x0008, 0x0050), TOKEN_WHOLE },	/* AccessionNumber */
+	{ DCM_TAG(0x0008, 0x0080), TOKEN_TEXT },	/* InstitutionName */
+	{ DCM_TAG(0x0008, 0x0081), TOKEN_TEXT },	/* InstitutionAddress */
+	{ DCM_TAG(0x0008, 0x0092), TOKEN_TEXT },	/* ReferringPhysicianAddress */
+	{ DCM_TAG(0x0008, 0x0094), TOKEN_WHOLE },	/* ReferringPhysicianTelephoneNumbers */
+	{ DCM_TAG(0x0008, 0x1010), TOKEN_TEXT },	/* StationName */
+	{ DCM_TAG(0x0008, 0x1040), TOKEN_TEXT },	/* InstitutionalDepartmentName */
+	{ DCM_TAG(0x0010, 0x0020), TOKEN_WHOLE },	/* PatientID */
+	{ DCM_TAG(0x0010, 0x0021), TOKEN_TEXT },	/* IssuerOfPatientID */
+	{ DCM_TAG(0x0010, 0x1000), TOKEN_WHOLE },	/* OtherPatientIDs */
+	{ DCM_TAG(0x0010, 0x1040), TOKEN_TEXT },	/* PatientAddress */
+	{ DCM_TAG(0x0010, 0x2152), TOKEN_TEXT },	/* RegionOfResidence */
+	{ DCM_TAG(0x0010, 0x2154), TOKEN_WHOLE },	/* PatientTelephoneNumbers */
+	{ DCM_TAG(0x0010, 0x2155), TOKEN_TEXT },	/* PatientTelecomInformation */
+	{ DCM_TAG(0x0038, 0x0300), TOKEN_TEXT },	/* CurrentPatientLocation */
+	{ DCM_TAG(0x0038, 0x0400), TOKEN_TEXT },	/* PatientInstitutionResidence */
+	{ DCM_TAG(0x0040, 0x1102), TOKEN_TEXT },	/* PersonAddress */
+	{ DCM_TAG(0x0040, 0x1103), TOKEN_WHOLE },	/* PersonTelephoneNumbers */
+};
+
+/* Names (every PN, at any level), IDs, the birth date, addresses, telephone
+ * numbers, institutions and stations, before anything changes: Clean
+ * Descriptors removes them from the text that stays. */
 static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem *e)
 {
 	struct tokens *t = ctx;
 	uint32_t tag = dicom_elem_tag(e);
+	const char *vr = dicom_elem_vr(e);
+	enum token_kind kind = TOKEN_NAME;
 	char *value = NULL;
 
-	if (tag != TAG_PatientName && tag != TAG_PatientID &&
-	    tag != TAG_PatientBirthDate && tag != DCM_TAG(0x0010, 0x1000) &&
-	    tag != DCM_TAG(0x0010, 0x1001) && tag != DCM_TAG(0x0010, 0x1005) &&
-	    tag != DCM_TAG(0x0010, 0x1060))
+	if (DCM_GROUP(tag) & 1)
 		return DCM_VISIT_KEEP;
-	if (dicom_elem_get_string(e, &value) == 1 && value[0] != '\0') {
+	if (tag != TAG_PatientBirthDate && strcmp(vr, "PN") != 0) {
+		size_t i;
+
+		for (i = 0; i < sizeof(identifying) / sizeof(*identifying); i++)
+			if (identifying[i].tag == tag)
+				break;
+		if (i == sizeof(identifying) / sizeof(*identifying))
+			return DCM_VISIT_KEEP;
+		kind = identifying[i].kind;
+	}
+	if (strcmp(vr, "SQ") != 0 && dicom_elem_get_string(e, &value) == 1 &&
+	    value[0] != '\0') {
 		if (tag == TAG_PatientBirthDate)
 			add_date_tokens(t, value);
 		else
-			add_multi(t, value, strcmp(dicom_elem_vr(e), "PN") == 0);
+			add_multi(t, value, kind);
 	}
 	free(value);
 	return DCM_VISIT_KEEP;
@@ -931,7 +1232,7 @@ static int record_method(const struct deid_options *o, struct basic_ctx *c,
 static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		       struct deid_report *report, struct error *err)
 {
-	struct tokens tokens = { .count = 0 };
+	struct tokens tokens = { .list = NULL };
 	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1 };
 	char new_id[65], *id = NULL;
 	int rc = -1;
@@ -942,9 +1243,16 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		free(id);
 		id = strdup("");
 	}
-	if (id == NULL || new_patient_id(o, id, new_id, sizeof(new_id), report,
-					 err) == -1 || report->hold)
+	if (id == NULL) {
+		error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
 		goto out;
+	}
+	if (new_patient_id(o, id, new_id, sizeof(new_id), report, err) == -1)
+		goto out;
+	if (report->hold) {	/* untouched: the caller parks it */
+		rc = 0;
+		goto out;
+	}
 	c.new_id = new_id;
 	c.new_name = o->patient_name ? o->patient_name : new_id;
 	c.shift_days = report->shift_days = shift_days_for(o, id);

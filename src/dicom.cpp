@@ -85,6 +85,30 @@ static bool looks_like_dataset(const char *path)
 	return le == 0x0008 || be == 0x0008 || le == 0x0002 || le == 0x0010;
 }
 
+/* The start of a Part 10 file: "DICM" after the preamble, or a meta
+ * header (group 0002) written without the preamble; or a file cut inside
+ * the usual all-zero preamble. */
+static bool looks_like_part10(const char *path)
+{
+	unsigned char b[132];
+	FILE *f = fopen(path, "rb");
+	size_t n;
+
+	if (f == nullptr)
+		return false;
+	n = fread(b, 1, sizeof(b), f);
+	fclose(f);
+	if (n >= 2 && b[0] == 0x02 && b[1] == 0x00)
+		return true;
+	if (n < sizeof(b)) {
+		for (size_t i = 0; i < n; i++)
+			if (b[i] != 0)
+				return false;
+		return true;
+	}
+	return memcmp(b + 128, "DICM", 4) == 0;
+}
+
 static bool has_value(DcmDataset *ds, const DcmTagKey &key)
 {
 	OFString v;
@@ -130,6 +154,10 @@ static int classify_load_error(const char *path, const OFCondition &cond,
 		return error_set(err, ERROR_INPUT, 0, "empty file");
 	if (size < 0)
 		return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
+	/* A short text file ends the stream early too: only what starts like
+	 * DICOM can be "truncated". */
+	if (!looks_like_part10(path) && !looks_like_dataset(path))
+		return error_set(err, ERROR_INPUT, 0, "not a DICOM file");
 	if (cond == EC_StreamNotifyClient || cond == EC_InvalidStream ||
 	    cond == EC_EndOfStream || cond == EC_PrematureSequDelimitationItem ||
 	    cond == EC_SequEnd || cond == EC_ItemEnd)
@@ -146,6 +174,10 @@ static int load(struct dicom_file *f, const char *path, struct error *err)
 					      DCM_MaxReadLength, ERM_fileOnly);
 
 	if (cond == EC_FileMetaInfoHeaderMissing) {
+		if (file_size(path) > 0 && file_size(path) < 132 &&
+		    looks_like_part10(path))
+			return error_set(err, ERROR_INPUT, 0, "truncated DICOM "
+					 "file (ends inside the preamble)");
 		if (!looks_like_dataset(path))
 			return error_set(err, ERROR_INPUT, 0, "not a DICOM file");
 		f->format.clear();
@@ -303,10 +335,13 @@ static bool select_charset(struct dicom_file *f)
 	return f->charset_ok;
 }
 
-static bool is_ascii(const std::string &s)
+/* Plain ASCII needs no conversion. ESC is ASCII too, but it starts the
+ * ISO 2022 escape sequences of 7-bit code extension (Japanese JIS X 0208
+ * is all 7-bit bytes), so text with an ESC is converted. */
+static bool is_plain_ascii(const std::string &s)
 {
 	for (unsigned char c : s)
-		if (c >= 0x80)
+		if (c >= 0x80 || c == 0x1b)
 			return false;
 	return true;
 }
@@ -316,7 +351,7 @@ static std::string to_utf8(struct dicom_file *f, const std::string &raw,
 {
 	OFString out;
 
-	if (is_ascii(raw))
+	if (is_plain_ascii(raw))
 		return raw;
 	select_charset(f);
 	if (f->charset_ok && f->charset.convertString(raw.c_str(), out,

@@ -634,6 +634,7 @@ int main(int argc, char **argv)
 	struct stat st;
 	double started, elapsed;
 	size_t unmapped = 0;
+	bool unsynced = false;
 
 	parse_args(argc, argv, &o);
 	if (o.jobs == 0)
@@ -657,8 +658,13 @@ int main(int argc, char **argv)
 	}
 	run_workers(&r, o.jobs, !o.quiet && !o.json && isatty(STDERR_FILENO),
 		    started);
-	if (!o.dry_run && pipeline_sync_all(r.pipeline, &err) == -1)
-		fprintf(stderr, "dicomsort: %s\n", err.msg);
+	/* Not durable is not done: the sources are still there, so say so
+	 * in the exit status and a later run completes the job. */
+	if (!o.dry_run && pipeline_sync_all(r.pipeline, &err) == -1) {
+		fprintf(stderr, "dicomsort: output may not be durable: %s\n",
+			err.msg);
+		unsynced = true;
+	}
 	elapsed = now_seconds() - started;
 	report_problems(&r);
 	if (table != NULL && !o.dry_run)
@@ -680,5 +686,6 @@ int main(int argc, char **argv)
 	pipeline_free(r.pipeline);
 	correlation_unref(table);
 	deid_secret_free(secret);
-	return t.rejected || t.failed ? EXIT_SOME_REJECTED : EXIT_ALL_FINE;
+	return t.rejected || t.failed || unsynced ? EXIT_SOME_REJECTED :
+						    EXIT_ALL_FINE;
 }

@@ -67,6 +67,7 @@ struct daemon {
 	bool output_trouble;	/* an output error is being retried */
 	bool stopping;
 	bool rewatch_needed;
+	bool cleanup_due;	/* files were finished since the last cleanup */
 	int64_t next_watchdog_ms, next_rescan_ms, next_cleanup_ms;
 	int64_t watchdog_ms;
 	size_t max_outstanding;
@@ -200,6 +201,40 @@ static void audit_job(const struct job *job, const char *event, int priority,
 	log_audit(&rec);
 }
 
+/*
+ * Error texts from the correlation table quote the IDs of the offending
+ * lines ("ID 'X' already mapped to 'Y'"): original patient IDs. When
+ * de-identifying, what is quoted is withheld; file and line remain.
+ */
+static void redact_quoted(const struct config *cfg, char *msg)
+{
+	char out[ERROR_MSG_MAX];
+	size_t o = 0;
+	bool inside = false;
+
+	if (cfg->profile == DEID_NONE || strchr(msg, '\'') == NULL)
+		return;
+	for (const char *p = msg; *p != '\0' && o + 1 < sizeof(out); p++) {
+		if (*p == '\'') {
+			if (inside) {
+				static const char held[] = "(withheld)";
+				size_t n = sizeof(held) - 1;
+
+				if (o + n + 2 >= sizeof(out))
+					break;
+				memcpy(out + o, held, n);
+				o += n;
+			}
+			inside = !inside;
+			out[o++] = '\'';
+		} else if (!inside) {
+			out[o++] = *p;
+		}
+	}
+	out[o] = '\0';
+	snprintf(msg, ERROR_MSG_MAX, "%s", out);
+}
+
 static void remember_error(struct daemon *d, const struct job *job)
 {
 	snprintf(d->last_error, sizeof(d->last_error), "%s: %s",
@@ -269,8 +304,37 @@ static void collect_done(struct daemon *d)
 	n = workers_take_done(d->workers, jobs, 64);
 	for (size_t i = 0; i < n; i++)
 		finish_job(d, jobs[i]);
-	if (n > 0)
+	if (n > 0) {
 		update_status(d);
+		d->cleanup_due = d->cfg->cleanup.remove_empty_dirs;
+	}
+}
+
+static int64_t earliest(int64_t a, int64_t b)
+{
+	if (a < 0)
+		return b;
+	if (b < 0)
+		return a;
+	return a < b ? a : b;
+}
+
+/*
+ * Folders emptied by a batch of files go once the batch is done and they
+ * are min_age_s old, rather than at the next periodic pass (every 30 s,
+ * which stays as the net for folders emptied by others).
+ */
+static void schedule_cleanup(struct daemon *d, int64_t now)
+{
+	int64_t at;
+
+	if (!d->cleanup_due || watch_pending_count(d->watch) > 0 ||
+	    workers_outstanding(d->workers) > 0)
+		return;
+	d->cleanup_due = false;
+	/* mtime has whole seconds: a little past the age makes it. */
+	at = now + d->cfg->cleanup.min_age_s * 1000 + 500;
+	d->next_cleanup_ms = earliest(d->next_cleanup_ms, at);
 }
 
 /*
@@ -385,6 +449,8 @@ static void reload(struct daemon *d)
 	} else if (correlation_load(&table, d->cfg->correlation_table, &err) == -1) {
 		struct audit_record rec = { .event = "reload", .priority = LOG_ERR,
 					    .reason = err.msg };
+
+		redact_quoted(d->cfg, err.msg);
 		log_audit(&rec);
 		snprintf(d->last_error, sizeof(d->last_error), "reload: %s", err.msg);
 	} else {
@@ -416,15 +482,6 @@ static void handle_signals(struct daemon *d)
 }
 
 /* ---- timers ---- */
-
-static int64_t earliest(int64_t a, int64_t b)
-{
-	if (a < 0)
-		return b;
-	if (b < 0)
-		return a;
-	return a < b ? a : b;
-}
 
 static void arm_timer(struct daemon *d, int64_t now)
 {
@@ -644,7 +701,9 @@ static void serve(struct daemon *d)
 		int64_t now;
 
 		dispatch(d);
-		arm_timer(d, watch_now_ms());
+		now = watch_now_ms();
+		schedule_cleanup(d, now);
+		arm_timer(d, now);
 		d->fds[SLOT_WATCH].fd = watch_fd(d->watch);
 		if (poll(d->fds, SLOT_COUNT, -1) == -1) {
 			if (errno != EINTR)
@@ -674,6 +733,7 @@ int daemon_run(const struct config *cfg)
 	char status[sizeof(d.last_error) + 256], reason[PATH_MAX * 2];
 
 	if (setup(&d, &err) == -1) {
+		redact_quoted(cfg, err.msg);
 		log_msg(LOG_ERR, "%s", err.msg);
 		return 1;
 	}

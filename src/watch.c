@@ -76,7 +76,7 @@ struct entry {
 	uint64_t seq;			/* equal deadlines: first come first */
 	int64_t deadline;
 	size_t heap_at;			/* index in the heap or NOT_IN_HEAP */
-	unsigned attempts;		/* watch_retry() calls since pending */
+	unsigned attempts;		/* watch_retry() calls since new content */
 	unsigned gen;			/* last full scan that saw it */
 	enum entry_state state;
 	bool closed;
@@ -348,6 +348,19 @@ static void set_due(struct watch *w, struct entry *e, bool closed,
 
 /* ---- what events do to an entry ---- */
 
+/*
+ * New content restarts the count of parse attempts: a file that keeps
+ * growing between tries is still arriving, however slowly, and must not run
+ * out of attempts into quarantine. In flight, watch_retry() does it.
+ */
+static void new_content(struct entry *e)
+{
+	if (e->state == ENTRY_IN_FLIGHT)
+		e->dirty = true;
+	else
+		e->attempts = 0;
+}
+
 /* Closed after writing, moved in, or found: ready after settling. */
 static int note_closed(struct watch *w, const char *path, int64_t now)
 {
@@ -358,8 +371,7 @@ static int note_closed(struct watch *w, const char *path, int64_t now)
 		e = insert(w, path);
 		added = 1;
 	}
-	if (e->state == ENTRY_IN_FLIGHT)
-		e->dirty = true;
+	new_content(e);
 	set_due(w, e, true, now + w->settle_ms);
 	return added;
 }
@@ -374,8 +386,7 @@ static int note_written(struct watch *w, const char *path, int64_t now)
 		e = insert(w, path);
 		added = 1;
 	}
-	if (e->state == ENTRY_IN_FLIGHT)
-		e->dirty = true;
+	new_content(e);
 	set_due(w, e, false, now + w->settle_ms);
 	return added;
 }
@@ -996,13 +1007,14 @@ void watch_retry(struct watch *w, const char *path, long delay_ms)
 
 	if (e == NULL)
 		e = insert(w, path);
-	e->attempts++;
 	if (e->state == ENTRY_IN_FLIGHT && e->dirty) {
 		/* A writer is back: its last event decides, but not sooner
-		 * than asked. */
+		 * than asked; the try saw old content and does not count. */
+		e->attempts = 0;
 		land(w, e, e->closed, e->deadline > at ? e->deadline : at);
 		return;
 	}
+	e->attempts++;
 	land(w, e, true, at);
 }
 

@@ -80,8 +80,10 @@ void watch_done(struct watch *watch, const char *path);
 void watch_retry(struct watch *watch, const char *path, long delay_ms);
 
 /** How many times path was given back with watch_retry() since it last
- *  became pending afresh (0 for a new file, or one the watch does not
- *  know); the daemon's attempt number is this plus one. */
+ *  became pending afresh or got new content (a write, a close after
+ *  writing, a move in: a file still arriving does not use up its tries);
+ *  0 for a new file, or one the watch does not know. The daemon's attempt
+ *  number is this plus one. */
 unsigned watch_attempts(const struct watch *watch, const char *path);
 
 /** Files pending (not yet ready or waiting for a retry) and in flight. */

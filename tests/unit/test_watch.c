@@ -43,7 +43,8 @@ static const char *in(const char *dir, const char *rel)
 	static int next;
 	char *p = buf[next++ % 4];
 
-	snprintf(p, PATH_MAX, "%s/%s", dir, rel);
+	if (snprintf(p, PATH_MAX, "%s/%s", dir, rel) >= PATH_MAX)
+		fail_msg("path too long: %s/%s", dir, rel);
 	return p;
 }
 

@@ -380,10 +380,6 @@ static int read_processing(struct reader *r)
 		return -1;
 	cfg->after_success = after_success;
 	cfg->log_target = target;
-	if (cfg->filename && cfg->filename[0] == '\0') {
-		free(cfg->filename);
-		cfg->filename = NULL;
-	}
 	s = lookup(r, "profile");
 	if (s && deid_profile_from_name(config_setting_get_string(s),
 					&cfg->profile) == -1)

@@ -89,6 +89,8 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	 * file is named by its (replaced) SOPInstanceUID unless told otherwise. */
 	if (opts->name_template == NULL && opts->deid.profile == DEID_BASIC)
 		in->opts.name_template = PIPELINE_DEIDENTIFIED_NAME;
+	else if (opts->name_template != NULL && opts->name_template[0] == '\0')
+		in->opts.name_template = NULL;	/* asked for: keep the name */
 	if (in->opts.name_template != NULL &&
 	    compile_layout(&in->name, in->opts.name_template, true, err) == -1)
 		return -1;

@@ -65,7 +65,9 @@ struct config {
 	char *output;
 	char *quarantine;
 	char *layout;
-	char *filename;			/* NULL: keep the source's name */
+	char *filename;			/* NULL: keep the source's name, or
+					   {SOPInstanceUID}.dcm when
+					   de-identifying; "": always keep */
 	enum deid_profile profile;
 	char *correlation_table;	/* NULL: none */
 	enum after_success after_success;

@@ -42,7 +42,8 @@ struct pipeline_options {
 	const char *output_dir;
 	const char *dir_template;	/* NULL: LAYOUT_DEFAULT_DIRS */
 	const char *name_template;	/* NULL: keep the source's base name
-					   (basic: PIPELINE_DEIDENTIFIED_NAME) */
+					   (basic: PIPELINE_DEIDENTIFIED_NAME);
+					   "": keep it, whatever the profile */
 	struct deid_options deid;
 	enum pipeline_sync sync;
 	enum pipeline_disposal disposal;

@@ -115,8 +115,13 @@ def run_dicomsort(dicomsort_bin, tmp_path):
     cwd.mkdir(exist_ok=True)
 
     def run(in_dir, out_dir, *args, timeout=120):
+        args = [str(a) for a in args]
+        # The tests pair inputs and outputs by name: keep source names
+        # (basic would name files by their new SOPInstanceUID).
+        if not any(a.startswith("--filename") for a in args):
+            args += ["--filename", ""]
         cmd = [dicomsort_bin, "--dicomin", str(in_dir), "--dicomout",
-               str(out_dir), *map(str, args)]
+               str(out_dir), *args]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True,
                               timeout=timeout, check=False)
         return Run(proc, pathlib.Path(out_dir), cwd)

@@ -393,3 +393,32 @@ def test_no_leak_daemon(dicomsortd_bin, leak_input, tmp_path):
         data, "daemon log")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+def test_source_names_do_not_reach_output_paths(dicomsort_bin, leak_input,
+                                                secret, tmp_path):
+    """PACS exports often name files after the patient. Under basic the
+    default name is the replaced SOPInstanceUID, so no planted string
+    reaches an output path (run without the suite's --filename '')."""
+    src, count = leak_input
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    for k, path in enumerate(sorted(src.iterdir())):
+        p = PATIENTS[k % len(PATIENTS)]
+        folder = in_dir / p["name"].replace("^", " ")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(path, folder / f"{p['name']}_{p['id']}_{p['birth']}_{k}.dcm")
+    proc = subprocess.run([dicomsort_bin, "--dicomin", str(in_dir),
+                           "--dicomout", str(tmp_path / "out"), "--profile",
+                           "basic", "--secret", str(secret), "--quiet"],
+                          cwd=tmp_path, capture_output=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    outputs = output_files(tmp_path / "out")
+    assert len(outputs) == count
+    problems = []
+    for path in outputs:
+        rel = path.relative_to(tmp_path / "out")
+        assert re.fullmatch(r"2\.25\.\d+\.dcm", path.name), rel
+        problems += leaks_in(str(rel).encode("utf-8"), f"path {rel}")
+    assert not problems, "\n".join(problems)

@@ -52,6 +52,11 @@ static const struct key shutdown_keys[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct key limits_keys[] = {
+	{ "max_file_size_mb", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
 /* The option booleans are checked by name through deid_option_from_name(),
  * so this list holds only the other keys. */
 static const struct key deid_keys[] = {
@@ -86,6 +91,7 @@ static const struct key root_keys[] = {
 	{ "rescan", KEY_GROUP, rescan_keys },
 	{ "cleanup", KEY_GROUP, cleanup_keys },
 	{ "shutdown", KEY_GROUP, shutdown_keys },
+	{ "limits", KEY_GROUP, limits_keys },
 	{ "deid", KEY_GROUP, deid_keys },
 	{ NULL, 0, NULL },
 };
@@ -403,7 +409,10 @@ static int read_groups(struct reader *r)
 	    read_long(r, "cleanup.min_age_s", &cfg->cleanup.min_age_s, 0,
 		      86400 * 365) == -1 ||
 	    read_long(r, "shutdown.timeout_s", &cfg->shutdown.timeout_s, 1,
-		      3600) == -1)
+		      3600) == -1 ||
+	    /* 16 TiB: more than any file system the output is likely on. */
+	    read_long(r, "limits.max_file_size_mb",
+		      &cfg->limits.max_file_size_mb, 0, 16L * 1024 * 1024) == -1)
 		return -1;
 	read_bool(r, "cleanup.remove_empty_dirs", &cfg->cleanup.remove_empty_dirs);
 	return 0;
@@ -612,6 +621,11 @@ void config_deid_options(const struct config *cfg, struct deid_options *out)
 		.burned_in_sop_classes =
 			(const char *const *)cfg->deid.burned_in_sop_classes,
 	};
+}
+
+unsigned long long config_max_file_size(const struct config *cfg)
+{
+	return (unsigned long long)cfg->limits.max_file_size_mb * 1024 * 1024;
 }
 
 bool config_ignored(const struct config *cfg, const char *base_name)

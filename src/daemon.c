@@ -589,6 +589,7 @@ static int setup_pipeline(struct daemon *d, struct error *err)
 		.disposal = cfg->after_success == AFTER_SUCCESS_MOVE ?
 			    PIPELINE_MOVE_SOURCE : PIPELINE_DELETE_SOURCE,
 		.processed_dir = cfg->processed,
+		.max_file_size = config_max_file_size(cfg),
 	};
 	int rc;
 

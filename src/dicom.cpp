@@ -9,16 +9,21 @@
 #include <dcmtk/dcmdata/dcdict.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrmf.h>
 #include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcspchrs.h>
+#include <dcmtk/dcmdata/dctag.h>
+#include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcvrsl.h>
 #include <dcmtk/dcmdata/dcwcache.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/oflog/oflog.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -26,6 +31,7 @@
 #include <string>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 struct dicom_file {
 	DcmFileFormat format;
@@ -35,6 +41,9 @@ struct dicom_file {
 	bool charset_tried = false;
 	bool charset_ok = false;
 	std::string charset_name;
+	/* Any change at all (even one that failed): the file's own bytes are
+	 * no longer the object. */
+	bool modified = false;
 };
 
 struct dicom_elem {
@@ -168,10 +177,337 @@ static int classify_load_error(const char *path, const OFCondition &cond,
 	return fail(err, ERROR_INPUT, 0, "not a DICOM file", cond);
 }
 
-static int load(struct dicom_file *f, const char *path, struct error *err)
+/* ---- a bound on nesting, checked before DCMTK parses ---- */
+
+/*
+ * DCMTK reads sequences recursively, several stack frames per level, and a
+ * level costs a file only 20 bytes: 10,000 nested sequences in a 200 KB file
+ * overflow a thread's stack. Real objects nest a handful of levels. So a
+ * light structural scan walks the element headers (skipping values, never
+ * keeping them) and counts the nesting; only a clear answer "deeper than
+ * DICOM_MAX_DEPTH" rejects. Whatever the scan does not understand it leaves
+ * to DCMTK, which then reports the file as corrupt or reads it.
+ */
+namespace {
+
+const uint32_t UNDEFINED = 0xffffffffu;
+
+struct scan {
+	FILE *f = nullptr;
+	bool deflated = false;
+	bool z_ready = false;
+	z_stream z{};
+	unsigned char in[16384];
+	unsigned long long pos = 0;	/* offset in the dataset stream */
+};
+
+bool scan_read(scan &s, void *buf, size_t n)
 {
-	OFCondition cond = f->format.loadFile(path, EXS_Unknown, EGL_noChange,
-					      DCM_MaxReadLength, ERM_fileOnly);
+	if (!s.deflated) {
+		if (fread(buf, 1, n, s.f) != n)
+			return false;
+		s.pos += n;
+		return true;
+	}
+	s.z.next_out = static_cast<Bytef *>(buf);
+	s.z.avail_out = static_cast<uInt>(n);
+	while (s.z.avail_out > 0) {
+		if (s.z.avail_in == 0) {
+			size_t got = fread(s.in, 1, sizeof(s.in), s.f);
+			if (got == 0)
+				return false;
+			s.z.next_in = s.in;
+			s.z.avail_in = static_cast<uInt>(got);
+		}
+		int rc = inflate(&s.z, Z_NO_FLUSH);
+		if (rc == Z_STREAM_END && s.z.avail_out > 0)
+			return false;
+		if (rc != Z_OK && rc != Z_STREAM_END)
+			return false;
+	}
+	s.pos += n;
+	return true;
+}
+
+/* Past n bytes of f. glibc's fseeko() costs an lseek() every time, even
+ * inside its buffer; most values are a few bytes, so those are read over. */
+bool skip_forward(FILE *f, unsigned long long n)
+{
+	unsigned char sink[4096];
+
+	if (n <= sizeof(sink))
+		return fread(sink, 1, static_cast<size_t>(n), f) == n;
+	return n <= (unsigned long long)INT64_MAX &&
+	       fseeko(f, static_cast<off_t>(n), SEEK_CUR) == 0;
+}
+
+bool scan_skip(scan &s, unsigned long long n)
+{
+	if (!s.deflated) {
+		if (!skip_forward(s.f, n))
+			return false;
+		s.pos += n;
+		return true;
+	}
+	unsigned char sink[4096];
+	while (n > 0) {
+		size_t step = n < sizeof(sink) ? static_cast<size_t>(n) : sizeof(sink);
+		if (!scan_read(s, sink, step))
+			return false;
+		n -= step;
+	}
+	return true;
+}
+
+uint16_t get16(const unsigned char *b, bool big)
+{
+	return big ? static_cast<uint16_t>(b[0] << 8 | b[1]) :
+		     static_cast<uint16_t>(b[1] << 8 | b[0]);
+}
+
+uint32_t get32(const unsigned char *b, bool big)
+{
+	return big ? (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 |
+		     (uint32_t)b[2] << 8 | b[3] :
+		     (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 |
+		     (uint32_t)b[1] << 8 | b[0];
+}
+
+bool long_vr(const char *vr)
+{
+	static const char *const vrs[] = { "OB", "OW", "OF", "OD", "OL", "OV",
+					   "SQ", "UT", "UN", "UC", "UR", "SV",
+					   "UV" };
+	for (const char *v : vrs)
+		if (memcmp(vr, v, 2) == 0)
+			return true;
+	return false;
+}
+
+struct level {
+	unsigned long long end;	/* ~0: undefined length */
+	bool item;		/* an item (else a sequence) */
+	bool implicit, big;	/* encoding of what it holds */
+	bool fragments;		/* encapsulated pixel data: items are raw */
+};
+
+const unsigned long long OPEN_END = ~0ULL;
+
+/* 1: deeper than DICOM_MAX_DEPTH; 0: not (or the scan gave up). */
+int scan_dataset(scan &s, bool implicit, bool big)
+{
+	level stack[2 * DICOM_MAX_DEPTH + 4];
+	int n = 0, depth = 0;
+
+	for (;;) {
+		while (n > 0 && stack[n - 1].end != OPEN_END &&
+		       s.pos >= stack[n - 1].end) {
+			if (!stack[n - 1].item)
+				depth--;
+			n--;
+		}
+		bool imp = n > 0 ? stack[n - 1].implicit : implicit;
+		bool be = n > 0 ? stack[n - 1].big : big;
+		unsigned char b[8];
+		if (!scan_read(s, b, 4))
+			return 0;
+		uint16_t group = get16(b, be), elem = get16(b + 2, be);
+		if (group == 0xfffe) {
+			if (!scan_read(s, b, 4))
+				return 0;
+			uint32_t len = get32(b, be);
+			if (elem == 0xe000) {
+				if (n == 0 || stack[n - 1].item)
+					return 0;
+				if (stack[n - 1].fragments) {
+					if (len == UNDEFINED || !scan_skip(s, len))
+						return 0;
+					continue;
+				}
+				if (n >= (int)(sizeof(stack) / sizeof(stack[0])))
+					return 1;
+				stack[n] = { len == UNDEFINED ? OPEN_END : s.pos + len,
+					     true, imp, be, false };
+				n++;
+			} else if (elem == 0xe00d) {
+				if (n == 0 || !stack[n - 1].item)
+					return 0;
+				n--;
+			} else if (elem == 0xe0dd) {
+				if (n == 0 || stack[n - 1].item)
+					return 0;
+				n--;
+				depth--;
+			} else {
+				return 0;
+			}
+			continue;
+		}
+		char vr[2] = { 0, 0 };
+		uint32_t len;
+		if (!imp) {
+			if (!scan_read(s, b, 4))
+				return 0;
+			vr[0] = static_cast<char>(b[0]);
+			vr[1] = static_cast<char>(b[1]);
+			if (vr[0] < 'A' || vr[0] > 'Z' || vr[1] < 'A' || vr[1] > 'Z')
+				return 0;
+			if (long_vr(vr)) {
+				if (!scan_read(s, b, 4))
+					return 0;
+				len = get32(b, be);
+			} else {
+				len = get16(b + 2, be);
+			}
+		} else {
+			if (!scan_read(s, b, 4))
+				return 0;
+			len = get32(b, be);
+			DcmTag tag(group, elem);
+			if (tag.getEVR() == EVR_SQ)
+				memcpy(vr, "SQ", 2);
+		}
+		bool pixels = group == 0x7fe0 && elem == 0x0010;
+		if (len == UNDEFINED || memcmp(vr, "SQ", 2) == 0) {
+			if (n >= (int)(sizeof(stack) / sizeof(stack[0])))
+				return 1;
+			bool un = memcmp(vr, "UN", 2) == 0;
+			stack[n] = { len == UNDEFINED ? OPEN_END : s.pos + len, false,
+				     imp || un, be && !un,
+				     pixels && len == UNDEFINED };
+			n++;
+			if (++depth > DICOM_MAX_DEPTH)
+				return 1;
+			continue;
+		}
+		if (!scan_skip(s, len))
+			return 0;
+	}
+}
+
+/* The transfer syntax UID from a meta header at the stream's position,
+ * offset at; leaves the stream just after the meta header. (The offset is
+ * counted here: ftello() would cost an lseek() per element.) */
+bool scan_meta(scan &s, std::string &syntax, off_t at)
+{
+	for (;;) {
+		unsigned char b[8];
+		if (fread(b, 1, 8, s.f) != 8)
+			return false;
+		if (get16(b, false) != 0x0002)
+			return fseeko(s.f, at, SEEK_SET) == 0;
+		uint32_t len;
+		if (long_vr(reinterpret_cast<const char *>(b + 4))) {
+			unsigned char l[4];
+			if (fread(l, 1, 4, s.f) != 4)
+				return false;
+			len = get32(l, false);
+			at += 4;
+		} else {
+			len = get16(b + 6, false);
+		}
+		at += 8 + static_cast<off_t>(len);
+		if (get16(b + 2, false) == 0x0010 && len < 256) {
+			char uid[256];
+			if (fread(uid, 1, len, s.f) != len)
+				return false;
+			while (len > 0 && (uid[len - 1] == '\0' || uid[len - 1] == ' '))
+				len--;
+			syntax.assign(uid, len);
+		} else if (len == UNDEFINED || !skip_forward(s.f, len)) {
+			return false;
+		}
+	}
+}
+
+/* Whether the file at path (or its bytes in mem) nests sequences deeper
+ * than DICOM_MAX_DEPTH. */
+bool too_deep(const char *path, const std::string *mem)
+{
+	scan s;
+	unsigned char head[132];
+	std::string syntax;
+	bool implicit = false, big = false;
+	int rc = 0;
+
+	s.f = mem ? fmemopen(const_cast<char *>(mem->data()), mem->size(), "rb") :
+		    fopen(path, "rb");
+	if (s.f == nullptr)
+		return false;
+	size_t got = fread(head, 1, sizeof(head), s.f);
+	if (got == sizeof(head) && memcmp(head + 128, "DICM", 4) == 0) {
+		if (!scan_meta(s, syntax, sizeof(head)))
+			goto done;
+	} else if (got >= 8 && head[0] == 0x02 && head[1] == 0x00) {
+		rewind(s.f);
+		if (!scan_meta(s, syntax, 0))
+			goto done;
+	} else if (got >= 8) {
+		rewind(s.f);
+		implicit = !(head[4] >= 'A' && head[4] <= 'Z' &&
+			     head[5] >= 'A' && head[5] <= 'Z');
+		big = head[0] == 0x00 && head[1] != 0x00;
+	} else {
+		goto done;
+	}
+	if (syntax == UID_LittleEndianImplicitTransferSyntax) {
+		implicit = true;
+	} else if (syntax == UID_BigEndianExplicitTransferSyntax) {
+		big = true;
+	} else if (syntax == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
+		s.deflated = true;
+		if (inflateInit2(&s.z, -MAX_WBITS) != Z_OK)
+			goto done;
+		s.z_ready = true;
+	}
+	rc = scan_dataset(s, implicit, big);
+done:
+	if (s.z_ready)
+		inflateEnd(&s.z);
+	fclose(s.f);
+	return rc == 1;
+}
+
+} /* namespace */
+
+/* What loadFile() does, from the file's bytes in memory: every value is
+ * read now (a buffer stream makes no lazy values), none re-read later. */
+static OFCondition read_mem(struct dicom_file *f, const std::string &mem,
+			    E_FileReadMode mode)
+{
+	DcmInputBufferStream in;
+	OFCondition cond = f->format.clear();
+
+	if (cond.bad())
+		return cond;
+	in.setBuffer(mem.data(), static_cast<offile_off_t>(mem.size()));
+	in.setEos();
+	if (mode == ERM_dataset) {
+		DcmDataset *ds = f->format.getDataset();
+		ds->transferInit();
+		cond = ds->read(in, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+		ds->transferEnd();
+		return cond;
+	}
+	E_FileReadMode old = f->format.getReadMode();
+	f->format.setReadMode(mode);
+	f->format.transferInit();
+	cond = f->format.read(in, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+	f->format.transferEnd();
+	f->format.setReadMode(old);
+	return cond;
+}
+
+/* mem: the whole file, already read (NULL: load lazily from path). */
+static int load(struct dicom_file *f, const char *path, const std::string *mem,
+		struct error *err)
+{
+	if (too_deep(path, mem))
+		return error_set(err, ERROR_INPUT, 0, "sequences nested more "
+				 "than %d levels deep", DICOM_MAX_DEPTH);
+	OFCondition cond = mem ? read_mem(f, *mem, ERM_fileOnly) :
+		f->format.loadFile(path, EXS_Unknown, EGL_noChange,
+				   DCM_MaxReadLength, ERM_fileOnly);
 
 	if (cond == EC_FileMetaInfoHeaderMissing) {
 		if (file_size(path) > 0 && file_size(path) < 132 &&
@@ -181,8 +517,9 @@ static int load(struct dicom_file *f, const char *path, struct error *err)
 		if (!looks_like_dataset(path))
 			return error_set(err, ERROR_INPUT, 0, "not a DICOM file");
 		f->format.clear();
-		cond = f->format.loadFile(path, EXS_Unknown, EGL_noChange,
-					  DCM_MaxReadLength, ERM_dataset);
+		cond = mem ? read_mem(f, *mem, ERM_dataset) :
+			f->format.loadFile(path, EXS_Unknown, EGL_noChange,
+					   DCM_MaxReadLength, ERM_dataset);
 	}
 	if (cond.bad())
 		return classify_load_error(path, cond, err);
@@ -194,7 +531,7 @@ static int load(struct dicom_file *f, const char *path, struct error *err)
 				 : "empty file");
 	/* A deflated stream inflates beyond the file's size. */
 	if (f->dataset->getOriginalXfer() != EXS_DeflatedLittleEndianExplicit &&
-	    !values_within(f->dataset, file_size(path)))
+	    !values_within(f->dataset, mem ? (long long)mem->size() : file_size(path)))
 		return error_set(err, ERROR_INPUT, 0, "truncated DICOM file (a "
 				 "value is longer than the file)");
 	return 0;
@@ -207,7 +544,46 @@ extern "C" int dicom_load(struct dicom_file **out, const char *path,
 
 	try {
 		f = new dicom_file;
-		if (load(f, path, err) == -1) {
+		if (load(f, path, nullptr, err) == -1) {
+			delete f;
+			return -1;
+		}
+		*out = f;
+		return 0;
+	} catch (...) {
+		delete f;
+		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
+	}
+}
+
+extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
+			   const char *path, struct error *err)
+{
+	struct dicom_file *f = nullptr;
+
+	if (size <= 0 || size > DICOM_LOAD_IN_MEMORY)
+		return dicom_load(out, path, err);
+	try {
+		std::string mem(static_cast<size_t>(size), '\0');
+		size_t got = 0;
+
+		while (got < mem.size()) {
+			ssize_t n = pread(fd, &mem[got], mem.size() - got,
+					  static_cast<off_t>(got));
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n == -1)
+				return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
+			if (n == 0)
+				break;
+			got += static_cast<size_t>(n);
+		}
+		/* Shorter than its size said: it is being rewritten now. */
+		if (got != mem.size())
+			return error_set(err, ERROR_TRANSIENT, 0, "source changed "
+					 "while it was read");
+		f = new dicom_file;
+		if (load(f, path, &mem, err) == -1) {
 			delete f;
 			return -1;
 		}
@@ -429,6 +805,7 @@ extern "C" int dicom_get_raw(struct dicom_file *file, uint32_t tag, char **raw)
 extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 			      const char *value, struct error *err)
 {
+	file->modified = true;
 	try {
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		OFCondition cond = file->dataset->putAndInsertString(key, value);
@@ -444,6 +821,7 @@ extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 
 extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *err)
 {
+	file->modified = true;
 	try {
 		DcmElement *e = nullptr;
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
@@ -461,6 +839,7 @@ extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *
 
 extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error *err)
 {
+	file->modified = true;
 	try {
 		file->dataset->findAndDeleteElement(DcmTagKey(DCM_GROUP(tag),
 						    DCM_ELEMENT(tag)), OFFalse, OFFalse);
@@ -472,6 +851,7 @@ extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error 
 
 extern "C" int dicom_convert_to_utf8(struct dicom_file *file, struct error *err)
 {
+	file->modified = true;
 	try {
 		OFCondition cond = file->dataset->convertToUTF8();
 		file->charset_tried = false;
@@ -488,6 +868,7 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 				     const struct dicom_code *codes, size_t count,
 				     struct error *err)
 {
+	file->modified = true;
 	try {
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		file->dataset->findAndDeleteElement(key, OFFalse, OFFalse);
@@ -550,6 +931,7 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 			continue;
 		}
 		if (fn(ctx, &elem) == DCM_VISIT_REMOVE) {
+			f->modified = true;
 			delete item->remove(i);
 			continue;
 		}
@@ -607,6 +989,7 @@ extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
 extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 				   struct error *err)
 {
+	elem->file->modified = true;
 	try {
 		OFCondition cond = elem->element->putString(value);
 		if (cond.bad())
@@ -619,6 +1002,7 @@ extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 
 extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 {
+	elem->file->modified = true;
 	try {
 		DcmElement *e = elem->element;
 		OFCondition cond = e->ident() == EVR_SQ ?
@@ -633,6 +1017,52 @@ extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 
 /* ---- writing ---- */
 
+static bool same_uid(DcmItem *a, const DcmTagKey &ka, DcmItem *b,
+		     const DcmTagKey &kb)
+{
+	OFString va, vb;
+
+	return a->findAndGetOFString(ka, va).good() &&
+	       b->findAndGetOFString(kb, vb).good() && !va.empty() && va == vb;
+}
+
+extern "C" bool dicom_bytes_reusable(const struct dicom_file *file)
+{
+	try {
+		DcmMetaInfo *meta = const_cast<dicom_file *>(file)->format.getMetaInfo();
+		DcmDataset *ds = file->dataset;
+		E_TransferSyntax xfer = ds->getOriginalXfer();
+		OFString ts;
+
+		if (file->modified || meta == nullptr || meta->card() == 0 ||
+		    xfer == EXS_Unknown || xfer == EXS_DeflatedLittleEndianExplicit)
+			return false;
+		/* The meta header must say what the dataset is: what a re-encoded
+		 * file's fresh header would say. */
+		if (meta->findAndGetOFString(DCM_TransferSyntaxUID, ts).bad() ||
+		    DcmXfer(xfer).getXferID() != ts)
+			return false;
+		return same_uid(meta, DCM_MediaStorageSOPInstanceUID, ds,
+				DCM_SOPInstanceUID) &&
+		       same_uid(meta, DCM_MediaStorageSOPClassUID, ds,
+				DCM_SOPClassUID);
+	} catch (...) {
+		return false;
+	}
+}
+
+/* errno after a failed write, if it says anything. */
+static int saved_errno(void)
+{
+	return errno != 0 ? errno : EIO;
+}
+
+static bool output_errno(int e)
+{
+	return e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS ||
+	       e == EFBIG || e == EBADF || e == EPIPE || e == ENXIO;
+}
+
 extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
@@ -643,7 +1073,14 @@ extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 				close(copy);
 			return error_set(err, ERROR_TRANSIENT, errno, "cannot write");
 		}
+		/* Buffered: DCMTK hands over every tag, length and value in a
+		 * separate fwrite() (unbuffered, hundreds of write(2) per
+		 * file). The buffer is flushed and checked below, while the
+		 * stream is still ours, so its closing fclose() has nothing
+		 * left to write and no failure goes unchecked. */
+		setvbuf(stream, nullptr, _IOFBF, 64 * 1024);
 		OFCondition cond;
+		errno = 0;
 		{
 			/* The stream owns and closes the FILE. */
 			DcmOutputFileStream out(stream);
@@ -653,13 +1090,24 @@ extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 						  &cache, EGL_recalcGL, EPD_noChange,
 						  0, 0, 0, EWM_createNewMeta);
 			file->format.transferEnd();
-			if (cond.good())
-				cond = out.status();
 			out.flush();
+			if (out.status().bad() && cond.good())
+				cond = out.status();
+			if (fflush(stream) != 0 && cond.good())
+				cond = EC_StreamNotifyClient;
 		}
+		/* A write that failed (full disk, quota, read-only or broken
+		 * output) is worth a retry: DCMTK reports it as a stalled
+		 * stream, write(2) left errno. Any other failure is the
+		 * object's (a value DCMTK cannot encode), and a retry would
+		 * fail the same way forever. */
+		if (cond.bad() && (output_errno(errno) ||
+				   cond == EC_StreamNotifyClient))
+			return fail(err, ERROR_TRANSIENT, saved_errno(),
+				    "cannot write DICOM file", cond);
 		if (cond.bad())
-			return fail(err, ERROR_TRANSIENT, errno, "cannot write DICOM "
-				    "file", cond);
+			return fail(err, ERROR_INPUT, 0, "cannot encode DICOM file",
+				    cond);
 		return 0;
 	} catch (...) {
 		return error_set(err, ERROR_TRANSIENT, 0, "cannot write DICOM file");

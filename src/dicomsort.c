@@ -32,7 +32,16 @@ struct input_file {
 	char *path;
 	char *rel;		/* relative to --dicomin */
 	enum file_status status;
-	struct pipeline_result *result;	/* when FILE_DONE */
+	struct outcome *result;	/* when FILE_DONE */
+};
+
+/* What the report needs of a pipeline_result (which is kilobytes, mostly
+ * room for the longest path): memory stays flat over 100,000s of files. */
+struct outcome {
+	enum pipeline_status status;
+	char *dest;		/* only with --json */
+	char *reason;		/* rejected or failed */
+	char *unmapped_id;	/* the table lacked this PatientID */
 };
 
 struct options {
@@ -60,6 +69,7 @@ struct run {
 	struct input_file *files;
 	size_t count;
 	struct pipeline *pipeline;
+	bool keep_dest;		/* --json lists each destination */
 	atomic_size_t next;
 	atomic_size_t done;
 };
@@ -246,6 +256,25 @@ static bool has_image_extension(const char *name)
 	return false;
 }
 
+/* A path on stderr, one line whatever its bytes: control characters and
+ * backslashes escaped as \n, \t, \\ or \xHH, so a file named
+ * "a\ndicomsort: b: ..." cannot forge a report line. */
+static void print_path(FILE *out, const char *path)
+{
+	for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+		if (*p == '\\')
+			fputs("\\\\", out);
+		else if (*p == '\n')
+			fputs("\\n", out);
+		else if (*p == '\t')
+			fputs("\\t", out);
+		else if (*p < 0x20 || *p == 0x7f)
+			fprintf(out, "\\x%02x", *p);
+		else
+			fputc(*p, out);
+	}
+}
+
 static int compare_names(const FTSENT **a, const FTSENT **b)
 {
 	return strcmp((*a)->fts_name, (*b)->fts_name);
@@ -307,8 +336,9 @@ static int collect(struct run *r, const char *dicomin, const char *dicomout)
 				fts_close(fts);
 				return -1;
 			}
-			fprintf(stderr, "dicomsort: %s: %s\n", e->fts_path,
-				strerror(e->fts_errno));
+			fputs("dicomsort: ", stderr);
+			print_path(stderr, e->fts_path);
+			fprintf(stderr, ": %s\n", strerror(e->fts_errno));
 			break;
 		default:
 			add_file(r, &cap, e, strlen(dicomin));
@@ -329,10 +359,22 @@ static void *worker(void *arg)
 		struct input_file *f = &r->files[i];
 
 		if (f->status == FILE_PENDING) {
-			f->result = malloc(sizeof(*f->result));
-			if (f->result == NULL)
+			struct pipeline_result res;
+			struct outcome *o = calloc(1, sizeof(*o));
+
+			if (o == NULL)
 				abort();
-			pipeline_file(r->pipeline, f->path, f->rel, f->result);
+			pipeline_file(r->pipeline, f->path, f->rel, &res);
+			o->status = res.status;
+			if (r->keep_dest && (res.status == PIPELINE_STORED ||
+					     res.status == PIPELINE_DUPLICATE))
+				o->dest = strdup(res.dest);
+			if (res.status == PIPELINE_REJECTED ||
+			    res.status == PIPELINE_FAILED)
+				o->reason = strdup(res.err.msg);
+			if (res.deid.id_unmapped)
+				o->unmapped_id = strdup(res.deid.original_id);
+			f->result = o;
 			f->status = FILE_DONE;
 		}
 		atomic_fetch_add(&r->done, 1);
@@ -426,9 +468,12 @@ static void report_problems(const struct run *r)
 		const struct input_file *f = &r->files[i];
 
 		if (f->status == FILE_DONE && (f->result->status == PIPELINE_REJECTED ||
-					       f->result->status == PIPELINE_FAILED))
-			fprintf(stderr, "dicomsort: %s: %s\n", f->path,
-				f->result->err.msg);
+					       f->result->status == PIPELINE_FAILED)) {
+			fputs("dicomsort: ", stderr);
+			print_path(stderr, f->path);
+			fprintf(stderr, ": %s\n", f->result->reason ?
+				f->result->reason : "out of memory");
+		}
 	}
 }
 
@@ -481,7 +526,7 @@ static void print_json(const struct run *r, const struct tally *t,
 		elapsed, (double)r->count / (elapsed > 0 ? elapsed : 1e-9), unmapped);
 	for (size_t i = 0; i < r->count; i++) {
 		const struct input_file *f = &r->files[i];
-		const struct pipeline_result *res = f->result;
+		const struct outcome *res = f->result;
 		bool ok = res && (res->status == PIPELINE_STORED ||
 				  res->status == PIPELINE_DUPLICATE);
 
@@ -490,7 +535,7 @@ static void print_json(const struct run *r, const struct tally *t,
 		fprintf(stdout, ",\"status\":\"%s\",\"dest\":", status_name(f));
 		json_string(stdout, ok ? res->dest : NULL);
 		fputs(",\"reason\":", stdout);
-		json_string(stdout, res && !ok ? res->err.msg : NULL);
+		json_string(stdout, res && !ok ? res->reason : NULL);
 		fputc('}', stdout);
 	}
 	fputs("]}\n", stdout);
@@ -511,8 +556,8 @@ static size_t write_missing_ids(const struct run *r, const char *path, bool quie
 	if (ids == NULL)
 		abort();
 	for (size_t i = 0; i < r->count; i++)
-		if (r->files[i].result && r->files[i].result->deid.id_unmapped)
-			ids[n++] = r->files[i].result->deid.original_id;
+		if (r->files[i].result && r->files[i].result->unmapped_id)
+			ids[n++] = r->files[i].result->unmapped_id;
 	if (n == 0) {
 		free(ids);
 		return 0;
@@ -611,8 +656,10 @@ static struct pipeline *setup_pipeline(const struct options *o,
 		},
 		/* Copies need one sync at the end; a moved source goes only
 		 * after its own copy is durable. */
-		.sync = o->move ? PIPELINE_SYNC_EACH : PIPELINE_SYNC_NONE,
+		.sync = o->move ? PIPELINE_SYNC_DISPOSAL : PIPELINE_SYNC_NONE,
 		.disposal = o->move ? PIPELINE_DELETE_SOURCE : PIPELINE_KEEP_SOURCE,
+		/* Like mv: on one file system an unchanged file is renamed. */
+		.rename_unchanged = o->move,
 		.dry_run = o->dry_run,
 	};
 	struct pipeline *pipeline;
@@ -652,6 +699,7 @@ int main(int argc, char **argv)
 	table = load_table(o.table_path);
 	secret = load_secret(o.secret_path);
 	r.pipeline = setup_pipeline(&o, table, secret);
+	r.keep_dest = o.json;
 	started = now_seconds();
 	if (collect(&r, o.dicomin, o.dicomout) == -1) {
 		fprintf(stderr, "dicomsort: %s: %s\n", o.dicomin, strerror(errno));
@@ -681,6 +729,11 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < r.count; i++) {
 		free(r.files[i].path);
 		free(r.files[i].rel);
+		if (r.files[i].result) {
+			free(r.files[i].result->dest);
+			free(r.files[i].result->reason);
+			free(r.files[i].result->unmapped_id);
+		}
 		free(r.files[i].result);
 	}
 	free(r.files);

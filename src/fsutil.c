@@ -127,6 +127,90 @@ int fsutil_tmpfile_at(int dirfd, char *name, size_t namelen, struct error *err)
 	return error_set(err, ERROR_TRANSIENT, EEXIST, "cannot create temp file");
 }
 
+static bool anonymous(const char *tmpname)
+{
+	return tmpname[0] == '/';
+}
+
+int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
+			   struct error *err)
+{
+	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+	if (fd != -1) {
+		snprintf(name, namelen, "/proc/self/fd/%d", fd);
+		return fd;
+	}
+	/* EOPNOTSUPP (or EISDIR from old kernels): no O_TMPFILE here. */
+	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+		return error_set(err, error_kind_for_output_errno(errno), errno,
+				 "cannot create temp file");
+	return fsutil_tmpfile_at(dirfd, name, namelen, err);
+}
+
+void fsutil_discard_tmp(int dirfd, const char *name)
+{
+	if (name[0] != '\0' && !anonymous(name))
+		unlinkat(dirfd, name, 0);
+}
+
+int fsutil_copy_fd(int in, int out, off_t len, struct error *err)
+{
+	off_t in_off = 0, out_off = 0;
+	char *buf = NULL;
+
+	while (in_off < len) {
+		ssize_t n = copy_file_range(in, &in_off, out, &out_off,
+					    (size_t)(len - in_off), 0);
+
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && (errno == EXDEV || errno == EINVAL ||
+				errno == ENOSYS || errno == EOPNOTSUPP)) {
+			/* Not between these files: copy through user space. */
+			if (buf == NULL && (buf = malloc(COMPARE_CHUNK)) == NULL)
+				return error_set(err, ERROR_TRANSIENT, ENOMEM, "copy");
+			n = pread(in, buf, COMPARE_CHUNK < len - in_off ?
+				  COMPARE_CHUNK : (size_t)(len - in_off), in_off);
+			if (n > 0) {
+				/* A short write (a full disk mid-chunk) is
+				 * retried, so the error is the real one. */
+				ssize_t w = 0;
+
+				for (ssize_t done = 0; done < n; done += w) {
+					w = pwrite(out, buf + done, (size_t)(n - done),
+						   out_off + done);
+					if (w <= 0) {
+						int e = w == -1 ? errno : EIO;
+
+						free(buf);
+						return error_set(err,
+							error_kind_for_output_errno(e),
+							e, "cannot write");
+					}
+				}
+				in_off += n;
+				out_off += n;
+				continue;
+			}
+		}
+		if (n == -1) {
+			int e = errno;
+
+			free(buf);
+			return error_set(err, error_kind_for_output_errno(e), e,
+					 "cannot copy");
+		}
+		if (n == 0) {
+			free(buf);
+			return error_set(err, ERROR_TRANSIENT, 0,
+					 "source changed while it was processed");
+		}
+	}
+	free(buf);
+	return 0;
+}
+
 static ssize_t read_full(int fd, char *buf, size_t len, off_t off)
 {
 	size_t done = 0;
@@ -181,6 +265,15 @@ int fsutil_same_content(int fd_a, int fd_b, struct error *err)
 int fsutil_publish(int dirfd, const char *tmpname, const char *final,
 		   struct error *err)
 {
+	if (anonymous(tmpname)) {
+		/* link() never replaces: EEXIST is "final is taken". */
+		if (linkat(AT_FDCWD, tmpname, dirfd, final, AT_SYMLINK_FOLLOW) == 0)
+			return 0;
+		if (errno == EEXIST)
+			return 1;
+		return error_set(err, error_kind_for_output_errno(errno), errno,
+				 "cannot link temp file to %s", final);
+	}
 	if (renameat2(dirfd, tmpname, dirfd, final, RENAME_NOREPLACE) == 0)
 		return 0;
 	if (errno == EEXIST)

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +25,17 @@ struct compiled_layout {
 	uint32_t tags[MAX_PLACEHOLDERS];	/* tag of each placeholder */
 };
 
+/* Numbers each pipeline, so a thread's cached folder of one is never taken
+ * for another made later at the same address. */
+static atomic_ulong generations;
+
 struct pipeline {
 	struct pipeline_options opts;
 	struct compiled_layout dirs;
 	struct compiled_layout name;	/* layout NULL: keep source name */
 	int output_fd;
+	unsigned long generation;	/* keys the per-thread folder cache */
+	dev_t output_dev;		/* a source here can be renamed in */
 	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
 	struct correlation *table;
@@ -41,6 +48,7 @@ struct job {
 	int source_fd;
 	struct stat source_st;
 	struct dicom_file *file;
+	bool copy_bytes;		/* output = the source's bytes */
 	struct correlation *table;
 	char *values[MAX_PLACEHOLDERS];
 	int dir_fd;
@@ -78,6 +86,7 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	if (in == NULL)
 		return error_set(err, ERROR_SETUP, errno, "out of memory");
 	in->opts = *opts;
+	in->generation = atomic_fetch_add(&generations, 1) + 1;
 	in->output_fd = -1;
 	in->processed_fd = -1;
 	pthread_mutex_init(&in->table_lock, NULL);
@@ -103,6 +112,14 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	in->output_fd = fsutil_open_dir(opts->output_dir, true, err);
 	if (in->output_fd == -1)
 		return -1;
+	{
+		struct stat st;
+
+		if (fstat(in->output_fd, &st) == -1)
+			return error_set(err, ERROR_SETUP, errno, "fstat %s",
+					 opts->output_dir);
+		in->output_dev = st.st_dev;
+	}
 	if (opts->disposal == PIPELINE_MOVE_SOURCE) {
 		if (opts->processed_dir == NULL)
 			return error_set(err, ERROR_SETUP, 0,
@@ -156,7 +173,7 @@ static void job_release(struct job *job)
 {
 	if (job->tmp_fd != -1) {
 		close(job->tmp_fd);
-		unlinkat(job->dir_fd, job->tmp_name, 0);
+		fsutil_discard_tmp(job->dir_fd, job->tmp_name);
 	}
 	if (job->dir_fd != -1)
 		close(job->dir_fd);
@@ -188,17 +205,26 @@ static int open_source(struct job *job, const char *path, struct error *err)
 		return error_set(err, ERROR_INPUT, 0, "not a regular file");
 	if (job->source_st.st_size == 0)
 		return error_set(err, ERROR_INPUT, 0, "empty file");
+	if (job->pipeline->opts.max_file_size > 0 &&
+	    (unsigned long long)job->source_st.st_size >
+	    job->pipeline->opts.max_file_size)
+		return error_set(err, ERROR_INPUT, 0, "file larger than the limit "
+				 "(%lld > %llu bytes)",
+				 (long long)job->source_st.st_size,
+				 job->pipeline->opts.max_file_size);
 	return 0;
 }
 
-/* DCMTK re-opens the path at save time to stream large values; the
+/* A small file is read through the descriptor at once; for a large one
+ * DCMTK re-opens the path at save time to stream large values, and the
  * descriptor's /proc path keeps it reading the very inode we checked. */
 static int load_source(struct job *job, struct error *err)
 {
 	char proc_path[64];
 
 	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", job->source_fd);
-	return dicom_load(&job->file, proc_path, err);
+	return dicom_load_fd(&job->file, job->source_fd, job->source_st.st_size,
+			     proc_path, err);
 }
 
 /* A writer that is still busy, or a file replaced under us, must not be
@@ -262,22 +288,103 @@ static int destination(struct job *job, const char *source_path,
 
 /* ---- step 3: write a temp file and publish it without overwriting ---- */
 
+/* fsync before publishing/disposing: always under SYNC_EACH; under
+ * SYNC_DISPOSAL only when the source is then destroyed. */
+static bool sync_each(const struct pipeline *in)
+{
+	return in->opts.sync == PIPELINE_SYNC_EACH ||
+	       (in->opts.sync == PIPELINE_SYNC_DISPOSAL &&
+		in->opts.disposal != PIPELINE_KEEP_SOURCE);
+}
+
+/* Nothing to change and a Part 10 file whose meta header matches its
+ * dataset: the source's own bytes are the output. DCMTK parsed the whole
+ * file at load (a value cut short, pixel data included, was refused there),
+ * so copying them keeps every guarantee while skipping the re-encoding. */
+static bool reuse_source_bytes(struct job *job)
+{
+	char magic[4];
+
+	return dicom_bytes_reusable(job->file) &&
+	       pread(job->source_fd, magic, sizeof(magic), 128) == 4 &&
+	       memcmp(magic, "DICM", 4) == 0;
+}
+
+/*
+ * The output root removed while we run (its link count is 0): open it again
+ * by its path, creating it, so output resumes by itself instead of failing
+ * forever on the descriptor of a deleted folder. dup3() swaps the folder
+ * behind the descriptor number atomically: a job using the old one at that
+ * moment fails and is retried.
+ */
+static void reopen_output_if_removed(struct pipeline *in)
+{
+	struct error ignored = ERROR_INIT;
+	struct stat st;
+	int fresh;
+
+	if (fstat(in->output_fd, &st) == -1 || st.st_nlink > 0)
+		return;
+	fresh = fsutil_open_dir(in->opts.output_dir, true, &ignored);
+	if (fresh == -1)
+		return;
+	dup3(fresh, in->output_fd, O_CLOEXEC);
+	close(fresh);
+}
+
+/*
+ * Each thread keeps its last destination folder open: the files of a
+ * series arrive together, and walking the folder down from the root again
+ * costs two system calls per level. A cached folder that has been deleted
+ * meanwhile (link count 0) is walked - and created - again.
+ */
+static __thread struct {
+	unsigned long generation;
+	int fd;
+	char path[PATH_MAX];
+} last_dir = { 0, -1, "" };
+
+static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err)
+{
+	struct stat st;
+	int fd;
+
+	reopen_output_if_removed(in);
+	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
+	    strcmp(last_dir.path, dir) == 0 && fstat(last_dir.fd, &st) == 0 &&
+	    st.st_nlink > 0 && (fd = fcntl(last_dir.fd, F_DUPFD_CLOEXEC, 0)) != -1)
+		return fd;
+	fd = fsutil_mkdirs_at(in->output_fd, dir, err);
+	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
+		return fd;
+	if (last_dir.fd != -1)
+		close(last_dir.fd);
+	last_dir.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	last_dir.generation = in->generation;
+	strcpy(last_dir.path, dir);
+	return fd;
+}
+
 static int write_temp(struct job *job, const char *dir, struct error *err)
 {
-	job->dir_fd = fsutil_mkdirs_at(job->pipeline->output_fd, dir, err);
+	if (job->dir_fd == -1)
+		job->dir_fd = mkdirs_output(job->pipeline, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
-	job->tmp_fd = fsutil_tmpfile_at(job->dir_fd, job->tmp_name,
-					sizeof(job->tmp_name), err);
+	/* Anonymous until published: a crash leaves no temp file behind. */
+	job->tmp_fd = fsutil_anon_tmpfile_at(job->dir_fd, job->tmp_name,
+					     sizeof(job->tmp_name), err);
 	if (job->tmp_fd == -1)
 		return -1;
-	if (dicom_save_fd(job->file, job->tmp_fd, err) == -1)
+	if ((job->copy_bytes ?
+	     fsutil_copy_fd(job->source_fd, job->tmp_fd, job->source_st.st_size, err) :
+	     dicom_save_fd(job->file, job->tmp_fd, err)) == -1)
 		return -1;
 	if (fchmod(job->tmp_fd, 0644) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
 	if (check_source_unchanged(job, err) == -1)
 		return -1;
-	if (job->pipeline->opts.sync == PIPELINE_SYNC_EACH)
+	if (sync_each(job->pipeline))
 		return fsutil_fsync(job->tmp_fd, "output file", err);
 	return 0;
 }
@@ -293,7 +400,7 @@ static int identical_to(struct job *job, const char *name, struct error *err)
 		       error_set(err, ERROR_TRANSIENT, errno, "cannot open %s", name);
 	same = fsutil_same_content(job->tmp_fd, fd, err);
 	/* The copy we rely on instead of ours may not be durable yet. */
-	if (same == 1 && job->pipeline->opts.sync == PIPELINE_SYNC_EACH &&
+	if (same == 1 && sync_each(job->pipeline) &&
 	    fsutil_fsync(fd, name, err) == -1)
 		same = -1;
 	close(fd);
@@ -318,7 +425,7 @@ static int publish(struct job *job, const char *name, char *final,
 			job->tmp_fd = -1;
 			res->status = PIPELINE_STORED;
 			res->same_uid_conflict = n > 0 && job->pipeline->name.layout;
-			if (job->pipeline->opts.sync == PIPELINE_SYNC_EACH)
+			if (sync_each(job->pipeline))
 				return fsutil_fsync(job->dir_fd, "output folder", err);
 			return 0;
 		}
@@ -367,6 +474,93 @@ static int move_source(struct job *job, const char *path, const char *rel,
 		rc = fsutil_fsync(dirfd, "processed folder", err);
 	close(dirfd);
 	return rc;
+}
+
+/*
+ * Deleting a source whose bytes are the output, on the output's file
+ * system: rename the source itself to its final name (renameat2
+ * RENAME_NOREPLACE, the same no-clobber publish). No byte is copied and
+ * none destroyed - the inode keeps its data under one name or the other,
+ * whatever happens - so "durable before disposal" holds without an fsync;
+ * SYNC_EACH still fsyncs the file and its new folder before returning,
+ * SYNC_DISPOSAL leaves that to pipeline_sync_all(). A clash with identical
+ * bytes is a duplicate and the source is deleted as in the copy path.
+ * Returns 1 when this cannot be done here (caller copies instead).
+ */
+static int rename_source(struct job *job, const char *path, const char *dir,
+			 const char *name, char *final, size_t finallen,
+			 struct pipeline_result *res)
+{
+	struct pipeline *in = job->pipeline;
+	struct error *err = &res->err;
+	struct stat st;
+
+	/* Outputs are 0644 like written ones; a source we may not chmod
+	 * (another owner) is copied instead. */
+	if ((job->source_st.st_mode & 07777) != 0644 &&
+	    fchmod(job->source_fd, 0644) == -1)
+		return 1;
+	job->dir_fd = mkdirs_output(in, dir, err);
+	if (job->dir_fd == -1)
+		return -1;
+	if (check_source_unchanged(job, err) == -1 ||
+	    source_still_ours(job, path, err) == -1)
+		return -1;
+	for (unsigned n = 0; n < MAX_NUMBERED_NAMES; n++) {
+		int fd, same;
+
+		if (fsutil_numbered_name(name, n, final, finallen) == -1)
+			return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
+		if (renameat2(AT_FDCWD, path, job->dir_fd, final,
+			      RENAME_NOREPLACE) == 0) {
+			/* Whatever was renamed must be the file we parsed. */
+			if (fstatat(job->dir_fd, final, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
+			    st.st_ino != job->source_st.st_ino ||
+			    st.st_dev != job->source_st.st_dev) {
+				renameat2(job->dir_fd, final, AT_FDCWD, path,
+					  RENAME_NOREPLACE);
+				return error_set(err, ERROR_TRANSIENT, 0, "source was "
+						 "replaced while it was processed");
+			}
+			res->status = PIPELINE_STORED;
+			res->same_uid_conflict = n > 0 && in->name.layout;
+			if (in->opts.sync == PIPELINE_SYNC_EACH &&
+			    (fsutil_fsync(job->source_fd, "output file", err) == -1 ||
+			     fsutil_fsync(job->dir_fd, "output folder", err) == -1))
+				return -1;
+			return 0;
+		}
+		if (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+		    errno == EPERM || errno == EACCES)
+			return n == 0 ? 1 : error_set(err, ERROR_TRANSIENT, errno,
+						      "cannot move source");
+		if (errno != EEXIST)
+			return error_set(err, error_kind_for_output_errno(errno), errno,
+					 "cannot move source to %s", final);
+		fd = openat(job->dir_fd, final, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd == -1) {
+			if (errno == ELOOP)
+				continue;
+			return error_set(err, ERROR_TRANSIENT, errno, "cannot open %s",
+					 final);
+		}
+		same = fsutil_same_content(job->source_fd, fd, err);
+		if (same == 1 && sync_each(in) && fsutil_fsync(fd, final, err) == -1)
+			same = -1;
+		close(fd);
+		if (same == -1)
+			return -1;
+		if (same == 1) {
+			res->status = PIPELINE_DUPLICATE;
+			if (source_still_ours(job, path, err) == -1)
+				return -1;
+			if (unlink(path) == -1)
+				return error_set(err, ERROR_TRANSIENT, errno,
+						 "cannot delete source");
+			return 0;
+		}
+	}
+	return error_set(err, ERROR_INPUT, 0, "too many files named %s", name);
 }
 
 static int dispose_source(struct job *job, const char *path, const char *rel,
@@ -418,6 +612,20 @@ static int run(struct job *job, const char *path, const char *rel,
 		snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, name);
 		res->status = PIPELINE_STORED;
 		return 0;
+	}
+	job->copy_bytes = reuse_source_bytes(job);
+	if (job->copy_bytes && job->pipeline->opts.rename_unchanged &&
+	    job->pipeline->opts.disposal == PIPELINE_DELETE_SOURCE &&
+	    job->source_st.st_dev == job->pipeline->output_dev) {
+		int rc = rename_source(job, path, dir, name, final, sizeof(final),
+				       res);
+
+		if (rc != 1) {
+			if (rc == 0)
+				snprintf(res->dest, sizeof(res->dest), "%s/%s", dir,
+					 final);
+			return rc;
+		}
 	}
 	if (write_temp(job, dir, err) == -1 ||
 	    publish(job, name, final, sizeof(final), res) == -1)

@@ -30,6 +30,8 @@
  *   rescan   { interval_s = 300; }            0 = off
  *   cleanup  { remove_empty_dirs = true; min_age_s = 60; }
  *   shutdown { timeout_s = 10; }
+ *   limits   { max_file_size_mb = 0; }        0 = no limit; a bigger file
+ *                                             is rejected (quarantined)
  *   deid     { secret = "file"; retain_uids = false; ... (one boolean per
  *              PS3.15 option, deid.h's names); safe_private = [...];
  *              unknown_id = "keep"|"pseudonymize"|"reject"|"hold";
@@ -93,6 +95,9 @@ struct config {
 		long timeout_s;		/* bound on finishing in-flight files */
 	} shutdown;
 	struct {
+		long max_file_size_mb;	/* 0: no limit */
+	} limits;
+	struct {
 		char *secret;		/* path of the site secret; NULL: none */
 		unsigned options;	/* enum deid_option bits */
 		char **safe_private;	/* NULL-terminated, may be NULL */
@@ -121,6 +126,9 @@ void config_release(struct config *cfg);
  * strings, which *out points into).
  */
 void config_deid_options(const struct config *cfg, struct deid_options *out);
+
+/** limits.max_file_size_mb in bytes (0: no limit), for pipeline_options. */
+unsigned long long config_max_file_size(const struct config *cfg);
 
 /** Whether base name matches one of cfg->ignore's globs (fnmatch). */
 bool config_ignored(const struct config *cfg, const char *base_name);

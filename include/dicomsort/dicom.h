@@ -38,6 +38,10 @@ extern "C" {
 #define DCM_GROUP(tag) ((uint16_t)((tag) >> 16))
 #define DCM_ELEMENT(tag) ((uint16_t)((tag) & 0xffffu))
 
+/* dicom_load() rejects a file whose sequences nest deeper than this
+ * (DCMTK's reader recurses per level; real objects nest a few levels). */
+#define DICOM_MAX_DEPTH 64
+
 #define TAG_SpecificCharacterSet DCM_TAG(0x0008, 0x0005)
 #define TAG_SOPClassUID DCM_TAG(0x0008, 0x0016)
 #define TAG_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
@@ -64,9 +68,24 @@ int dicom_init(struct error *err);
  * SOPClassUID and a SOPInstanceUID, so a text file is never taken for DICOM.
  * On success *out owns the object; on failure -1 with ERROR_INPUT and a
  * message such as "not a DICOM file", "truncated DICOM file (...)" or
- * ERROR_TRANSIENT when the file could not be read at all.
+ * ERROR_TRANSIENT when the file could not be read at all. Sequences nested
+ * deeper than DICOM_MAX_DEPTH are refused before DCMTK reads the file.
  */
 int dicom_load(struct dicom_file **out, const char *path, struct error *err);
+
+/** Files up to this size are read whole and parsed in memory. */
+#define DICOM_LOAD_IN_MEMORY (1024 * 1024)
+
+/**
+ * dicom_load() of the open file fd, size bytes long, whose path (for the
+ * larger files, and for classifying errors) is path - "/proc/self/fd/N"
+ * in pipeline. A file up to DICOM_LOAD_IN_MEMORY bytes is read with pread()
+ * and parsed from memory: one read instead of DCMTK's seeks and re-opens,
+ * and no value is loaded lazily (dicom_save_fd() never re-opens path). A
+ * larger one is loaded lazily from path, exactly as dicom_load() does.
+ */
+int dicom_load_fd(struct dicom_file **out, int fd, long long size,
+		  const char *path, struct error *err);
 
 void dicom_free(struct dicom_file *file);
 
@@ -173,6 +192,15 @@ int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
  * encoded. A failure leaves partial bytes in fd: the caller discards them.
  */
 int dicom_save_fd(struct dicom_file *file, int fd, struct error *err);
+
+/**
+ * true when the file's own bytes can stand for what dicom_save_fd() would
+ * write: nothing was changed since dicom_load(), and the object came with a
+ * meta header that names its transfer syntax (not deflated) and its
+ * SOPClassUID/SOPInstanceUID. The caller then copies the source unchanged
+ * (it must still check for a 128-byte preamble and "DICM" itself).
+ */
+bool dicom_bytes_reusable(const struct dicom_file *file);
 
 #ifdef __cplusplus
 }

@@ -27,6 +27,12 @@
 enum pipeline_sync {
 	PIPELINE_SYNC_EACH,	/* fsync file and directory before disposal */
 	PIPELINE_SYNC_NONE,	/* caller syncs once at the end (plain copy) */
+	PIPELINE_SYNC_DISPOSAL,	/* fsync file and directory only where a
+				   source is then destroyed (a copy, or a
+				   duplicate, before the delete); a source
+				   renamed into place loses nothing and
+				   waits for pipeline_sync_all() (batch
+				   --move) */
 };
 
 enum pipeline_disposal {
@@ -49,6 +55,13 @@ struct pipeline_options {
 	enum pipeline_disposal disposal;
 	const char *processed_dir;	/* for PIPELINE_MOVE_SOURCE */
 	bool dry_run;			/* decide the destination, write nothing */
+	bool rename_unchanged;		/* PIPELINE_DELETE_SOURCE: a source whose
+					   bytes are the output (nothing to
+					   change), on the output's file system,
+					   is renamed into place instead of
+					   copied and deleted (keeps its mtime) */
+	unsigned long long max_file_size;	/* bytes; a larger source is
+						   rejected unread. 0: no limit */
 };
 
 enum pipeline_status {

@@ -569,8 +569,12 @@ def written_paths(name, args, cwd):
     elif name not in WRITE_CALLS:
         return []
     paths = []
-    for fd_path, plain in re.findall(
-            r'(?:(?:AT_FDCWD|\d+<([^>]*)>), )?"([^"]*)"', args):
+    found = re.findall(r'(?:(?:AT_FDCWD|\d+<([^>]*)>), )?"([^"]*)"', args)
+    if name in ("link", "linkat"):
+        # link() writes only its new name; the old one (for an O_TMPFILE
+        # file, /proc/self/fd/N) is just looked up.
+        found = found[1:]
+    for fd_path, plain in found:
         if plain.startswith("/"):
             paths.append(plain)
         elif fd_path:

@@ -65,6 +65,8 @@ static void minimal_file_gets_the_documented_defaults(void **state)
 	assert_int_equal(cfg.rescan.interval_s, 300);
 	assert_true(cfg.cleanup.remove_empty_dirs);
 	assert_int_equal(cfg.shutdown.timeout_s, 10);
+	assert_int_equal(cfg.limits.max_file_size_mb, 0);
+	assert_true(config_max_file_size(&cfg) == 0);
 	assert_true(config_ignored(&cfg, ".name.XyZ123"));
 	assert_true(config_ignored(&cfg, "image.part"));
 	assert_true(config_ignored(&cfg, "x.tmp"));
@@ -86,6 +88,7 @@ static void every_key_is_read(void **state)
 		"rescan = { interval_s = 0; };\n"
 		"cleanup = { remove_empty_dirs = false; min_age_s = 1; };\n"
 		"shutdown = { timeout_s = 4; };\n"
+		"limits = { max_file_size_mb = 3000; };\n"
 		"deid = { secret = \"/s\"; retain_uids = true; clean_descriptors = true;\n"
 		"  unknown_id = \"hold\"; pseudonym_prefix = \"P\"; patient_name = \"X\";\n"
 		"  max_date_shift_days = 30; allow_burned_in = true;\n"
@@ -108,6 +111,9 @@ static void every_key_is_read(void **state)
 	assert_int_equal(cfg.rescan.interval_s, 0);
 	assert_false(cfg.cleanup.remove_empty_dirs);
 	assert_int_equal(cfg.shutdown.timeout_s, 4);
+	assert_int_equal(cfg.limits.max_file_size_mb, 3000);
+	/* beyond 32 bits: no overflow */
+	assert_true(config_max_file_size(&cfg) == 3000ULL * 1024 * 1024);
 	assert_string_equal(cfg.deid.secret, "/s");
 	assert_int_equal(cfg.deid.options,
 			 DEID_RETAIN_UIDS | DEID_CLEAN_DESCRIPTORS);
@@ -165,6 +171,12 @@ static void errors_name_file_and_line(void **state)
 		     2, "'unknown_id' must be");
 	assert_error("deidtypo.conf", FOLDERS "deid = { retain_uid = true; };\n",
 		     2, "unknown setting 'retain_uid'");
+	assert_error("limit.conf", FOLDERS "limits = { max_file_size_mb = -1; };\n",
+		     2, "'max_file_size_mb' must be between 0 and");
+	assert_error("limittype.conf", FOLDERS "limits = { max_file_size_mb = \"1G\"; };\n",
+		     2, "must be an integer");
+	assert_error("limittypo.conf", FOLDERS "limits = { max_file_size = 1; };\n",
+		     2, "unknown setting 'max_file_size'");
 }
 
 static void cross_key_rules(void **state)

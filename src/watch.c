@@ -361,8 +361,13 @@ static void new_content(struct entry *e)
 		e->attempts = 0;
 }
 
-/* Closed after writing, moved in, or found: ready after settling. */
-static int note_closed(struct watch *w, const char *path, int64_t now)
+/*
+ * New content arrived. closed: it was closed after writing, moved in, or
+ * found, so it is ready after settling; otherwise it was written to and
+ * waits for the next close. Returns 1 when the file is new to us.
+ */
+static int note_content(struct watch *w, const char *path, int64_t now,
+			bool closed)
 {
 	struct entry *e = lookup(w, path);
 	int added = 0;
@@ -372,22 +377,7 @@ static int note_closed(struct watch *w, const char *path, int64_t now)
 		added = 1;
 	}
 	new_content(e);
-	set_due(w, e, true, now + w->settle_ms);
-	return added;
-}
-
-/* Written to: wait for the next close. */
-static int note_written(struct watch *w, const char *path, int64_t now)
-{
-	struct entry *e = lookup(w, path);
-	int added = 0;
-
-	if (e == NULL) {
-		e = insert(w, path);
-		added = 1;
-	}
-	new_content(e);
-	set_due(w, e, false, now + w->settle_ms);
+	set_due(w, e, closed, now + w->settle_ms);
 	return added;
 }
 
@@ -762,16 +752,16 @@ static long file_event(struct watch *w, uint32_t mask, const char *path,
 	if (ignored_path(w, path))
 		return 0;
 	if (mask & (IN_CLOSE_WRITE | IN_MOVED_TO))
-		return note_closed(w, path, now);
+		return note_content(w, path, now, true);
 	if (mask & IN_MODIFY)
-		return note_written(w, path, now);
+		return note_content(w, path, now, false);
 	if (mask & (IN_DELETE | IN_MOVED_FROM))
 		note_gone(w, path);
 	else if (mask & (IN_OPEN | IN_ATTRIB))
 		note_touched(w, path, now);
 	else if ((mask & IN_CREATE) && lstat(path, &st) == 0 &&
 		 !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
-		return note_closed(w, path, now);	/* never closed */
+		return note_content(w, path, now, true);	/* never closed */
 	return 0;
 }
 

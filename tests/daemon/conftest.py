@@ -81,7 +81,7 @@ def pytest_terminal_summary(terminalreporter):
 def dicom_bytes(patient_id="PAT001", patient_name="Doe^John",
                 study_date="20240102", series_number=1,
                 sop_uid=None, series_description="Axial",
-                pixel_seed=0, rows=64, cols=64):
+                pixel_seed=0, rows=64, cols=64, birth_date="19700101"):
     """One small CT image (16-bit) as Part 10 bytes."""
     if sop_uid is None:
         sop_uid = pydicom.uid.generate_uid(prefix=UID_ROOT + ".")
@@ -102,7 +102,7 @@ def dicom_bytes(patient_id="PAT001", patient_name="Doe^John",
     ds.SeriesDescription = series_description
     ds.PatientName = patient_name
     ds.PatientID = patient_id
-    ds.PatientBirthDate = "19700101"
+    ds.PatientBirthDate = birth_date
     ds.StudyInstanceUID = "%s.2.%d.%s" % (
         UID_ROOT, int(hashlib.sha1(patient_id.encode()).hexdigest()[:12], 16),
         study_date)

@@ -14,18 +14,9 @@ import textwrap
 
 import pytest
 
-pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from conftest import daemon_bin, dicom_bytes
 
 JOURNALD = "/lib/systemd/systemd-journald"
-
-
-def daemon_bin():
-    path = os.environ.get("DICOMSORTD_BIN")
-    if not path:
-        pytest.skip("DICOMSORTD_BIN is not set")
-    return path
 
 
 def need_namespace():
@@ -44,34 +35,10 @@ def need_namespace():
 
 
 def write_ct(path, patient_id, name, birth_date):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = patient_id
-    ds.PatientName = name
-    ds.PatientBirthDate = birth_date
-    ds.StudyDate = "20240102"
-    ds.SeriesNumber = 3
-    ds.SeriesDescription = "Thorax"
-    ds.Modality = "CT"
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.is_little_endian = True
-    ds.is_implicit_VR = False
-    ds.save_as(path, write_like_original=False)
+    path.write_bytes(dicom_bytes(patient_id=patient_id, patient_name=name,
+                                 birth_date=birth_date, series_number=3,
+                                 series_description="Thorax"))
 
 
 def run_in_private_journal(tmp_path, config):

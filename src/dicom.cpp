@@ -76,19 +76,26 @@ extern "C" int dicom_init(struct error *err)
 
 /* ---- loading ---- */
 
+/* Up to len bytes from the start of path; 0 if it cannot be read. */
+static size_t read_head(const char *path, unsigned char *buf, size_t len)
+{
+	FILE *f = fopen(path, "rb");
+	size_t n;
+
+	if (f == nullptr)
+		return 0;
+	n = fread(buf, 1, len, f);
+	fclose(f);
+	return n;
+}
+
 /* Something that starts like a bare dataset: a tag of group 0008 (or
  * 0002/0010, rarer) in either byte order. */
 static bool looks_like_dataset(const char *path)
 {
 	unsigned char b[4];
-	FILE *f = fopen(path, "rb");
-	size_t n;
 
-	if (f == nullptr)
-		return false;
-	n = fread(b, 1, sizeof(b), f);
-	fclose(f);
-	if (n < 4)
+	if (read_head(path, b, sizeof(b)) < sizeof(b))
 		return false;
 	unsigned le = b[0] | (b[1] << 8), be = (b[0] << 8) | b[1];
 	return le == 0x0008 || be == 0x0008 || le == 0x0002 || le == 0x0010;
@@ -100,13 +107,8 @@ static bool looks_like_dataset(const char *path)
 static bool looks_like_part10(const char *path)
 {
 	unsigned char b[132];
-	FILE *f = fopen(path, "rb");
-	size_t n;
+	size_t n = read_head(path, b, sizeof(b));
 
-	if (f == nullptr)
-		return false;
-	n = fread(b, 1, sizeof(b), f);
-	fclose(f);
 	if (n >= 2 && b[0] == 0x02 && b[1] == 0x00)
 		return true;
 	if (n < sizeof(b)) {

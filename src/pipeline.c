@@ -476,6 +476,15 @@ static int move_source(struct job *job, const char *path, const char *rel,
 	return rc;
 }
 
+static int delete_source(struct job *job, const char *path, struct error *err)
+{
+	if (source_still_ours(job, path, err) == -1)
+		return -1;
+	if (unlink(path) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot delete source");
+	return 0;
+}
+
 /*
  * Deleting a source whose bytes are the output, on the output's file
  * system: rename the source itself to its final name (renameat2
@@ -552,12 +561,9 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 			return -1;
 		if (same == 1) {
 			res->status = PIPELINE_DUPLICATE;
-			if (source_still_ours(job, path, err) == -1)
+			if (check_source_unchanged(job, err) == -1)
 				return -1;
-			if (unlink(path) == -1)
-				return error_set(err, ERROR_TRANSIENT, errno,
-						 "cannot delete source");
-			return 0;
+			return delete_source(job, path, err);
 		}
 	}
 	return error_set(err, ERROR_INPUT, 0, "too many files named %s", name);
@@ -570,12 +576,7 @@ static int dispose_source(struct job *job, const char *path, const char *rel,
 	case PIPELINE_KEEP_SOURCE:
 		return 0;
 	case PIPELINE_DELETE_SOURCE:
-		if (source_still_ours(job, path, err) == -1)
-			return -1;
-		if (unlink(path) == -1)
-			return error_set(err, ERROR_TRANSIENT, errno,
-					 "cannot delete source");
-		return 0;
+		return delete_source(job, path, err);
 	case PIPELINE_MOVE_SOURCE:
 		if (source_still_ours(job, path, err) == -1)
 			return -1;

@@ -36,6 +36,7 @@ struct pipeline {
 	int output_fd;
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
+	mode_t file_mode;		/* 0666 less the umask, as open() gives */
 	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
 	struct correlation *table;
@@ -90,6 +91,13 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	in->output_fd = -1;
 	in->processed_fd = -1;
 	pthread_mutex_init(&in->table_lock, NULL);
+	/* Temp files are created 0600 and get the mode a plain open() would
+	 * have given: the admin's umask (the unit's UMask=0027) decides who
+	 * may read patient data. umask() can only be read by setting it, so
+	 * this runs before any worker thread creates files. */
+	in->file_mode = umask(0);
+	umask(in->file_mode);
+	in->file_mode = 0666 & ~in->file_mode;
 	*out = in;
 	if (compile_layout(&in->dirs, opts->dir_template ? opts->dir_template :
 			   LAYOUT_DEFAULT_DIRS, false, err) == -1)
@@ -349,11 +357,12 @@ static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err
 	struct stat st;
 	int fd;
 
-	reopen_output_if_removed(in);
 	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
 	    strcmp(last_dir.path, dir) == 0 && fstat(last_dir.fd, &st) == 0 &&
 	    st.st_nlink > 0 && (fd = fcntl(last_dir.fd, F_DUPFD_CLOEXEC, 0)) != -1)
 		return fd;
+	/* A live cached folder means a live root; only a miss looks. */
+	reopen_output_if_removed(in);
 	fd = fsutil_mkdirs_at(in->output_fd, dir, err);
 	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
 		return fd;
@@ -380,7 +389,7 @@ static int write_temp(struct job *job, const char *dir, struct error *err)
 	     fsutil_copy_fd(job->source_fd, job->tmp_fd, job->source_st.st_size, err) :
 	     dicom_save_fd(job->file, job->tmp_fd, err)) == -1)
 		return -1;
-	if (fchmod(job->tmp_fd, 0644) == -1)
+	if (fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
 	if (check_source_unchanged(job, err) == -1)
 		return -1;
@@ -504,10 +513,11 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	struct error *err = &res->err;
 	struct stat st;
 
-	/* Outputs are 0644 like written ones; a source we may not chmod
-	 * (another owner) is copied instead. */
-	if ((job->source_st.st_mode & 07777) != 0644 &&
-	    fchmod(job->source_fd, 0644) == -1)
+	/* Renamed, the inode becomes the output. One with other links would
+	 * stay reachable (and writable) from outside the output tree, and a
+	 * source of another owner cannot get the output's mode: copy those. */
+	if (job->source_st.st_nlink != 1 ||
+	    (job->source_st.st_uid != geteuid() && geteuid() != 0))
 		return 1;
 	job->dir_fd = mkdirs_output(in, dir, err);
 	if (job->dir_fd == -1)
@@ -531,6 +541,13 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 				return error_set(err, ERROR_TRANSIENT, 0, "source was "
 						 "replaced while it was processed");
 			}
+			/* The source keeps its mode until it is ours to
+			 * change: a failure here leaves it stored, so it
+			 * is reported, not retried. */
+			if ((st.st_mode & 07777) != in->file_mode &&
+			    fchmod(job->source_fd, in->file_mode) == -1)
+				return error_set(err, ERROR_INPUT, errno, "stored "
+						 "as %s, but cannot set its mode", final);
 			res->status = PIPELINE_STORED;
 			res->same_uid_conflict = n > 0 && in->name.layout;
 			if (in->opts.sync == PIPELINE_SYNC_EACH &&

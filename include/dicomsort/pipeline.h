@@ -85,7 +85,9 @@ struct pipeline_result {
 
 struct pipeline;
 
-/** Check templates and options, open the output root. -1 ERROR_SETUP. */
+/** Check templates and options, open the output root, and note the umask
+ *  that outputs' modes follow (call it before threads create files).
+ *  -1 ERROR_SETUP. */
 int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	       struct error *err);
 

@@ -678,6 +678,48 @@ def test_output_inside_input_is_not_walked(run_dicomsort, gen, tmp_path):
 
 # ---- --move, --dry-run, templates, --quiet ----
 
+@pytest.mark.parametrize("mode", ["copy", "--move", "--anonymize"])
+def test_outputs_follow_the_umask(run_dicomsort, gen, dirs, mode):
+    """Written or renamed into place, an output gets 0666 less the umask
+    (the unit's UMask=0027 keeps patient data from other users), never a
+    fixed 0644 and never the source's own mode."""
+    src, out = dirs
+    gen.write(gen.make_dataset(patient_id="UM"), str(src / "a.dcm"))
+    os.chmod(src / "a.dcm", 0o604)
+    args = ["--dicomin", src, "--dicomout", out]
+    if mode != "copy":
+        args.append(mode)
+    old = os.umask(0o027)
+    try:
+        proc = run_dicomsort(*args)
+    finally:
+        os.umask(old)
+    assert proc.returncode == 0, proc.stderr
+    (output,) = [p for p in out.rglob("*") if p.is_file()]
+    assert stat.S_IMODE(output.stat().st_mode) == 0o640
+
+
+def test_move_copies_a_hard_linked_source(run_dicomsort, gen, dirs, tmp_path):
+    """Renamed into place, an inode with another link would stay reachable
+    and writable from outside the output tree: such a source is copied, and
+    the other link keeps its bytes and mode."""
+    src, out = dirs
+    outside = tmp_path / "elsewhere.dcm"
+    gen.write(gen.make_dataset(patient_id="HL"), str(outside))
+    os.chmod(outside, 0o600)
+    os.link(outside, src / "linked.dcm")
+    body = outside.read_bytes()
+    proc = run_dicomsort("--dicomin", src, "--dicomout", out, "--move")
+    assert proc.returncode == 0, proc.stderr
+    assert not (src / "linked.dcm").exists()
+    (output,) = [p for p in out.rglob("*") if p.is_file()]
+    assert output.stat().st_ino != outside.stat().st_ino
+    assert output.read_bytes() == body
+    assert outside.read_bytes() == body
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o600
+    assert outside.stat().st_nlink == 1
+
+
 def test_move_deletes_only_what_is_stored(run_dicomsort, gen, dirs):
     src, out = dirs
     (src / "sub").mkdir()

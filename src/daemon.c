@@ -577,9 +577,14 @@ static const char *daemon_file_name(const struct config *cfg)
 	return cfg->filename;
 }
 
-static int setup_pipeline(struct daemon *d, struct error *err)
+/*
+ * The pipeline cfg describes, with its secret (which must outlive it) and
+ * table; dry_run builds it without touching the output (--check-config).
+ */
+static int open_pipeline(const struct config *cfg, bool dry_run,
+			 struct pipeline **pipeline, struct deid_secret **secret,
+			 struct error *err)
 {
-	const struct config *cfg = d->cfg;
 	struct correlation *table = NULL;
 	struct pipeline_options opts = {
 		.output_dir = cfg->output,
@@ -590,20 +595,34 @@ static int setup_pipeline(struct daemon *d, struct error *err)
 			    PIPELINE_MOVE_SOURCE : PIPELINE_DELETE_SOURCE,
 		.processed_dir = cfg->processed,
 		.max_file_size = config_max_file_size(cfg),
+		.dry_run = dry_run,
 	};
 	int rc;
 
 	config_deid_options(cfg, &opts.deid);
 	if (cfg->deid.secret != NULL &&
-	    deid_secret_load(&d->secret, cfg->deid.secret, err) == -1)
+	    deid_secret_load(secret, cfg->deid.secret, err) == -1)
 		return -1;
-	opts.deid.secret = d->secret;
+	opts.deid.secret = *secret;
 	if (cfg->correlation_table != NULL &&
 	    correlation_load(&table, cfg->correlation_table, err) == -1)
 		return -1;
 	opts.deid.table = table;
-	rc = pipeline_new(&d->pipeline, &opts, err);
+	rc = pipeline_new(pipeline, &opts, err);
 	correlation_unref(table);
+	return rc;
+}
+
+int daemon_check_config(const struct config *cfg, struct error *err)
+{
+	struct deid_secret *secret = NULL;
+	struct pipeline *pipeline = NULL;
+	int rc = -1;
+
+	if (dicom_init(err) == 0)
+		rc = open_pipeline(cfg, true, &pipeline, &secret, err);
+	pipeline_free(pipeline);
+	deid_secret_free(secret);
 	return rc;
 }
 
@@ -641,7 +660,7 @@ static int setup(struct daemon *d, struct error *err)
 	if (d->fds[SLOT_TIMER].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "timerfd");
 	if (dicom_init(err) == -1 || open_folders(d, err) == -1 ||
-	    setup_pipeline(d, err) == -1)
+	    open_pipeline(d->cfg, false, &d->pipeline, &d->secret, err) == -1)
 		return -1;
 	/* Watches go in before the backlog scan, so nothing that arrives
 	 * between the two is missed. */

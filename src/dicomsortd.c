@@ -8,10 +8,7 @@
 #include <string.h>
 
 #include "dicomsort/config.h"
-#include "dicomsort/correlation.h"
 #include "dicomsort/daemon.h"
-#include "dicomsort/dicom.h"
-#include "dicomsort/pipeline.h"
 #include "dicomsort/log.h"
 
 static const char usage_text[] =
@@ -80,38 +77,6 @@ static int log_target_from_flag(const char *name, enum log_target *target)
 	return 0;
 }
 
-/* Everything a start would check, without touching the folders. */
-static int check_config(const struct config *cfg, struct error *err)
-{
-	struct pipeline_options opts = {
-		.output_dir = cfg->output,
-		.dir_template = cfg->layout,
-		.name_template = cfg->filename,
-		.dry_run = true,
-	};
-	struct correlation *table = NULL;
-	struct deid_secret *secret = NULL;
-	struct pipeline *pipeline = NULL;
-	int rc = -1;
-
-	config_deid_options(cfg, &opts.deid);
-	if (dicom_init(err) == -1)
-		return -1;
-	if (cfg->deid.secret &&
-	    deid_secret_load(&secret, cfg->deid.secret, err) == -1)
-		return -1;
-	opts.deid.secret = secret;
-	if (cfg->correlation_table == NULL ||
-	    correlation_load(&table, cfg->correlation_table, err) == 0) {
-		opts.deid.table = table;
-		rc = pipeline_new(&pipeline, &opts, err);
-	}
-	pipeline_free(pipeline);
-	correlation_unref(table);
-	deid_secret_free(secret);
-	return rc;
-}
-
 int main(int argc, char **argv)
 {
 	struct flags f = { .config_path = CONFIG_DEFAULT_PATH };
@@ -130,7 +95,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (f.check_only) {
-		rc = check_config(&cfg, &err);
+		rc = daemon_check_config(&cfg, &err);
 		if (rc == -1)
 			fprintf(stderr, "dicomsortd: %s\n", err.msg);
 		else

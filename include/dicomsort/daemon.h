@@ -13,6 +13,10 @@
 
 #include "dicomsort/config.h"
 
+/** Everything a start would check (templates, table, secret, options)
+ *  without touching the folders. -1 ERROR_SETUP. */
+int daemon_check_config(const struct config *cfg, struct error *err);
+
 /** Run until SIGTERM/SIGINT. Returns the process exit status. */
 int daemon_run(const struct config *cfg);
 

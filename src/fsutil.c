@@ -154,63 +154,6 @@ void fsutil_discard_tmp(int dirfd, const char *name)
 		unlinkat(dirfd, name, 0);
 }
 
-int fsutil_copy_fd(int in, int out, off_t len, struct error *err)
-{
-	off_t in_off = 0, out_off = 0;
-	char *buf = NULL;
-
-	while (in_off < len) {
-		ssize_t n = copy_file_range(in, &in_off, out, &out_off,
-					    (size_t)(len - in_off), 0);
-
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && (errno == EXDEV || errno == EINVAL ||
-				errno == ENOSYS || errno == EOPNOTSUPP)) {
-			/* Not between these files: copy through user space. */
-			if (buf == NULL && (buf = malloc(COMPARE_CHUNK)) == NULL)
-				return error_set(err, ERROR_TRANSIENT, ENOMEM, "copy");
-			n = pread(in, buf, COMPARE_CHUNK < len - in_off ?
-				  COMPARE_CHUNK : (size_t)(len - in_off), in_off);
-			if (n > 0) {
-				/* A short write (a full disk mid-chunk) is
-				 * retried, so the error is the real one. */
-				ssize_t w = 0;
-
-				for (ssize_t done = 0; done < n; done += w) {
-					w = pwrite(out, buf + done, (size_t)(n - done),
-						   out_off + done);
-					if (w <= 0) {
-						int e = w == -1 ? errno : EIO;
-
-						free(buf);
-						return error_set(err,
-							error_kind_for_output_errno(e),
-							e, "cannot write");
-					}
-				}
-				in_off += n;
-				out_off += n;
-				continue;
-			}
-		}
-		if (n == -1) {
-			int e = errno;
-
-			free(buf);
-			return error_set(err, error_kind_for_output_errno(e), e,
-					 "cannot copy");
-		}
-		if (n == 0) {
-			free(buf);
-			return error_set(err, ERROR_TRANSIENT, 0,
-					 "source changed while it was processed");
-		}
-	}
-	free(buf);
-	return 0;
-}
-
 static ssize_t read_full(int fd, char *buf, size_t len, off_t off)
 {
 	size_t done = 0;
@@ -227,6 +170,80 @@ static ssize_t read_full(int fd, char *buf, size_t len, off_t off)
 		done += (size_t)n;
 	}
 	return (ssize_t)done;
+}
+
+/* All of buf at off, or -1 with errno (a short write on a full disk is
+ * retried, so the error reported is the real one, ENOSPC). */
+static int write_full(int fd, const char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, buf + done, len - done, off + (off_t)done);
+
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -1;
+		if (n == 0) {
+			errno = EIO;
+			return -1;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* The bytes [off, len) through user space, for files copy_file_range()
+ * cannot join (different file systems, old kernels). */
+static int copy_buffered(int in, int out, off_t off, off_t len,
+			 struct error *err)
+{
+	char *buf = malloc(COMPARE_CHUNK);
+	int rc = 0;
+
+	if (buf == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "copy");
+	while (off < len && rc == 0) {
+		size_t want = len - off < COMPARE_CHUNK ? (size_t)(len - off) :
+			      COMPARE_CHUNK;
+		ssize_t n = read_full(in, buf, want, off);
+
+		if (n == -1)
+			rc = error_set(err, ERROR_TRANSIENT, errno, "cannot read source");
+		else if (n == 0)
+			rc = error_set(err, ERROR_TRANSIENT, 0, "source changed "
+				       "while it was processed");
+		else if (write_full(out, buf, (size_t)n, off) == -1)
+			rc = error_set(err, error_kind_for_output_errno(errno),
+				       errno, "cannot write");
+		else
+			off += n;
+	}
+	free(buf);
+	return rc;
+}
+
+int fsutil_copy_fd(int in, int out, off_t len, struct error *err)
+{
+	off_t in_off = 0, out_off = 0;
+
+	while (in_off < len) {
+		ssize_t n = copy_file_range(in, &in_off, out, &out_off,
+					    (size_t)(len - in_off), 0);
+
+		if (n > 0 || (n == -1 && errno == EINTR))
+			continue;
+		if (n == 0)
+			return error_set(err, ERROR_TRANSIENT, 0, "source changed "
+					 "while it was processed");
+		if (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+		    errno == EOPNOTSUPP)
+			return copy_buffered(in, out, in_off, len, err);
+		return error_set(err, error_kind_for_output_errno(errno), errno,
+				 "cannot copy");
+	}
+	return 0;
 }
 
 int fsutil_same_content(int fd_a, int fd_b, struct error *err)

@@ -93,7 +93,7 @@ static int place(int dirfd, const char *source, const char *tmp,
 			return rc;
 	}
 	return error_set(err, ERROR_TRANSIENT, 0, "too many quarantined files "
-			 "named %s", base);
+			 "of this name");
 }
 
 static int write_sidecar(int dirfd, const char *final,

@@ -740,7 +740,9 @@ static long dir_appeared(struct watch *w, const char *path, int64_t now,
 	if (ignored_path(w, path))
 		return 0;
 	if (watch_tree(path) == -1)
-		error_set(err, ERROR_TRANSIENT, errno, "cannot watch %s", path);
+		/* Not the path: folder names in a drop folder may be a
+		 * patient's, and this message reaches the log. */
+		error_set(err, ERROR_TRANSIENT, errno, "cannot watch a new folder");
 	return scan_new_dir(w, path, now);
 }
 

@@ -464,12 +464,35 @@ static long scan_file(struct watch *w, int dfd, const char *name,
 static long scan_dir(struct watch *w, int dfd, char *path, size_t len,
 		     int64_t now);
 
+static int watch_tree(const char *path);
+
+/*
+ * libinotifytools lists a folder's children before it watches the folder,
+ * so a subfolder created in between is neither listed nor reported: the
+ * scan, which runs after the watch, is where it shows. Watch it here,
+ * before its files are scanned, so none written later is missed.
+ */
+static void watch_if_unwatched(char *path, size_t len)
+{
+	if (len + 1 >= PATH_MAX)
+		return;
+	path[len] = '/';	/* the library keys folders with a slash */
+	path[len + 1] = '\0';
+	if (inotifytools_wd_from_filename(path) == -1) {
+		path[len] = '\0';
+		watch_tree(path);	/* a failure shows at the next rescan */
+	}
+	path[len] = '\0';
+}
+
 static long scan_subdir(struct watch *w, int dfd, const char *name,
 			char *path, size_t len, int64_t now)
 {
-	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-			O_CLOEXEC);
+	int fd;
 
+	if (w->fd != -1)
+		watch_if_unwatched(path, len);
+	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd == -1)
 		return 0;	/* gone meanwhile, or not ours to read */
 	return scan_dir(w, fd, path, len, now);
@@ -737,8 +760,17 @@ static bool is_root_dir(const struct watch *w, const char *dir)
 static long dir_appeared(struct watch *w, const char *path, int64_t now,
 			 struct error *err)
 {
-	if (ignored_path(w, path))
+	char dir[PATH_MAX];
+	size_t len = strlen(path);
+
+	if (ignored_path(w, path) || len + 1 >= sizeof(dir))
 		return 0;
+	/* The scan of a parent may have watched it already: adding a
+	 * watch twice makes libinotifytools leak its first record. */
+	memcpy(dir, path, len);
+	memcpy(dir + len, "/", 2);
+	if (inotifytools_wd_from_filename(dir) != -1)
+		return scan_new_dir(w, path, now);
 	if (watch_tree(path) == -1)
 		/* Not the path: folder names in a drop folder may be a
 		 * patient's, and this message reaches the log. */

@@ -214,7 +214,8 @@ def expected_dir(out, it, patient_id=None, desc="Axial"):
 
 def wait_until(pred, timeout, interval=0.05, what="condition"):
     """Poll pred() until true; the timeout is scaled for slow builds.
-    Returns pred()'s last value (fails the test on timeout)."""
+    Returns pred()'s last value (fails the test on timeout). what may be
+    a callable, evaluated at the timeout (a log tail is only useful then)."""
     deadline = time.monotonic() + timeout * SLOW
     while True:
         v = pred()
@@ -222,7 +223,7 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
             return v
         if time.monotonic() > deadline:
             pytest.fail("timed out after %.1fs waiting for %s"
-                        % (timeout * SLOW, what))
+                        % (timeout * SLOW, what() if callable(what) else what))
         time.sleep(interval)
 
 
@@ -434,8 +435,11 @@ class Daemon:
     def wait_stored(self, n, timeout=30):
         """Until n `stored` audit records were logged."""
         return wait_until(lambda: len(self.events("stored")) >= n, timeout,
-                          what="%d stored events (log:\n%s)" % (
-                              n, "\n".join(self.log_lines()[-20:])))
+                          what=lambda: "%d stored events, input still holds "
+                          "%s (log:\n%s)" % (
+                              n, [str(p.relative_to(self.input))
+                                  for p in files_below(self.input)][:20],
+                              "\n".join(self.log_lines()[-40:])))
 
     def wait_input_empty(self, timeout=30):
         return wait_until(lambda: not files_below(self.input), timeout,

@@ -4,6 +4,7 @@
  * exception and turns OFCondition into struct error.
  */
 #include "dicomsort/dicom.h"
+#include "dicomsort/part10.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdict.h>
@@ -22,16 +23,25 @@
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/oflog/oflog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iconv.h>
+#include <memory>
 #include <string>
+#include <vector>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+
+/* A top-level value changed on the fast path: its new bytes, padded. */
+struct light_edit {
+	const struct part10_elem *elem;
+	std::string value;
+};
 
 struct dicom_file {
 	DcmFileFormat format;
@@ -44,6 +54,25 @@ struct dicom_file {
 	/* Any change at all (even one that failed): the file's own bytes are
 	 * no longer the object. */
 	bool modified = false;
+	/*
+	 * The fast path (part10.h). While light, DCMTK has not parsed the
+	 * file: its bytes and their index answer for it, and top-level text
+	 * values changed in place are kept as edits. The first request the
+	 * index cannot answer has DCMTK parse the bytes ("promote") and
+	 * replays the edits onto DCMTK's dataset.
+	 */
+	bool light = false;
+	std::string mem;		/* the file's bytes (light only) */
+	std::string path;		/* for promotion's error messages */
+	struct part10 index {};
+	std::vector<light_edit> edits;
+	/* DCMTK refused bytes the index vouched for (a bug of the index):
+	 * every later request fails with this, saving included, so the file
+	 * is rejected rather than sorted on half-read values. */
+	bool unreadable = false;
+	struct error promote_err = ERROR_INIT;
+
+	~dicom_file() { part10_free(&index); }
 };
 
 struct dicom_elem {
@@ -539,6 +568,201 @@ static int load(struct dicom_file *f, const char *path, const std::string *mem,
 	return 0;
 }
 
+/* ---- the fast path: the file's bytes and their index (part10.h) ---- */
+
+static void trim(std::string &s);
+
+/* Text VRs: their values are their bytes. */
+static bool text_vr(const char *vr)
+{
+	static const char *const vrs[] = { "AE", "AS", "CS", "DA", "DS", "DT",
+					   "IS", "LO", "LT", "PN", "SH", "ST",
+					   "TM", "UC", "UI", "UR", "UT" };
+	for (const char *v : vrs)
+		if (strcmp(vr, v) == 0)
+			return true;
+	return false;
+}
+
+static bool dictionary_sequence(uint32_t tag)
+{
+	DcmTag t(DCM_GROUP(tag), DCM_ELEMENT(tag));
+
+	return t.getEVR() == EVR_SQ;
+}
+
+/* The VR of an indexed element: as written, or the dictionary's. */
+static std::string light_vr(const struct dicom_file *f, const struct part10_elem *e)
+{
+	if (!f->index.implicit)
+		return e->vr;
+	DcmTag t(DCM_GROUP(e->tag), DCM_ELEMENT(e->tag));
+	return DcmVR(t.getEVR()).getVRName();
+}
+
+enum { LIGHT_ASK_DCMTK = -2 };
+
+/*
+ * A top-level value as the DCMTK path would give it (element_raw()), or
+ * LIGHT_ASK_DCMTK where only DCMTK knows: a value that is not text, one
+ * with an embedded NUL (DCMTK's C strings cut there), or - when ascii,
+ * for a value about to be converted - one with bytes outside printable
+ * ASCII (character sets, escape sequences). 1 present, 0 absent.
+ */
+static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
+		     bool ascii = false)
+{
+	const struct part10_elem *e = part10_find(&f->index, tag);
+
+	if (e == nullptr)
+		return 0;
+	for (const struct light_edit &ed : f->edits)
+		if (ed.elem == e) {
+			raw = ed.value;
+			trim(raw);
+			return 1;
+		}
+	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()))
+		return LIGHT_ASK_DCMTK;
+	const char *v = reinterpret_cast<const char *>(f->index.bytes) + e->value;
+	size_t len = e->len;
+	while (len > 0 && (v[len - 1] == '\0' || v[len - 1] == ' '))
+		len--;
+	if (memchr(v, '\0', len) != nullptr)
+		return LIGHT_ASK_DCMTK;
+	for (size_t i = 0; ascii && i < len; i++)
+		if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] >= 0x7f) {
+			/* Text VRs allow CR, LF, FF and TAB. */
+			if (v[i] != '\r' && v[i] != '\n' && v[i] != '\f' && v[i] != '\t')
+				return LIGHT_ASK_DCMTK;
+		}
+	raw.assign(v, len);
+	trim(raw);
+	return 1;
+}
+
+/* The meta header says what the dataset is (dicom_bytes_reusable()). */
+static bool light_meta_matches(const struct dicom_file *f)
+{
+	std::string sop_class, sop_instance;
+
+	return light_raw(f, TAG_SOPClassUID, sop_class) == 1 &&
+	       light_raw(f, TAG_SOPInstanceUID, sop_instance) == 1 &&
+	       !sop_class.empty() && sop_class == f->index.media_class &&
+	       !sop_instance.empty() && sop_instance == f->index.media_instance &&
+	       sop_class.find('\\') == std::string::npos &&
+	       sop_instance.find('\\') == std::string::npos;
+}
+
+/* Index f->mem; true when the fast path vouches for the file. */
+static bool index_light(struct dicom_file *f)
+{
+	const unsigned char *bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
+	std::string sop_class, sop_instance;
+
+	if (part10_open(&f->index, bytes, f->mem.size()) == -1)
+		return false;
+	DcmXfer xfer(f->index.syntax);
+	if (xfer.getXfer() == EXS_Unknown ||
+	    xfer.getByteOrder() != EBO_LittleEndian ||
+	    xfer.getStreamCompression() != ESC_none)
+		return false;
+	if (part10_index(&f->index, xfer.isImplicitVR(), dictionary_sequence) == -1)
+		return false;
+	/* What load() requires of every object. */
+	if (light_raw(f, TAG_SOPClassUID, sop_class) != 1 || sop_class.empty() ||
+	    light_raw(f, TAG_SOPInstanceUID, sop_instance) != 1 ||
+	    sop_instance.empty())
+		return false;
+	f->light = true;
+	return true;
+}
+
+static int replay_edit(struct dicom_file *f, const struct light_edit &ed)
+{
+	DcmTagKey key(DCM_GROUP(ed.elem->tag), DCM_ELEMENT(ed.elem->tag));
+	DcmElement *e = nullptr;
+
+	if (f->dataset->findAndGetElement(key, e, OFFalse).bad() || e == nullptr)
+		return -1;
+	return e->putString(ed.value.c_str()).good() ? 0 : -1;
+}
+
+/*
+ * Have DCMTK parse the bytes, then apply what was changed on the fast
+ * path. The index vouched for the structure, so DCMTK refusing the file
+ * here is a bug of the index; it is reported like any load failure.
+ */
+static int promote(struct dicom_file *f, struct error *err)
+{
+	if (f->unreadable) {
+		*err = f->promote_err;
+		return -1;
+	}
+	if (!f->light)
+		return 0;
+	f->light = false;
+	if (load(f, f->path.c_str(), &f->mem, err) == -1) {
+		f->unreadable = true;
+		f->promote_err = *err;
+		return -1;
+	}
+	for (const struct light_edit &ed : f->edits)
+		if (replay_edit(f, ed) == -1)
+			return error_set(err, ERROR_INPUT, 0, "cannot set attribute");
+	f->edits.clear();
+	part10_free(&f->index);
+	std::string().swap(f->mem);
+	return 0;
+}
+
+/*
+ * Change a top-level text value in place: 0 done, 1 when only DCMTK can
+ * (absent, not text, a UID (padded with NUL), the character set, a value
+ * that is not plain ASCII or too long for its header, or a file whose
+ * meta header or group lengths would then be wrong).
+ */
+static int light_put(struct dicom_file *f, uint32_t tag, const char *value)
+{
+	const struct part10_elem *e = part10_find(&f->index, tag);
+	std::string v(value);
+
+	if (e == nullptr || e->undefined_length || f->index.group_lengths ||
+	    tag == TAG_SpecificCharacterSet || !light_meta_matches(f))
+		return 1;
+	std::string vr = light_vr(f, e);
+	if (!text_vr(vr.c_str()) || vr == "UI")
+		return 1;
+	for (unsigned char c : v)
+		if (c < 0x20 || c >= 0x7f)
+			return 1;
+	if (v.size() % 2)
+		v += ' ';
+	if (v.size() > 0xfffe)
+		return 1;
+	f->modified = true;
+	for (struct light_edit &ed : f->edits)
+		if (ed.elem == e) {
+			ed.value = v;
+			return 0;
+		}
+	f->edits.push_back({ e, v });
+	return 0;
+}
+
+static int light_save(struct dicom_file *f, int fd, struct error *err)
+{
+	std::vector<struct part10_edit> edits;
+
+	std::sort(f->edits.begin(), f->edits.end(),
+		  [](const light_edit &a, const light_edit &b) {
+			  return a.elem->head < b.elem->head;
+		  });
+	for (const struct light_edit &ed : f->edits)
+		edits.push_back({ ed.elem, ed.value.data(), ed.value.size() });
+	return part10_write(&f->index, edits.data(), edits.size(), fd, err);
+}
+
 extern "C" int dicom_load(struct dicom_file **out, const char *path,
 			struct error *err)
 {
@@ -585,9 +809,15 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 			return error_set(err, ERROR_TRANSIENT, 0, "source changed "
 					 "while it was read");
 		f = new dicom_file;
-		if (load(f, path, &mem, err) == -1) {
-			delete f;
-			return -1;
+		f->mem.swap(mem);
+		f->path = path;
+		if (!index_light(f)) {
+			part10_free(&f->index);
+			if (load(f, path, &f->mem, err) == -1) {
+				delete f;
+				return -1;
+			}
+			std::string().swap(f->mem);
 		}
 		*out = f;
 		return 0;
@@ -602,8 +832,15 @@ extern "C" void dicom_free(struct dicom_file *file)
 	delete file;
 }
 
+extern "C" bool dicom_parsed(const struct dicom_file *file)
+{
+	return !file->light;
+}
+
 extern "C" const char *dicom_transfer_syntax(const struct dicom_file *file)
 {
+	if (file->light || file->dataset == nullptr)
+		return file->index.syntax;
 	DcmXfer xfer(file->dataset->getOriginalXfer());
 
 	return xfer.getXferID();
@@ -611,6 +848,8 @@ extern "C" const char *dicom_transfer_syntax(const struct dicom_file *file)
 
 extern "C" int dicom_load_all(struct dicom_file *file, struct error *err)
 {
+	if (file->light)
+		return 0;	/* the bytes are in memory */
 	try {
 		OFCondition cond = file->format.loadAllDataIntoMemory();
 		if (cond.bad())
@@ -781,8 +1020,24 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 {
 	try {
 		DcmElement *e = nullptr;
+		std::string raw;
 
 		*out = nullptr;
+		if (f->light) {
+			struct error ignored = ERROR_INIT;
+			int rc = light_raw(f, tag, raw, convert);
+
+			if (rc == 1) {	/* nothing to convert */
+				*out = dup_string(raw);
+				return *out ? 1 : -1;
+			}
+			if (rc == 0)
+				return 0;
+			if (promote(f, &ignored) == -1)
+				return -1;
+		}
+		if (f->unreadable)
+			return -1;
 		if (f->dataset->findAndGetElement(DcmTagKey(DCM_GROUP(tag),
 				DCM_ELEMENT(tag)), e, OFFalse).bad() || e == nullptr)
 			return 0;
@@ -809,6 +1064,10 @@ extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 {
 	file->modified = true;
 	try {
+		if (file->light && light_put(file, tag, value) == 0)
+			return 0;
+		if (promote(file, err) == -1)
+			return -1;
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		OFCondition cond = file->dataset->putAndInsertString(key, value);
 		if (cond.bad())
@@ -825,6 +1084,11 @@ extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *
 {
 	file->modified = true;
 	try {
+		if (file->light && (part10_find(&file->index, tag) == nullptr ||
+				    light_put(file, tag, "") == 0))
+			return 0;
+		if (promote(file, err) == -1)
+			return -1;
 		DcmElement *e = nullptr;
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		if (file->dataset->findAndGetElement(key, e, OFFalse).bad() || !e)
@@ -843,6 +1107,8 @@ extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error 
 {
 	file->modified = true;
 	try {
+		if (promote(file, err) == -1)
+			return -1;
 		file->dataset->findAndDeleteElement(DcmTagKey(DCM_GROUP(tag),
 						    DCM_ELEMENT(tag)), OFFalse, OFFalse);
 		return 0;
@@ -855,6 +1121,8 @@ extern "C" int dicom_convert_to_utf8(struct dicom_file *file, struct error *err)
 {
 	file->modified = true;
 	try {
+		if (promote(file, err) == -1)
+			return -1;
 		OFCondition cond = file->dataset->convertToUTF8();
 		file->charset_tried = false;
 		if (cond.bad())
@@ -872,6 +1140,8 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 {
 	file->modified = true;
 	try {
+		if (promote(file, err) == -1)
+			return -1;
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		file->dataset->findAndDeleteElement(key, OFFalse, OFFalse);
 		for (size_t i = 0; i < count; i++) {
@@ -952,6 +1222,8 @@ extern "C" int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 			 struct error *err)
 {
 	try {
+		if (promote(file, err) == -1)
+			return -1;
 		return walk(file, file->dataset, 0, fn, ctx);
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
@@ -1031,6 +1303,10 @@ static bool same_uid(DcmItem *a, const DcmTagKey &ka, DcmItem *b,
 extern "C" bool dicom_bytes_reusable(const struct dicom_file *file)
 {
 	try {
+		if (file->light)
+			return !file->modified && light_meta_matches(file);
+		if (file->unreadable)
+			return false;
 		DcmMetaInfo *meta = const_cast<dicom_file *>(file)->format.getMetaInfo();
 		DcmDataset *ds = file->dataset;
 		E_TransferSyntax xfer = ds->getOriginalXfer();
@@ -1068,6 +1344,11 @@ static bool output_errno(int e)
 extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
+		/* Edits were only made where the meta header stays true. */
+		if (file->light && light_meta_matches(file))
+			return light_save(file, fd, err);
+		if (promote(file, err) == -1)
+			return -1;
 		int copy = dup(fd);
 		FILE *stream = copy == -1 ? nullptr : fdopen(copy, "wb");
 		if (stream == nullptr) {

@@ -89,6 +89,14 @@ int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 
 void dicom_free(struct dicom_file *file);
 
+/**
+ * Whether DCMTK has parsed the object. A plain Part 10 file loaded with
+ * dicom_load_fd() is first only indexed (part10.h): reading top-level text
+ * values and changing them in place need no parse, and whatever needs more
+ * has DCMTK parse the bytes then, transparently. For tests and benchmarks.
+ */
+bool dicom_parsed(const struct dicom_file *file);
+
 /** The transfer syntax the object was read in, as a UID string (static). */
 const char *dicom_transfer_syntax(const struct dicom_file *file);
 

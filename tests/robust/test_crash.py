@@ -172,7 +172,9 @@ def count_files(root):
 
 
 def test_dicomsort_move_survives_sigkill(tmp_path):
-    items, expected = make_inputs(FILES)
+    # Twice the files: a run renames unchanged files thousands a second,
+    # and each kill lands a few dozen files after its target.
+    items, expected = make_inputs(2 * FILES)
     inp = tmp_path / "in"
     out = tmp_path / "out"
     inp.mkdir()
@@ -207,9 +209,11 @@ def test_dicomsort_move_survives_sigkill(tmp_path):
         if runs % 10 == 0:
             time.sleep(rng.uniform(0, 0.02))
         else:
-            target = count_files(inp) - rng.randint(1, 40)
+            # A run renames thousands of files a second: look often, or
+            # the inputs run out before the kills are done.
+            target = count_files(inp) - rng.randint(1, 20)
             while p.poll() is None and count_files(inp) > target:
-                time.sleep(0.001)
+                time.sleep(0.0002)
         if p.poll() is None:
             p.kill()
             kills += 1

@@ -364,6 +364,54 @@ def test_anonymize_seed(run_dicomsort, gen, dirs):
     assert "PatientBirthDate" not in pydicom.dcmread(str(out / entry["dest"]))
 
 
+@pytest.mark.parametrize("charset", ["ascii", "latin1"])
+@pytest.mark.parametrize("syntax,form", SYNTAX_FORMS)
+def test_seed_changes_only_its_values(run_dicomsort, gen, dirs, tmp_path,
+                                      syntax, form, charset):
+    """--anonymize with a table, in every transfer syntax and file form:
+    the three values change and nothing else, whether the file's own bytes
+    were spliced (plain Part 10, values the layout reads in ASCII) or DCMTK
+    re-encoded it (the rest; Latin-1 text in the layout is converted by
+    DCMTK, which then writes the file)."""
+    src, out = dirs
+    ds = gen.make_dataset(patient_id="OLD7", syntax=syntax, seed=7,
+                          charset=charset, birth_date="19800131")
+    gen.write(ds, str(src / "in.dcm"), form=form)
+    table = tmp_path / "ids.csv"
+    table.write_text("OLD7,NEW0007\n")
+    proc, doc = run_json(run_dicomsort, "--dicomin", src, "--dicomout", out,
+                         "--anonymize", "--ID_correlation", table,
+                         expect_rc=0)
+    dst = out / by_source(doc, src)["in.dcm"]["dest"]
+    a, b = assert_same_content(src / "in.dcm", dst,
+                               ignore=(0x00100010, 0x00100020, 0x00100030))
+    assert str(b.PatientName) == "ANONYMIZED"
+    assert b.PatientID == "NEW0007"
+    assert b.PatientBirthDate == ""
+    assert b.file_meta.MediaStorageSOPInstanceUID == b.SOPInstanceUID
+    raw, orig = dst.read_bytes(), (src / "in.dcm").read_bytes()
+    if charset == "ascii" and form == "part10" and \
+            syntax in ("explicit_le", "implicit_le", "jpeg_lossless"):
+        # Spliced: the source's meta header, byte for byte, and the
+        # same length but for the value lengths that changed.
+        meta_end = 132 + 12 + int.from_bytes(orig[140:144], "little")
+        assert raw[:meta_end] == orig[:meta_end]
+        delta = sum(len(new) + len(new) % 2 - len(old) for new, old in (
+            ("ANONYMIZED", orig_value(a, 0x00100010)),
+            ("NEW0007", orig_value(a, 0x00100020)),
+            ("", orig_value(a, 0x00100030))))
+        assert len(raw) == len(orig) + delta
+
+
+def orig_value(ds, tag):
+    """The encoded (padded) bytes of a top-level value."""
+    elem = ds[tag]
+    value = elem.value
+    raw = value.encode("latin-1") if isinstance(value, str) else \
+        str(value).encode("latin-1")
+    return raw + b" " * (len(raw) % 2)
+
+
 TABLE = ("\ufeff# old,new  -- exported from the spreadsheet\r\n"
          "PATA,NEWA\r\n"
          "\r\n"

@@ -11,8 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/params.h>
 
 #include "deid_rules.h"
 
@@ -23,6 +25,10 @@
 struct deid_secret {
 	size_t len;
 	unsigned char key[SECRET_MAX];
+	/* HMAC-SHA-256 keyed once: OpenSSL 3's one-shot HMAC() looks the
+	 * algorithms up on every call, a tenth of basic's CPU time on small
+	 * files. Each use works on a copy (NULL: fall back to HMAC()). */
+	EVP_MAC_CTX *keyed;
 };
 
 /* ---- names ---- */
@@ -101,6 +107,24 @@ int deid_unknown_id_from_name(const char *name, enum deid_unknown_id *policy)
 
 /* ---- the secret and what is derived from it ---- */
 
+static EVP_MAC_CTX *keyed_mac(const struct deid_secret *s)
+{
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+						 (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+
+	EVP_MAC_free(mac);	/* the context keeps its own reference */
+	if (ctx != NULL && EVP_MAC_init(ctx, s->key, s->len, params) != 1) {
+		EVP_MAC_CTX_free(ctx);
+		ctx = NULL;
+	}
+	return ctx;
+}
+
 int deid_secret_load(struct deid_secret **out, const char *path,
 		     struct error *err)
 {
@@ -137,6 +161,7 @@ int deid_secret_load(struct deid_secret **out, const char *path,
 				 "bytes", path, SECRET_MIN);
 	}
 	s->len = (size_t)n;
+	s->keyed = keyed_mac(s);
 	*out = s;
 	return 0;
 }
@@ -145,6 +170,7 @@ void deid_secret_free(struct deid_secret *secret)
 {
 	if (secret == NULL)
 		return;
+	EVP_MAC_CTX_free(secret->keyed);
 	OPENSSL_cleanse(secret, sizeof(*secret));
 	free(secret);
 }
@@ -163,6 +189,16 @@ static void keyed_hash(const struct deid_secret *s, const char *domain,
 	memcpy(buf, domain, dl);
 	buf[dl] = '\0';
 	memcpy(buf + dl + 1, text, tl);
+	if (s->keyed != NULL) {
+		EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(s->keyed);
+		size_t got = 0;
+		bool ok = ctx != NULL && EVP_MAC_update(ctx, buf, dl + 1 + tl) == 1 &&
+			  EVP_MAC_final(ctx, out, &got, 32) == 1 && got == 32;
+
+		EVP_MAC_CTX_free(ctx);
+		if (ok)
+			return;
+	}
 	HMAC(EVP_sha256(), s->key, (int)s->len, buf, dl + 1 + tl, out, &len);
 }
 

@@ -124,6 +124,33 @@ def test_references_follow(study, run_dicomsort, secret, tmp_path):
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
 
 
+def test_pseudonyms_are_the_documented_hmac(study, run_dicomsort, secret,
+                                            tmp_path):
+    """Computed here with Python's hmac, independently: a UID becomes
+    2.25.<first 128 bits of HMAC-SHA-256(secret, "uid" NUL uid)> and a
+    PatientID ANON<first 6 bytes of HMAC(secret, "patient-id" NUL id)>."""
+    import hashlib
+    import hmac
+    in_dir, inputs = study
+    key = secret.read_bytes().rstrip(b"\r\n")
+    result = run_dicomsort(in_dir, tmp_path / "out", "--secret", secret,
+                           *FLAGS)
+    assert result.rc == 0, result
+    out = outputs(tmp_path / "out")
+
+    def mac(domain, text):
+        return hmac.new(key, domain + b"\0" + text.encode(),
+                        hashlib.sha256).digest()
+
+    for name, src in inputs.items():
+        for kw in UID_KEYWORDS:
+            want = "2.25.%d" % int.from_bytes(mac(b"uid", src.get(kw))[:16],
+                                              "big")
+            assert out[name].get(kw) == want, (name, kw)
+        assert out[name].PatientID == \
+            "ANON" + mac(b"patient-id", src.PatientID)[:6].hex().upper()
+
+
 def test_other_secret_other_pseudonyms(study, run_dicomsort, secret,
                                        tmp_path):
     in_dir, inputs = study

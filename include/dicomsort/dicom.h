@@ -170,7 +170,9 @@ typedef enum dicom_visit_action (*dicom_visitor)(void *ctx, struct dicom_elem *e
 /**
  * Call fn for every element of the dataset in file order, depth first: a
  * sequence element first, then the elements of each of its items. The meta
- * header (group 0002) is not visited. Returns 0, or -1 if the walk failed.
+ * header (group 0002) is not visited. fn may change or empty the element it
+ * is given (dicom_elem_*), nothing else of the file until the walk is over.
+ * Returns 0, or -1 if the walk failed.
  */
 int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 	      struct error *err);

@@ -62,13 +62,14 @@ static bool long_vr(const unsigned char *vr)
 	return false;
 }
 
-/* A value padded with NULs or spaces, as a C string (truncated to fit). */
+/* A value padded with NULs or spaces, as a C string; "" when it does not
+ * fit (a cut UID could pass for another). */
 static void copy_value(char *out, size_t outlen, const unsigned char *v, size_t len)
 {
 	while (len > 0 && (v[len - 1] == '\0' || v[len - 1] == ' '))
 		len--;
 	if (len >= outlen)
-		len = outlen - 1;
+		len = 0;
 	memcpy(out, v, len);
 	out[len] = '\0';
 }

@@ -45,7 +45,8 @@ struct part10_elem {
 struct part10 {
 	const unsigned char *bytes;
 	size_t size;
-	/* From the meta header, trailing NUL/space padding removed. */
+	/* From the meta header, trailing NUL/space padding removed; "" when
+	 * absent or longer than a UID may be. */
 	char syntax[65];
 	char media_class[65];
 	char media_instance[65];

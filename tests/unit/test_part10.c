@@ -212,6 +212,30 @@ static void leaves_the_rest_to_dcmtk(void **state)
 	part10_free(&p);
 }
 
+static void overlong_media_uid_matches_nothing(void **state)
+{
+	struct buf b;
+	struct part10 p;
+	char uid[71];
+
+	(void)state;
+	/* 70 characters: cut to 64 it could equal another object's UID. */
+	memset(uid, '7', 70);
+	uid[0] = '1';
+	uid[1] = '.';
+	uid[70] = '\0';
+	memset(b.p, 0, 128);
+	b.len = 128;
+	put(&b, "DICM", 4);
+	elem(&b, 0x0002, 0x0002, "UI", CT_STORAGE);
+	elem(&b, 0x0002, 0x0003, "UI", uid);
+	elem(&b, 0x0002, 0x0010, "UI", EXPLICIT_LE);
+	assert_int_equal(part10_open(&p, b.p, b.len), 0);
+	assert_string_equal(p.media_instance, "");
+	assert_string_equal(p.media_class, CT_STORAGE);
+	part10_free(&p);
+}
+
 static void notes_group_lengths(void **state)
 {
 	struct buf b;
@@ -283,6 +307,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(indexes_a_plain_file),
 		cmocka_unit_test(leaves_the_rest_to_dcmtk),
+		cmocka_unit_test(overlong_media_uid_matches_nothing),
 		cmocka_unit_test(notes_group_lengths),
 		cmocka_unit_test(splices_an_edit),
 	};

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /*
@@ -522,11 +523,88 @@ static int set_defaults(struct config *cfg, const char *path)
 	return cfg->path && cfg->layout && cfg->ignore ? 0 : -1;
 }
 
+/*
+ * libconfig 1.5 reads an @include'd file through its flex scanner, which
+ * exit()s the process when a read fails: "@include "."" names a folder,
+ * fopen() accepts it and read() fails. A FIFO would block it for ever. So
+ * every file the configuration includes, at any depth, is looked at first:
+ * each must be a regular file (one that does not exist is left to
+ * libconfig, which reports it). The directive is found as libconfig's
+ * scanner finds it: at the start of a line, the name in double quotes with
+ * \\ and \" escapes; a NUL ends the name as it does for libconfig.
+ */
+#define MAX_INCLUDE_DEPTH 10
+
+static int check_includes(const char *path, const char *base_dir, int depth,
+			  struct error *err);
+
+static int check_include_line(const char *path, int line, const char *at,
+			      const char *base_dir, int depth, struct error *err)
+{
+	char name[PATH_MAX], full[PATH_MAX * 2];
+	size_t n = 0;
+	struct stat st;
+
+	at += strspn(at, " \t");
+	if (strncmp(at, "@include", 8) != 0 || (at[8] != ' ' && at[8] != '\t'))
+		return 0;
+	at += 8;
+	at += strspn(at, " \t");
+	if (*at++ != '"')
+		return 0;
+	while (*at != '\0' && *at != '"' && *at != '\n' && n + 1 < sizeof(name)) {
+		if (at[0] == '\\' && (at[1] == '\\' || at[1] == '"'))
+			at++;
+		name[n++] = *at++;
+	}
+	name[n] = '\0';
+	if (name[0] == '/' || base_dir == NULL)
+		snprintf(full, sizeof(full), "%s", name);
+	else
+		snprintf(full, sizeof(full), "%s/%s", base_dir, name);
+	if (stat(full, &st) == -1)
+		return 0;	/* libconfig says it cannot open it */
+	if (!S_ISREG(st.st_mode))
+		return error_set(err, ERROR_SETUP, 0, "%s:%d: @include \"%s\": "
+				 "not a regular file", path, line, name);
+	return check_includes(full, base_dir, depth + 1, err);
+}
+
+static int check_includes(const char *path, const char *base_dir, int depth,
+			  struct error *err)
+{
+	FILE *f;
+	char *text = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	int line = 0, rc = 0;
+	struct stat st;
+
+	if (depth > MAX_INCLUDE_DEPTH)	/* as libconfig, which stops there */
+		return error_set(err, ERROR_SETUP, 0, "%s: @include nested more "
+				 "than %d deep", path, MAX_INCLUDE_DEPTH);
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+		return error_set(err, ERROR_SETUP, 0, "%s: not a regular file", path);
+	f = fopen(path, "re");
+	if (f == NULL)
+		return 0;	/* reported by config_read_file() */
+	while (rc == 0 && (len = getline(&text, &cap, f)) != -1) {
+		line++;
+		/* getline() keeps NULs; the scanner's C strings stop there */
+		rc = check_include_line(path, line, text, base_dir, depth, err);
+	}
+	free(text);
+	fclose(f);
+	return rc;
+}
+
 static int parse_file(config_t *lc, struct config *cfg, const char *base_dir,
 		      struct error *err)
 {
 	int saved;
 
+	if (check_includes(cfg->path, base_dir, 0, err) == -1)
+		return -1;
 	if (base_dir != NULL)	/* libconfig strdup()s it unchecked */
 		config_set_include_dir(lc, base_dir);
 	errno = 0;

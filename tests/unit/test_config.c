@@ -235,6 +235,42 @@ static void includes_resolve_next_to_the_file(void **state)
 	free(path);
 }
 
+/* libconfig 1.5's scanner exit()s the process when an included file
+ * cannot be read: a folder (found by fuzz_config as an @include of a name
+ * cut short by a NUL) or a FIFO. These are errors with the file and line. */
+static void includes_of_non_files_are_errors(void **state)
+{
+	static const char nul_name[] = FOLDERS "@include \"\0\0minimal.conf\"\n";
+	char fifo[PATH_MAX];
+
+	(void)state;
+	assert_error("dot.conf", FOLDERS "\n@include \".\"\n", 3,
+		     "@include \".\": not a regular file");
+	assert_error("empty.conf", FOLDERS "  @include   \"\"\n", 2,
+		     "not a regular file");
+	{
+		struct config cfg;
+		struct error err = ERROR_INIT;
+		char *path = write_file("nul.conf", "");
+		FILE *f = fopen(path, "w");
+
+		assert_non_null(f);
+		fwrite(nul_name, 1, sizeof(nul_name) - 1, f);
+		fclose(f);
+		assert_int_equal(config_load(&cfg, path, &err), -1);
+		if (strstr(err.msg, "not a regular file") == NULL)
+			fail_msg("'%s'", err.msg);
+	}
+	snprintf(fifo, sizeof(fifo), "%s", write_file("fifo.inc", ""));
+	unlink(fifo);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_error("fifo.conf", FOLDERS "@include \"fifo.inc\"\n", 2,
+		     "not a regular file");
+	assert_error("self.conf", FOLDERS "@include \"self.conf\"\n", 0,
+		     "nested more than 10 deep");
+	unlink(fifo);
+}
+
 static void shipped_example_config_is_valid(void **state)
 {
 	struct config cfg;
@@ -258,6 +294,7 @@ int main(void)
 		cmocka_unit_test(cross_key_rules),
 		cmocka_unit_test(missing_file_is_a_clear_error),
 		cmocka_unit_test(includes_resolve_next_to_the_file),
+		cmocka_unit_test(includes_of_non_files_are_errors),
 		cmocka_unit_test(shipped_example_config_is_valid),
 	};
 

@@ -66,29 +66,27 @@ static void same_string(int rc_a, const char *a, int rc_b, const char *b,
 		die("value differs", where);
 }
 
+static const struct {
+	const char *how;
+	int (*get)(struct dicom_file *, uint32_t, char **);
+} getters[] = { { "raw", dicom_get_raw }, { "as UTF-8", dicom_get_string } };
+
 /* Raw values first: converting one, or reading a binary one, may have
  * DCMTK parse the file, and the splicing writer would go untested. */
 static void compare(struct dicom_file *a, struct dicom_file *b, bool utf8)
 {
 	for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-		char *va = NULL, *vb = NULL;
-		int ra, rb;
-
 		if (probes[i] == DCM_TAG(0x0028, 0x0010) && !utf8)
 			continue;
-		ra = dicom_get_raw(a, probes[i], &va);
-		rb = dicom_get_raw(b, probes[i], &vb);
-		same_string(ra, va, rb, vb, probes[i], "raw");
-		free(va);
-		free(vb);
-		va = vb = NULL;
-		if (!utf8)
-			continue;
-		ra = dicom_get_string(a, probes[i], &va);
-		rb = dicom_get_string(b, probes[i], &vb);
-		same_string(ra, va, rb, vb, probes[i], "as UTF-8");
-		free(va);
-		free(vb);
+		for (size_t g = 0; g < (utf8 ? 2u : 1u); g++) {
+			char *va = NULL, *vb = NULL;
+			int ra = getters[g].get(a, probes[i], &va);
+			int rb = getters[g].get(b, probes[i], &vb);
+
+			same_string(ra, va, rb, vb, probes[i], getters[g].how);
+			free(va);
+			free(vb);
+		}
 	}
 }
 

@@ -170,26 +170,26 @@ static long long file_size(const char *path)
  * so a loop over them is quadratic in the count (an item of 100,000
  * elements: 5 * 10^9 steps); following the list is linear.
  */
+template <typename Child, typename Container>
+static std::vector<Child *> children_of(Container *parent)
+{
+	std::vector<Child *> out;
+
+	out.reserve(parent->card());
+	for (DcmObject *o = parent->nextInContainer(nullptr); o != nullptr;
+	     o = parent->nextInContainer(o))
+		out.push_back(static_cast<Child *>(o));
+	return out;
+}
+
 static std::vector<DcmElement *> elements_of(DcmItem *item)
 {
-	std::vector<DcmElement *> out;
-
-	out.reserve(item->card());
-	for (DcmObject *o = item->nextInContainer(nullptr); o != nullptr;
-	     o = item->nextInContainer(o))
-		out.push_back(static_cast<DcmElement *>(o));
-	return out;
+	return children_of<DcmElement>(item);
 }
 
 static std::vector<DcmItem *> items_of(DcmSequenceOfItems *sq)
 {
-	std::vector<DcmItem *> out;
-
-	out.reserve(sq->card());
-	for (DcmObject *o = sq->nextInContainer(nullptr); o != nullptr;
-	     o = sq->nextInContainer(o))
-		out.push_back(static_cast<DcmItem *>(o));
-	return out;
+	return children_of<DcmItem>(sq);
 }
 
 /* Lazily loaded values are only offsets: make sure each lies within the
@@ -331,13 +331,7 @@ uint32_t get32(const unsigned char *b, bool big)
 
 bool long_vr(const char *vr)
 {
-	static const char *const vrs[] = { "OB", "OW", "OF", "OD", "OL", "OV",
-					   "SQ", "UT", "UN", "UC", "UR", "SV",
-					   "UV" };
-	for (const char *v : vrs)
-		if (memcmp(vr, v, 2) == 0)
-			return true;
-	return false;
+	return part10_long_vr(reinterpret_cast<const unsigned char *>(vr));
 }
 
 struct level {

@@ -51,8 +51,7 @@ static bool known_vr(const unsigned char *vr)
 	return false;
 }
 
-/* VRs whose explicit header has a 32-bit length (after two reserved bytes). */
-static bool long_vr(const unsigned char *vr)
+bool part10_long_vr(const unsigned char *vr)
 {
 	static const char vrs[] = "OBODOFOLOVOWSQUCURUTUNSVUV";
 
@@ -96,7 +95,7 @@ int part10_open(struct part10 *p, const unsigned char *bytes, size_t size)
 		last = tag;
 		if (!known_vr(vr))
 			return -1;
-		if (long_vr(vr)) {
+		if (part10_long_vr(vr)) {
 			if (pos + 12 > size)
 				return -1;
 			header = 12;
@@ -252,7 +251,7 @@ static int element(struct walk *w, size_t *pos)
 		if (!known_vr(b + 4))
 			return -1;
 		memcpy(vr, b + 4, 2);
-		if (long_vr(b + 4)) {
+		if (part10_long_vr(b + 4)) {
 			if (limit - *pos < 12)
 				return -1;
 			header = 12;
@@ -356,7 +355,7 @@ static size_t encode_header(const struct part10 *p, const struct part10_elem *e,
 		return 8;
 	}
 	memcpy(out + 4, e->vr, 2);
-	if (long_vr((const unsigned char *)e->vr)) {
+	if (part10_long_vr((const unsigned char *)e->vr)) {
 		put16(out + 6, 0);
 		put32(out + 8, len);
 		return 12;

@@ -99,6 +99,10 @@ int part10_write(const struct part10 *p, const struct part10_edit *edits,
 
 void part10_free(struct part10 *p);
 
+/** Whether the two-letter VR at vr has, in an explicit VR header, two
+ *  reserved bytes and a 32-bit length (OB, SQ, UT, ...). */
+bool part10_long_vr(const unsigned char *vr);
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,6 +20,7 @@ the suite reports it as a failure.
 """
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -29,6 +30,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 SUITE = "bookworm"  # Debian 12, the product's platform
@@ -290,8 +292,58 @@ def _proc_start(pid):
         return None
 
 
+def _kill_recorded(path):
+    """SIGKILL the process recorded in path as "pid starttime" if it still
+    runs; True when it did."""
+    try:
+        pid, start = path.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    if _proc_start(pid) != start:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if _proc_start(pid) != start:
+            break
+        time.sleep(0.1)
+    return True
+
+
+# Runs beside the test with PR_SET_PDEATHSIG: when the test process dies
+# without its teardown (ctest's timeout kills it), the guard gets SIGTERM
+# and kills the container's systemd (which outlives a killed nspawn) and
+# nspawn. sweep_runs removes the files at the next run.
+GUARD = r"""
+import os, signal, sys
+def bye(*_):
+    for name in ("init", "nspawn"):
+        try:
+            pid, start = open(os.path.join(sys.argv[1], name)).read().split()
+            with open("/proc/%s/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[19] == start:
+                    os.kill(int(pid), signal.SIGKILL)
+        except Exception:
+            pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, bye)
+os.write(1, b"ready\n")
+while True:
+    signal.pause()
+"""
+
+
+def _pdeathsig(sig):
+    def setup():
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+    return setup
+
+
 def sweep_runs(cache):
-    """Remove the run copies of runs that died without cleaning up."""
+    """Remove the run copies of runs that died without cleaning up, after
+    killing a container one of them may have left booted."""
     for run_dir in (cache / "runs").glob("*"):
         try:
             pid, start = (run_dir / "owner").read_text().split()
@@ -300,6 +352,9 @@ def sweep_runs(cache):
         except (OSError, ValueError):
             if time.time() - run_dir.stat().st_mtime < 3600:
                 continue  # being created right now, perhaps
+        for name in ("init", "nspawn"):
+            if _kill_recorded(run_dir / name):
+                log("killed the container's %s left by %s" % (name, run_dir))
         log("removing the leftover run %s" % run_dir)
         try:
             remove_tree(run_dir)
@@ -360,6 +415,7 @@ class Machine:
         self.log_path = pathlib.Path(log_path or
                                      str(self.root) + ".nspawn.log")
         self.proc = None
+        self.guard = None
         self.pid = None  # the container's systemd, as seen from here
 
     def boot(self, timeout=180):
@@ -374,6 +430,7 @@ class Machine:
                                      stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log,
                                      start_new_session=True)
+        self.record("nspawn", self.proc.pid)
         deadline = time.monotonic() + timeout
         while self.pid is None:
             if self.proc.poll() is not None:
@@ -384,6 +441,7 @@ class Machine:
             for kid in self._descendants(self.proc.pid):
                 if _comm(kid) == "systemd":
                     self.pid = kid
+                    self.record("init", kid)
                     break
             if time.monotonic() > deadline:
                 raise ContainerError("no systemd in the container after %ds:"
@@ -410,6 +468,19 @@ class Machine:
             log("container booted degraded; failed units: %s"
                 % failed.stdout.strip())
         return state
+
+    def record(self, name, pid):
+        """Note pid for the guard and for sweep_runs: the container must
+        not outlive the test, whatever kills the test."""
+        (self.log_path.parent / name).write_text(
+            "%d %s\n" % (pid, _proc_start(pid)))
+        if self.guard is None:
+            self.guard = subprocess.Popen(
+                [sys.executable, "-c", GUARD, str(self.log_path.parent)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                preexec_fn=_pdeathsig(signal.SIGTERM),
+                start_new_session=True)
+            self.guard.stdout.readline()  # its handler is in place
 
     def _descendants(self, pid, depth=3):
         out = []
@@ -471,3 +542,8 @@ class Machine:
                 self.proc.wait(timeout=60)
         self._log.close()
         self.pid = None
+        if self.guard is not None:
+            self.guard.kill()
+            self.guard.wait()
+            self.guard.stdout.close()
+            self.guard = None

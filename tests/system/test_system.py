@@ -154,6 +154,7 @@ class World:
         self.kills = 0
         self.manual_starts = 0
         self.auto_restarts = 0
+        self.kills_busy = 0  # kills while the drop folder held files
         self.facts = {}
         self.t0 = time.monotonic()
 
@@ -261,8 +262,10 @@ class World:
 
     def kill_and_recover(self):
         old = self.unit().get("MainPID")
+        busy = bool(self.files_below(INCOMING))
         self.machine.sh("systemctl kill -s KILL dicomsortd")
         self.kills += 1
+        self.kills_busy += busy
         deadline = time.monotonic() + 120
         started = False
         while time.monotonic() < deadline:
@@ -424,12 +427,15 @@ class World:
         arrive, settle or are being filed), and comes back."""
         for k in range(KILLS_PER_PHASE):
             member, careless = self.batch("%s%d" % (first_tag, k), phase, 12)
-            writers = [self.drop(member, MEMBER, pace=0.06, background=True),
-                       self.drop(careless, CARELESS, pace=0.15,
+            # Files keep arriving for about 2 s, and each is taken
+            # settle_ms after its last write: a kill in the first 2.5 s
+            # finds files arriving, settling or being filed.
+            writers = [self.drop(member, MEMBER, pace=0.25, background=True),
+                       self.drop(careless, CARELESS, pace=0.5,
                                  background=True)]
             # The moment of the kill is what is random here; nothing is
             # asserted on timing.
-            time.sleep(self.rng.uniform(0.2, 2.0 + SETTLE_MS / 1000.0))
+            time.sleep(self.rng.uniform(0.2, 2.5))
             self.kill_and_recover()
             for w in writers:
                 out, err = w.communicate(timeout=300)
@@ -614,11 +620,11 @@ class World:
         stored = len(self.expected)
         report_figure(
             "system: seed %d; %d files dropped (%d DICOM, %d bad); %d kills "
-            "(%d restarts by systemd, %d by hand); %d stored records for %d "
+            "(%d with files in the drop folder; %d restarts by systemd, %d by hand); %d stored records for %d "
             "files stored (%d outputs); %d quarantined (%d expected); events "
             "%s; %d problems; %.0f s" % (
                 self.seed, stored + len(self.quarantine_expected), stored,
-                len(self.quarantine_expected), self.kills,
+                len(self.quarantine_expected), self.kills, self.kills_busy,
                 self.auto_restarts, self.manual_starts,
                 f.get("stored_records", -1), stored,
                 sum(len(v) for v in f.get("outputs", {}).values()),

@@ -22,6 +22,7 @@
 
 #include "dicomsort/correlation.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/fsutil.h"
 #include "dicomsort/pipeline.h"
 
 enum exit_code { EXIT_ALL_FINE = 0, EXIT_SOME_REJECTED = 1, EXIT_USAGE = 2 };
@@ -365,6 +366,14 @@ static void *worker(void *arg)
 			if (o == NULL)
 				abort();
 			pipeline_file(r->pipeline, f->path, f->rel, &res);
+			/* --move: stored, but the source stays; a later run
+			 * finds the output and removes it. */
+			if (res.dispose_failed) {
+				res.status = PIPELINE_FAILED;
+				snprintf(res.err.msg, sizeof(res.err.msg),
+					 "stored, but the source stays: %.400s",
+					 res.dispose_err.msg);
+			}
 			o->status = res.status;
 			if (r->keep_dest && (res.status == PIPELINE_STORED ||
 					     res.status == PIPELINE_DUPLICATE))
@@ -701,6 +710,14 @@ int main(int argc, char **argv)
 	r.pipeline = setup_pipeline(&o, table, secret);
 	r.keep_dest = o.json;
 	started = now_seconds();
+	/* A --move killed midway may have left sources claimed (renamed to
+	 * a private name before deletion): they get their names back and
+	 * are sorted again like the rest (identical output: duplicate). */
+	if (o.move && !o.dry_run &&
+	    fsutil_recover_claims(o.dicomin, &err) == -1) {
+		fprintf(stderr, "dicomsort: %s\n", err.msg);
+		return EXIT_USAGE;
+	}
 	if (collect(&r, o.dicomin, o.dicomout) == -1) {
 		fprintf(stderr, "dicomsort: %s: %s\n", o.dicomin, strerror(errno));
 		return EXIT_USAGE;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <systemd/sd-journal.h>
 
 /* Set once by log_open() before threads exist; read-only afterwards. */
@@ -50,7 +51,7 @@ static const char *priority_name(int priority)
 /* One fputs per record, so lines from different threads never interleave. */
 static void stderr_line(const char *line)
 {
-	char buf[4096];
+	char buf[5120];
 
 	snprintf(buf, sizeof(buf), "%s: %s\n", log_state.ident, line);
 	fputs(buf, stderr);
@@ -112,27 +113,69 @@ static void append_field(char *buf, size_t len, const char *key, const char *val
 	buf[used + 1] = '\0';
 }
 
+/* One journal field "KEY=value" for sd_journal_sendv(). */
+static void add_iov(struct iovec *iov, int *n, char *buf, size_t len,
+		    const char *key, const char *val)
+{
+	int w;
+
+	if (val == NULL)
+		return;
+	w = snprintf(buf, len, "%s=%s", key, val);
+	iov[*n].iov_base = buf;
+	iov[*n].iov_len = w < 0 ? 0 : (size_t)w < len ? (size_t)w : len - 1;
+	(*n)++;
+}
+
+static void journal_audit(const struct audit_record *rec, const char *message)
+{
+	static const size_t len = 4200;
+	char *bufs = malloc(16 * len), prio[4];
+	struct iovec iov[16];
+	int n = 0;
+
+	if (bufs == NULL)
+		return;
+	snprintf(prio, sizeof(prio), "%d", rec->priority);
+	add_iov(iov, &n, bufs + n * len, len, "MESSAGE", message);
+	add_iov(iov, &n, bufs + n * len, len, "PRIORITY", prio);
+	add_iov(iov, &n, bufs + n * len, len, "SYSLOG_IDENTIFIER", log_state.ident);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_EVENT", rec->event);
+	/* The first fields are sent empty when absent: journald keeps the
+	 * record shape stable for queries. */
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_SOURCE",
+		rec->source ? rec->source : "");
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_DEST",
+		rec->dest ? rec->dest : "");
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_SOP_INSTANCE_UID",
+		rec->sop_instance_uid ? rec->sop_instance_uid : "");
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_REASON",
+		rec->reason ? rec->reason : "");
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_PROFILE", rec->profile);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_TABLE_SHA256",
+		rec->table_sha256);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_SOURCE_SHA256",
+		rec->source_sha256);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_SOURCE_OWNER",
+		rec->source_owner);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_DISPOSAL",
+		rec->disposal);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_RECOVERED",
+		rec->recovered ? "1" : NULL);
+	sd_journal_sendv(iov, n);
+	free(bufs);
+}
+
 void log_audit(const struct audit_record *rec)
 {
-	char message[3072], line[3600];
+	char message[3072], line[4600];
 
 	snprintf(message, sizeof(message), "%s %s%s%s%s%s", rec->event,
 		 rec->source ? rec->source : "",
 		 rec->dest ? " -> " : "", rec->dest ? rec->dest : "",
 		 rec->reason ? ": " : "", rec->reason ? rec->reason : "");
 	if (log_state.journal) {
-		/* Absent fields are sent empty: journald keeps the record
-		 * shape stable for queries. */
-		sd_journal_send("MESSAGE=%s", message,
-				"PRIORITY=%d", rec->priority,
-				"SYSLOG_IDENTIFIER=%s", log_state.ident,
-				"DICOMSORTD_EVENT=%s", rec->event,
-				"DICOMSORTD_SOURCE=%s", rec->source ? rec->source : "",
-				"DICOMSORTD_DEST=%s", rec->dest ? rec->dest : "",
-				"DICOMSORTD_SOP_INSTANCE_UID=%s",
-				rec->sop_instance_uid ? rec->sop_instance_uid : "",
-				"DICOMSORTD_REASON=%s", rec->reason ? rec->reason : "",
-				NULL);
+		journal_audit(rec, message);
 		return;
 	}
 	snprintf(line, sizeof(line), "%s: event=%s", priority_name(rec->priority),
@@ -141,5 +184,11 @@ void log_audit(const struct audit_record *rec)
 	append_field(line, sizeof(line), "dest", rec->dest);
 	append_field(line, sizeof(line), "sop_instance_uid", rec->sop_instance_uid);
 	append_field(line, sizeof(line), "reason", rec->reason);
+	append_field(line, sizeof(line), "profile", rec->profile);
+	append_field(line, sizeof(line), "table_sha256", rec->table_sha256);
+	append_field(line, sizeof(line), "source_sha256", rec->source_sha256);
+	append_field(line, sizeof(line), "source_owner", rec->source_owner);
+	append_field(line, sizeof(line), "disposal", rec->disposal);
+	append_field(line, sizeof(line), "recovered", rec->recovered ? "1" : NULL);
 	stderr_line(line);
 }

@@ -243,7 +243,9 @@ static int before_publish(void *ctx, const struct pipeline_result *res,
 }
 
 /* The output is durable: the audit says so now, whatever happens to the
- * source afterwards; then the marker goes. */
+ * source afterwards; then the marker goes. (A kill in the microseconds
+ * between the two would send the record again at start; the marker
+ * closes the far wider window between publication and record.) */
 static void after_publish(void *ctx, const struct pipeline_result *res,
 			  bool published)
 {

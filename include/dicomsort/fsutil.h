@@ -2,7 +2,8 @@
  * fsutil.h - file system steps that keep output inside its root and durable.
  *
  * Owns: walking/creating directories below a root descriptor without ever
- * following a symlink, temp files, no-clobber publication and fsync. Every
+ * following a symlink, temp files, no-clobber publication and fsync, and
+ * the one safe move every moved file goes through (fsutil_move()). Every
  * function works relative to directory descriptors (the *at() calls), so a
  * symlink planted inside the output tree can not redirect a write outside.
  * Return: a descriptor or 0 on success, -1 with *err filled.

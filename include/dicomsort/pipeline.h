@@ -6,7 +6,10 @@
  *   build the destination from the de-identified values -> write a temp file
  *   in the destination directory -> (fsync) -> publish under a final name
  *   without overwriting -> (fsync directory) -> only then dispose of the
- *   source (delete it or move it to the processed folder).
+ *   source (delete it or move it to the processed folder, both through
+ *   fsutil's claim-first safe move). A failed disposal leaves the result
+ *   STORED (or DUPLICATE) with dispose_failed set: two facts, and the
+ *   disposal alone is retried with pipeline_dispose().
  * If an identical file already has the name, the result is a duplicate and
  * nothing new is written, so processing the same input twice changes nothing.
  *

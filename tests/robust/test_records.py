@@ -93,16 +93,19 @@ def test_stored_records_equal_outputs_under_random_sigkill(daemon):
                settle_ms=100, workers=2,
                cleanup={"remove_empty_dirs": False, "min_age_s": 60})
     items = make_items(n_files)
-    write_items(d.input, items)
+    batch = n_files // kills
     d.start()
     in_window = 0
-    for _ in range(kills):
+    for k in range(kills):
+        # Each kill finds work in flight: a batch arrives just before.
+        write_items(d.input, items[k * batch:(k + 1) * batch])
         time.sleep(rng.uniform(0.1, 0.6) * SLOW)
         if len(outputs(d.output)) > len(stored_dests(d)):
             in_window += 1
         d.proc.send_signal(signal.SIGKILL)
         d.proc.wait()
         d.start()
+    write_items(d.input, items[kills * batch:])
     d.wait_input_empty(300)
     d.stop()
     n = check_exact(d)
@@ -141,7 +144,8 @@ def test_record_fields_for_an_auditor(daemon, tmp_path):
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="switching users needs root")
-def test_stuck_disposal_is_its_own_fact():
+@pytest.mark.parametrize("profile", ["none", "seed"])
+def test_stuck_disposal_is_its_own_fact(profile):
     """The output is stored but the source's folder does not let the
     daemon remove it: one `stored` record at once, `dispose-failed` on the
     input side (folder, mode, owner, umask) with retries - never stored
@@ -158,15 +162,20 @@ def test_stuck_disposal_is_its_own_fact():
         for sub in ("in", "out", "quarantine"):
             (base / sub).mkdir()
             os.chown(base / sub, nobody, nobody)
-        locked = base / "in" / "exam"
+        # A PACS-style folder name: a patient's name.
+        locked = base / "in" / "Doe_Jane"
         locked.mkdir()
-        it = make_items(1)[0]
+        it = make_items(1, prefix="Doe_Jane_")[0]
         write_items(locked, [it])
+        table = base / "table.csv"
+        table.write_text("PAT001,NEW001\n")
         listener = helpers.NotifyListener(base / "notify.sock")
         os.chmod(base / "notify.sock", 0o777)
         cfg = helpers.base_config(
             base, retry={"parse_attempts": 3, "backoff_ms": 100,
                          "backoff_max_ms": 300})
+        if profile != "none":
+            cfg.update(profile=profile, correlation_table=table)
         wrapper = (lambda argv: ["setpriv", "--reuid=%d" % nobody,
                                  "--regid=%d" % nobody, "--clear-groups"]
                    + argv)
@@ -177,8 +186,14 @@ def test_stuck_disposal_is_its_own_fact():
         assert len(d.events("stored")) == 1
         assert d.events("duplicate") == [] and d.events("retry") == []
         failed = d.events("dispose-failed")[-1]
-        assert "input side" in failed and "exam" in failed
-        assert "0755" in failed and "umask" in failed, failed
+        assert "input side" in failed and "umask" in failed, failed
+        assert "0755" in failed and "root:root" in failed, failed
+        if profile == "none":
+            assert str(locked) in failed, failed
+        else:
+            # The folder may carry a name: the input root is named.
+            assert "a folder below %s" % (base / "in") in failed, failed
+            assert "Doe" not in d.log() and "Jane" not in d.log()
         assert field(failed, "dest") == field(d.events("stored")[0], "dest")
         assert any("input problem" in f.get("STATUS", "")
                    for f in listener.fields()), listener.texts()[-3:]

@@ -72,6 +72,7 @@ struct job {
 	char owner[96];		/* "uid(name)" of the source */
 	char marker[64];	/* its pending `stored` record */
 	bool stored_logged;
+	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
 	struct stat read_st;
 };
@@ -151,7 +152,7 @@ static void owner_names(uid_t uid, gid_t gid, char *out, size_t len)
  * de-identifying, a folder below the input root may carry a patient's
  * name: the input root is named instead.
  */
-static void explain_input_side(const struct daemon *d, const struct job *job,
+static bool explain_input_side(const struct daemon *d, const struct job *job,
 			       struct error *err)
 {
 	char dir[PATH_MAX], where[PATH_MAX + 32], owner[160];
@@ -161,15 +162,15 @@ static void explain_input_side(const struct daemon *d, const struct job *job,
 	struct stat st;
 
 	if (err->errnum != EACCES && err->errnum != EPERM)
-		return;
+		return false;
 	snprintf(dir, sizeof(dir), "%s", job->path);
 	slash = strrchr(dir, '/');
 	if (slash == NULL)
-		return;
+		return false;
 	*slash = '\0';
 	if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) == 0 ||
 	    stat(dir, &st) == -1)
-		return;		/* not the source's folder that refuses */
+		return false;	/* not the source's folder that refuses */
 	owner_names(st.st_uid, st.st_gid, owner, sizeof(owner));
 	if (d->cfg->profile != DEID_NONE && strcmp(dir, d->cfg->input) != 0)
 		snprintf(where, sizeof(where), "a folder below %s", d->cfg->input);
@@ -183,6 +184,7 @@ static void explain_input_side(const struct daemon *d, const struct job *job,
 	len = strlen(msg) < sizeof(err->msg) ? strlen(msg) : sizeof(err->msg) - 1;
 	memcpy(err->msg, msg, len);
 	err->msg[len] = '\0';
+	return true;
 }
 
 /* The sending account: the source's owner, by number and name. */
@@ -287,7 +289,7 @@ static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
 		job->outcome = OUTCOME_QUARANTINED;
 		return;
 	}
-	explain_input_side(d, job, &err);
+	job->input_side = explain_input_side(d, job, &err);
 	job->result.err = err;
 	job->outcome = OUTCOME_RETRY_OUTPUT;
 }
@@ -301,6 +303,7 @@ static void hold_job(struct daemon *d, struct job *job)
 		job->outcome = OUTCOME_HELD;
 		return;
 	}
+	job->input_side = explain_input_side(d, job, &err);
 	job->result.err = err;
 	job->outcome = vanished(job) ? OUTCOME_VANISHED : OUTCOME_RETRY_OUTPUT;
 }
@@ -396,8 +399,8 @@ static void status_text(const struct daemon *d, char *buf, size_t len)
 		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
 		 d->count.retries,
 		 d->output_trouble ? "; output problem, retrying" : "",
-		 d->input_trouble ? "; input problem: stored sources cannot "
-		 "be removed, retrying" : "",
+		 d->input_trouble ? "; input problem: sources cannot be "
+		 "removed or moved, retrying" : "",
 		 d->last_error[0] ? "; last error: " : "", d->last_error);
 }
 
@@ -573,6 +576,7 @@ static void finish_job(struct daemon *d, struct job *job)
 		break;
 	case OUTCOME_HELD:
 		d->count.held++;
+		d->input_trouble = d->disposals != NULL;
 		audit_job(job, "held", LOG_NOTICE,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
 			  "PatientID not in the correlation table yet; "
@@ -587,6 +591,7 @@ static void finish_job(struct daemon *d, struct job *job)
 		break;
 	case OUTCOME_QUARANTINED:
 		d->count.quarantined++;
+		d->input_trouble = d->disposals != NULL;
 		remember_error(d, job, &job->result.err);
 		audit_job(job, "quarantined", LOG_WARNING,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
@@ -600,7 +605,10 @@ static void finish_job(struct daemon *d, struct job *job)
 		break;
 	case OUTCOME_RETRY_OUTPUT:
 		d->count.retries++;
-		d->output_trouble = true;
+		if (job->input_side)
+			d->input_trouble = true;
+		else
+			d->output_trouble = true;
 		remember_error(d, job, &job->result.err);
 		audit_job(job, "retry", LOG_ERR, NULL, reason);
 		watch_retry(d->watch, job->path, backoff_ms(d->cfg, job->attempt));

@@ -140,7 +140,10 @@ def test_quarantine_retry_makes_no_second_copy():
         wrapper = (lambda argv: ["setpriv", "--reuid=%d" % nobody,
                                  "--regid=%d" % nobody, "--clear-groups"]
                    + argv)
-        d = helpers.Daemon(base, cfg, wrapper=wrapper)
+        listener = helpers.NotifyListener(base / "notify.sock")
+        os.chmod(base / "notify.sock", 0o777)
+        d = helpers.Daemon(base, cfg, wrapper=wrapper,
+                           env={"NOTIFY_SOCKET": str(base / "notify.sock")})
         try:
             wait_until(lambda: len(d.events("retry")) >= 6, 60,
                        what=lambda: "six retries:\n" + d.log()[-3000:])
@@ -150,12 +153,18 @@ def test_quarantine_retry_makes_no_second_copy():
             # and owner.
             retry = d.events("retry")[-1]
             assert "locked" in retry and "0755" in retry, retry
+            # STATUS puts the problem on the input side, not the output.
+            status = [f["STATUS"] for f in listener.fields()
+                      if "STATUS" in f]
+            assert any("input problem" in t for t in status), status[-3:]
+            assert not any("output problem" in t for t in status), status
             os.chmod(locked, 0o777)
             wait_until(lambda: d.events("quarantined"), 30 * SLOW,
                        what=lambda: d.log()[-3000:])
             d.stop()
         finally:
             d.kill()
+            listener.close()
         q = sorted(p.name for p in files_below(quarantine))
         assert q == ["x.dcm", "x.dcm.reason"], q
         assert not (locked / "x.dcm").exists()
@@ -224,3 +233,21 @@ def test_start_puts_right_what_a_kill_left(daemon, tmp_path):
         assert [p.name for p in files_below(folder)] == ["kept.dcm"]
     assert len([p for p in files_below(d.output)
                 if ".dicomsortd-state" not in p.parts]) == 1
+
+
+def test_claims_and_temps_are_never_input(daemon):
+    """With no ignore globs at all, names with our private prefix - a
+    claim, a temp file - are still never taken as new input."""
+    d = daemon(ignore=[], retry={"parse_attempts": 1, "backoff_ms": 100,
+                                 "backoff_max_ms": 300})
+    (d.input / ".dicomsort-claim-99.x.dcm").write_bytes(b"junk" * 10)
+    (d.input / ".dicomsort-0123456789ab.tmp").write_bytes(b"junk" * 10)
+    it = make_items(1)[0]
+    write_items(d.input, [it])
+    d.wait_stored(1)
+    time.sleep(1.0)
+    d.stop()
+    assert not files_below(d.quarantine)
+    assert not d.events("retry") and not d.events("quarantined")
+    assert sorted(p.name for p in files_below(d.input)) == [
+        ".dicomsort-0123456789ab.tmp", ".dicomsort-claim-99.x.dcm"]

@@ -78,8 +78,7 @@ struct job {
 };
 
 struct counters {
-	unsigned long stored, duplicates, quarantined, held, retries,
-		      dispose_failures;
+	unsigned long stored, duplicates, quarantined, held, retries;
 };
 
 struct daemon {
@@ -492,37 +491,37 @@ static void forget_disposal(struct daemon *d, const char *path)
 	d->input_trouble = d->disposals != NULL;
 }
 
+static void log_disposed(const struct daemon *d, const struct job *job)
+{
+	struct audit_record rec = file_record(job, "disposed", LOG_INFO,
+					      job->result.dest, NULL);
+	char where[PATH_MAX * 2 + 16];
+
+	/* The processed path repeats the source's: withheld when
+	 * de-identifying, like the source's name. */
+	if (d->cfg->after_success == AFTER_SUCCESS_MOVE)
+		snprintf(where, sizeof(where), "moved to %s%s%s",
+			 d->cfg->processed, job->logged_source[0] ? "" : "/",
+			 job->logged_source[0] ? "" : job->result.disposed_as);
+	else
+		snprintf(where, sizeof(where), "deleted");
+	rec.disposal = where;
+	log_audit(&rec);
+}
+
 /* What became of the source of a stored (or duplicate) file: a fact of
  * its own, with its own record; a failure is retried as disposal only. */
 static void report_disposal(struct daemon *d, struct job *job)
 {
 	const struct pipeline_result *res = &job->result;
 	struct disposal **p;
-	char where[PATH_MAX + 32];
 
 	if (!res->dispose_failed) {
-		if (d->cfg->after_success == AFTER_SUCCESS_MOVE)
-			/* The processed path repeats the source's: withheld
-			 * when de-identifying, like the source's name. */
-			snprintf(where, sizeof(where), "moved to %s%s%s",
-				 d->cfg->processed,
-				 job->logged_source[0] ? "" : "/",
-				 job->logged_source[0] ? "" : res->disposed_as);
-		else
-			snprintf(where, sizeof(where), "deleted");
-		{
-			struct audit_record rec = file_record(job, "disposed",
-							      LOG_INFO, res->dest,
-							      NULL);
-
-			rec.disposal = where;
-			log_audit(&rec);
-		}
+		log_disposed(d, job);
 		forget_disposal(d, job->path);
 		watch_done(d->watch, job->path);
 		return;
 	}
-	d->count.dispose_failures++;
 	d->input_trouble = true;
 	remember_error(d, job, &res->dispose_err);
 	audit_job(job, "dispose-failed", LOG_ERR, res->dest, res->dispose_err.msg);

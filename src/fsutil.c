@@ -667,11 +667,14 @@ static int try_name(struct fsutil_move *mv, const char *cand, struct error *err)
 	}
 	if (faccessat(mv->dest_dirfd, cand, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
 		return 1;
-	if (mv->companion != NULL) {
+	/* Keep each file next to its own sidecar. One whose file is
+	 * missing was left by a kill between the two (before_place writes
+	 * the sidecar first): the hook writes over it. */
+	if (mv->companion != NULL && mv->before_place == NULL) {
 		snprintf(companion, sizeof(companion), "%s%s", cand, mv->companion);
 		if (faccessat(mv->dest_dirfd, companion, F_OK,
 			      AT_SYMLINK_NOFOLLOW) == 0)
-			return 1;	/* keep each file next to its own */
+			return 1;
 	}
 	if (mv->before_place != NULL) {
 		rc = mv->before_place(mv->ctx, mv->dest_dirfd, cand, err);

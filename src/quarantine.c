@@ -36,7 +36,8 @@ static int write_all(int fd, const char *buf, size_t len)
 /* Into dirfd under base, numbered on a clash: fsutil_move(), the one
  * safe move. With an entry, its sidecar is written first, under the name
  * the file is about to take, so a quarantined file never stands without
- * its reason (a kill between the two leaves a reason without a file). */
+ * its reason (a kill between the two leaves a reason without a file,
+ * which the next attempt writes over). */
 static int write_sidecar(int dirfd, const char *final,
 			 const struct quarantine_entry *e, struct error *err);
 
@@ -109,18 +110,14 @@ static int write_sidecar(int dirfd, const char *final,
 	}
 	close(fd);
 	snprintf(name, sizeof(name), "%s" REASON_SUFFIX, final);
-	/* Never replaced: a sidecar there belongs to another file (1: the
-	 * name is taken). */
-	switch (fsutil_publish(dirfd, tmp, name, err)) {
-	case 0:
-		return 0;
-	case 1:
-		unlinkat(dirfd, tmp, 0);
-		return 1;
-	default:
+	/* Written just before the file takes the name final, which is
+	 * free: a sidecar there is an orphan a kill left, and is replaced. */
+	if (renameat(dirfd, tmp, dirfd, name) == -1) {
+		error_set(err, ERROR_TRANSIENT, errno, "cannot write reason file");
 		unlinkat(dirfd, tmp, 0);
 		return -1;
 	}
+	return 0;
 }
 
 static int open_subdir(int quarantine_fd, const char *rel, char *base,

@@ -110,10 +110,11 @@ struct fsutil_move {
 	const char *name;		/* wanted name in dest_dirfd */
 	const char *companion;		/* NULL, or a sidecar suffix */
 	mode_t mode;			/* 0: keep the source's */
-	/* NULL, or called with each candidate name just before the file
-	 * takes it: writes the sidecar name+companion first, so the file
-	 * never stands without it. 1: taken, try the next name. The
-	 * sidecar is removed again if the file then does not get the name. */
+	/* NULL, or called with each free candidate name just before the
+	 * file takes it: writes the sidecar name+companion first (over an
+	 * orphan a kill left), so the file never stands without it. 1:
+	 * taken, try the next name. The sidecar is removed again if the
+	 * file then does not get the name. */
 	int (*before_place)(void *ctx, int dirfd, const char *name,
 			    struct error *err);
 	void *ctx;

@@ -251,3 +251,19 @@ def test_claims_and_temps_are_never_input(daemon):
     assert not d.events("retry") and not d.events("quarantined")
     assert sorted(p.name for p in files_below(d.input)) == [
         ".dicomsort-0123456789ab.tmp", ".dicomsort-claim-99.x.dcm"]
+
+
+def test_quarantine_writes_over_a_reason_a_kill_orphaned(daemon):
+    """The sidecar is written just before its file takes the name; a kill
+    in between leaves a reason without a file. The next attempt takes that
+    name and writes over it: one copy, one reason."""
+    d = daemon(retry={"parse_attempts": 1, "backoff_ms": 100,
+                      "backoff_max_ms": 300})
+    d.quarantine.mkdir(parents=True, exist_ok=True)
+    (d.quarantine / "junk.dcm.reason").write_text("file: junk.dcm\nstale\n")
+    (d.input / "junk.dcm").write_bytes(b"not DICOM" * 30)
+    wait_until(lambda: d.events("quarantined"), 30, what="quarantine")
+    d.stop()
+    assert sorted(p.name for p in files_below(d.quarantine)) == [
+        "junk.dcm", "junk.dcm.reason"]
+    assert "stale" not in (d.quarantine / "junk.dcm.reason").read_text()

@@ -8,6 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-journal.h>
+#include <time.h>
+#include <errno.h>
+#include <unistd.h>
+
+/* Where journald listens (sd_journal_send()'s own path). */
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
 
 /* Set once by log_open() before threads exist; read-only afterwards. */
 static struct {
@@ -31,6 +37,13 @@ void log_open(const char *ident, enum log_target target, int debug)
 		log_state.journal = getenv("JOURNAL_STREAM") != NULL;
 		break;
 	}
+	/* Without journald, sd_journal_send() returns 0 and drops the
+	 * record: an audit trail must not vanish, so use stderr instead. */
+	if (log_state.journal && access(JOURNAL_SOCKET, F_OK) == -1) {
+		log_state.journal = false;
+		log_msg(LOG_WARNING, "the journal is not reachable (%s: %s); "
+			"logging to stderr", JOURNAL_SOCKET, strerror(errno));
+	}
 }
 
 static const char *priority_name(int priority)
@@ -47,12 +60,22 @@ static const char *priority_name(int priority)
 	}
 }
 
-/* One fputs per record, so lines from different threads never interleave. */
+/* One fputs per record, so lines from different threads never interleave.
+ * Each starts with the UTC time (ISO 8601, milliseconds): stderr may end
+ * up in a file that has no time stamps of its own. */
 static void stderr_line(const char *line)
 {
-	char buf[4096];
+	char buf[4096], stamp[32] = "-";
+	struct timespec now;
+	struct tm tm;
+	size_t n;
 
-	snprintf(buf, sizeof(buf), "%s: %s\n", log_state.ident, line);
+	if (clock_gettime(CLOCK_REALTIME, &now) == 0 &&
+	    gmtime_r(&now.tv_sec, &tm) != NULL &&
+	    (n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm)) > 0)
+		snprintf(stamp + n, sizeof(stamp) - n, ".%03dZ",
+			 (int)(now.tv_nsec / 1000000));
+	snprintf(buf, sizeof(buf), "%s %s: %s\n", stamp, log_state.ident, line);
 	fputs(buf, stderr);
 }
 
@@ -89,11 +112,11 @@ void log_msg(int priority, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (log_state.journal) {
-		sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", priority,
-				"SYSLOG_IDENTIFIER=%s", log_state.ident, NULL);
+	/* A journal that went away (a send error) costs no record. */
+	if (log_state.journal &&
+	    sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", priority,
+			    "SYSLOG_IDENTIFIER=%s", log_state.ident, NULL) >= 0)
 		return;
-	}
 	snprintf(line, sizeof(line), "%s: ", priority_name(priority));
 	append_escaped(line, sizeof(line), msg);
 	stderr_line(line);
@@ -120,10 +143,10 @@ void log_audit(const struct audit_record *rec)
 		 rec->source ? rec->source : "",
 		 rec->dest ? " -> " : "", rec->dest ? rec->dest : "",
 		 rec->reason ? ": " : "", rec->reason ? rec->reason : "");
-	if (log_state.journal) {
-		/* Absent fields are sent empty: journald keeps the record
-		 * shape stable for queries. */
-		sd_journal_send("MESSAGE=%s", message,
+	/* Absent fields are sent empty: journald keeps the record shape
+	 * stable for queries. On a send error, the record goes to stderr. */
+	if (log_state.journal &&
+	    sd_journal_send("MESSAGE=%s", message,
 				"PRIORITY=%d", rec->priority,
 				"SYSLOG_IDENTIFIER=%s", log_state.ident,
 				"DICOMSORTD_EVENT=%s", rec->event,
@@ -132,9 +155,8 @@ void log_audit(const struct audit_record *rec)
 				"DICOMSORTD_SOP_INSTANCE_UID=%s",
 				rec->sop_instance_uid ? rec->sop_instance_uid : "",
 				"DICOMSORTD_REASON=%s", rec->reason ? rec->reason : "",
-				NULL);
+				NULL) >= 0)
 		return;
-	}
 	snprintf(line, sizeof(line), "%s: event=%s", priority_name(rec->priority),
 		 rec->event);
 	append_field(line, sizeof(line), "source", rec->source);

@@ -2,6 +2,7 @@
 #include "dicomsort/checkconf.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <libconfig.h>
@@ -82,36 +83,115 @@ static void report(struct check *c, enum level level, const char *key,
 		c->n.warnings++;
 }
 
-/* ---- the service user ---- */
+/* ---- the installed unit ---- */
 
-/* User= of the installed unit (the first file found; the last User= line
- * in it wins, as in systemd), else the package's default. */
-static void unit_user(char *buf, size_t len)
+#define UNIT_RW_MAX 64
+
+/* What the unit (with its drop-ins) says that the checks depend on. */
+struct unit_info {
+	char path[PATH_MAX];	/* "" when no unit is installed */
+	char user[64];
+	char *rw[UNIT_RW_MAX];	/* ReadWritePaths= entries, prefixes cut */
+	size_t nrw;
+};
+
+static void unit_rw_reset(struct unit_info *u)
 {
-	static const char *const paths[] = CHECKCONF_UNIT_PATHS;
+	for (size_t i = 0; i < u->nrw; i++)
+		free(u->rw[i]);
+	u->nrw = 0;
+}
+
+/* One ReadWritePaths= value: a space-separated list; empty resets. The
+ * "-" (ignore if missing) and "+" prefixes do not change the mount. */
+static void unit_rw_add(struct unit_info *u, char *value)
+{
+	char *save = NULL;
+
+	if (value[strspn(value, " \t")] == '\0') {
+		unit_rw_reset(u);
+		return;
+	}
+	for (char *tok = strtok_r(value, " \t", &save); tok != NULL &&
+	     u->nrw < UNIT_RW_MAX; tok = strtok_r(NULL, " \t", &save)) {
+		tok += strspn(tok, "-+");
+		if (*tok == '/' && (u->rw[u->nrw] = strdup(tok)) != NULL)
+			u->nrw++;
+	}
+}
+
+static void unit_read(struct unit_info *u, const char *path)
+{
 	char *line = NULL;
 	size_t cap = 0;
+	FILE *f = fopen(path, "re");
 
-	snprintf(buf, len, "%s", CHECKCONF_DEFAULT_USER);
-	for (size_t i = 0; i < sizeof(paths) / sizeof(*paths); i++) {
-		FILE *f = fopen(paths[i], "re");
+	if (f == NULL)
+		return;
+	while (getline(&line, &cap, f) != -1) {
+		char *p = line + strspn(line, " \t");
 
-		if (f == NULL)
-			continue;
-		while (getline(&line, &cap, f) != -1) {
-			char *p = line + strspn(line, " \t");
-
-			if (strncmp(p, "User=", 5) != 0)
-				continue;
-			p += 5;
-			p[strcspn(p, " \t\r\n")] = '\0';
-			if (*p != '\0')
-				snprintf(buf, len, "%s", p);
-		}
-		fclose(f);
-		break;
+		p[strcspn(p, "\r\n")] = '\0';
+		if (strncmp(p, "User=", 5) == 0 && p[5] != '\0')
+			snprintf(u->user, sizeof(u->user), "%s", p + 5);
+		else if (strncmp(p, "ReadWritePaths=", 15) == 0)
+			unit_rw_add(u, p + 15);
 	}
+	fclose(f);
 	free(line);
+}
+
+static int conf_name(const struct dirent *e)
+{
+	size_t n = strlen(e->d_name);
+
+	return n > 5 && strcmp(e->d_name + n - 5, ".conf") == 0;
+}
+
+/* Drop-ins apply in the order of their names (systemd.unit(5)). */
+static void unit_read_dropins(struct unit_info *u, const char *dir)
+{
+	struct dirent **names;
+	char path[PATH_MAX * 2];
+	int n = scandir(dir, &names, conf_name, alphasort);
+
+	for (int i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]->d_name);
+		unit_read(u, path);
+		free(names[i]);
+	}
+	if (n > 0)
+		free(names);
+}
+
+/* The installed unit: $DICOMSORTD_CHECK_UNIT (a unit file, with drop-ins
+ * in FILE.d/; for tests and staged installs), else the first of
+ * CHECKCONF_UNIT_PATHS, with drop-ins from /etc/systemd/system. Without
+ * one, the package's default user. */
+static void unit_load(struct unit_info *u)
+{
+	static const char *const paths[] = CHECKCONF_UNIT_PATHS;
+	const char *env = getenv("DICOMSORTD_CHECK_UNIT");
+	char dropins[PATH_MAX + 8];
+
+	snprintf(u->user, sizeof(u->user), "%s", CHECKCONF_DEFAULT_USER);
+	u->path[0] = '\0';
+	for (size_t i = 0; env == NULL && i < sizeof(paths) / sizeof(*paths); i++)
+		if (access(paths[i], R_OK) == 0) {
+			snprintf(u->path, sizeof(u->path), "%s", paths[i]);
+			break;
+		}
+	if (env != NULL)
+		snprintf(u->path, sizeof(u->path), "%s", env);
+	if (u->path[0] == '\0')
+		return;
+	unit_read(u, u->path);
+	if (env != NULL)
+		snprintf(dropins, sizeof(dropins), "%s.d", env);
+	else
+		snprintf(dropins, sizeof(dropins), "%s",
+			 "/etc/systemd/system/dicomsortd.service.d");
+	unit_read_dropins(u, dropins);
 }
 
 /* ---- folders, as the service user ---- */
@@ -379,6 +459,55 @@ static void check_nesting(struct check *c, const struct folder *f)
 	}
 }
 
+/* The ReadWritePaths= entry that makes path writable: the longest one
+ * containing it (nested entries are nested mounts), or -1. */
+static int rw_entry(const struct unit_info *u, const char *path)
+{
+	int best = -1;
+
+	for (size_t i = 0; i < u->nrw; i++)
+		if (inside(path, u->rw[i]) &&
+		    (best == -1 || strlen(u->rw[i]) > strlen(u->rw[best])))
+			best = (int)i;
+	return best;
+}
+
+/*
+ * Under the unit (ProtectSystem=strict) only ReadWritePaths= is writable,
+ * and each entry is a bind mount of its own: rename(2) between two entries
+ * fails with EXDEV even on one disk, so such moves copy.
+ */
+static void check_sandbox(struct check *c, const struct folder *f,
+			  const struct unit_info *u)
+{
+	char real[F_COUNT][PATH_MAX];
+	int entry[F_COUNT];
+
+	if (u->path[0] == '\0')
+		return;
+	for (int i = 0; i < F_COUNT; i++) {
+		if (f[i].path == NULL)
+			continue;
+		resolved(f[i].path, real[i]);
+		entry[i] = rw_entry(u, real[i]);
+		if (entry[i] == -1)
+			report(c, WARNING, f[i].key, "%s is not writable under "
+			       "the unit: no ReadWritePaths= entry of %s (or its "
+			       "drop-ins) covers it; add one with systemctl edit "
+			       "dicomsortd", f[i].path, u->path);
+	}
+	for (int i = F_QUARANTINE; i < F_COUNT; i++) {
+		if (i == F_OUTPUT || f[i].path == NULL || entry[i] == -1 ||
+		    entry[F_INPUT] == -1 || entry[i] == entry[F_INPUT])
+			continue;
+		report(c, NOTE, f[i].key, "under the unit, %s and %s are "
+		       "separate ReadWritePaths= mounts (%s, %s): moves into %s "
+		       "will copy; one parent entry keeps them renames",
+		       f[F_INPUT].path, f[i].path, u->rw[entry[F_INPUT]],
+		       u->rw[entry[i]], f[i].key);
+	}
+}
+
 /* ---- templates ---- */
 
 static const struct deid_rule *rule_for(uint32_t tag)
@@ -617,7 +746,9 @@ int checkconf_run(const struct config *cfg, const char *user)
 		[F_PROCESSED] = { "processed", cfg->processed, false },
 		[F_HOLD] = { "hold", cfg->hold, false },
 	};
-	char unit[64] = "", self[64];
+	struct unit_info unit = { .nrw = 0 };
+	const char *service_user;
+	char self[64];
 	struct passwd *pw;
 
 	open_source(&c);
@@ -631,21 +762,23 @@ int checkconf_run(const struct config *cfg, const char *user)
 	 * template checks above already said what it would. */
 	if (c.n.errors == 0 && daemon_check_config(cfg, &err) == -1)
 		report(&c, ERROR, NULL, "%s", err.msg);
-	if (user == NULL)
-		unit_user(unit, sizeof(unit));
+	unit_load(&unit);
+	check_sandbox(&c, f, &unit);
+	service_user = user ? user : unit.user;
 	if (geteuid() == 0) {
-		c.user = user ? user : unit;
+		c.user = service_user;
 		file_checks_as(&c, f, c.user);
 	} else {
 		pw = getpwuid(geteuid());
 		snprintf(self, sizeof(self), "%s", pw ? pw->pw_name : "?");
 		c.user = self;
-		if (strcmp(self, user ? user : unit) != 0)
+		if (strcmp(self, service_user) != 0)
 			report(&c, NOTE, NULL, "not root: folders checked as "
 			       "user %s, not as the service user %s", self,
-			       user ? user : unit);
+			       service_user);
 		file_checks(&c, f);
 	}
+	unit_rw_reset(&unit);
 	config_destroy(&c.lc);
 	if (c.n.errors > 0) {
 		printf("%s: %d error%s, %d warning%s\n", cfg->path, c.n.errors,

@@ -15,7 +15,11 @@
  *     hold originals), output not inside input;
  *   - template keywords are standard dictionary entries ("did you mean");
  *   - two old IDs mapped to one new ID (warning, naming both lines);
- *   - profile basic with a layout keyword basic empties (warning).
+ *   - profile basic with a layout keyword basic empties (warning);
+ *   - under the installed unit (and its drop-ins): a folder no
+ *     ReadWritePaths= entry covers (warning), input and a move target in
+ *     separate entries, i.e. separate mounts, so moves copy (note).
+ * $DICOMSORTD_CHECK_UNIT names another unit file (drop-ins in FILE.d/).
  * Each finding is one line on stderr: "FILE:LINE: KEY: error|warning|note:
  * text". The summary goes to stdout.
  */

@@ -283,3 +283,81 @@ def test_basic_profile_with_layout_it_empties_warns(root):
                             "retain_long_full_dates": True})
     r = check(conf)
     assert findings(r, "warning") == [], r.stderr
+
+
+def write_unit(root, rw_lines, dropin=None, user=None):
+    """A unit file like the shipped one, for DICOMSORTD_CHECK_UNIT."""
+    src = pathlib.Path(os.environ.get("DICOMSORT_SOURCE_DIR", ".")) / \
+        "systemd" / "dicomsortd.service"
+    text = "".join(ln + "\n" for ln in src.read_text().splitlines()
+                   if not ln.startswith(("ReadWritePaths=", "User=")))
+    text = text.replace("[Service]\n", "[Service]\n" + "".join(
+        "ReadWritePaths=%s\n" % v for v in rw_lines) +
+        ("User=%s\n" % user if user else ""), 1)
+    unit = root / "dicomsortd.service"
+    unit.write_text(text)
+    if dropin is not None:
+        (root / "dicomsortd.service.d").mkdir()
+        (root / "dicomsortd.service.d" / "50-site.conf").write_text(
+            "[Service]\n" + dropin)
+    return unit
+
+
+def check_with_unit(conf, unit, user=None):
+    env = dict(os.environ, DICOMSORTD_CHECK_UNIT=str(unit))
+    argv = [daemon_bin(), "--check-config", "-c", str(conf)]
+    if user:
+        argv += ["--user", user]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def test_folders_outside_the_units_read_write_paths(svc_user, root):
+    make_folders(root, svc_user, ("in", "out", "quarantine", "processed"))
+    conf = write_conf(root, after_success="move",
+                      processed=root / "processed")
+    # one parent covering all: nothing to say; the unit's User= is used
+    unit = write_unit(root, [str(root)], user=svc_user)
+    r = check_with_unit(conf, unit)
+    assert r.returncode == 0, r.stderr
+    assert "ReadWritePaths" not in r.stderr, r.stderr
+    assert findings(r, "error") == [], r.stderr
+    # the old layout: one entry per folder, processed forgotten
+    unit.unlink()
+    unit = write_unit(root, ["%s %s" % (root / "in", root / "out"),
+                             "-%s" % (root / "quarantine")], user=svc_user)
+    r = check_with_unit(conf, unit)
+    assert r.returncode == 0, r.stderr
+    warns = [ln for ln in findings(r, "warning") if "ReadWritePaths" in ln]
+    assert len(warns) == 1, r.stderr
+    assert_names(conf, "processed", warns[0])
+    notes = [ln for ln in findings(r, "note") if "separate" in ln]
+    assert len(notes) == 1, r.stderr            # input -> quarantine
+    assert_names(conf, "quarantine", notes[0])
+    assert "will copy" in notes[0]
+
+
+def test_drop_in_resets_and_adds_read_write_paths(svc_user, root):
+    make_folders(root, svc_user)
+    conf = write_conf(root)
+    unit = write_unit(root, ["/srv/dicom"],
+                      dropin="ReadWritePaths=\nReadWritePaths=%s\n" % root)
+    r = check_with_unit(conf, unit, svc_user)
+    assert r.returncode == 0, r.stderr
+    assert "ReadWritePaths" not in r.stderr, r.stderr
+    # without the drop-in, /srv/dicom covers none of them
+    shutil.rmtree(root / "dicomsortd.service.d")
+    r = check_with_unit(conf, unit, svc_user)
+    warns = [ln for ln in findings(r, "warning") if "ReadWritePaths" in ln]
+    assert len(warns) == 3, r.stderr
+
+
+def test_service_user_read_from_the_unit(root):
+    need_root()
+    make_folders(root)
+    conf = write_conf(root)
+    name = "nosuch" + uuid.uuid4().hex[:6]
+    unit = write_unit(root, [str(root)], user=name)
+    r = check_with_unit(conf, unit)
+    assert r.returncode == 2
+    assert "the service user %s does not exist" % name in r.stderr

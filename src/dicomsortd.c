@@ -118,7 +118,13 @@ int main(int argc, char **argv)
 	block_signals_early(&old_mask);
 	parse_flags(argc, argv, &f);
 	if (config_load(&cfg, f.config_path, &err) == -1) {
-		fprintf(stderr, "dicomsortd: %s\n", err.msg);
+		/* The daemon's stderr may be a file: a time stamp, as on every
+		 * record (log.c writes to stderr before log_open()). */
+		if (f.check_only)
+			fprintf(stderr, "dicomsortd: %s\n", err.msg);
+		else
+			log_msg(LOG_ERR, "cannot start: %s (a configuration "
+				"error: exit status 2)", err.msg);
 		return 2;
 	}
 	if (log_target_from_flag(f.log_target, &cfg.log_target) == -1) {

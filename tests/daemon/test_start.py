@@ -150,6 +150,14 @@ def need_namespace():
         pytest.skip("needs root for a private mount namespace")
     if shutil.which("unshare") is None:
         pytest.skip("unshare is not installed")
+    # In a chroot whose / is not a mount point this fails ("cannot change
+    # root filesystem propagation"); a machine or container boots with /
+    # mounted.
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private",
+                            "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -m is not permitted here: "
+                    + probe.stderr.strip())
 
 
 @pytest.mark.parametrize("socket_state", ["absent", "dead"])
@@ -183,7 +191,8 @@ def test_no_journal_means_stderr_with_time_stamps(tmp_path, socket_state):
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh",
                         "-c", script], capture_output=True, text=True,
                        timeout=120 * SLOW)
-    err = (tmp_path / "stderr").read_text()
+    err_file = tmp_path / "stderr"
+    err = err_file.read_text() if err_file.exists() else ""
     assert r.returncode == 0, r.stderr + err
     lines = err.splitlines()
     assert any("event=start" in ln for ln in lines), err
@@ -194,3 +203,37 @@ def test_no_journal_means_stderr_with_time_stamps(tmp_path, socket_state):
         if ln.startswith("==") or not ln.strip():
             continue      # sanitizer output
         assert STAMP.match(ln), ln
+
+
+@pytest.mark.parametrize("what", ["table", "secret"])
+def test_unreadable_table_or_secret_exits_2(what):
+    """As the unit runs it: not root, so a root-only file is unreadable."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the daemon as nobody")
+    import pathlib
+    import tempfile
+    root = pathlib.Path(tempfile.mkdtemp(prefix="dsstart-"))
+    try:
+        root.chmod(0o755)
+        for n in ("in", "out", "quarantine"):
+            (root / n).mkdir()
+            (root / n).chmod(0o777)
+        path = root / ("ids.csv" if what == "table" else "secret")
+        if what == "table":
+            path.write_text("PAT001,NEWA\n")
+            extra = {"profile": "seed", "correlation_table": path}
+        else:
+            path.write_bytes(os.urandom(32))
+            extra = {"profile": "basic", "deid": {"secret": path}}
+        path.chmod(0o600)                   # root's: nobody cannot read it
+        conf = root / "dicomsortd.conf"
+        conf.write_text(conf_text(base_config(root, **extra)))
+        conf.chmod(0o644)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534",
+                            "--clear-groups", daemon_bin(), "-c", str(conf)],
+                           capture_output=True, text=True, timeout=60 * SLOW)
+        assert r.returncode == 2, (r.returncode, r.stderr)
+        assert path.name in r.stderr, r.stderr
+        assert "Permission denied" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -181,7 +181,7 @@ static void unit_load(struct unit_info *u)
 			snprintf(u->path, sizeof(u->path), "%s", paths[i]);
 			break;
 		}
-	if (env != NULL)
+	if (env != NULL && access(env, R_OK) == 0)
 		snprintf(u->path, sizeof(u->path), "%s", env);
 	if (u->path[0] == '\0')
 		return;
@@ -765,7 +765,16 @@ int checkconf_run(const struct config *cfg, const char *user)
 	unit_load(&unit);
 	check_sandbox(&c, f, &unit);
 	service_user = user ? user : unit.user;
-	if (geteuid() == 0) {
+	if (geteuid() == 0 && user == NULL && unit.path[0] == '\0' &&
+	    getpwnam(service_user) == NULL) {
+		/* No unit, no --user: the default name was a guess (a build
+		 * tree, a test); a named user that is missing is an error. */
+		report(&c, WARNING, NULL, "no dicomsortd unit is installed and "
+		       "there is no user %s: folders checked as root; name the "
+		       "service user with --user", service_user);
+		c.user = "root";
+		file_checks(&c, f);
+	} else if (geteuid() == 0) {
 		c.user = service_user;
 		file_checks_as(&c, f, c.user);
 	} else {

@@ -5,7 +5,8 @@
  * keys and bad values) and their report. Run as root, the folder and file
  * checks run in a child that switched to the service user (the unit's
  * User=, read from the installed unit, else "dicomsortd"), so they see what
- * the daemon will see:
+ * the daemon will see (with no unit installed and no such user, as root,
+ * with a warning):
  *   - each folder exists and is a directory (a missing input is an error,
  *     the others are created at start), reachable and writable;
  *   - a rename from input into quarantine, processed and hold works, else

@@ -258,7 +258,7 @@ def test_two_old_ids_one_new_id_is_a_warning_naming_both_lines(root):
     table.write_text("# old new\nSECRETOLD1,NEWA\nOTHER,NEWB\n"
                      "SECRETOLD2 NEWA\nOTHER,NEWB\n")
     conf = write_conf(root, profile="seed", correlation_table=table)
-    r = check(conf)
+    r = check(conf, "root")
     warns = findings(r, "warning")
     assert len(warns) == 1, r.stderr
     assert_names(conf, "correlation_table", warns[0])
@@ -274,7 +274,7 @@ def test_basic_profile_with_layout_it_empties_warns(root):
     secret.write_bytes(os.urandom(32))
     secret.chmod(0o600)
     conf = write_conf(root, profile="basic", deid={"secret": secret})
-    r = check(conf)
+    r = check(conf, "root")
     warns = findings(r, "warning")
     assert len(warns) == 2, r.stderr
     for w, kw in zip(warns, ("StudyDate", "SeriesDescription")):
@@ -286,7 +286,7 @@ def test_basic_profile_with_layout_it_empties_warns(root):
                       "{SeriesNumber}_{SeriesDescription}/",
                       deid={"secret": secret, "clean_descriptors": True,
                             "retain_long_full_dates": True})
-    r = check(conf)
+    r = check(conf, "root")
     assert findings(r, "warning") == [], r.stderr
 
 
@@ -366,3 +366,26 @@ def test_service_user_read_from_the_unit(root):
     r = check_with_unit(conf, unit)
     assert r.returncode == 2
     assert "the service user %s does not exist" % name in r.stderr
+
+
+def test_no_unit_and_no_default_user_checks_as_root_with_a_warning(root):
+    """A build tree on a machine without the package: the default name was
+    only a guess, so it is a warning, and the folders are checked as root."""
+    need_root()
+    import pwd
+    try:
+        pwd.getpwnam("dicomsortd")
+        pytest.skip("a user dicomsortd exists here")
+    except KeyError:
+        pass
+    make_folders(root)
+    conf = write_conf(root, input=root / "missing")
+    r = check_with_unit(conf, root / "no-such.service")
+    warns = [ln for ln in findings(r, "warning") if "checked as root" in ln]
+    assert len(warns) == 1, r.stderr
+    errs = findings(r, "error")                 # the checks still ran
+    assert len(errs) == 1 and "missing does not exist" in errs[0], r.stderr
+    assert r.returncode == 2
+    (root / "missing").mkdir()
+    r = check_with_unit(conf, root / "no-such.service")
+    assert r.returncode == 0, r.stderr

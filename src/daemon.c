@@ -938,7 +938,9 @@ static int recover_leftovers(struct daemon *d, struct error *err)
 
 static int open_folders(struct daemon *d, struct error *err)
 {
-	int fd = fsutil_open_dir(d->cfg->input, true, err);
+	/* A mistyped input must not become a new, empty folder that nobody
+	 * drops into: it has to exist already. */
+	int fd = fsutil_open_dir(d->cfg->input, false, err);
 
 	if (fd == -1)
 		return -1;
@@ -1046,12 +1048,20 @@ static void test_delays(struct daemon *d)
 		d->delay_published_ms = strtol(v + 10, NULL, 10);
 }
 
-static int setup(struct daemon *d, struct error *err)
+/*
+ * *config_error tells a failure the configuration caused (a folder, the
+ * table, the secret, a template: exit 2, restarting will not help) from
+ * one of the process (descriptors, threads: exit 1, a restart may help).
+ */
+static int setup(struct daemon *d, struct error *err, bool *config_error)
 {
 	int64_t now = watch_now_ms();
 
+	for (int i = 0; i < SLOT_COUNT; i++)
+		d->fds[i].fd = -1;
 	d->quarantine_fd = -1;
 	d->hold_fd = -1;
+	*config_error = false;
 	d->fds[SLOT_SIGNAL].fd = block_signals();
 	if (d->fds[SLOT_SIGNAL].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "signalfd");
@@ -1059,6 +1069,7 @@ static int setup(struct daemon *d, struct error *err)
 					       TFD_CLOEXEC | TFD_NONBLOCK);
 	if (d->fds[SLOT_TIMER].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "timerfd");
+	*config_error = true;
 	if (dicom_init(err) == -1 || open_folders(d, err) == -1 ||
 	    open_pipeline(d->cfg, false, &d->pipeline, &d->secret, err) == -1 ||
 	    records_open(&d->records, d->cfg->output, err) == -1)
@@ -1074,6 +1085,7 @@ static int setup(struct daemon *d, struct error *err)
 	 * between the two is missed. */
 	if (setup_watch(d, err) == -1)
 		return -1;
+	*config_error = false;
 	if (workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
 			  err) == -1)
 		return -1;
@@ -1088,6 +1100,43 @@ static int setup(struct daemon *d, struct error *err)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
 	return 0;
+}
+
+/* Free what setup() got, also after it failed half-way. */
+static void teardown(struct daemon *d)
+{
+	workers_free(d->workers, job_free);
+	watch_free(d->watch);
+	while (d->disposals != NULL)
+		forget_disposal(d, d->disposals->path);
+	records_free(d->records);
+	pipeline_free(d->pipeline);
+	deid_secret_free(d->secret);
+	if (d->quarantine_fd != -1)
+		close(d->quarantine_fd);
+	if (d->hold_fd != -1)
+		close(d->hold_fd);
+	if (d->fds[SLOT_SIGNAL].fd != -1)
+		close(d->fds[SLOT_SIGNAL].fd);
+	if (d->fds[SLOT_TIMER].fd != -1)
+		close(d->fds[SLOT_TIMER].fd);
+}
+
+/*
+ * A configuration error exits 2, which the unit's RestartPreventExitStatus=2
+ * turns into a stop instead of a restart every RestartSec for ever. Errors
+ * a restart may cure (no memory, no descriptors, an I/O error) stay 1 even
+ * while the configuration is read.
+ */
+static int start_failure_status(const struct error *err, bool config_error)
+{
+	switch (err->errnum) {
+	case EIO: case ENOMEM: case EMFILE: case ENFILE: case EAGAIN:
+	case EINTR: case ETIMEDOUT: case ESTALE:
+		return 1;
+	default:
+		return config_error ? 2 : 1;
+	}
 }
 
 /* Stop taking files; let the running ones finish within the bound. Files
@@ -1111,18 +1160,7 @@ static int shut_down(struct daemon *d)
 		fflush(stderr);
 		_exit(0);
 	}
-	workers_free(d->workers, job_free);
-	watch_free(d->watch);
-	while (d->disposals != NULL)
-		forget_disposal(d, d->disposals->path);
-	records_free(d->records);
-	pipeline_free(d->pipeline);
-	deid_secret_free(d->secret);
-	close(d->quarantine_fd);
-	if (d->hold_fd != -1)
-		close(d->hold_fd);
-	close(d->fds[SLOT_SIGNAL].fd);
-	close(d->fds[SLOT_TIMER].fd);
+	teardown(d);
 	return 0;
 }
 
@@ -1163,10 +1201,17 @@ int daemon_run(const struct config *cfg)
 	struct audit_record start = { .event = "start", .priority = LOG_INFO };
 	char status[sizeof(d.last_error) + 256], reason[PATH_MAX * 2];
 
-	if (setup(&d, &err) == -1) {
+	bool config_error;
+	int exit_status;
+
+	if (setup(&d, &err, &config_error) == -1) {
+		exit_status = start_failure_status(&err, config_error);
 		redact_quoted(cfg, err.msg);
-		log_msg(LOG_ERR, "%s", err.msg);
-		return 1;
+		log_msg(LOG_ERR, "cannot start: %s%s", err.msg, exit_status == 2 ?
+			" (a configuration error: exit status 2, not restarted)" :
+			"");
+		teardown(&d);
+		return exit_status;
 	}
 	snprintf(reason, sizeof(reason), "watching %s, sorting into %s, "
 		 "profile %s, %ld workers", cfg->input, cfg->output,

@@ -8,6 +8,7 @@
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdict.h>
+#include <dcmtk/dcmdata/dcdicent.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
@@ -1457,5 +1458,41 @@ extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 		return 0;
 	} catch (...) {
 		return error_set(err, ERROR_TRANSIENT, 0, "cannot write DICOM file");
+	}
+}
+
+/* ---- the dictionary, for --check-config ---- */
+
+static bool standard_entry_nocase(const DcmDictEntry *e, const char *keyword,
+				  char *buf, size_t len)
+{
+	const char *name = e->getTagName();
+
+	if (e->getGroup() % 2 != 0 || e->getPrivateCreator() != NULL ||
+	    name == NULL || strcasecmp(name, keyword) != 0)
+		return false;
+	snprintf(buf, len, "%s", name);
+	return true;
+}
+
+extern "C" int dicom_standard_keyword_nocase(const char *keyword, char *buf,
+					     size_t len)
+{
+	try {
+		/* The iterators are not const; only read under the lock. */
+		DcmDataDictionary &dict =
+			const_cast<DcmDataDictionary &>(dcmDataDict.rdlock());
+		bool found = false;
+
+		for (DcmHashDictIterator it = dict.normalBegin();
+		     !found && it != dict.normalEnd(); ++it)
+			found = standard_entry_nocase(*it, keyword, buf, len);
+		for (DcmDictEntryListIterator it = dict.repeatingBegin();
+		     !found && it != dict.repeatingEnd(); ++it)
+			found = standard_entry_nocase(*it, keyword, buf, len);
+		dcmDataDict.rdunlock();
+		return found ? 0 : -1;
+	} catch (...) {
+		return -1;
 	}
 }

@@ -698,8 +698,11 @@ static int place_at(struct fsutil_move *mv, const char *cand, struct error *err)
 		if (rename_noreplace(mv->src_dirfd, mv->claim, mv->dest_dirfd,
 				     cand) == 0) {
 			mv->placed = true;
-			if (mv->mode != 0 && !S_ISLNK(mv->src_st.st_mode))
-				fchmodat(mv->dest_dirfd, cand, mv->mode, 0);
+			/* Best effort: the file is in place either way, and
+			 * a mode we could not set is not worth undoing it. */
+			if (mv->mode != 0 && !S_ISLNK(mv->src_st.st_mode) &&
+			    fchmodat(mv->dest_dirfd, cand, mv->mode, 0) == -1)
+				mv->mode = 0;
 			mv->claim[0] = '\0';
 			return finish(mv, false, err);
 		}

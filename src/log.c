@@ -9,6 +9,12 @@
 #include <string.h>
 #include <sys/uio.h>
 #include <systemd/sd-journal.h>
+#include <time.h>
+#include <errno.h>
+#include <unistd.h>
+
+/* Where journald listens (sd_journal_send()'s own path). */
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
 
 /* Set once by log_open() before threads exist; read-only afterwards. */
 static struct {
@@ -32,6 +38,13 @@ void log_open(const char *ident, enum log_target target, int debug)
 		log_state.journal = getenv("JOURNAL_STREAM") != NULL;
 		break;
 	}
+	/* Without journald, sd_journal_send() returns 0 and drops the
+	 * record: an audit trail must not vanish, so use stderr instead. */
+	if (log_state.journal && access(JOURNAL_SOCKET, F_OK) == -1) {
+		log_state.journal = false;
+		log_msg(LOG_WARNING, "the journal is not reachable (%s: %s); "
+			"logging to stderr", JOURNAL_SOCKET, strerror(errno));
+	}
 }
 
 static const char *priority_name(int priority)
@@ -48,12 +61,22 @@ static const char *priority_name(int priority)
 	}
 }
 
-/* One fputs per record, so lines from different threads never interleave. */
+/* One fputs per record, so lines from different threads never interleave.
+ * Each starts with the UTC time (ISO 8601, milliseconds): stderr may end
+ * up in a file that has no time stamps of its own. */
 static void stderr_line(const char *line)
 {
-	char buf[5120];
+	char buf[5120], stamp[32] = "-";
+	struct timespec now;
+	struct tm tm;
+	size_t n;
 
-	snprintf(buf, sizeof(buf), "%s: %s\n", log_state.ident, line);
+	if (clock_gettime(CLOCK_REALTIME, &now) == 0 &&
+	    gmtime_r(&now.tv_sec, &tm) != NULL &&
+	    (n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm)) > 0)
+		snprintf(stamp + n, sizeof(stamp) - n, ".%03dZ",
+			 (int)(now.tv_nsec / 1000000));
+	snprintf(buf, sizeof(buf), "%s %s: %s\n", stamp, log_state.ident, line);
 	fputs(buf, stderr);
 }
 
@@ -90,11 +113,11 @@ void log_msg(int priority, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (log_state.journal) {
-		sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", priority,
-				"SYSLOG_IDENTIFIER=%s", log_state.ident, NULL);
+	/* A journal that went away (a send error) costs no record. */
+	if (log_state.journal &&
+	    sd_journal_send("MESSAGE=%s", msg, "PRIORITY=%d", priority,
+			    "SYSLOG_IDENTIFIER=%s", log_state.ident, NULL) >= 0)
 		return;
-	}
 	snprintf(line, sizeof(line), "%s: ", priority_name(priority));
 	append_escaped(line, sizeof(line), msg);
 	stderr_line(line);
@@ -127,7 +150,7 @@ static void add_iov(struct iovec *iov, int *n, char *buf, size_t len,
 	(*n)++;
 }
 
-static void journal_audit(const struct audit_record *rec, const char *message)
+static int journal_audit(const struct audit_record *rec, const char *message)
 {
 	static const size_t len = 4200;
 	char *bufs = malloc(16 * len), prio[4];
@@ -135,7 +158,7 @@ static void journal_audit(const struct audit_record *rec, const char *message)
 	int n = 0;
 
 	if (bufs == NULL)
-		return;
+		return -1;
 	snprintf(prio, sizeof(prio), "%d", rec->priority);
 	add_iov(iov, &n, bufs + n * len, len, "MESSAGE", message);
 	add_iov(iov, &n, bufs + n * len, len, "PRIORITY", prio);
@@ -162,8 +185,10 @@ static void journal_audit(const struct audit_record *rec, const char *message)
 		rec->disposal);
 	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_RECOVERED",
 		rec->recovered ? "1" : NULL);
-	sd_journal_sendv(iov, n);
+	int rc = sd_journal_sendv(iov, n);
+
 	free(bufs);
+	return rc;
 }
 
 void log_audit(const struct audit_record *rec)
@@ -174,10 +199,10 @@ void log_audit(const struct audit_record *rec)
 		 rec->source ? rec->source : "",
 		 rec->dest ? " -> " : "", rec->dest ? rec->dest : "",
 		 rec->reason ? ": " : "", rec->reason ? rec->reason : "");
-	if (log_state.journal) {
-		journal_audit(rec, message);
+	/* On a send error (no socket, journald gone) the record goes to
+	 * stderr: never nowhere. */
+	if (log_state.journal && journal_audit(rec, message) >= 0)
 		return;
-	}
 	snprintf(line, sizeof(line), "%s: event=%s", priority_name(rec->priority),
 		 rec->event);
 	append_field(line, sizeof(line), "source", rec->source);

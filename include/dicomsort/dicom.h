@@ -114,6 +114,10 @@ int dicom_tag_from_keyword(const char *keyword, uint32_t *tag);
 /** Keyword of a tag into buf ("" for unknown/private). */
 void dicom_keyword_from_tag(uint32_t tag, char *buf, size_t len);
 
+/** The standard (public dictionary) keyword equal to keyword but for case,
+ *  into buf: 0 found, -1 none. For "did you mean" hints. */
+int dicom_standard_keyword_nocase(const char *keyword, char *buf, size_t len);
+
 /**
  * Top-level attribute value as a NUL-terminated UTF-8 string in *utf8
  * (malloc'd, caller frees), converted from the dataset's

@@ -1079,6 +1079,70 @@ static bool safe_private(const struct basic_ctx *c, struct dicom_elem *e)
 	return keep;
 }
 
+/*
+ * Attributes no row names (deid.unlisted = "remove", the default). Every
+ * value that can carry free text goes, unless this list keeps it: what
+ * codes and image geometry need and what names the vendor, none of it
+ * about the patient. Keep it short; README lists it.
+ */
+static const uint32_t unlisted_allowed[] = {
+	DCM_TAG(0x0008, 0x0070),	/* Manufacturer */
+	DCM_TAG(0x0008, 0x0100),	/* CodeValue */
+	DCM_TAG(0x0008, 0x0102),	/* CodingSchemeDesignator */
+	DCM_TAG(0x0008, 0x0103),	/* CodingSchemeVersion */
+	DCM_TAG(0x0008, 0x0104),	/* CodeMeaning */
+	DCM_TAG(0x0008, 0x0119),	/* LongCodeValue */
+	DCM_TAG(0x0008, 0x0120),	/* URNCodeValue */
+	DCM_TAG(0x0008, 0x1090),	/* ManufacturerModelName */
+	DCM_TAG(0x0018, 0x1160),	/* FilterType */
+	DCM_TAG(0x0018, 0x1210),	/* ConvolutionKernel */
+	DCM_TAG(0x0020, 0x1040),	/* PositionReferenceIndicator */
+	DCM_TAG(0x0028, 0x1054),	/* RescaleType */
+	DCM_TAG(0x0028, 0x1055),	/* WindowCenterWidthExplanation */
+};
+
+/* Text VRs that can carry anything typed or copied in. CS (a code, 16
+ * upper-case characters) and the number, date and binary VRs cannot
+ * carry a name or free text and stay. */
+static bool free_text_vr(const char *vr)
+{
+	static const char *const vrs[] = { "PN", "LO", "SH", "ST", "LT", "UT",
+					    "UC", "UR", "AE" };
+
+	for (size_t i = 0; i < sizeof(vrs) / sizeof(*vrs); i++)
+		if (strcmp(vr, vrs[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool unlisted_goes(struct dicom_elem *e)
+{
+	uint32_t tag = dicom_elem_tag(e);
+	char keyword[64];
+
+	for (size_t i = 0; i < sizeof(unlisted_allowed) / sizeof(*unlisted_allowed); i++)
+		if (unlisted_allowed[i] == tag)
+			return false;
+	dicom_keyword_from_tag(tag, keyword, sizeof(keyword));
+	if (keyword[0] == '\0')	/* no dictionary knows it */
+		return true;
+	return free_text_vr(dicom_elem_vr(e));
+}
+
+/* A text attribute the dictionary knows is emptied: nothing of its value
+ * stays, and an attribute an IOD requires (Type 2) is still there. One
+ * no dictionary knows is removed. */
+static enum dicom_visit_action unlisted_action(struct basic_ctx *c,
+					     struct dicom_elem *e)
+{
+	char keyword[64];
+
+	dicom_keyword_from_tag(dicom_elem_tag(e), keyword, sizeof(keyword));
+	if (keyword[0] == '\0' || strcmp(dicom_elem_vr(e), "UR") == 0)
+		return DCM_VISIT_REMOVE;
+	return empty(c, e);
+}
+
 static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 {
 	struct basic_ctx *c = ctx;
@@ -1101,7 +1165,14 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 		return DCM_VISIT_KEEP;
 	}
 	rule = find_rule(tag);
+	/* Still UN after the adapter read it with the dictionary's VR, and
+	 * no row for it: nothing can tell what it holds, so it is taken for
+	 * identifying, whatever deid.unlisted says. */
+	if (rule == NULL && strcmp(dicom_elem_vr(e), "UN") == 0)
+		return DCM_VISIT_REMOVE;
 	if (rule == NULL) {
+		if (!c->opts->keep_unlisted && unlisted_goes(e))
+			return unlisted_action(c, e);
 		if (c->clean_below >= 0 && is_text_vr(dicom_elem_vr(e)))
 			clean_element(c, e);
 		return DCM_VISIT_KEEP;
@@ -1316,6 +1387,7 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		goto out;
 	}
 	rc = record_method(o, &c, file, err);
+	dicom_zero_preamble(file);
 out:
 	free_tokens(&tokens);
 	free(id);

@@ -18,6 +18,7 @@
 #include <dcmtk/dcmdata/dcspchrs.h>
 #include <dcmtk/dcmdata/dctag.h>
 #include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcvr.h>
 #include <dcmtk/dcmdata/dcvrsl.h>
 #include <dcmtk/dcmdata/dcwcache.h>
 #include <dcmtk/dcmdata/dcxfer.h>
@@ -55,6 +56,8 @@ struct dicom_file {
 	/* Any change at all (even one that failed): the file's own bytes are
 	 * no longer the object. */
 	bool modified = false;
+	/* Write 128 zero bytes as the preamble, whatever the source had. */
+	bool zero_preamble = false;
 	/*
 	 * The fast path (part10.h). While light, DCMTK has not parsed the
 	 * file: its bytes and their index answer for it, and top-level text
@@ -95,6 +98,14 @@ extern "C" int dicom_init(struct error *err)
 {
 	try {
 		OFLog::configure(OFLogger::OFF_LOG_LEVEL);
+		/* A standard attribute written as UN (by a system that did
+		 * not know it) is read with its dictionary VR, a sequence as
+		 * a sequence: otherwise its value would be hex to every rule,
+		 * every layout value and every pseudonym. Process-wide, so
+		 * set here, before any thread (CP 246 covers the undefined
+		 * length form and is on by default). */
+		dcmEnableUnknownVRConversion.set(OFTrue);
+		dcmEnableCP246Support.set(OFTrue);
 		if (!dcmDataDict.isDictionaryLoaded())
 			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
 					 "dictionary could not be loaded (DCMDICTPATH?)");
@@ -1404,7 +1415,35 @@ static bool output_errno(int e)
 	       e == EFBIG || e == EBADF || e == EPIPE || e == ENXIO;
 }
 
+extern "C" void dicom_zero_preamble(struct dicom_file *file)
+{
+	file->zero_preamble = true;
+	file->modified = true;
+}
+
+/* Both writers copy the source's preamble; overwrite it in the output. */
+static int clear_preamble(struct dicom_file *file, int fd, struct error *err)
+{
+	static const char zeros[128] = { 0 };
+
+	if (!file->zero_preamble)
+		return 0;
+	if (pwrite(fd, zeros, sizeof(zeros), 0) != (ssize_t)sizeof(zeros))
+		return error_set(err, ERROR_TRANSIENT, saved_errno(),
+				 "cannot write DICOM file");
+	return 0;
+}
+
+static int save_fd(struct dicom_file *file, int fd, struct error *err);
+
 extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
+{
+	if (save_fd(file, fd, err) == -1)
+		return -1;
+	return clear_preamble(file, fd, err);
+}
+
+static int save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
 		/* Edits were only made where the meta header stays true. */

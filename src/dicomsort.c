@@ -61,6 +61,7 @@ struct options {
 	long max_shift_days;
 	unsigned deid_options;
 	bool allow_burned_in;
+	bool keep_unlisted;
 	const char *safe_private[64];	/* NULL-terminated */
 	size_t safe_private_count;
 };
@@ -116,6 +117,8 @@ static const char usage_text[] =
 "  --patient-name NAME    PatientName under basic (default: the new PatientID)\n"
 "  --max-date-shift-days N  modified dates move back 1..N days (default 365)\n"
 "  --allow-burned-in      store objects that may carry burned-in text\n"
+"  --unlisted remove|keep  basic: text attributes no row of Table E.1-1\n"
+"                         names are emptied or removed (default), or kept\n"
 "  --help, --version\n"
 "\n"
 "Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n";
@@ -154,7 +157,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	       OPT_JSON, OPT_QUIET, OPT_MISSING, OPT_HELP, OPT_VERSION,
 	       OPT_IN, OPT_OUT, OPT_ANON, OPT_TABLE, OPT_PROFILE, OPT_SECRET,
 	       OPT_UNKNOWN_ID, OPT_PREFIX, OPT_PATIENT_NAME, OPT_SHIFT,
-	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_DEID_OPTION };
+	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_UNLISTED, OPT_DEID_OPTION };
 	static const struct option longopts[] = {
 		{ "dicomin", required_argument, NULL, OPT_IN },
 		{ "dicomout", required_argument, NULL, OPT_OUT },
@@ -176,6 +179,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 		{ "max-date-shift-days", required_argument, NULL, OPT_SHIFT },
 		{ "allow-burned-in", no_argument, NULL, OPT_BURNED_IN },
 		{ "safe-private", required_argument, NULL, OPT_SAFE_PRIVATE },
+		{ "unlisted", required_argument, NULL, OPT_UNLISTED },
 		/* One flag per PS3.15 option, in deid_option_name() order. */
 		{ "retain-safe-private", no_argument, NULL, OPT_DEID_OPTION + 0 },
 		{ "retain-uids", no_argument, NULL, OPT_DEID_OPTION + 1 },
@@ -216,6 +220,12 @@ static void parse_args(int argc, char **argv, struct options *o)
 		case OPT_SHIFT: o->max_shift_days = parse_number(optarg,
 					"--max-date-shift-days", 1, 36500); break;
 		case OPT_BURNED_IN: o->allow_burned_in = true; break;
+		case OPT_UNLISTED:
+			if (strcmp(optarg, "keep") != 0 && strcmp(optarg, "remove") != 0)
+				usage_error("--unlisted wants remove or keep, not '%s'",
+					    optarg);
+			o->keep_unlisted = strcmp(optarg, "keep") == 0;
+			break;
 		case OPT_SAFE_PRIVATE:
 			if (o->safe_private_count + 1 >= 64)
 				usage_error("%s", "too many --safe-private");
@@ -653,6 +663,7 @@ static struct pipeline *setup_pipeline(const struct options *o,
 			.max_shift_days = o->max_shift_days,
 			.safe_private = o->safe_private,
 			.allow_burned_in = o->allow_burned_in,
+			.keep_unlisted = o->keep_unlisted,
 		},
 		/* Copies need one sync at the end; a moved source goes only
 		 * after its own copy is durable. */

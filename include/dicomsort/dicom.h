@@ -209,6 +209,13 @@ int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
 int dicom_save_fd(struct dicom_file *file, int fd, struct error *err);
 
 /**
+ * Have dicom_save_fd() write a preamble of 128 zero bytes instead of the
+ * source's: a preamble can carry anything, even an executable
+ * (CVE-2019-11687). Counts as a change (dicom_bytes_reusable()).
+ */
+void dicom_zero_preamble(struct dicom_file *file);
+
+/**
  * true when the file's own bytes can stand for what dicom_save_fd() would
  * write: nothing was changed since dicom_load(), and the object came with a
  * meta header that names its transfer syntax (not deflated) and its

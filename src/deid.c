@@ -858,6 +858,57 @@ static void map_uid(struct basic_ctx *c, const char *uid, char *out, size_t len)
 	pseudonym_uid(c->opts->secret, uid, out, len);
 }
 
+/* A UID of the DICOM registry names a class, a syntax or a code scheme,
+ * never a patient, study or instance. */
+static bool registry_uid(const char *uid)
+{
+	return strncmp(uid, "1.2.840.10008.", 14) == 0;
+}
+
+/* Any UID but a registry one: the same keyed function as U. */
+static void map_unregistered_uid(struct basic_ctx *c, const char *uid,
+				 char *out, size_t len)
+{
+	if (registry_uid(uid))
+		snprintf(out, len, "%s", uid);
+	else
+		map_uid(c, uid, out, len);
+}
+
+/* UI attributes without a row that name a class or a scheme (private SOP
+ * classes included): a vendor's, not anybody's. Every other UI value that
+ * is not a registry UID gets remapped. */
+static bool class_uid_attribute(uint32_t tag)
+{
+	static const uint32_t tags[] = {
+		DCM_TAG(0x0004, 0x1510),	/* ReferencedSOPClassUIDInFile */
+		DCM_TAG(0x0004, 0x1512),	/* ReferencedTransferSyntaxUIDInFile */
+		DCM_TAG(0x0008, 0x0016),	/* SOPClassUID */
+		DCM_TAG(0x0008, 0x001A),	/* RelatedGeneralSOPClassUID */
+		DCM_TAG(0x0008, 0x001B),	/* OriginalSpecializedSOPClassUID */
+		DCM_TAG(0x0008, 0x0062),	/* SOPClassesInStudy */
+		DCM_TAG(0x0008, 0x010C),	/* CodingSchemeUID */
+		DCM_TAG(0x0008, 0x0117),	/* ContextUID */
+		DCM_TAG(0x0008, 0x0118),	/* MappingResourceUID */
+		DCM_TAG(0x0008, 0x1150),	/* ReferencedSOPClassUID */
+	};
+
+	for (size_t i = 0; i < sizeof(tags) / sizeof(*tags); i++)
+		if (tags[i] == tag)
+			return true;
+	return false;
+}
+
+/* A UI element no row names (or a private one kept as safe): remap every
+ * value but registry UIDs, unless Retain UIDs keeps them all. */
+static void map_unlisted_uid(struct basic_ctx *c, struct dicom_elem *e)
+{
+	if ((c->opts->options & DEID_RETAIN_UIDS) ||
+	    class_uid_attribute(dicom_elem_tag(e)))
+		return;
+	map_values(c, e, map_unregistered_uid);
+}
+
 /* Move a date (YYYY[MM[DD]]...) back by shift_days, keeping its precision
  * and anything after the date part (a DT's time). */
 static void map_date(struct basic_ctx *c, const char *value, char *out, size_t len)
@@ -1093,12 +1144,18 @@ static const uint32_t unlisted_allowed[] = {
 	DCM_TAG(0x0008, 0x0104),	/* CodeMeaning */
 	DCM_TAG(0x0008, 0x0119),	/* LongCodeValue */
 	DCM_TAG(0x0008, 0x0120),	/* URNCodeValue */
+	DCM_TAG(0x0008, 0x0302),	/* PrivateCreatorReference */
 	DCM_TAG(0x0008, 0x1090),	/* ManufacturerModelName */
 	DCM_TAG(0x0018, 0x1160),	/* FilterType */
 	DCM_TAG(0x0018, 0x1210),	/* ConvolutionKernel */
+	DCM_TAG(0x0010, 0x2201),	/* PatientSpeciesDescription */
 	DCM_TAG(0x0020, 0x1040),	/* PositionReferenceIndicator */
+	DCM_TAG(0x0020, 0x9056),	/* StackID */
+	DCM_TAG(0x0020, 0x9213),	/* DimensionIndexPrivateCreator */
+	DCM_TAG(0x0020, 0x9238),	/* FunctionalGroupPrivateCreator */
 	DCM_TAG(0x0028, 0x1054),	/* RescaleType */
 	DCM_TAG(0x0028, 0x1055),	/* WindowCenterWidthExplanation */
+	DCM_TAG(0x0028, 0x3004),	/* ModalityLUTType */
 };
 
 /* Text VRs that can carry anything typed or copied in. CS (a code, 16
@@ -1154,8 +1211,18 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	/* Depth first: back at the cleaned sequence's level means out of it. */
 	if (c->clean_below >= 0 && dicom_elem_depth(e) <= c->clean_below)
 		c->clean_below = -1;
-	if (DCM_GROUP(tag) & 1)
-		return safe_private(c, e) ? DCM_VISIT_KEEP : DCM_VISIT_REMOVE;
+	/* A stored object carries no command group (PS3.10 7.1), and its
+	 * meta header only in front of the dataset: group 0000 anywhere and
+	 * group 0002 inside the dataset are leftovers of other systems. */
+	if (DCM_GROUP(tag) == 0x0000 || DCM_GROUP(tag) == 0x0002)
+		return DCM_VISIT_REMOVE;
+	if (DCM_GROUP(tag) & 1) {
+		if (!safe_private(c, e))
+			return DCM_VISIT_REMOVE;
+		if (strcmp(dicom_elem_vr(e), "UI") == 0)
+			map_unlisted_uid(c, e);
+		return DCM_VISIT_KEEP;
+	}
 	if (tag == TAG_PatientID) {
 		put(c, e, c->new_id);
 		return DCM_VISIT_KEEP;
@@ -1169,6 +1236,15 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	 * no row for it: nothing can tell what it holds, so it is taken for
 	 * identifying, whatever deid.unlisted says. */
 	if (rule == NULL && strcmp(dicom_elem_vr(e), "UN") == 0)
+		return DCM_VISIT_REMOVE;
+	if (rule == NULL && strcmp(dicom_elem_vr(e), "UI") == 0) {
+		map_unlisted_uid(c, e);
+		return DCM_VISIT_KEEP;
+	}
+	/* A URL can name a server, a patient, a study: none survives, not
+	 * even with deid.unlisted = "keep" (a code's URN is a code). */
+	if (rule == NULL && strcmp(dicom_elem_vr(e), "UR") == 0 &&
+	    tag != DCM_TAG(0x0008, 0x0120))
 		return DCM_VISIT_REMOVE;
 	if (rule == NULL) {
 		if (!c->opts->keep_unlisted && unlisted_goes(e))

@@ -1270,8 +1270,6 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 	for (DcmElement *e : elements) {
 		struct dicom_elem elem;
 
-		if (e->getTag().getGroup() == 0x0002)
-			continue;
 		elem.file = f;
 		elem.element = e;
 		elem.parent = item;

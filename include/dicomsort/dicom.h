@@ -175,7 +175,7 @@ typedef enum dicom_visit_action (*dicom_visitor)(void *ctx, struct dicom_elem *e
 /**
  * Call fn for every element of the dataset in file order, depth first: a
  * sequence element first, then the elements of each of its items. The meta
- * header (group 0002) is not visited. fn may change or empty the element it
+ * header is not visited (group 0002 elements inside the dataset are). fn may change or empty the element it
  * is given (dicom_elem_*), nothing else of the file until the walk is over.
  * Returns 0, or -1 if the walk failed.
  */

@@ -909,41 +909,137 @@ static void map_unlisted_uid(struct basic_ctx *c, struct dicom_elem *e)
 	map_values(c, e, map_unregistered_uid);
 }
 
-/* Move a date (YYYY[MM[DD]]...) back by shift_days, keeping its precision
- * and anything after the date part (a DT's time). */
-static void map_date(struct basic_ctx *c, const char *value, char *out, size_t len)
+/*
+ * Dates under Modified Dates. A value is one date or a range "A-B" (either
+ * end may be open); each end moves back by shift_days, keeping its
+ * precision and what follows the date part (a DT's time, fraction and UTC
+ * offset, unchanged: a shift by whole days leaves them true). A value
+ * that is not a valid date (00000000, 20231340, UNKNOWN, ...) never gives
+ * a malformed one: it becomes the VR's fixed dummy.
+ */
+
+#define DATE_DUMMY_DA "19000101"
+#define DATE_DUMMY_DT "19000101000000"
+
+static bool all_digits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+static int days_in_month(int year, int month)
+{
+	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+
+	return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/* Length of one DT at v, range separator excluded: YYYY[MM[DD[HH[MM[SS
+ * [.F]]]]]] and an optional &ZZXX (an offset of at most 14 hours, so
+ * "2021-2022" is a range, "...-0500" an offset). */
+static size_t dt_length(const char *v)
+{
+	size_t n = strspn(v, "0123456789");
+
+	if (n == 14 && v[n] == '.')
+		n += 1 + strspn(v + n + 1, "0123456789");
+	if ((v[n] == '+' || v[n] == '-') && all_digits(v + n + 1, 4) &&
+	    (v[n + 5] == '\0' || v[n + 5] == '-') &&
+	    (v[n + 1] - '0') * 10 + (v[n + 2] - '0') <= 14)
+		n += 5;
+	return n;
+}
+
+/* Shift the date part (the first digits digits, 4, 6 or 8 of them) of
+ * one end of n bytes at v into out; false if it is no valid date. */
+static bool shift_one(struct basic_ctx *c, const char *v, size_t n,
+		      size_t digits, char *out, size_t len)
 {
 	struct tm tm = { 0 };
-	size_t digits = strspn(value, "0123456789");
+	int year, month = 1, day = 1;
 	char full[48];
 	time_t t;
 
-	if (digits < 4) {
-		snprintf(out, len, "%s", "19000101");
-		return;
-	}
-	snprintf(full, sizeof(full), "%.*s%s", (int)(digits < 8 ? digits : 8),
-		 value, &"0101"[digits >= 8 ? 4 : digits >= 6 ? 2 : 0]);
-	if (sscanf(full, "%4d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday) != 3) {
-		snprintf(out, len, "%s", "19000101");
-		return;
-	}
-	tm.tm_year -= 1900;
-	tm.tm_mon -= 1;
-	tm.tm_mday -= c->shift_days;
+	if (digits < 4 || digits > 14 || digits % 2 || digits > n ||
+	    !all_digits(v, digits))
+		return false;
+	if (digits > 8)
+		digits = 8;
+	year = (v[0] - '0') * 1000 + (v[1] - '0') * 100 + (v[2] - '0') * 10 +
+	       (v[3] - '0');
+	if (digits >= 6)
+		month = (v[4] - '0') * 10 + (v[5] - '0');
+	if (digits >= 8)
+		day = (v[6] - '0') * 10 + (v[7] - '0');
+	if (year < 1 || month < 1 || month > 12 || day < 1 ||
+	    day > days_in_month(year, month))
+		return false;
+	tm.tm_year = year - 1900;
+	tm.tm_mon = month - 1;
+	tm.tm_mday = day - c->shift_days;
 	tm.tm_hour = 12;
 	t = timegm(&tm);
-	gmtime_r(&t, &tm);
+	if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 < 1 ||
+	    tm.tm_year + 1900 > 9999)
+		return false;
 	snprintf(full, sizeof(full), "%04d%02d%02d", tm.tm_year + 1900,
 		 tm.tm_mon + 1, tm.tm_mday);
-	snprintf(out, len, "%.*s%s", (int)(digits < 8 ? digits : 8), full,
-		 value + (digits < 8 ? digits : 8));
+	snprintf(out, len, "%.*s%.*s", (int)digits, full, (int)(n - digits),
+		 v + digits);
+	return true;
+}
+
+static void map_date_range(struct basic_ctx *c, const char *value, bool dt,
+			   char *out, size_t len)
+{
+	const char *dummy = dt ? DATE_DUMMY_DT : DATE_DUMMY_DA;
+	const char *end[2] = { value, NULL };
+	size_t n[2];
+	char shifted[2][64] = { "", "" };
+
+	n[0] = dt ? dt_length(value) : strspn(value, "0123456789");
+	if (value[n[0]] == '-') {
+		end[1] = value + n[0] + 1;
+		n[1] = dt ? dt_length(end[1]) : strspn(end[1], "0123456789");
+		if (end[1][n[1]] != '\0' || (n[0] == 0 && n[1] == 0))
+			goto invalid;
+	} else if (value[n[0]] != '\0') {
+		goto invalid;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (end[i] == NULL || n[i] == 0)
+			continue;	/* an open end of a range */
+		if ((!dt && n[i] != 8) ||
+		    !shift_one(c, end[i], n[i], strspn(end[i], "0123456789"),
+			       shifted[i], sizeof(shifted[i])))
+			goto invalid;
+	}
+	if (end[1] != NULL)
+		snprintf(out, len, "%s-%s", shifted[0], shifted[1]);
+	else
+		snprintf(out, len, "%s", shifted[0]);
+	return;
+invalid:
+	snprintf(out, len, "%s", dummy);
+}
+
+static void map_da(struct basic_ctx *c, const char *value, char *out, size_t len)
+{
+	map_date_range(c, value, false, out, len);
+}
+
+static void map_dt(struct basic_ctx *c, const char *value, char *out, size_t len)
+{
+	map_date_range(c, value, true, out, len);
 }
 
 static void shift_dates(struct basic_ctx *c, struct dicom_elem *e, const char *vr)
 {
 	if (strcmp(vr, "DA") == 0 || strcmp(vr, "DT") == 0) {
-		map_values(c, e, map_date);
+		map_values(c, e, strcmp(vr, "DA") == 0 ? map_da : map_dt);
 		c->dates_shifted = true;
 	}
 	/* TM: a shift by whole days leaves times as they are. */

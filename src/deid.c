@@ -16,6 +16,10 @@
 #include <openssl/hmac.h>
 #include <openssl/params.h>
 
+#include <unicase.h>
+#include <unictype.h>
+#include <uninorm.h>
+
 #include "deid_rules.h"
 
 #define SECRET_MIN 16
@@ -378,11 +382,13 @@ static int apply_id_only(const struct deid_options *o, struct dicom_file *file,
 /* ---- basic: identifying strings, for Clean Descriptors ---- */
 
 /*
- * Text is compared as Unicode code points, case folded (ASCII, Latin-1,
- * Latin Extended-A, Greek, Cyrillic), with separators (ASCII characters that
- * are neither letters nor digits) ignored: "Müller" matches "MÜLLER" and
- * "PAT_0042" matches "PAT0042". Transliterations ("MUELLER") are not
- * matched.
+ * Text is compared as Unicode code points after compatibility
+ * decomposition (NFKD: full-width letters, ligatures, superscripts and
+ * the like become their plain forms), without combining marks (diacritics:
+ * "Müller" matches "Muller"), case folded (full folding: "ß" matches
+ * "ss"), with separators (whatever is neither a letter nor a digit in any
+ * script) ignored: "Müller" matches "MÜLLER" and "ｍｕｌｌｅｒ", "PAT_0042"
+ * matches "PAT0042". Transliterations ("MUELLER") are not matched.
  */
 
 struct token {
@@ -404,33 +410,8 @@ struct tokens {
 				   clean everything away */
 };
 
-static uint32_t fold(uint32_t c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c + 0x20;
-	if (c < 0x80)
-		return c;
-	if (c >= 0xC0 && c <= 0xDE && c != 0xD7)
-		return c + 0x20;
-	if (c >= 0x100 && c <= 0x137 && c != 0x130)
-		return c | 1;
-	if (c == 0x130)
-		return 'i';
-	if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E))
-		return (c & 1) ? c + 1 : c;
-	if (c >= 0x14A && c <= 0x177)
-		return c | 1;
-	if (c == 0x178)
-		return 0xFF;
-	if ((c >= 0x391 && c <= 0x3A9) || (c >= 0x410 && c <= 0x42F))
-		return c + 0x20;
-	if (c >= 0x400 && c <= 0x40F)
-		return c + 0x50;
-	return c;
-}
-
-/* Decode one UTF-8 character at s (not at its end): its folded code point,
- * its length in *n. A byte that does not start a valid sequence stands for
+/* Decode one UTF-8 character at s (not at its end): its code point, its
+ * length in *n. A byte that does not start a valid sequence stands for
  * itself (U+DC00 + byte), so any input works. */
 static uint32_t next_char(const unsigned char *s, size_t *n)
 {
@@ -440,7 +421,7 @@ static uint32_t next_char(const unsigned char *s, size_t *n)
 
 	if (len == 1) {
 		*n = 1;
-		return fold(c);
+		return c;
 	}
 	if (len == 0)
 		goto invalid;
@@ -450,8 +431,10 @@ static uint32_t next_char(const unsigned char *s, size_t *n)
 			goto invalid;
 		c = (c << 6) | (s[i] & 0x3F);
 	}
+	if (c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+		goto invalid;
 	*n = len;
-	return fold(c);
+	return c;
 invalid:
 	*n = 1;
 	return 0xDC00 + s[0];
@@ -459,45 +442,121 @@ invalid:
 
 static bool is_separator(uint32_t c)
 {
-	return c < 0x80 && !isalnum((int)c);
+	if (c < 0x80)
+		return !isalnum((int)c);
+	if (c >= 0xDC80 && c <= 0xDCFF)	/* an undecodable byte: text */
+		return false;
+	return !uc_is_alnum(c);
+}
+
+/* Folded code points of a text, with the byte offset each came from. */
+struct folded {
+	uint32_t *cp;
+	size_t *off;		/* NULL when not wanted */
+	size_t n, cap;
+	bool failed;
+};
+
+static void push_folded(struct folded *f, uint32_t c, size_t off)
+{
+	if (f->failed || is_separator(c))
+		return;
+	if (f->n + 1 >= f->cap) {
+		size_t cap = f->cap * 2 + 16;
+		uint32_t *cp = realloc(f->cp, cap * sizeof(*cp));
+		size_t *o = NULL;
+
+		if (cp != NULL)
+			f->cp = cp;
+		if (cp != NULL && f->off != NULL) {
+			o = realloc(f->off, cap * sizeof(*o));
+			if (o != NULL)
+				f->off = o;
+		}
+		if (cp == NULL || (f->off != NULL && o == NULL)) {
+			f->failed = true;
+			return;
+		}
+		f->cap = cap;
+	}
+	if (f->off != NULL)
+		f->off[f->n] = off;
+	f->cp[f->n++] = c;
+}
+
+/* One character: decomposed (NFKD), marks dropped, case folded. */
+static void fold_char(struct folded *f, uint32_t c, size_t off)
+{
+	uint32_t dec[32], cf[16];
+	size_t nd = sizeof(dec) / sizeof(*dec);
+	uint32_t *d;
+
+	if (c < 0x80 || (c >= 0xDC80 && c <= 0xDCFF)) {
+		push_folded(f, c < 0x80 ? (uint32_t)tolower((int)c) : c, off);
+		return;
+	}
+	d = u32_normalize(UNINORM_NFKD, &c, 1, dec, &nd);
+	if (d == NULL) {
+		nd = 1;
+		d = dec;
+		dec[0] = c;
+	}
+	for (size_t i = 0; i < nd; i++) {
+		size_t nc = sizeof(cf) / sizeof(*cf);
+		uint32_t *r;
+
+		if (uc_is_general_category(d[i], UC_CATEGORY_M))
+			continue;	/* a diacritic */
+		r = u32_casefold(&d[i], 1, NULL, NULL, cf, &nc);
+		if (r == NULL) {
+			push_folded(f, d[i], off);
+			continue;
+		}
+		for (size_t k = 0; k < nc; k++)
+			push_folded(f, r[k], off);
+		if (r != cf)
+			free(r);
+	}
+	if (d != dec)
+		free(d);
 }
 
 /* The text as folded code points, without separators; *offsets (if not
- * NULL) gets the byte offset of each, plus one for the end. */
+ * NULL) gets the byte offset of each, plus one for the end. *cps is NULL
+ * when out of memory. */
 static size_t fold_text(const char *text, size_t len, uint32_t **cps,
 			size_t **offsets)
 {
 	const unsigned char *s = (const unsigned char *)text;
-	size_t n = 0, i = 0;
+	struct folded f = { .cap = len + 1 };
+	size_t i = 0;
 
-	*cps = malloc((len + 1) * sizeof(**cps));
-	if (offsets)
-		*offsets = malloc((len + 1) * sizeof(**offsets));
-	if (*cps == NULL || (offsets && *offsets == NULL)) {
-		free(*cps);
-		*cps = NULL;
-		if (offsets) {
-			free(*offsets);
-			*offsets = NULL;
-		}
-		return 0;
-	}
-	while (i < len && s[i]) {
+	f.cp = malloc(f.cap * sizeof(*f.cp));
+	f.off = offsets ? malloc(f.cap * sizeof(*f.off)) : NULL;
+	f.failed = f.cp == NULL || (offsets && f.off == NULL);
+	while (!f.failed && i < len && s[i]) {
 		size_t step;
 		uint32_t c = next_char(s + i, &step);
 
 		if (i + step > len)
 			step = len - i;
-		if (!is_separator(c)) {
-			if (offsets)
-				(*offsets)[n] = i;
-			(*cps)[n++] = c;
-		}
+		fold_char(&f, c, i);
 		i += step;
 	}
-	if (offsets)
-		(*offsets)[n] = i;
-	return n;
+	if (f.failed) {
+		free(f.cp);
+		free(f.off);
+		*cps = NULL;
+		if (offsets)
+			*offsets = NULL;
+		return 0;
+	}
+	if (offsets) {
+		f.off[f.n] = i;
+		*offsets = f.off;
+	}
+	*cps = f.cp;
+	return f.n;
 }
 
 static void add_token(struct tokens *t, const char *text, size_t len)
@@ -543,7 +602,58 @@ static void add_token(struct tokens *t, const char *text, size_t len)
 }
 
 /* A name both whole and by its parts ("Doe^John" -> doejohn, doe, john). */
+/* The usual ASCII transliterations of letters whose diacritic the
+ * folding drops ("Müller" also as "Mueller"); NULL if value has none. */
+static char *transliterated(const char *value)
+{
+	static const struct { const char *from, *to; } map[] = {
+		{ "\xc3\xa4", "ae" }, { "\xc3\xb6", "oe" }, { "\xc3\xbc", "ue" },
+		{ "\xc3\x84", "AE" }, { "\xc3\x96", "OE" }, { "\xc3\x9c", "UE" },
+		{ "\xc3\xb8", "oe" }, { "\xc3\x98", "OE" }, { "\xc3\xa5", "aa" },
+		{ "\xc3\x85", "AA" }, { "\xc3\xa6", "ae" }, { "\xc3\x86", "AE" },
+	};
+	size_t len = strlen(value), o = 0;
+	bool changed = false;
+	char *out = malloc(len + 1);	/* 2 bytes become 2 */
+
+	if (out == NULL)
+		return NULL;
+	for (size_t i = 0; i < len;) {
+		size_t k;
+
+		for (k = 0; k < sizeof(map) / sizeof(*map); k++)
+			if (strncmp(value + i, map[k].from, 2) == 0)
+				break;
+		if (k < sizeof(map) / sizeof(*map)) {
+			memcpy(out + o, map[k].to, 2);
+			o += 2;
+			i += 2;
+			changed = true;
+		} else {
+			out[o++] = value[i++];
+		}
+	}
+	out[o] = '\0';
+	if (!changed) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+static void add_name_parts(struct tokens *t, const char *value);
+
 static void add_name_tokens(struct tokens *t, const char *value)
+{
+	char *other = transliterated(value);
+
+	add_name_parts(t, value);
+	if (other != NULL)
+		add_name_parts(t, other);
+	free(other);
+}
+
+static void add_name_parts(struct tokens *t, const char *value)
 {
 	const char *p = value;
 
@@ -610,7 +720,29 @@ static void add_date_tokens(struct tokens *t, const char *da)
 	add_token(t, buf, 8);
 }
 
-enum token_kind { TOKEN_WHOLE, TOKEN_NAME, TOKEN_TEXT };
+/* WHOLE: the value as it is; ID: the same, if it is distinctive enough
+ * to be looked for (StudyID "1" is not); NAME: whole and by its parts;
+ * TEXT: whole and each distinctive word. */
+/* Each date of a DA/DT value (multiple values, range ends). */
+static void add_date_values(struct tokens *t, const char *value)
+{
+	const char *p = value;
+
+	while (*p) {
+		size_t n = strspn(p, "0123456789");
+
+		if (n >= 8) {
+			char da[9];
+
+			snprintf(da, sizeof(da), "%.8s", p);
+			add_date_tokens(t, da);
+		}
+		p += n;
+		p += strcspn(p, "0123456789");
+	}
+}
+
+enum token_kind { TOKEN_WHOLE, TOKEN_ID, TOKEN_NAME, TOKEN_TEXT };
 
 static void add_multi(struct tokens *t, const char *value, enum token_kind kind)
 {
@@ -628,6 +760,8 @@ static void add_multi(struct tokens *t, const char *value, enum token_kind kind)
 			add_name_tokens(t, part);
 		else if (kind == TOKEN_TEXT)
 			add_text_tokens(t, part);
+		else if (kind == TOKEN_ID && !distinctive_word(part, n))
+			;	/* too short to tell from any other text */
 		else
 			add_token(t, part, n);
 		free(part);
@@ -1363,6 +1497,15 @@ static const struct {
 	enum token_kind kind;
 } identifying[] = {
 	{ DCM_TAG(0x0008, 0x0050), TOKEN_WHOLE },	/* AccessionNumber */
+	{ DCM_TAG(0x0020, 0x0010), TOKEN_ID },	/* StudyID */
+	{ DCM_TAG(0x0010, 0x1090), TOKEN_ID },	/* MedicalRecordLocator */
+	{ DCM_TAG(0x0038, 0x0010), TOKEN_ID },	/* AdmissionID */
+	{ DCM_TAG(0x0038, 0x0060), TOKEN_ID },	/* ServiceEpisodeID */
+	{ DCM_TAG(0x0040, 0x0009), TOKEN_ID },	/* ScheduledProcedureStepID */
+	{ DCM_TAG(0x0040, 0x0253), TOKEN_ID },	/* PerformedProcedureStepID */
+	{ DCM_TAG(0x0040, 0x1001), TOKEN_ID },	/* RequestedProcedureID */
+	{ DCM_TAG(0x0040, 0x2016), TOKEN_ID },	/* PlacerOrderNumberImagingServiceRequest */
+	{ DCM_TAG(0x0040, 0x2017), TOKEN_ID },	/* FillerOrderNumberImagingServiceRequest */
 	{ DCM_TAG(0x0008, 0x0080), TOKEN_TEXT },	/* InstitutionName */
 	{ DCM_TAG(0x0008, 0x0081), TOKEN_TEXT },	/* InstitutionAddress */
 	{ DCM_TAG(0x0008, 0x0092), TOKEN_TEXT },	/* ReferringPhysicianAddress */
@@ -1395,7 +1538,15 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 
 	if (DCM_GROUP(tag) & 1)
 		return DCM_VISIT_KEEP;
-	if (tag != TAG_PatientBirthDate && strcmp(vr, "PN") != 0) {
+	if (strcmp(vr, "DA") == 0 || strcmp(vr, "DT") == 0) {
+		/* Every date, in its usual spellings: a description saying
+		 * "CT 14.03.2021" gives the study date away. */
+		if (dicom_elem_get_string(e, &value) == 1)
+			add_date_values(t, value);
+		free(value);
+		return DCM_VISIT_KEEP;
+	}
+	if (strcmp(vr, "PN") != 0) {
 		size_t i;
 
 		for (i = 0; i < sizeof(identifying) / sizeof(*identifying); i++)
@@ -1406,12 +1557,8 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 		kind = identifying[i].kind;
 	}
 	if (strcmp(vr, "SQ") != 0 && dicom_elem_get_string(e, &value) == 1 &&
-	    value[0] != '\0') {
-		if (tag == TAG_PatientBirthDate)
-			add_date_tokens(t, value);
-		else
-			add_multi(t, value, kind);
-	}
+	    value[0] != '\0')
+		add_multi(t, value, kind);
 	free(value);
 	return DCM_VISIT_KEEP;
 }

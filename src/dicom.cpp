@@ -1050,6 +1050,9 @@ static int element_raw(DcmElement *e, std::string &raw)
 		return -1;
 	raw.assign(value.c_str(), value.length());
 	trim(raw);
+	/* An embedded NUL would end the C string callers get, and hide
+	 * what follows it from every rule: it reads as a space. */
+	std::replace(raw.begin(), raw.end(), '\0', ' ');
 	return 1;
 }
 

@@ -14,6 +14,7 @@ import pathlib
 import struct
 
 import pydicom
+import pydicom.charset
 from pydicom.dataset import Dataset
 from pydicom.filewriter import write_dataset
 
@@ -79,12 +80,17 @@ def part10(ds, raw_elements, path, implicit=False):
     pydicom.filewriter.write_file_meta_info(meta, ds.file_meta,
                                             enforce_standard=True)
     pydicom.filewriter.correct_ambiguous_vr(ds, True)
+    charset = ds.get("SpecificCharacterSet", "ISO_IR 6")
+    encodings = pydicom.charset.convert_encodings(
+        charset if isinstance(charset, (list, pydicom.multival.MultiValue))
+        else [charset])
     chunks = []
     for elem in ds:
-        one = Dataset()
-        one.add(elem)
-        chunks.append((elem.tag, implicit_bytes(one) if implicit
-                       else explicit_bytes(one)))
+        buf = pydicom.filebase.DicomBytesIO()
+        buf.is_little_endian = True
+        buf.is_implicit_VR = implicit
+        pydicom.filewriter.write_data_element(buf, elem, encodings)
+        chunks.append((elem.tag, buf.getvalue()))
     chunks += list(raw_elements)
     chunks.sort(key=lambda c: c[0])
     path = pathlib.Path(path)

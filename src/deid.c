@@ -1576,7 +1576,9 @@ static bool listed(const char *value, const char *const *list)
 static int check_burned_in(const struct deid_options *o, struct dicom_file *file,
 			   struct error *err)
 {
-	static const char *const modalities[] = { "US", "SC", "OT", "XC", "ES", NULL };
+	/* OP: ophthalmic photographs carry printed names and dates. */
+	static const char *const modalities[] = { "US", "SC", "OT", "XC", "ES",
+						  "OP", NULL };
 	static const char *const classes[] = {
 		"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
 		"1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
@@ -1676,7 +1678,7 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 	struct tokens tokens = { .list = NULL };
 	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1 };
 	char new_id[65], *id = NULL;
-	int rc = -1;
+	int rc = -1, stripped = 0;
 
 	if (check_burned_in(o, file, err) == -1)
 		return -1;
@@ -1705,6 +1707,8 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		*err = c.err;
 		goto out;
 	}
+	if (dicom_strip_pixel_metadata(file, &stripped, err) == -1)
+		goto out;
 	rc = record_method(o, &c, file, err);
 	dicom_zero_preamble(file);
 out:

@@ -4,6 +4,7 @@
  * exception and turns OFCondition into struct error.
  */
 #include "dicomsort/dicom.h"
+#include "dicomsort/codestream.h"
 #include "dicomsort/part10.h"
 
 #include <dcmtk/config/osconfig.h>
@@ -14,6 +15,9 @@
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrmf.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcspchrs.h>
 #include <dcmtk/dcmdata/dctag.h>
@@ -1361,6 +1365,134 @@ extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 		return 0;
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "cannot empty value");
+	}
+}
+
+/* ---- metadata inside compressed pixel data ---- */
+
+static bool fragment_bytes(DcmPixelItem *item, std::vector<unsigned char> &out)
+{
+	Uint8 *p = nullptr;
+	Uint32 len = item->getLength();
+
+	out.clear();
+	if (len == 0)
+		return true;
+	if (item->getUint8Array(p).bad() || p == nullptr)
+		return false;
+	out.assign(p, p + len);
+	return true;
+}
+
+/* The fragments after the offset table, as frames: a fragment that starts
+ * a codestream starts a frame, the others continue it. */
+static bool frames_of(DcmPixelSequence *seq, enum codestream_kind kind,
+		      std::vector<std::vector<unsigned char>> &frames)
+{
+	std::vector<unsigned char> bytes;
+
+	for (unsigned long i = 1; i < seq->card(); i++) {
+		DcmPixelItem *item = nullptr;
+
+		if (seq->getItem(item, i).bad() || item == nullptr ||
+		    !fragment_bytes(item, bytes))
+			return false;
+		if (frames.empty() ||
+		    codestream_starts(kind, bytes.data(), bytes.size()))
+			frames.emplace_back();
+		frames.back().insert(frames.back().end(), bytes.begin(), bytes.end());
+	}
+	return true;
+}
+
+/* Replace the fragments by one per frame and, if the offset table was
+ * filled, fill it anew. */
+static OFCondition put_frames(DcmPixelSequence *seq,
+			      std::vector<std::vector<unsigned char>> &frames)
+{
+	DcmPixelItem *table = nullptr;
+	std::vector<unsigned char> offsets;
+	Uint32 at = 0;
+
+	while (seq->card() > 1) {
+		DcmPixelItem *item = nullptr;
+		OFCondition cond = seq->remove(item, seq->card() - 1);
+		if (cond.bad())
+			return cond;
+		delete item;
+	}
+	for (std::vector<unsigned char> &frame : frames) {
+		if (frame.size() % 2)
+			frame.push_back(0);
+		for (int k = 0; k < 4; k++)
+			offsets.push_back(static_cast<unsigned char>(at >> (8 * k)));
+		at += 8 + static_cast<Uint32>(frame.size());
+		DcmPixelItem *item = new DcmPixelItem(DcmTag(DCM_Item, EVR_OB));
+		OFCondition cond = item->putUint8Array(frame.data(),
+						       static_cast<Uint32>(frame.size()));
+		if (cond.good())
+			cond = seq->insert(item);
+		if (cond.bad()) {
+			delete item;
+			return cond;
+		}
+	}
+	if (seq->getItem(table, 0).good() && table != nullptr &&
+	    table->getLength() > 0)
+		return table->putUint8Array(offsets.data(),
+					    static_cast<Uint32>(offsets.size()));
+	return EC_Normal;
+}
+
+extern "C" int dicom_strip_pixel_metadata(struct dicom_file *file, int *removed,
+					  struct error *err)
+{
+	*removed = 0;
+	try {
+		if (promote(file, err) == -1)
+			return -1;
+		enum codestream_kind kind = codestream_kind_of(
+			DcmXfer(file->dataset->getOriginalXfer()).getXferID());
+		DcmElement *e = nullptr;
+
+		if (kind == CODESTREAM_NONE ||
+		    file->dataset->findAndGetElement(DCM_PixelData, e, OFFalse).bad() ||
+		    e == nullptr)
+			return 0;
+		DcmPixelData *pixels = dynamic_cast<DcmPixelData *>(e);
+		DcmPixelSequence *seq = nullptr;
+		std::vector<std::vector<unsigned char>> frames;
+		if (pixels == nullptr ||
+		    pixels->getEncapsulatedRepresentation(
+			    file->dataset->getOriginalXfer(), nullptr, seq).bad() ||
+		    seq == nullptr || !frames_of(seq, kind, frames))
+			return error_set(err, ERROR_INPUT, 0, "compressed pixel "
+					 "data cannot be read");
+		for (std::vector<unsigned char> &frame : frames) {
+			size_t len = frame.size();
+			int r = codestream_strip(kind, frame.data(), frame.size(), &len);
+
+			if (r < 0)
+				return error_set(err, ERROR_INPUT, 0, "compressed "
+						 "pixel data not understood (its metadata "
+						 "cannot be removed)");
+			frame.resize(len);
+			*removed += r;
+		}
+		if (*removed == 0)
+			return 0;
+		file->modified = true;
+		OFCondition cond = put_frames(seq, frames);
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot rewrite compressed "
+				    "pixel data", cond);
+		/* Offsets into fragments that are gone. */
+		file->dataset->findAndDeleteElement(DcmTagKey(0x7fe0, 0x0001));
+		file->dataset->findAndDeleteElement(DcmTagKey(0x7fe0, 0x0002));
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot rewrite compressed "
+				 "pixel data");
 	}
 }
 

@@ -75,7 +75,7 @@ struct deid_options {
 	 * (the table's literal reading) instead of emptied or removed when
 	 * they can carry text (deid.unlisted = "keep"). */
 	bool keep_unlisted;
-	const char *const *burned_in_modalities;	/* NULL: US SC OT XC ES */
+	const char *const *burned_in_modalities;	/* NULL: US SC OT XC ES OP */
 	const char *const *burned_in_sop_classes;	/* NULL: secondary capture */
 };
 

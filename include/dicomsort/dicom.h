@@ -197,6 +197,17 @@ int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 /** Make the element zero length (for a sequence: remove all its items). */
 int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
 
+/**
+ * Remove the metadata segments (codestream.h) from every frame of
+ * encapsulated JPEG, JPEG-LS or JPEG 2000 pixel data; the coded image
+ * stays byte for byte. A frame split over fragments becomes one fragment,
+ * the offset table is refilled if it was, an extended offset table goes.
+ * *removed: how many segments went. -1 (ERROR_INPUT) when the pixel data
+ * cannot be read or parsed: such data must not pass as clean.
+ */
+int dicom_strip_pixel_metadata(struct dicom_file *file, int *removed,
+			       struct error *err);
+
 /* ---- writing ---- */
 
 /**

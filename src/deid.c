@@ -349,13 +349,26 @@ static int apply_seed(struct dicom_file *file, struct error *err)
 	char *value = NULL;
 	int rc = 0;
 
-	/* Like the original: only attributes that are there are touched. */
-	if (dicom_get_raw(file, TAG_PatientBirthDate, &value) == 1)
+	/* Like the original: only attributes that are there are touched.
+	 * One that is there but cannot be read rejects the object. */
+	switch (dicom_get_raw(file, TAG_PatientBirthDate, &value)) {
+	case 1:
 		rc = dicom_empty(file, TAG_PatientBirthDate, err);
+		break;
+	case -1:
+		rc = error_set(err, ERROR_INPUT, 0, "PatientBirthDate cannot be read");
+		break;
+	}
 	free(value);
 	value = NULL;
-	if (rc == 0 && dicom_get_raw(file, TAG_PatientName, &value) == 1)
+	switch (rc == 0 ? dicom_get_raw(file, TAG_PatientName, &value) : 0) {
+	case 1:
 		rc = dicom_put_string(file, TAG_PatientName, "ANONYMIZED", err);
+		break;
+	case -1:
+		rc = error_set(err, ERROR_INPUT, 0, "PatientName cannot be read");
+		break;
+	}
 	free(value);
 	return rc;
 }
@@ -369,8 +382,15 @@ static int apply_id_only(const struct deid_options *o, struct dicom_file *file,
 
 	if (seed && apply_seed(file, err) == -1)
 		return -1;
-	if (dicom_get_raw(file, TAG_PatientID, &id) != 1)
+	switch (dicom_get_raw(file, TAG_PatientID, &id)) {
+	case 0:
 		return 0;
+	case -1:
+		free(id);
+		if (!seed && o->table == NULL)
+			return 0;	/* nothing would read it */
+		return error_set(err, ERROR_INPUT, 0, "PatientID cannot be read");
+	}
 	if (new_patient_id(o, id, new_id, sizeof(new_id), report, err) == -1)
 		rc = -1;
 	else if (!report->hold && strcmp(new_id, id) != 0)
@@ -408,6 +428,7 @@ struct tokens {
 	size_t count, cap;
 	bool failed;		/* out of memory, or more than MAX_TOKENS:
 				   clean everything away */
+	bool unreadable;	/* a value could not be read: reject */
 };
 
 /* Decode one UTF-8 character at s (not at its end): its code point, its
@@ -938,6 +959,17 @@ static void fail(struct basic_ctx *c, const struct error *err)
 	}
 }
 
+/* A value the adapter could not read (not one that is absent): reads
+ * fail closed, the object is rejected rather than passed through with a
+ * value no rule could see. */
+static void unreadable(struct basic_ctx *c)
+{
+	struct error err = ERROR_INIT;
+
+	error_set(&err, ERROR_INPUT, 0, "an attribute value cannot be read");
+	fail(c, &err);
+}
+
 static void put(struct basic_ctx *c, struct dicom_elem *e, const char *value)
 {
 	struct error err = ERROR_INIT;
@@ -961,8 +993,11 @@ static void map_values(struct basic_ctx *c, struct dicom_elem *e,
 {
 	char *value = NULL, *out;
 	size_t cap;
+	int rc = dicom_elem_get_string(e, &value);
 
-	if (dicom_elem_get_string(e, &value) != 1 || value[0] == '\0') {
+	if (rc != 1 || value[0] == '\0') {
+		if (rc == -1)
+			unreadable(c);
 		free(value);
 		return;
 	}
@@ -1182,8 +1217,11 @@ static void shift_dates(struct basic_ctx *c, struct dicom_elem *e, const char *v
 static void clean_element(struct basic_ctx *c, struct dicom_elem *e)
 {
 	char *value = NULL, *cleaned;
+	int rc = dicom_elem_get_string(e, &value);
 
-	if (dicom_elem_get_string(e, &value) != 1) {
+	if (rc != 1) {
+		if (rc == -1)
+			unreadable(c);
 		free(value);
 		return;
 	}
@@ -1239,6 +1277,8 @@ static enum dicom_visit_action act_dummy(struct basic_ctx *c, struct dicom_elem 
 	char *value = NULL;
 	int present = dicom_elem_get_string(e, &value);
 
+	if (present == -1 && strcmp(vr, "SQ") != 0)
+		unreadable(c);
 	/* Already empty stays empty: that is what Z would give. */
 	if (present == 1 && value[0] == '\0') {
 		free(value);
@@ -1453,6 +1493,11 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 			map_unlisted_uid(c, e);
 		return DCM_VISIT_KEEP;
 	}
+	if ((tag == TAG_PatientID || tag == TAG_PatientName) &&
+	    strcmp(dicom_elem_vr(e), "SQ") == 0) {
+		unreadable(c);	/* a name inside a sequence: no rule sees it */
+		return DCM_VISIT_REMOVE;
+	}
 	if (tag == TAG_PatientID) {
 		put(c, e, c->new_id);
 		return DCM_VISIT_KEEP;
@@ -1541,8 +1586,11 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 	if (strcmp(vr, "DA") == 0 || strcmp(vr, "DT") == 0) {
 		/* Every date, in its usual spellings: a description saying
 		 * "CT 14.03.2021" gives the study date away. */
-		if (dicom_elem_get_string(e, &value) == 1)
+		int rc = dicom_elem_get_string(e, &value);
+
+		if (rc == 1)
 			add_date_values(t, value);
+		t->unreadable |= rc == -1;
 		free(value);
 		return DCM_VISIT_KEEP;
 	}
@@ -1556,9 +1604,13 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 			return DCM_VISIT_KEEP;
 		kind = identifying[i].kind;
 	}
-	if (strcmp(vr, "SQ") != 0 && dicom_elem_get_string(e, &value) == 1 &&
-	    value[0] != '\0')
-		add_multi(t, value, kind);
+	if (strcmp(vr, "SQ") != 0) {
+		int rc = dicom_elem_get_string(e, &value);
+
+		if (rc == 1 && value[0] != '\0')
+			add_multi(t, value, kind);
+		t->unreadable |= rc == -1;
+	}
 	free(value);
 	return DCM_VISIT_KEEP;
 }
@@ -1588,16 +1640,20 @@ static int check_burned_in(const struct deid_options *o, struct dicom_file *file
 
 	if (o->allow_burned_in)
 		return 0;
-	if (dicom_get_string(file, DCM_TAG(0x0028, 0x0301), &burned) == 1 &&
-	    burned[0] != '\0') {
+	if (dicom_get_string(file, DCM_TAG(0x0028, 0x0301), &burned) == -1)
+		return error_set(err, ERROR_INPUT, 0, "BurnedInAnnotation cannot "
+				 "be read");
+	if (burned != NULL && burned[0] != '\0') {
 		if (strcmp(burned, "NO") != 0)
 			rc = error_set(err, ERROR_INPUT, 0, "burned-in annotation "
 				       "(BurnedInAnnotation = %s)",
 				       strcmp(burned, "YES") == 0 ? "YES" : "not NO");
 	} else {
-		dicom_get_string(file, TAG_Modality, &modality);
-		dicom_get_string(file, TAG_SOPClassUID, &sop_class);
-		if (modality && listed(modality, o->burned_in_modalities ?
+		if (dicom_get_string(file, TAG_Modality, &modality) == -1 ||
+		    dicom_get_string(file, TAG_SOPClassUID, &sop_class) == -1)
+			rc = error_set(err, ERROR_INPUT, 0, "Modality or "
+				       "SOPClassUID cannot be read");
+		else if (modality && listed(modality, o->burned_in_modalities ?
 					o->burned_in_modalities : modalities))
 			rc = error_set(err, ERROR_INPUT, 0, "may carry burned-in "
 				       "text (Modality %s, BurnedInAnnotation absent)",
@@ -1682,9 +1738,13 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 
 	if (check_burned_in(o, file, err) == -1)
 		return -1;
-	if (dicom_get_raw(file, TAG_PatientID, &id) != 1) {
+	switch (dicom_get_raw(file, TAG_PatientID, &id)) {
+	case -1:
+		return error_set(err, ERROR_INPUT, 0, "PatientID cannot be read");
+	case 0:
 		free(id);
 		id = strdup("");
+		break;
 	}
 	if (id == NULL) {
 		error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
@@ -1699,8 +1759,13 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 	c.new_id = new_id;
 	c.new_name = o->patient_name ? o->patient_name : new_id;
 	c.shift_days = report->shift_days = shift_days_for(o, id);
-	if (dicom_visit(file, collect_identifiers, &tokens, err) == -1 ||
-	    to_utf8(&c, file, err) == -1 ||
+	if (dicom_visit(file, collect_identifiers, &tokens, err) == -1)
+		goto out;
+	if (tokens.unreadable) {
+		error_set(err, ERROR_INPUT, 0, "an attribute value cannot be read");
+		goto out;
+	}
+	if (to_utf8(&c, file, err) == -1 ||
 	    dicom_visit(file, visit_basic, &c, err) == -1)
 		goto out;
 	if (c.failed) {

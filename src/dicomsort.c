@@ -6,6 +6,7 @@
  * through pipeline_file() on worker threads, then report.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <fts.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -99,7 +100,7 @@ static const char usage_text[] =
 "  --dry-run              show what would be done, write nothing\n"
 "  --json                 print a machine-readable summary on stdout\n"
 "  --quiet                print only errors\n"
-"  --missing-ids-log PATH where unmapped PatientIDs go\n"
+"  --missing-ids-log PATH where unmapped PatientIDs go, mode 0600\n"
 "                         (default: ./missing_patient_ids.log)\n"
 "\n"
 "De-identification (see README):\n"
@@ -121,7 +122,11 @@ static const char usage_text[] =
 "                         names are emptied or removed (default), or kept\n"
 "  --help, --version\n"
 "\n"
-"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n";
+"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n"
+"\n"
+"Under every profile, stderr, --json and the missing-IDs log name sources by\n"
+"the paths given to --dicomin and hold original PatientIDs: they are the\n"
+"operator's own records, not part of a de-identified export.\n";
 
 static void usage_error(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2), noreturn));
@@ -556,6 +561,26 @@ static int compare_strings(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The log lists original IDs: only its owner may read it, whatever the
+ * umask, and an existing file of wider mode is narrowed first. */
+static FILE *open_private(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		      0600);
+	FILE *f;
+
+	if (fd == -1)
+		return NULL;
+	if (fchmod(fd, 0600) == -1 || (f = fdopen(fd, "w")) == NULL) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return NULL;
+	}
+	return f;
+}
+
 /* The original wrote each unmapped PatientID once to this log. */
 static size_t write_missing_ids(const struct run *r, const char *path, bool quiet)
 {
@@ -573,7 +598,7 @@ static size_t write_missing_ids(const struct run *r, const char *path, bool quie
 		return 0;
 	}
 	qsort(ids, n, sizeof(*ids), compare_strings);
-	log = fopen(path, "w");
+	log = open_private(path);
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0 && strcmp(ids[i], ids[i - 1]) == 0)
 			continue;

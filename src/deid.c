@@ -1470,6 +1470,21 @@ static enum dicom_visit_action unlisted_action(struct basic_ctx *c,
 	return empty(c, e);
 }
 
+/* An overlay group (60xx, even) whose OverlayData the rules remove goes
+ * whole: its rows, origin, description and label describe nothing then,
+ * and the description and label are free text. */
+static bool overlay_group_goes(const struct basic_ctx *c, uint32_t tag)
+{
+	const struct deid_rule *data;
+	int column;
+
+	if ((DCM_GROUP(tag) & 0xFF01) != 0x6000)
+		return false;
+	data = find_rule(DCM_TAG(DCM_GROUP(tag), 0x3000));
+	return data != NULL &&
+	       effective_action(data, c->opts->options, &column) == DEID_ACT_X;
+}
+
 static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 {
 	struct basic_ctx *c = ctx;
@@ -1493,6 +1508,8 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 			map_unlisted_uid(c, e);
 		return DCM_VISIT_KEEP;
 	}
+	if (overlay_group_goes(c, tag))
+		return DCM_VISIT_REMOVE;
 	if ((tag == TAG_PatientID || tag == TAG_PatientName) &&
 	    strcmp(dicom_elem_vr(e), "SQ") == 0) {
 		unreadable(c);	/* a name inside a sequence: no rule sees it */
@@ -1670,6 +1687,30 @@ static int check_burned_in(const struct deid_options *o, struct dicom_file *file
 	return rc;
 }
 
+/* An overlay kept in the pixel data's unused high bits (OverlayBitPosition
+ * not 0, the old way) survives every header rule, like burned-in text. */
+static int check_overlay_bits(const struct deid_options *o,
+			      struct dicom_file *file, struct error *err)
+{
+	if (o->allow_burned_in)
+		return 0;
+	for (unsigned g = 0x6000; g <= 0x601E; g += 2) {
+		char *pos = NULL;
+		int rc = dicom_get_string(file, DCM_TAG(g, 0x0102), &pos);
+		bool in_pixels = rc == 1 && pos[0] != '\0' && strcmp(pos, "0") != 0;
+
+		free(pos);
+		if (rc == -1)
+			return error_set(err, ERROR_INPUT, 0, "OverlayBitPosition "
+					 "cannot be read");
+		if (in_pixels)
+			return error_set(err, ERROR_INPUT, 0, "overlay in the pixel "
+					 "data's high bits (OverlayBitPosition not 0): "
+					 "may carry burned-in text");
+	}
+	return 0;
+}
+
 /* Undeclared or unconvertible text is rewritten as the adapter read it
  * ('?' for what it could not), so every value is UTF-8 afterwards. */
 static enum dicom_visit_action rewrite_as_read(void *ctx, struct dicom_elem *e)
@@ -1728,6 +1769,57 @@ static int record_method(const struct deid_options *o, struct basic_ctx *c,
 	return 0;
 }
 
+/*
+ * An object without a PatientID (absent or empty). Were they all one
+ * patient, "", they would share one pseudonym, one folder and one date
+ * shift. Instead the key is what the object carries: its PatientName and
+ * PatientBirthDate, else its StudyInstanceUID (each study its own
+ * patient), else its SOPInstanceUID. The key starts with a control
+ * character no PatientID can hold. The unknown-ID policy still rejects
+ * or holds such an object; otherwise it is pseudonymized from the key.
+ * *key replaces *id (freed).
+ */
+static int absent_id(const struct deid_options *o, struct dicom_file *file,
+		     char **key, char *out, size_t len,
+		     struct deid_report *report, struct error *err)
+{
+	static const uint32_t fallback[] = { TAG_StudyInstanceUID,
+					     TAG_SOPInstanceUID };
+	char *name = NULL, *birth = NULL, *uid = NULL, *k = NULL;
+	int n = -1;
+
+	switch (unknown_policy(o)) {
+	case DEID_UNKNOWN_REJECT:
+		return error_set(err, ERROR_INPUT, 0, "no PatientID");
+	case DEID_UNKNOWN_HOLD:
+		report->hold = true;
+		return 0;
+	default:
+		break;
+	}
+	if (dicom_get_raw(file, TAG_PatientName, &name) == 1 && name[0] != '\0') {
+		if (dicom_get_raw(file, TAG_PatientBirthDate, &birth) != 1) {
+			free(birth);
+			birth = NULL;
+		}
+		n = asprintf(&k, "\x1fname\x1f%s\x1f%s", name, birth ? birth : "");
+	}
+	for (size_t i = 0; n == -1 && i < sizeof(fallback) / sizeof(*fallback); i++) {
+		if (dicom_get_raw(file, fallback[i], &uid) == 1 && uid[0] != '\0')
+			n = asprintf(&k, "\x1fuid\x1f%s", uid);
+		free(uid);
+		uid = NULL;
+	}
+	free(name);
+	free(birth);
+	if (n == -1)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
+	free(*key);
+	*key = k;
+	pseudonym_id(o, k, out, len);
+	return 0;
+}
+
 static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		       struct deid_report *report, struct error *err)
 {
@@ -1735,8 +1827,10 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1 };
 	char new_id[65], *id = NULL;
 	int rc = -1, stripped = 0;
+	bool had_id = true;
 
-	if (check_burned_in(o, file, err) == -1)
+	if (check_burned_in(o, file, err) == -1 ||
+	    check_overlay_bits(o, file, err) == -1)
 		return -1;
 	switch (dicom_get_raw(file, TAG_PatientID, &id)) {
 	case -1:
@@ -1744,14 +1838,21 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 	case 0:
 		free(id);
 		id = strdup("");
+		had_id = false;
 		break;
 	}
 	if (id == NULL) {
 		error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
 		goto out;
 	}
-	if (new_patient_id(o, id, new_id, sizeof(new_id), report, err) == -1)
+	if (id[0] == '\0') {
+		if (absent_id(o, file, &id, new_id, sizeof(new_id), report,
+			      err) == -1)
+			goto out;
+	} else if (new_patient_id(o, id, new_id, sizeof(new_id), report,
+				  err) == -1) {
 		goto out;
+	}
 	if (report->hold) {	/* untouched: the caller parks it */
 		rc = 0;
 		goto out;
@@ -1772,6 +1873,10 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		*err = c.err;
 		goto out;
 	}
+	/* Without one, the pseudonym is this object's PatientID from now on
+	 * (and its folder's name): Type 2, so there should have been one. */
+	if (!had_id && dicom_put_string(file, TAG_PatientID, new_id, err) == -1)
+		goto out;
 	if (dicom_strip_pixel_metadata(file, &stripped, err) == -1)
 		goto out;
 	rc = record_method(o, &c, file, err);

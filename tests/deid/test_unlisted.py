@@ -83,7 +83,9 @@ def test_unlisted_keep(run_dicomsort, secret, tmp_path):
     """--unlisted keep: the table's literal reading keeps them."""
     result, out = run(run_dicomsort, secret, tmp_path, "--unlisted", "keep")
     data = out.read_bytes()
-    assert b"Gottfriedsen" in data and b"Leopoldinenhof" in data
+    assert b"Gottfriedsen" in data and b"Kunigundeweg" in data
+    # The overlay's description goes with its group (OverlayData is X).
+    assert b"Leopoldinenhof" not in data
     ds = load(out)
     assert ds.DocumentTitle == PLANTED["DocumentTitle"][1]
     assert 0x0018fff2 in ds  # explicit VR LO: readable, so kept too

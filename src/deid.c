@@ -916,6 +916,7 @@ struct basic_ctx {
 	const char *new_name;
 	int shift_days;
 	int clean_below;	/* depth of a sequence whose text is cleaned */
+	int dummy_below;	/* depth of a sequence reduced to one dummy item */
 	bool dates_shifted;
 	struct error err;
 	bool failed;
@@ -1324,6 +1325,48 @@ static enum dicom_visit_action act_clean(struct basic_ctx *c, struct dicom_elem 
 	return DCM_VISIT_KEEP;
 }
 
+/*
+ * D on a sequence (VerifyingObserverSequence, ContentSequence, ...): an
+ * IOD may require it with an item (a verified SR needs its verifying
+ * observer), so it keeps one item, the first, whose every value becomes a
+ * dummy (dummy_value()). With no item it stays empty.
+ */
+static enum dicom_visit_action dummy_sequence(struct basic_ctx *c,
+					    struct dicom_elem *e)
+{
+	struct error err = ERROR_INIT;
+
+	if (dicom_elem_keep_first_item(e, &err) == -1)
+		fail(c, &err);
+	if (c->dummy_below < 0)
+		c->dummy_below = dicom_elem_depth(e);
+	return DCM_VISIT_KEEP;
+}
+
+/* An element of a dummy item: coded strings (CS: relationship and value
+ * types, flags) and tag references stay, they say what the item is; a
+ * sequence keeps its first item; every other value, codes included (an
+ * institution's or a person's code identifies them), becomes its VR's
+ * dummy, UIDs are replaced. */
+static enum dicom_visit_action dummy_value(struct basic_ctx *c,
+					 struct dicom_elem *e)
+{
+	const char *vr = dicom_elem_vr(e);
+
+	if (strcmp(vr, "SQ") == 0) {
+		struct error err = ERROR_INIT;
+
+		if (dicom_elem_keep_first_item(e, &err) == -1)
+			fail(c, &err);
+		return DCM_VISIT_KEEP;
+	}
+	if (strcmp(vr, "CS") == 0 || strcmp(vr, "AT") == 0)
+		return DCM_VISIT_KEEP;
+	if (strcmp(vr, "UN") == 0)
+		return DCM_VISIT_REMOVE;
+	return act_dummy(c, e, vr);
+}
+
 static enum dicom_visit_action apply_action(struct basic_ctx *c,
 					  struct dicom_elem *e,
 					  enum deid_action act, int column)
@@ -1349,9 +1392,10 @@ static enum dicom_visit_action apply_action(struct basic_ctx *c,
 	case DEID_ACT_XD:
 	case DEID_ACT_XZD:
 	case DEID_ACT_ZD:
-		/* A dummy sequence could only echo what was there: empty. */
+		/* Where X or Z is allowed an empty sequence is the safer
+		 * dummy; pure D keeps one item of dummies. */
 		if (strcmp(vr, "SQ") == 0)
-			return empty(c, e);
+			return act == DEID_ACT_D ? dummy_sequence(c, e) : empty(c, e);
 		return act_dummy(c, e, vr);
 	}
 	return DCM_VISIT_KEEP;
@@ -1496,6 +1540,8 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	/* Depth first: back at the cleaned sequence's level means out of it. */
 	if (c->clean_below >= 0 && dicom_elem_depth(e) <= c->clean_below)
 		c->clean_below = -1;
+	if (c->dummy_below >= 0 && dicom_elem_depth(e) <= c->dummy_below)
+		c->dummy_below = -1;
 	/* A stored object carries no command group (PS3.10 7.1), and its
 	 * meta header only in front of the dataset: group 0000 anywhere and
 	 * group 0002 inside the dataset are leftovers of other systems. */
@@ -1510,6 +1556,8 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	}
 	if (overlay_group_goes(c, tag))
 		return DCM_VISIT_REMOVE;
+	if (c->dummy_below >= 0)
+		return dummy_value(c, e);
 	if ((tag == TAG_PatientID || tag == TAG_PatientName) &&
 	    strcmp(dicom_elem_vr(e), "SQ") == 0) {
 		unreadable(c);	/* a name inside a sequence: no rule sees it */
@@ -1539,10 +1587,14 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	    tag != DCM_TAG(0x0008, 0x0120))
 		return DCM_VISIT_REMOVE;
 	if (rule == NULL) {
+		/* Inside a sequence an option keeps and cleans (structured
+		 * content, graphics), text is cleaned, not emptied. */
+		if (c->clean_below >= 0 && is_text_vr(dicom_elem_vr(e))) {
+			clean_element(c, e);
+			return DCM_VISIT_KEEP;
+		}
 		if (!c->opts->keep_unlisted && unlisted_goes(e))
 			return unlisted_action(c, e);
-		if (c->clean_below >= 0 && is_text_vr(dicom_elem_vr(e)))
-			clean_element(c, e);
 		return DCM_VISIT_KEEP;
 	}
 	/* Two statements: the order in which arguments are evaluated is
@@ -1585,6 +1637,7 @@ static const struct {
 	{ DCM_TAG(0x0038, 0x0400), TOKEN_TEXT },	/* PatientInstitutionResidence */
 	{ DCM_TAG(0x0040, 0x1102), TOKEN_TEXT },	/* PersonAddress */
 	{ DCM_TAG(0x0040, 0x1103), TOKEN_WHOLE },	/* PersonTelephoneNumbers */
+	{ DCM_TAG(0x0040, 0xA027), TOKEN_TEXT },	/* VerifyingOrganization */
 };
 
 /* Names (every PN, at any level), IDs, the birth date, addresses, telephone
@@ -1824,7 +1877,8 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		       struct deid_report *report, struct error *err)
 {
 	struct tokens tokens = { .list = NULL };
-	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1 };
+	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1,
+			       .dummy_below = -1 };
 	char new_id[65], *id = NULL;
 	int rc = -1, stripped = 0;
 	bool had_id = true;

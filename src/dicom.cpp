@@ -1353,6 +1353,23 @@ extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 	}
 }
 
+extern "C" int dicom_elem_keep_first_item(struct dicom_elem *elem,
+					  struct error *err)
+{
+	try {
+		if (elem->element->ident() != EVR_SQ)
+			return error_set(err, ERROR_INPUT, 0, "not a sequence");
+		DcmSequenceOfItems *sq = static_cast<DcmSequenceOfItems *>(elem->element);
+		if (sq->card() > 1)
+			elem->file->modified = true;
+		while (sq->card() > 1)
+			delete sq->remove(sq->card() - 1);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot change sequence");
+	}
+}
+
 extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 {
 	elem->file->modified = true;

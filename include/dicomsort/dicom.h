@@ -195,6 +195,9 @@ int dicom_elem_get_string(struct dicom_elem *elem, char **utf8);
 /** Replace the value; bytes stored as given. Not for SQ. */
 int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 			struct error *err);
+/** A sequence: remove every item but the first (its elements are then
+ *  visited as usual). */
+int dicom_elem_keep_first_item(struct dicom_elem *elem, struct error *err);
 /** Make the element zero length (for a sequence: remove all its items). */
 int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
 

@@ -1,5 +1,6 @@
 """PS3.15 Table E.1-1 conformance, generated from data/ps3.15-table-e.1-1.csv, at top level and nested, for basic and each option."""
 
+import re
 import struct
 import warnings
 
@@ -392,7 +393,21 @@ class Checker:
             if not elem.is_empty:
                 self.bad(row, level, act, col, f"expected empty, got {got!r}")
         elif act in ("D", "X/D", "X/Z/D", "Z/D"):
-            if vr == "SQ":  # dicomsort's choice: a dummy sequence is empty
+            if vr == "SQ" and act == "D":
+                # Issue 11 class 10: an IOD may need the sequence with an
+                # item, so D keeps one item of dummies: nothing original.
+                if len(elem.value) > 1:
+                    self.bad(row, level, act, col, f"expected at most one "
+                             f"dummy item, got {len(elem.value)}")
+                for item in elem.value:
+                    for inner in item.iterall():
+                        text = str(inner.value)
+                        if ("Zyxwort" in text or "99TEST" in text or
+                                re.search(r"C\d{3}L\d", text) or
+                                UID_ROOT in text):
+                            self.bad(row, level, act, col, f"dummy item "
+                                     f"keeps {inner.keyword} = {text!r}")
+            elif vr == "SQ":  # X or Z allowed: an emptied sequence
                 if len(elem.value) != 0:
                     self.bad(row, level, act, col, f"expected an emptied "
                              f"sequence, got {len(elem.value)} item(s)")

@@ -1792,13 +1792,21 @@ static int to_utf8(struct basic_ctx *c, struct dicom_file *file, struct error *e
 	return dicom_put_string(file, TAG_SpecificCharacterSet, "ISO_IR 192", err);
 }
 
+/*
+ * The record of what was done. An earlier tool's record stays: this one's
+ * DeidentificationMethod value is appended to the earlier values (cleaned
+ * like any description), its codes to the earlier code items.
+ */
 static int record_method(const struct deid_options *o, struct basic_ctx *c,
-			 struct dicom_file *file, struct error *err)
+			 struct dicom_file *file, const char *earlier,
+			 struct error *err)
 {
 	struct dicom_code codes[1 + DEID_OPTION_COUNT];
 	char method[64 * (1 + DEID_OPTION_COUNT)];
+	char *before = NULL, *all = NULL;
 	size_t n = 0;
 	const char *ltim = "REMOVED";
+	int rc = -1;
 
 	codes[n++] = profile_code;
 	snprintf(method, sizeof(method), "DICOMSORTD %s BASIC PROFILE",
@@ -1814,12 +1822,26 @@ static int record_method(const struct deid_options *o, struct basic_ctx *c,
 		ltim = "UNMODIFIED";
 	else if (c->dates_shifted || (o->options & DEID_RETAIN_MODIFIED_DATES))
 		ltim = "MODIFIED";
+	if (earlier != NULL && earlier[0] != '\0') {
+		before = clean_text(earlier, c->tokens);
+		if (before == NULL || asprintf(&all, "%s\\%s", before, method) == -1) {
+			all = NULL;
+			error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
+			goto out;
+		}
+	}
 	if (dicom_put_string(file, DCM_TAG(0x0012, 0x0062), "YES", err) == -1 ||
-	    dicom_put_string(file, DCM_TAG(0x0012, 0x0063), method, err) == -1 ||
-	    dicom_put_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, n, err) == -1 ||
+	    dicom_put_string(file, DCM_TAG(0x0012, 0x0063), all ? all : method,
+			     err) == -1 ||
+	    dicom_append_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, n,
+				       err) == -1 ||
 	    dicom_put_string(file, DCM_TAG(0x0028, 0x0303), ltim, err) == -1)
-		return -1;
-	return 0;
+		goto out;
+	rc = 0;
+out:
+	free(before);
+	free(all);
+	return rc;
 }
 
 /*
@@ -1879,7 +1901,7 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 	struct tokens tokens = { .list = NULL };
 	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1,
 			       .dummy_below = -1 };
-	char new_id[65], *id = NULL;
+	char new_id[65], *id = NULL, *earlier = NULL;
 	int rc = -1, stripped = 0;
 	bool had_id = true;
 
@@ -1920,6 +1942,10 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		error_set(err, ERROR_INPUT, 0, "an attribute value cannot be read");
 		goto out;
 	}
+	if (dicom_get_string(file, DCM_TAG(0x0012, 0x0063), &earlier) == -1) {
+		error_set(err, ERROR_INPUT, 0, "DeidentificationMethod cannot be read");
+		goto out;
+	}
 	if (to_utf8(&c, file, err) == -1 ||
 	    dicom_visit(file, visit_basic, &c, err) == -1)
 		goto out;
@@ -1933,11 +1959,12 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		goto out;
 	if (dicom_strip_pixel_metadata(file, &stripped, err) == -1)
 		goto out;
-	rc = record_method(o, &c, file, err);
+	rc = record_method(o, &c, file, earlier, err);
 	dicom_zero_preamble(file);
 out:
 	free_tokens(&tokens);
 	free(id);
+	free(earlier);
 	return rc;
 }
 

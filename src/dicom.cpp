@@ -1232,6 +1232,51 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 	}
 }
 
+extern "C" int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
+					const struct dicom_code *codes, size_t count,
+					struct error *err)
+{
+	file->modified = true;
+	try {
+		if (promote(file, err) == -1)
+			return -1;
+		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
+		DcmSequenceOfItems *sq = nullptr;
+		if (file->dataset->findAndGetSequence(key, sq, OFFalse).bad() ||
+		    sq == nullptr)
+			return dicom_put_code_sequence(file, tag, codes, count, err);
+		for (size_t i = 0; i < count; i++) {
+			bool present = false;
+			for (DcmItem *item : items_of(sq)) {
+				OFString v, s;
+				item->findAndGetOFString(DCM_CodeValue, v);
+				item->findAndGetOFString(DCM_CodingSchemeDesignator, s);
+				present |= v == codes[i].value && s == codes[i].scheme;
+			}
+			if (present)
+				continue;
+			DcmItem *item = new DcmItem();
+			OFCondition cond = item->putAndInsertString(DCM_CodeValue,
+								    codes[i].value);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodingSchemeDesignator,
+								codes[i].scheme);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodeMeaning,
+								codes[i].meaning);
+			if (cond.good())
+				cond = sq->append(item);
+			if (cond.bad()) {
+				delete item;
+				return fail(err, ERROR_INPUT, 0, "cannot add code", cond);
+			}
+		}
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot add code sequence");
+	}
+}
+
 /* ---- visiting ---- */
 
 /* The private creators of one item, (gggg,00xx) -> name: looking each one

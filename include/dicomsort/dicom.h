@@ -164,6 +164,15 @@ int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 			  const struct dicom_code *codes, size_t count,
 			  struct error *err);
 
+/**
+ * Add to the top-level code sequence tag an item per code it does not
+ * already hold (same CodeValue and CodingSchemeDesignator), keeping the
+ * items there; like dicom_put_code_sequence() when there is none.
+ */
+int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
+			     const struct dicom_code *codes, size_t count,
+			     struct error *err);
+
 /* ---- visiting every element, at every nesting level ---- */
 
 enum dicom_visit_action {

@@ -3,14 +3,19 @@ that did not know them writes them) are read with their dictionary VR, in
 every profile and for the folder layout; sequences written as UN (defined
 and undefined length) are read as sequences and de-identified inside."""
 
+import os
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 from pydicom.dataset import Dataset
 
-from advlib import (base_ct, json_of, load, part10, scan_run, un_element,
-                    un_sequence)
-from conftest import UID_ROOT, output_files
+from advlib import (base_ct, find, json_of, load, part10, scan_run,
+                    un_element, un_sequence)
+from conftest import UID_ROOT, make_secret, output_files
+from test_leak import dicomsortd_bin  # noqa: F401 (a fixture)
 
 NAME = "Zyxwvutlova^Qrstuvenka"
 PID = "UNPAT778899"
@@ -181,4 +186,50 @@ def test_unknown_un_is_removed(run_dicomsort, secret, tmp_path):
     assert result.rc == 0, result
     problems = scan_run(["Kreuzwortraetsel", "Ignatius"], result,
                         tmp_path / "out")
+    assert not problems, "\n".join(problems)
+
+
+def test_daemon_no_leak_from_un(dicomsortd_bin, un_input, tmp_path):
+    """dicomsortd under basic: the UN-encoded files leave nothing in the
+    outputs, the quarantine or the daemon's log (its journal records,
+    written to stderr here)."""
+    drop, out, quarantine = (tmp_path / n for n in ("drop", "out", "q"))
+    for d in (drop, out, quarantine):
+        d.mkdir()
+    secret = make_secret(tmp_path / "secret")
+    conf = tmp_path / "dicomsortd.conf"
+    conf.write_text(
+        f'input = "{drop}";\noutput = "{out}";\nquarantine = "{quarantine}";\n'
+        f'profile = "basic";\nsettle_ms = 200;\nlog_target = "stderr";\n'
+        f'deid = {{ secret = "{secret}"; clean_descriptors = true; }};\n')
+    log = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen([dicomsortd_bin, "-c", str(conf), "--log-target",
+                             "stderr", "--debug"], stdout=log,
+                            stderr=subprocess.STDOUT)
+    count = len(FORMS)
+    try:
+        time.sleep(0.5)
+        for src in sorted(un_input.iterdir()):
+            tmp = drop / ("." + src.name + ".part")
+            shutil.copyfile(src, tmp)
+            os.rename(tmp, drop / src.name)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if len(output_files(out)) >= count and not any(drop.iterdir()):
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    data = (tmp_path / "daemon.log").read_bytes()
+    assert len(output_files(out)) == count, data[-3000:]
+    problems = find(NEEDLES, data, "daemon log")
+    for path in output_files(out) + output_files(quarantine):
+        problems += find(NEEDLES, str(path).encode(), f"path {path}")
+        problems += find(NEEDLES, path.read_bytes(), f"file {path.name}")
     assert not problems, "\n".join(problems)

@@ -11,7 +11,10 @@ ones named here.
 import io
 import json
 import pathlib
+import re
+import shutil
 import struct
+import subprocess
 
 import pydicom
 import pydicom.charset
@@ -157,3 +160,20 @@ def json_of(result):
 
 def load(path):
     return pydicom.dcmread(io.BytesIO(pathlib.Path(path).read_bytes()))
+
+
+def dciodvfy_errors(path):
+    """dciodvfy's error lines for path, values (not names) blanked."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        return None
+    proc = subprocess.run([tool, str(path)], capture_output=True, timeout=60)
+    text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+    return {re.sub(r"= <[^>]*>|\[[^\]]*\]", "=<>", line).strip()
+            for line in text.splitlines() if line.startswith("Error")}
+
+
+def new_dciodvfy_errors(src, out):
+    """Errors dciodvfy finds in out but not in src (empty without it)."""
+    before, after = dciodvfy_errors(src), dciodvfy_errors(out)
+    return set() if before is None else after - before

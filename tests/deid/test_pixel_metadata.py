@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_pixel_data_frame
 
-from advlib import scan_run
+from advlib import new_dciodvfy_errors, scan_run
 from conftest import output_files, which
 
 EXIF = b"Exif\0\0Owner Hildebrandtowski GPS 47.3769N 8.5417E"
@@ -104,6 +104,7 @@ def test_pixel_metadata_removed(name, plant, decoder, run_dicomsort, secret,
         assert image_end(after) == image_end(before)
         if b"\xff\xee" in image_end(before)[:200]:
             assert b"\xff\xee" in after[:200]  # APP14 kept
+    assert not new_dciodvfy_errors(src, outs[0])
     if decoder:  # the source as it came, before anything was planted
         assert decoded_pixels(decoder, outs[0], tmp_path) == \
             decoded_pixels(decoder, pathlib.Path(get_testdata_file(name)),

@@ -12,8 +12,8 @@ import time
 import pytest
 from pydicom.dataset import Dataset
 
-from advlib import (base_ct, find, json_of, load, part10, scan_run,
-                    un_element, un_sequence)
+from advlib import (base_ct, find, json_of, load, new_dciodvfy_errors,
+                    part10, scan_run, un_element, un_sequence)
 from conftest import UID_ROOT, make_secret, output_files
 from test_leak import dicomsortd_bin  # noqa: F401 (a fixture)
 
@@ -140,6 +140,9 @@ def test_basic_no_leak_from_un(clean, un_input, run_dicomsort, secret,
     assert json_of(result)["stored"] == len(FORMS)
     problems = scan_run(NEEDLES, result, tmp_path / "out")
     assert not problems, "\n".join(problems)
+    for out in output_files(tmp_path / "out"):
+        src = un_input / out.name
+        assert not new_dciodvfy_errors(src, out), out.name
 
 
 def test_basic_pseudonyms_from_text_not_hex(un_input, run_dicomsort, secret,
@@ -232,4 +235,18 @@ def test_daemon_no_leak_from_un(dicomsortd_bin, un_input, tmp_path):
     for path in output_files(out) + output_files(quarantine):
         problems += find(NEEDLES, str(path).encode(), f"path {path}")
         problems += find(NEEDLES, path.read_bytes(), f"file {path.name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_implicit_vr_unknown_tag_removed(run_dicomsort, secret, tmp_path):
+    """In an implicit-VR file DCMTK reads a tag no dictionary knows as UN:
+    it is removed under basic; known tags read with their VR."""
+    ds = base_ct(NAME, PID)
+    ds.add_new(0x0018fff0, "LO", "Implicitus Geheimrat")
+    part10(ds, [], tmp_path / "in" / "i.dcm", implicit=True)
+    result = run_dicomsort(tmp_path / "in", tmp_path / "out", "--profile",
+                           "basic", "--secret", secret)
+    assert result.rc == 0, result
+    problems = scan_run(["Implicitus", "Geheimrat"] + NEEDLES[:3], result,
+                        tmp_path / "out")
     assert not problems, "\n".join(problems)

@@ -6,6 +6,7 @@
  * through pipeline_file() on worker threads, then report.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <fts.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -62,6 +63,7 @@ struct options {
 	long max_shift_days;
 	unsigned deid_options;
 	bool allow_burned_in;
+	bool keep_unlisted;
 	const char *safe_private[64];	/* NULL-terminated */
 	size_t safe_private_count;
 };
@@ -99,7 +101,7 @@ static const char usage_text[] =
 "  --dry-run              show what would be done, write nothing\n"
 "  --json                 print a machine-readable summary on stdout\n"
 "  --quiet                print only errors\n"
-"  --missing-ids-log PATH where unmapped PatientIDs go\n"
+"  --missing-ids-log PATH where unmapped PatientIDs go, mode 0600\n"
 "                         (default: ./missing_patient_ids.log)\n"
 "\n"
 "De-identification (see README):\n"
@@ -117,9 +119,15 @@ static const char usage_text[] =
 "  --patient-name NAME    PatientName under basic (default: the new PatientID)\n"
 "  --max-date-shift-days N  modified dates move back 1..N days (default 365)\n"
 "  --allow-burned-in      store objects that may carry burned-in text\n"
+"  --unlisted remove|keep  basic: text attributes no row of Table E.1-1\n"
+"                         names are emptied or removed (default), or kept\n"
 "  --help, --version\n"
 "\n"
-"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n";
+"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n"
+"\n"
+"Under every profile, stderr, --json and the missing-IDs log name sources by\n"
+"the paths given to --dicomin and hold original PatientIDs: they are the\n"
+"operator's own records, not part of a de-identified export.\n";
 
 static void usage_error(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2), noreturn));
@@ -155,7 +163,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	       OPT_JSON, OPT_QUIET, OPT_MISSING, OPT_HELP, OPT_VERSION,
 	       OPT_IN, OPT_OUT, OPT_ANON, OPT_TABLE, OPT_PROFILE, OPT_SECRET,
 	       OPT_UNKNOWN_ID, OPT_PREFIX, OPT_PATIENT_NAME, OPT_SHIFT,
-	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_DEID_OPTION };
+	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_UNLISTED, OPT_DEID_OPTION };
 	static const struct option longopts[] = {
 		{ "dicomin", required_argument, NULL, OPT_IN },
 		{ "dicomout", required_argument, NULL, OPT_OUT },
@@ -177,6 +185,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 		{ "max-date-shift-days", required_argument, NULL, OPT_SHIFT },
 		{ "allow-burned-in", no_argument, NULL, OPT_BURNED_IN },
 		{ "safe-private", required_argument, NULL, OPT_SAFE_PRIVATE },
+		{ "unlisted", required_argument, NULL, OPT_UNLISTED },
 		/* One flag per PS3.15 option, in deid_option_name() order. */
 		{ "retain-safe-private", no_argument, NULL, OPT_DEID_OPTION + 0 },
 		{ "retain-uids", no_argument, NULL, OPT_DEID_OPTION + 1 },
@@ -217,6 +226,12 @@ static void parse_args(int argc, char **argv, struct options *o)
 		case OPT_SHIFT: o->max_shift_days = parse_number(optarg,
 					"--max-date-shift-days", 1, 36500); break;
 		case OPT_BURNED_IN: o->allow_burned_in = true; break;
+		case OPT_UNLISTED:
+			if (strcmp(optarg, "keep") != 0 && strcmp(optarg, "remove") != 0)
+				usage_error("--unlisted wants remove or keep, not '%s'",
+					    optarg);
+			o->keep_unlisted = strcmp(optarg, "keep") == 0;
+			break;
 		case OPT_SAFE_PRIVATE:
 			if (o->safe_private_count + 1 >= 64)
 				usage_error("%s", "too many --safe-private");
@@ -555,6 +570,26 @@ static int compare_strings(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The log lists original IDs: only its owner may read it, whatever the
+ * umask, and an existing file of wider mode is narrowed first. */
+static FILE *open_private(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		      0600);
+	FILE *f;
+
+	if (fd == -1)
+		return NULL;
+	if (fchmod(fd, 0600) == -1 || (f = fdopen(fd, "w")) == NULL) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return NULL;
+	}
+	return f;
+}
+
 /* The original wrote each unmapped PatientID once to this log. */
 static size_t write_missing_ids(const struct run *r, const char *path, bool quiet)
 {
@@ -572,7 +607,7 @@ static size_t write_missing_ids(const struct run *r, const char *path, bool quie
 		return 0;
 	}
 	qsort(ids, n, sizeof(*ids), compare_strings);
-	log = fopen(path, "w");
+	log = open_private(path);
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0 && strcmp(ids[i], ids[i - 1]) == 0)
 			continue;
@@ -662,6 +697,7 @@ static struct pipeline *setup_pipeline(const struct options *o,
 			.max_shift_days = o->max_shift_days,
 			.safe_private = o->safe_private,
 			.allow_burned_in = o->allow_burned_in,
+			.keep_unlisted = o->keep_unlisted,
 		},
 		/* Copies need one sync at the end; a moved source goes only
 		 * after its own copy is durable. */

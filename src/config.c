@@ -70,6 +70,7 @@ static const struct key deid_keys[] = {
 	{ "allow_burned_in", KEY_BOOL, NULL },
 	{ "burned_in_modalities", KEY_STRINGS, NULL },
 	{ "burned_in_sop_classes", KEY_STRINGS, NULL },
+	{ "unlisted", KEY_STRING, NULL },
 	{ NULL, 0, NULL },
 };
 
@@ -452,6 +453,12 @@ static int read_deid(struct reader *r)
 			 &cfg->deid.burned_in_sop_classes) == -1)
 		return -1;
 	read_bool(r, "deid.allow_burned_in", &cfg->deid.allow_burned_in);
+	s = lookup(r, "deid.unlisted");
+	if (s && strcmp(config_setting_get_string(s), "keep") == 0)
+		cfg->deid.keep_unlisted = true;
+	else if (s && strcmp(config_setting_get_string(s), "remove") != 0)
+		return setting_error(cfg, s, r->err, "",
+				     "'unlisted' must be \"remove\" or \"keep\"");
 	s = lookup(r, "deid.unknown_id");
 	if (s && deid_unknown_id_from_name(config_setting_get_string(s),
 					   &cfg->deid.unknown_id) == -1)
@@ -694,6 +701,7 @@ void config_deid_options(const struct config *cfg, struct deid_options *out)
 		.max_shift_days = cfg->deid.max_date_shift_days,
 		.safe_private = (const char *const *)cfg->deid.safe_private,
 		.allow_burned_in = cfg->deid.allow_burned_in,
+		.keep_unlisted = cfg->deid.keep_unlisted,
 		.burned_in_modalities =
 			(const char *const *)cfg->deid.burned_in_modalities,
 		.burned_in_sop_classes =

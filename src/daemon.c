@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <grp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -14,7 +16,10 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "dicomsort/correlation.h"
 #include "dicomsort/dicom.h"
@@ -23,6 +28,7 @@
 #include "dicomsort/log.h"
 #include "dicomsort/notify.h"
 #include "dicomsort/quarantine.h"
+#include "dicomsort/records.h"
 #include "dicomsort/watch.h"
 #include "dicomsort/workers.h"
 
@@ -37,9 +43,24 @@ enum outcome {
 	OUTCOME_QUARANTINED,
 	OUTCOME_HELD,		/* parked until the table knows its PatientID */
 	OUTCOME_VANISHED,	/* gone before we got to it */
+	OUTCOME_DISPOSED,	/* a stored file's source, removed on a retry */
+	OUTCOME_DISPOSE_RETRY,	/* a stored file's source that still stays */
+};
+
+struct daemon;
+
+/* A source whose output is stored but which could not be removed (or
+ * moved to processed): retried as disposal only - never stored again. */
+struct disposal {
+	struct disposal *next;
+	char *path;
+	struct stat read_st;	/* the file that was read */
+	char dest[PATH_MAX + NAME_MAX + 2];
+	char sop_instance_uid[65], source_sha256[65], owner[96];
 };
 
 struct job {
+	struct daemon *d;
 	char *path;		/* absolute; the watch's key */
 	const char *rel;	/* inside path, relative to the input root */
 	char logged_source[64];	/* what the audit may say about the source */
@@ -47,6 +68,13 @@ struct job {
 	enum outcome outcome;
 	struct pipeline_result result;
 	char quarantined_as[PATH_MAX];	/* or held as */
+	char table_sha256[17];	/* of the table in force at dispatch */
+	char owner[96];		/* "uid(name)" of the source */
+	char marker[64];	/* its pending `stored` record */
+	bool stored_logged;
+	bool input_side;	/* a retry whose cause is the input folder */
+	bool dispose_only;	/* from a struct disposal */
+	struct stat read_st;
 };
 
 struct counters {
@@ -59,12 +87,18 @@ struct daemon {
 	struct watch *watch;
 	struct workers *workers;
 	struct deid_secret *secret;
+	struct records *records;
+	struct disposal *disposals;	/* loop thread only */
+	unsigned long next_job_id;
+	char table_sha256[17];	/* short SHA-256 of the table file */
+	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
 	struct pollfd fds[SLOT_COUNT];
 	struct counters count;
 	char last_error[PATH_MAX + ERROR_MSG_MAX + 8];
 	bool output_trouble;	/* an output error is being retried */
+	bool input_trouble;	/* a source could not be removed */
 	bool stopping;
 	bool rewatch_needed;
 	bool cleanup_due;	/* files were finished since the last cleanup */
@@ -91,14 +125,161 @@ static bool vanished(const struct job *job)
 	return lstat(job->path, &st) == -1 && errno == ENOENT;
 }
 
-static void quarantine_job(struct daemon *d, struct job *job)
+/* "user:group" of uid/gid, by name where they have one. */
+static void owner_names(uid_t uid, gid_t gid, char *out, size_t len)
+{
+	char buf[1024], user[64], group[64];
+	struct passwd pw, *pwp = NULL;
+	struct group gr, *grp = NULL;
+
+	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &pwp) == 0 && pwp != NULL)
+		snprintf(user, sizeof(user), "%s", pw.pw_name);
+	else
+		snprintf(user, sizeof(user), "%u", (unsigned)uid);
+	if (getgrgid_r(gid, &gr, buf, sizeof(buf), &grp) == 0 && grp != NULL)
+		snprintf(group, sizeof(group), "%s", gr.gr_name);
+	else
+		snprintf(group, sizeof(group), "%u", (unsigned)gid);
+	snprintf(out, len, "%s:%s", user, group);
+}
+
+/*
+ * A source we may read but not rename or remove is an input-side problem
+ * (issue 10): the folder it lies in does not let us write. The error then
+ * names that folder, its mode and owner, and the likely cause - a sender
+ * writing with umask 022 makes folders without group write. When
+ * de-identifying, a folder below the input root may carry a patient's
+ * name: the input root is named instead.
+ */
+static bool explain_input_side(const struct daemon *d, const struct job *job,
+			       struct error *err)
+{
+	char dir[PATH_MAX], where[PATH_MAX + 32], owner[160];
+	char msg[PATH_MAX + 2 * ERROR_MSG_MAX];
+	size_t len;
+	char *slash;
+	struct stat st;
+
+	if (err->errnum != EACCES && err->errnum != EPERM)
+		return false;
+	snprintf(dir, sizeof(dir), "%s", job->path);
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		return false;
+	*slash = '\0';
+	if (faccessat(AT_FDCWD, dir, W_OK | X_OK, AT_EACCESS) == 0 ||
+	    stat(dir, &st) == -1)
+		return false;	/* not the source's folder that refuses */
+	owner_names(st.st_uid, st.st_gid, owner, sizeof(owner));
+	if (d->cfg->profile != DEID_NONE && strcmp(dir, d->cfg->input) != 0)
+		snprintf(where, sizeof(where), "a folder below %s", d->cfg->input);
+	else
+		snprintf(where, sizeof(where), "%s", dir);
+	snprintf(msg, sizeof(msg), "input side: %s (mode %04o, owner %s) does "
+		 "not let dicomsortd (uid %u) rename or remove files in it; "
+		 "likely cause: the writer's umask (e.g. 022) left it without "
+		 "group write (%s)", where, (unsigned)(st.st_mode & 07777),
+		 owner, (unsigned)geteuid(), err->msg);
+	len = strlen(msg) < sizeof(err->msg) ? strlen(msg) : sizeof(err->msg) - 1;
+	memcpy(err->msg, msg, len);
+	err->msg[len] = '\0';
+	return true;
+}
+
+/* The sending account: the source's owner, by number and name. */
+static void fill_owner(struct job *job)
+{
+	const struct stat *st = &job->result.source_st;
+	char buf[1024];
+	struct passwd pw, *pwp = NULL;
+
+	if (job->owner[0] != '\0' || st->st_ino == 0)
+		return;
+	if (getpwuid_r(st->st_uid, &pw, buf, sizeof(buf), &pwp) == 0 &&
+	    pwp != NULL)
+		snprintf(job->owner, sizeof(job->owner), "%u(%.64s)",
+			 (unsigned)st->st_uid, pw.pw_name);
+	else
+		snprintf(job->owner, sizeof(job->owner), "%u",
+			 (unsigned)st->st_uid);
+}
+
+static const char *nonempty(const char *s)
+{
+	return s != NULL && s[0] != '\0' ? s : NULL;
+}
+
+/* A per-file audit record with the fields an auditor asks for. */
+static struct audit_record file_record(const struct job *job, const char *event,
+				       int priority, const char *dest,
+				       const char *reason)
+{
+	struct audit_record rec = {
+		.event = event,
+		.priority = priority,
+		.source = job->logged_source[0] ? job->logged_source : job->rel,
+		.dest = dest,
+		.sop_instance_uid = nonempty(job->result.sop_instance_uid),
+		.reason = reason,
+		.profile = deid_profile_name(job->d->cfg->profile),
+		.table_sha256 = nonempty(job->table_sha256),
+		.source_sha256 = nonempty(job->result.source_sha256),
+		.source_owner = nonempty(job->owner),
+	};
+
+	return rec;
+}
+
+/* Before an output may appear: note its `stored` record, owed from the
+ * instant the file is there (see records.h). */
+static int before_publish(void *ctx, const struct pipeline_result *res,
+			  const struct stat *out_st, struct error *err)
+{
+	struct job *job = ctx;
+	struct audit_record rec;
+
+	fill_owner(job);
+	rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
+	return records_note(job->d->records, job->marker, &rec, out_st, err);
+}
+
+/* The output is durable: the audit says so now, whatever happens to the
+ * source afterwards; then the marker goes. (A kill in the microseconds
+ * between the two would send the record again at start; the marker
+ * closes the far wider window between publication and record.) */
+static void after_publish(void *ctx, const struct pipeline_result *res,
+			  bool published)
+{
+	struct job *job = ctx;
+	struct audit_record rec;
+
+	if (published) {
+		if (job->d->delay_published_ms > 0) {
+			struct timespec ts = {
+				job->d->delay_published_ms / 1000,
+				(job->d->delay_published_ms % 1000) * 1000000,
+			};
+
+			nanosleep(&ts, NULL);
+		}
+		rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
+		log_audit(&rec);
+		job->stored_logged = true;
+	}
+	records_done(job->d->records, job->marker);
+}
+
+static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
 {
 	struct quarantine_entry entry = {
 		.source_path = job->path,
 		.source_rel = job->rel,
 		.reason = job->result.err.msg,
-		.rule = "input rejected",
+		.rule = rule,
 		.attempts = job->attempt,
+		.st = &job->result.source_st,
+		.sha256 = job->result.source_sha256,
+		.owner = job->owner,
 	};
 	struct error err = ERROR_INIT;
 
@@ -107,6 +288,7 @@ static void quarantine_job(struct daemon *d, struct job *job)
 		job->outcome = OUTCOME_QUARANTINED;
 		return;
 	}
+	job->input_side = explain_input_side(d, job, &err);
 	job->result.err = err;
 	job->outcome = OUTCOME_RETRY_OUTPUT;
 }
@@ -120,16 +302,63 @@ static void hold_job(struct daemon *d, struct job *job)
 		job->outcome = OUTCOME_HELD;
 		return;
 	}
+	job->input_side = explain_input_side(d, job, &err);
 	job->result.err = err;
 	job->outcome = vanished(job) ? OUTCOME_VANISHED : OUTCOME_RETRY_OUTPUT;
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+	       a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/*
+ * A stored file's source, once more: only its disposal is retried, so
+ * it is never stored (or called a duplicate) again. A different file
+ * under the name meanwhile is a new delivery: 1, process it as such.
+ */
+static int dispose_job(struct daemon *d, struct job *job)
+{
+	struct pipeline_result *res = &job->result;
+	struct stat st;
+
+	if (lstat(job->path, &st) == -1) {
+		job->outcome = OUTCOME_VANISHED;
+		return 0;
+	}
+	if (!same_file(&st, &job->read_st))
+		return 1;
+	res->source_st = job->read_st;
+	if (pipeline_dispose(d->pipeline, job->path, job->rel, &job->read_st,
+			     res->disposed_as, sizeof(res->disposed_as),
+			     &res->dispose_err) == 0) {
+		job->outcome = OUTCOME_DISPOSED;
+		return 0;
+	}
+	explain_input_side(d, job, &res->dispose_err);
+	res->dispose_failed = true;
+	job->outcome = vanished(job) ? OUTCOME_VANISHED : OUTCOME_DISPOSE_RETRY;
+	return 0;
 }
 
 static void run_job(void *ctx, void *p)
 {
 	struct daemon *d = ctx;
 	struct job *job = p;
+	struct pipeline_hooks hooks = { before_publish, after_publish, job };
 
-	pipeline_file(d->pipeline, job->path, job->rel, &job->result);
+	if (job->dispose_only && dispose_job(d, job) == 0)
+		return;
+	job->dispose_only = false;
+	job->owner[0] = '\0';
+	pipeline_file_hooked(d->pipeline, job->path, job->rel, &hooks,
+			     &job->result);
+	fill_owner(job);
+	if (job->result.dispose_failed)
+		explain_input_side(d, job, &job->result.dispose_err);
 	switch (job->result.status) {
 	case PIPELINE_STORED:
 		job->outcome = OUTCOME_STORED;
@@ -145,12 +374,16 @@ static void run_job(void *ctx, void *p)
 			       OUTCOME_RETRY_OUTPUT;
 		break;
 	case PIPELINE_REJECTED:
+		/* A policy rejection (burned-in annotation...) of a file
+		 * that parsed is final: retrying cannot change it. */
 		if (vanished(job))
 			job->outcome = OUTCOME_VANISHED;
+		else if (job->result.policy_rejected)
+			quarantine_job(d, job, "de-identification policy");
 		else if (job->attempt < (unsigned)d->cfg->retry.parse_attempts)
 			job->outcome = OUTCOME_RETRY_INPUT;
 		else
-			quarantine_job(d, job);
+			quarantine_job(d, job, "input rejected");
 		break;
 	}
 }
@@ -160,11 +393,13 @@ static void run_job(void *ctx, void *p)
 static void status_text(const struct daemon *d, char *buf, size_t len)
 {
 	snprintf(buf, len, "stored %lu, duplicates %lu, quarantined %lu, "
-		 "held %lu, queued %zu, retries %lu%s%s%s", d->count.stored,
+		 "held %lu, queued %zu, retries %lu%s%s%s%s", d->count.stored,
 		 d->count.duplicates, d->count.quarantined, d->count.held,
 		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
 		 d->count.retries,
 		 d->output_trouble ? "; output problem, retrying" : "",
+		 d->input_trouble ? "; input problem: sources cannot be "
+		 "removed or moved, retrying" : "",
 		 d->last_error[0] ? "; last error: " : "", d->last_error);
 }
 
@@ -188,15 +423,7 @@ static long backoff_ms(const struct config *cfg, unsigned attempt)
 static void audit_job(const struct job *job, const char *event, int priority,
 		      const char *dest, const char *reason)
 {
-	struct audit_record rec = {
-		.event = event,
-		.priority = priority,
-		.source = job->logged_source[0] ? job->logged_source : job->rel,
-		.dest = dest,
-		.sop_instance_uid = job->result.sop_instance_uid[0] ?
-				    job->result.sop_instance_uid : NULL,
-		.reason = reason,
-	};
+	struct audit_record rec = file_record(job, event, priority, dest, reason);
 
 	log_audit(&rec);
 }
@@ -235,32 +462,120 @@ static void redact_quoted(const struct config *cfg, char *msg)
 	snprintf(msg, ERROR_MSG_MAX, "%s", out);
 }
 
-static void remember_error(struct daemon *d, const struct job *job)
+static void remember_error(struct daemon *d, const struct job *job,
+			   const struct error *err)
 {
 	snprintf(d->last_error, sizeof(d->last_error), "%s: %s",
 		 job->logged_source[0] ? job->logged_source : job->rel,
-		 job->result.err.msg);
+		 err->msg);
+}
+
+static struct disposal **find_disposal(struct daemon *d, const char *path)
+{
+	struct disposal **p = &d->disposals;
+
+	while (*p != NULL && strcmp((*p)->path, path) != 0)
+		p = &(*p)->next;
+	return p;
+}
+
+static void forget_disposal(struct daemon *d, const char *path)
+{
+	struct disposal **p = find_disposal(d, path), *gone = *p;
+
+	if (gone == NULL)
+		return;
+	*p = gone->next;
+	free(gone->path);
+	free(gone);
+	d->input_trouble = d->disposals != NULL;
+}
+
+static void log_disposed(const struct daemon *d, const struct job *job)
+{
+	struct audit_record rec = file_record(job, "disposed", LOG_INFO,
+					      job->result.dest, NULL);
+	char where[PATH_MAX * 2 + 16];
+
+	/* The processed path repeats the source's: withheld when
+	 * de-identifying, like the source's name. */
+	if (d->cfg->after_success == AFTER_SUCCESS_MOVE)
+		snprintf(where, sizeof(where), "moved to %s%s%s",
+			 d->cfg->processed, job->logged_source[0] ? "" : "/",
+			 job->logged_source[0] ? "" : job->result.disposed_as);
+	else
+		snprintf(where, sizeof(where), "deleted");
+	rec.disposal = where;
+	log_audit(&rec);
+}
+
+/* What became of the source of a stored (or duplicate) file: a fact of
+ * its own, with its own record; a failure is retried as disposal only. */
+static void report_disposal(struct daemon *d, struct job *job)
+{
+	const struct pipeline_result *res = &job->result;
+	struct disposal **p;
+
+	if (!res->dispose_failed) {
+		log_disposed(d, job);
+		forget_disposal(d, job->path);
+		watch_done(d->watch, job->path);
+		return;
+	}
+	d->input_trouble = true;
+	remember_error(d, job, &res->dispose_err);
+	audit_job(job, "dispose-failed", LOG_ERR, res->dest, res->dispose_err.msg);
+	p = find_disposal(d, job->path);
+	if (*p == NULL) {
+		*p = calloc(1, sizeof(**p));
+		if (*p == NULL || ((*p)->path = strdup(job->path)) == NULL)
+			abort();
+	}
+	(*p)->read_st = res->source_st;
+	snprintf((*p)->dest, sizeof((*p)->dest), "%s", res->dest);
+	snprintf((*p)->sop_instance_uid, sizeof((*p)->sop_instance_uid), "%s",
+		 res->sop_instance_uid);
+	snprintf((*p)->source_sha256, sizeof((*p)->source_sha256), "%s",
+		 res->source_sha256);
+	snprintf((*p)->owner, sizeof((*p)->owner), "%s", job->owner);
+	watch_retry(d->watch, job->path, backoff_ms(d->cfg, job->attempt));
 }
 
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
 
+	/* A new delivery under the name of a source awaiting disposal:
+	 * that source is gone, and so is what we owed it. */
+	if (job->outcome != OUTCOME_DISPOSED &&
+	    job->outcome != OUTCOME_DISPOSE_RETRY &&
+	    job->outcome != OUTCOME_STORED && job->outcome != OUTCOME_DUPLICATE)
+		forget_disposal(d, job->path);
 	switch (job->outcome) {
 	case OUTCOME_STORED:
 		d->count.stored++;
 		d->output_trouble = false;
-		audit_job(job, "stored", LOG_INFO, job->result.dest, NULL);
-		watch_done(d->watch, job->path);
+		if (!job->stored_logged)
+			audit_job(job, "stored", LOG_INFO, job->result.dest, NULL);
+		report_disposal(d, job);
 		break;
 	case OUTCOME_DUPLICATE:
 		d->count.duplicates++;
+		d->output_trouble = false;
 		audit_job(job, "duplicate", LOG_INFO, job->result.dest,
 			  "identical file already stored");
-		watch_done(d->watch, job->path);
+		report_disposal(d, job);
+		break;
+	case OUTCOME_DISPOSED:
+	case OUTCOME_DISPOSE_RETRY:
+		if (*find_disposal(d, job->path) != NULL)
+			snprintf(job->result.dest, sizeof(job->result.dest), "%s",
+				 (*find_disposal(d, job->path))->dest);
+		report_disposal(d, job);
 		break;
 	case OUTCOME_HELD:
 		d->count.held++;
+		d->input_trouble = d->disposals != NULL;
 		audit_job(job, "held", LOG_NOTICE,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
 			  "PatientID not in the correlation table yet; "
@@ -270,11 +585,13 @@ static void finish_job(struct daemon *d, struct job *job)
 	case OUTCOME_VANISHED:
 		log_msg(LOG_DEBUG, "%s vanished before it was processed",
 			job->logged_source[0] ? job->logged_source : job->rel);
+		forget_disposal(d, job->path);
 		watch_done(d->watch, job->path);
 		break;
 	case OUTCOME_QUARANTINED:
 		d->count.quarantined++;
-		remember_error(d, job);
+		d->input_trouble = d->disposals != NULL;
+		remember_error(d, job, &job->result.err);
 		audit_job(job, "quarantined", LOG_WARNING,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
 			  reason);
@@ -287,8 +604,11 @@ static void finish_job(struct daemon *d, struct job *job)
 		break;
 	case OUTCOME_RETRY_OUTPUT:
 		d->count.retries++;
-		d->output_trouble = true;
-		remember_error(d, job);
+		if (job->input_side)
+			d->input_trouble = true;
+		else
+			d->output_trouble = true;
+		remember_error(d, job, &job->result.err);
 		audit_job(job, "retry", LOG_ERR, NULL, reason);
 		watch_retry(d->watch, job->path, backoff_ms(d->cfg, job->attempt));
 		break;
@@ -357,14 +677,31 @@ static void redact_source(const struct daemon *d, struct job *job)
 			 "(name withheld)");
 }
 
-static struct job *job_new(const struct daemon *d, char *path)
+static struct job *job_new(struct daemon *d, char *path)
 {
 	struct job *job = calloc(1, sizeof(*job));
 	size_t rootlen = strlen(d->cfg->input);
+	struct disposal *pending;
 
 	if (job == NULL)
 		abort();
+	job->d = d;
 	job->path = path;
+	snprintf(job->table_sha256, sizeof(job->table_sha256), "%s",
+		 d->table_sha256);
+	snprintf(job->marker, sizeof(job->marker), "%ld-%lu.pending",
+		 (long)getpid(), ++d->next_job_id);
+	pending = *find_disposal(d, path);
+	if (pending != NULL) {
+		/* The record fields of the stored file, for its disposal's. */
+		job->dispose_only = true;
+		job->read_st = pending->read_st;
+		memcpy(job->result.sop_instance_uid, pending->sop_instance_uid,
+		       sizeof(job->result.sop_instance_uid));
+		memcpy(job->result.source_sha256, pending->source_sha256,
+		       sizeof(job->result.source_sha256));
+		memcpy(job->owner, pending->owner, sizeof(job->owner));
+	}
 	job->rel = path;
 	if (strncmp(path, d->cfg->input, rootlen) == 0 && path[rootlen] == '/')
 		job->rel = path + rootlen + 1;
@@ -435,6 +772,31 @@ static void release_held(struct daemon *d)
 		log_audit(&rec);
 }
 
+/* The first 16 hex digits of the SHA-256 of the table file: which table
+ * was in force, for the audit, without quoting a line of it. */
+static void table_digest(const char *path, char *out, size_t len)
+{
+	unsigned char buf[8192], md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx;
+	FILE *f;
+	size_t n;
+
+	out[0] = '\0';
+	if (path == NULL || (f = fopen(path, "rbe")) == NULL)
+		return;
+	ctx = EVP_MD_CTX_new();
+	if (ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1) {
+		while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+			EVP_DigestUpdate(ctx, buf, n);
+		if (!ferror(f) && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1)
+			for (unsigned i = 0; i < mdlen && 2 * i + 2 < len && i < 8; i++)
+				snprintf(out + 2 * i, 3, "%02x", md[i]);
+	}
+	EVP_MD_CTX_free(ctx);
+	fclose(f);
+}
+
 /* A new table is parsed completely before it replaces the old one; a
  * broken table leaves the old one in force. */
 static void reload(struct daemon *d)
@@ -462,6 +824,8 @@ static void reload(struct daemon *d)
 			 "%zu IDs", correlation_size(table));
 		pipeline_set_table(d->pipeline, table);
 		correlation_unref(table);
+		table_digest(d->cfg->correlation_table, d->table_sha256,
+			     sizeof(d->table_sha256));
 		log_audit(&rec);
 		release_held(d);
 	}
@@ -550,9 +914,33 @@ static void handle_watch(struct daemon *d)
 
 /* ---- setup and teardown ---- */
 
+/*
+ * What a SIGKILL may have left, put right before any file is taken:
+ * sources claimed for a move or delete get their names back (and are
+ * sorted again: an identical output makes it a duplicate), temp files in
+ * quarantine and hold go.
+ */
+static int recover_leftovers(struct daemon *d, struct error *err)
+{
+	long n = fsutil_recover_claims(d->cfg->input, err);
+
+	if (n < 0)
+		return -1;
+	if (n > 0)
+		log_msg(LOG_NOTICE, "%ld claimed files in %s got their names "
+			"back after an interrupted move", n, d->cfg->input);
+	if (quarantine_sweep(d->cfg->quarantine, err) < 0)
+		return -1;
+	if (d->cfg->hold != NULL && quarantine_sweep(d->cfg->hold, err) < 0)
+		return -1;
+	return 0;
+}
+
 static int open_folders(struct daemon *d, struct error *err)
 {
-	int fd = fsutil_open_dir(d->cfg->input, true, err);
+	/* A mistyped input must not become a new, empty folder that nobody
+	 * drops into: it has to exist already. */
+	int fd = fsutil_open_dir(d->cfg->input, false, err);
 
 	if (fd == -1)
 		return -1;
@@ -565,7 +953,7 @@ static int open_folders(struct daemon *d, struct error *err)
 		if (d->hold_fd == -1)
 			return -1;
 	}
-	return 0;
+	return recover_leftovers(d, err);
 }
 
 /* The audit names every destination, so when de-identifying the source's
@@ -596,6 +984,7 @@ static int open_pipeline(const struct config *cfg, bool dry_run,
 		.processed_dir = cfg->processed,
 		.max_file_size = config_max_file_size(cfg),
 		.dry_run = dry_run,
+		.hash_source = true,
 	};
 	int rc;
 
@@ -646,12 +1035,33 @@ static int setup_watch(struct daemon *d, struct error *err)
 	return 0;
 }
 
-static int setup(struct daemon *d, struct error *err)
+/*
+ * DICOMSORT_TEST_DELAY=published:MS sleeps MS ms between an output's
+ * publication and its `stored` record, so a test can SIGKILL the daemon
+ * exactly there. Without the variable nothing changes.
+ */
+static void test_delays(struct daemon *d)
+{
+	const char *v = getenv("DICOMSORT_TEST_DELAY");
+
+	if (v != NULL && strncmp(v, "published:", 10) == 0)
+		d->delay_published_ms = strtol(v + 10, NULL, 10);
+}
+
+/*
+ * *config_error tells a failure the configuration caused (a folder, the
+ * table, the secret, a template: exit 2, restarting will not help) from
+ * one of the process (descriptors, threads: exit 1, a restart may help).
+ */
+static int setup(struct daemon *d, struct error *err, bool *config_error)
 {
 	int64_t now = watch_now_ms();
 
+	for (int i = 0; i < SLOT_COUNT; i++)
+		d->fds[i].fd = -1;
 	d->quarantine_fd = -1;
 	d->hold_fd = -1;
+	*config_error = false;
 	d->fds[SLOT_SIGNAL].fd = block_signals();
 	if (d->fds[SLOT_SIGNAL].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "signalfd");
@@ -659,13 +1069,23 @@ static int setup(struct daemon *d, struct error *err)
 					       TFD_CLOEXEC | TFD_NONBLOCK);
 	if (d->fds[SLOT_TIMER].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "timerfd");
+	*config_error = true;
 	if (dicom_init(err) == -1 || open_folders(d, err) == -1 ||
-	    open_pipeline(d->cfg, false, &d->pipeline, &d->secret, err) == -1)
+	    open_pipeline(d->cfg, false, &d->pipeline, &d->secret, err) == -1 ||
+	    records_open(&d->records, d->cfg->output, err) == -1)
 		return -1;
+	table_digest(d->cfg->correlation_table, d->table_sha256,
+		     sizeof(d->table_sha256));
+	test_delays(d);
+	/* Records a SIGKILL left owed go out before any new file. */
+	if (records_recover(d->records) > 0)
+		log_msg(LOG_NOTICE, "sent the stored records of files stored "
+			"just before the daemon was killed");
 	/* Watches go in before the backlog scan, so nothing that arrives
 	 * between the two is missed. */
 	if (setup_watch(d, err) == -1)
 		return -1;
+	*config_error = false;
 	if (workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
 			  err) == -1)
 		return -1;
@@ -680,6 +1100,43 @@ static int setup(struct daemon *d, struct error *err)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
 	return 0;
+}
+
+/* Free what setup() got, also after it failed half-way. */
+static void teardown(struct daemon *d)
+{
+	workers_free(d->workers, job_free);
+	watch_free(d->watch);
+	while (d->disposals != NULL)
+		forget_disposal(d, d->disposals->path);
+	records_free(d->records);
+	pipeline_free(d->pipeline);
+	deid_secret_free(d->secret);
+	if (d->quarantine_fd != -1)
+		close(d->quarantine_fd);
+	if (d->hold_fd != -1)
+		close(d->hold_fd);
+	if (d->fds[SLOT_SIGNAL].fd != -1)
+		close(d->fds[SLOT_SIGNAL].fd);
+	if (d->fds[SLOT_TIMER].fd != -1)
+		close(d->fds[SLOT_TIMER].fd);
+}
+
+/*
+ * A configuration error exits 2, which the unit's RestartPreventExitStatus=2
+ * turns into a stop instead of a restart every RestartSec for ever. Errors
+ * a restart may cure (no memory, no descriptors, an I/O error) stay 1 even
+ * while the configuration is read.
+ */
+static int start_failure_status(const struct error *err, bool config_error)
+{
+	switch (err->errnum) {
+	case EIO: case ENOMEM: case EMFILE: case ENFILE: case EAGAIN:
+	case EINTR: case ETIMEDOUT: case ESTALE:
+		return 1;
+	default:
+		return config_error ? 2 : 1;
+	}
 }
 
 /* Stop taking files; let the running ones finish within the bound. Files
@@ -703,15 +1160,7 @@ static int shut_down(struct daemon *d)
 		fflush(stderr);
 		_exit(0);
 	}
-	workers_free(d->workers, job_free);
-	watch_free(d->watch);
-	pipeline_free(d->pipeline);
-	deid_secret_free(d->secret);
-	close(d->quarantine_fd);
-	if (d->hold_fd != -1)
-		close(d->hold_fd);
-	close(d->fds[SLOT_SIGNAL].fd);
-	close(d->fds[SLOT_TIMER].fd);
+	teardown(d);
 	return 0;
 }
 
@@ -752,10 +1201,17 @@ int daemon_run(const struct config *cfg)
 	struct audit_record start = { .event = "start", .priority = LOG_INFO };
 	char status[sizeof(d.last_error) + 256], reason[PATH_MAX * 2];
 
-	if (setup(&d, &err) == -1) {
+	bool config_error;
+	int exit_status;
+
+	if (setup(&d, &err, &config_error) == -1) {
+		exit_status = start_failure_status(&err, config_error);
 		redact_quoted(cfg, err.msg);
-		log_msg(LOG_ERR, "%s", err.msg);
-		return 1;
+		log_msg(LOG_ERR, "cannot start: %s%s", err.msg, exit_status == 2 ?
+			" (a configuration error: exit status 2, not restarted)" :
+			"");
+		teardown(&d);
+		return exit_status;
 	}
 	snprintf(reason, sizeof(reason), "watching %s, sorting into %s, "
 		 "profile %s, %ld workers", cfg->input, cfg->output,

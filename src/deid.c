@@ -16,6 +16,10 @@
 #include <openssl/hmac.h>
 #include <openssl/params.h>
 
+#include <unicase.h>
+#include <unictype.h>
+#include <uninorm.h>
+
 #include "deid_rules.h"
 
 #define SECRET_MIN 16
@@ -345,13 +349,26 @@ static int apply_seed(struct dicom_file *file, struct error *err)
 	char *value = NULL;
 	int rc = 0;
 
-	/* Like the original: only attributes that are there are touched. */
-	if (dicom_get_raw(file, TAG_PatientBirthDate, &value) == 1)
+	/* Like the original: only attributes that are there are touched.
+	 * One that is there but cannot be read rejects the object. */
+	switch (dicom_get_raw(file, TAG_PatientBirthDate, &value)) {
+	case 1:
 		rc = dicom_empty(file, TAG_PatientBirthDate, err);
+		break;
+	case -1:
+		rc = error_set(err, ERROR_INPUT, 0, "PatientBirthDate cannot be read");
+		break;
+	}
 	free(value);
 	value = NULL;
-	if (rc == 0 && dicom_get_raw(file, TAG_PatientName, &value) == 1)
+	switch (rc == 0 ? dicom_get_raw(file, TAG_PatientName, &value) : 0) {
+	case 1:
 		rc = dicom_put_string(file, TAG_PatientName, "ANONYMIZED", err);
+		break;
+	case -1:
+		rc = error_set(err, ERROR_INPUT, 0, "PatientName cannot be read");
+		break;
+	}
 	free(value);
 	return rc;
 }
@@ -365,8 +382,15 @@ static int apply_id_only(const struct deid_options *o, struct dicom_file *file,
 
 	if (seed && apply_seed(file, err) == -1)
 		return -1;
-	if (dicom_get_raw(file, TAG_PatientID, &id) != 1)
+	switch (dicom_get_raw(file, TAG_PatientID, &id)) {
+	case 0:
 		return 0;
+	case -1:
+		free(id);
+		if (!seed && o->table == NULL)
+			return 0;	/* nothing would read it */
+		return error_set(err, ERROR_INPUT, 0, "PatientID cannot be read");
+	}
 	if (new_patient_id(o, id, new_id, sizeof(new_id), report, err) == -1)
 		rc = -1;
 	else if (!report->hold && strcmp(new_id, id) != 0)
@@ -378,11 +402,13 @@ static int apply_id_only(const struct deid_options *o, struct dicom_file *file,
 /* ---- basic: identifying strings, for Clean Descriptors ---- */
 
 /*
- * Text is compared as Unicode code points, case folded (ASCII, Latin-1,
- * Latin Extended-A, Greek, Cyrillic), with separators (ASCII characters that
- * are neither letters nor digits) ignored: "Müller" matches "MÜLLER" and
- * "PAT_0042" matches "PAT0042". Transliterations ("MUELLER") are not
- * matched.
+ * Text is compared as Unicode code points after compatibility
+ * decomposition (NFKD: full-width letters, ligatures, superscripts and
+ * the like become their plain forms), without combining marks (diacritics:
+ * "Müller" matches "Muller"), case folded (full folding: "ß" matches
+ * "ss"), with separators (whatever is neither a letter nor a digit in any
+ * script) ignored: "Müller" matches "MÜLLER" and "ｍｕｌｌｅｒ", "PAT_0042"
+ * matches "PAT0042". Transliterations ("MUELLER") are not matched.
  */
 
 struct token {
@@ -402,35 +428,11 @@ struct tokens {
 	size_t count, cap;
 	bool failed;		/* out of memory, or more than MAX_TOKENS:
 				   clean everything away */
+	bool unreadable;	/* a value could not be read: reject */
 };
 
-static uint32_t fold(uint32_t c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c + 0x20;
-	if (c < 0x80)
-		return c;
-	if (c >= 0xC0 && c <= 0xDE && c != 0xD7)
-		return c + 0x20;
-	if (c >= 0x100 && c <= 0x137 && c != 0x130)
-		return c | 1;
-	if (c == 0x130)
-		return 'i';
-	if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E))
-		return (c & 1) ? c + 1 : c;
-	if (c >= 0x14A && c <= 0x177)
-		return c | 1;
-	if (c == 0x178)
-		return 0xFF;
-	if ((c >= 0x391 && c <= 0x3A9) || (c >= 0x410 && c <= 0x42F))
-		return c + 0x20;
-	if (c >= 0x400 && c <= 0x40F)
-		return c + 0x50;
-	return c;
-}
-
-/* Decode one UTF-8 character at s (not at its end): its folded code point,
- * its length in *n. A byte that does not start a valid sequence stands for
+/* Decode one UTF-8 character at s (not at its end): its code point, its
+ * length in *n. A byte that does not start a valid sequence stands for
  * itself (U+DC00 + byte), so any input works. */
 static uint32_t next_char(const unsigned char *s, size_t *n)
 {
@@ -440,7 +442,7 @@ static uint32_t next_char(const unsigned char *s, size_t *n)
 
 	if (len == 1) {
 		*n = 1;
-		return fold(c);
+		return c;
 	}
 	if (len == 0)
 		goto invalid;
@@ -450,8 +452,10 @@ static uint32_t next_char(const unsigned char *s, size_t *n)
 			goto invalid;
 		c = (c << 6) | (s[i] & 0x3F);
 	}
+	if (c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+		goto invalid;
 	*n = len;
-	return fold(c);
+	return c;
 invalid:
 	*n = 1;
 	return 0xDC00 + s[0];
@@ -459,45 +463,121 @@ invalid:
 
 static bool is_separator(uint32_t c)
 {
-	return c < 0x80 && !isalnum((int)c);
+	if (c < 0x80)
+		return !isalnum((int)c);
+	if (c >= 0xDC80 && c <= 0xDCFF)	/* an undecodable byte: text */
+		return false;
+	return !uc_is_alnum(c);
+}
+
+/* Folded code points of a text, with the byte offset each came from. */
+struct folded {
+	uint32_t *cp;
+	size_t *off;		/* NULL when not wanted */
+	size_t n, cap;
+	bool failed;
+};
+
+static void push_folded(struct folded *f, uint32_t c, size_t off)
+{
+	if (f->failed || is_separator(c))
+		return;
+	if (f->n + 1 >= f->cap) {
+		size_t cap = f->cap * 2 + 16;
+		uint32_t *cp = realloc(f->cp, cap * sizeof(*cp));
+		size_t *o = NULL;
+
+		if (cp != NULL)
+			f->cp = cp;
+		if (cp != NULL && f->off != NULL) {
+			o = realloc(f->off, cap * sizeof(*o));
+			if (o != NULL)
+				f->off = o;
+		}
+		if (cp == NULL || (f->off != NULL && o == NULL)) {
+			f->failed = true;
+			return;
+		}
+		f->cap = cap;
+	}
+	if (f->off != NULL)
+		f->off[f->n] = off;
+	f->cp[f->n++] = c;
+}
+
+/* One character: decomposed (NFKD), marks dropped, case folded. */
+static void fold_char(struct folded *f, uint32_t c, size_t off)
+{
+	uint32_t dec[32], cf[16];
+	size_t nd = sizeof(dec) / sizeof(*dec);
+	uint32_t *d;
+
+	if (c < 0x80 || (c >= 0xDC80 && c <= 0xDCFF)) {
+		push_folded(f, c < 0x80 ? (uint32_t)tolower((int)c) : c, off);
+		return;
+	}
+	d = u32_normalize(UNINORM_NFKD, &c, 1, dec, &nd);
+	if (d == NULL) {
+		nd = 1;
+		d = dec;
+		dec[0] = c;
+	}
+	for (size_t i = 0; i < nd; i++) {
+		size_t nc = sizeof(cf) / sizeof(*cf);
+		uint32_t *r;
+
+		if (uc_is_general_category(d[i], UC_CATEGORY_M))
+			continue;	/* a diacritic */
+		r = u32_casefold(&d[i], 1, NULL, NULL, cf, &nc);
+		if (r == NULL) {
+			push_folded(f, d[i], off);
+			continue;
+		}
+		for (size_t k = 0; k < nc; k++)
+			push_folded(f, r[k], off);
+		if (r != cf)
+			free(r);
+	}
+	if (d != dec)
+		free(d);
 }
 
 /* The text as folded code points, without separators; *offsets (if not
- * NULL) gets the byte offset of each, plus one for the end. */
+ * NULL) gets the byte offset of each, plus one for the end. *cps is NULL
+ * when out of memory. */
 static size_t fold_text(const char *text, size_t len, uint32_t **cps,
 			size_t **offsets)
 {
 	const unsigned char *s = (const unsigned char *)text;
-	size_t n = 0, i = 0;
+	struct folded f = { .cap = len + 1 };
+	size_t i = 0;
 
-	*cps = malloc((len + 1) * sizeof(**cps));
-	if (offsets)
-		*offsets = malloc((len + 1) * sizeof(**offsets));
-	if (*cps == NULL || (offsets && *offsets == NULL)) {
-		free(*cps);
-		*cps = NULL;
-		if (offsets) {
-			free(*offsets);
-			*offsets = NULL;
-		}
-		return 0;
-	}
-	while (i < len && s[i]) {
+	f.cp = malloc(f.cap * sizeof(*f.cp));
+	f.off = offsets ? malloc(f.cap * sizeof(*f.off)) : NULL;
+	f.failed = f.cp == NULL || (offsets && f.off == NULL);
+	while (!f.failed && i < len && s[i]) {
 		size_t step;
 		uint32_t c = next_char(s + i, &step);
 
 		if (i + step > len)
 			step = len - i;
-		if (!is_separator(c)) {
-			if (offsets)
-				(*offsets)[n] = i;
-			(*cps)[n++] = c;
-		}
+		fold_char(&f, c, i);
 		i += step;
 	}
-	if (offsets)
-		(*offsets)[n] = i;
-	return n;
+	if (f.failed) {
+		free(f.cp);
+		free(f.off);
+		*cps = NULL;
+		if (offsets)
+			*offsets = NULL;
+		return 0;
+	}
+	if (offsets) {
+		f.off[f.n] = i;
+		*offsets = f.off;
+	}
+	*cps = f.cp;
+	return f.n;
 }
 
 static void add_token(struct tokens *t, const char *text, size_t len)
@@ -543,7 +623,58 @@ static void add_token(struct tokens *t, const char *text, size_t len)
 }
 
 /* A name both whole and by its parts ("Doe^John" -> doejohn, doe, john). */
+/* The usual ASCII transliterations of letters whose diacritic the
+ * folding drops ("Müller" also as "Mueller"); NULL if value has none. */
+static char *transliterated(const char *value)
+{
+	static const struct { const char *from, *to; } map[] = {
+		{ "\xc3\xa4", "ae" }, { "\xc3\xb6", "oe" }, { "\xc3\xbc", "ue" },
+		{ "\xc3\x84", "AE" }, { "\xc3\x96", "OE" }, { "\xc3\x9c", "UE" },
+		{ "\xc3\xb8", "oe" }, { "\xc3\x98", "OE" }, { "\xc3\xa5", "aa" },
+		{ "\xc3\x85", "AA" }, { "\xc3\xa6", "ae" }, { "\xc3\x86", "AE" },
+	};
+	size_t len = strlen(value), o = 0;
+	bool changed = false;
+	char *out = malloc(len + 1);	/* 2 bytes become 2 */
+
+	if (out == NULL)
+		return NULL;
+	for (size_t i = 0; i < len;) {
+		size_t k;
+
+		for (k = 0; k < sizeof(map) / sizeof(*map); k++)
+			if (strncmp(value + i, map[k].from, 2) == 0)
+				break;
+		if (k < sizeof(map) / sizeof(*map)) {
+			memcpy(out + o, map[k].to, 2);
+			o += 2;
+			i += 2;
+			changed = true;
+		} else {
+			out[o++] = value[i++];
+		}
+	}
+	out[o] = '\0';
+	if (!changed) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+static void add_name_parts(struct tokens *t, const char *value);
+
 static void add_name_tokens(struct tokens *t, const char *value)
+{
+	char *other = transliterated(value);
+
+	add_name_parts(t, value);
+	if (other != NULL)
+		add_name_parts(t, other);
+	free(other);
+}
+
+static void add_name_parts(struct tokens *t, const char *value)
 {
 	const char *p = value;
 
@@ -610,7 +741,29 @@ static void add_date_tokens(struct tokens *t, const char *da)
 	add_token(t, buf, 8);
 }
 
-enum token_kind { TOKEN_WHOLE, TOKEN_NAME, TOKEN_TEXT };
+/* WHOLE: the value as it is; ID: the same, if it is distinctive enough
+ * to be looked for (StudyID "1" is not); NAME: whole and by its parts;
+ * TEXT: whole and each distinctive word. */
+/* Each date of a DA/DT value (multiple values, range ends). */
+static void add_date_values(struct tokens *t, const char *value)
+{
+	const char *p = value;
+
+	while (*p) {
+		size_t n = strspn(p, "0123456789");
+
+		if (n >= 8) {
+			char da[9];
+
+			snprintf(da, sizeof(da), "%.8s", p);
+			add_date_tokens(t, da);
+		}
+		p += n;
+		p += strcspn(p, "0123456789");
+	}
+}
+
+enum token_kind { TOKEN_WHOLE, TOKEN_ID, TOKEN_NAME, TOKEN_TEXT };
 
 static void add_multi(struct tokens *t, const char *value, enum token_kind kind)
 {
@@ -628,6 +781,8 @@ static void add_multi(struct tokens *t, const char *value, enum token_kind kind)
 			add_name_tokens(t, part);
 		else if (kind == TOKEN_TEXT)
 			add_text_tokens(t, part);
+		else if (kind == TOKEN_ID && !distinctive_word(part, n))
+			;	/* too short to tell from any other text */
 		else
 			add_token(t, part, n);
 		free(part);
@@ -761,6 +916,7 @@ struct basic_ctx {
 	const char *new_name;
 	int shift_days;
 	int clean_below;	/* depth of a sequence whose text is cleaned */
+	int dummy_below;	/* depth of a sequence reduced to one dummy item */
 	bool dates_shifted;
 	struct error err;
 	bool failed;
@@ -804,6 +960,17 @@ static void fail(struct basic_ctx *c, const struct error *err)
 	}
 }
 
+/* A value the adapter could not read (not one that is absent): reads
+ * fail closed, the object is rejected rather than passed through with a
+ * value no rule could see. */
+static void unreadable(struct basic_ctx *c)
+{
+	struct error err = ERROR_INIT;
+
+	error_set(&err, ERROR_INPUT, 0, "an attribute value cannot be read");
+	fail(c, &err);
+}
+
 static void put(struct basic_ctx *c, struct dicom_elem *e, const char *value)
 {
 	struct error err = ERROR_INIT;
@@ -827,8 +994,11 @@ static void map_values(struct basic_ctx *c, struct dicom_elem *e,
 {
 	char *value = NULL, *out;
 	size_t cap;
+	int rc = dicom_elem_get_string(e, &value);
 
-	if (dicom_elem_get_string(e, &value) != 1 || value[0] == '\0') {
+	if (rc != 1 || value[0] == '\0') {
+		if (rc == -1)
+			unreadable(c);
 		free(value);
 		return;
 	}
@@ -858,41 +1028,188 @@ static void map_uid(struct basic_ctx *c, const char *uid, char *out, size_t len)
 	pseudonym_uid(c->opts->secret, uid, out, len);
 }
 
-/* Move a date (YYYY[MM[DD]]...) back by shift_days, keeping its precision
- * and anything after the date part (a DT's time). */
-static void map_date(struct basic_ctx *c, const char *value, char *out, size_t len)
+/* A UID of the DICOM registry names a class, a syntax or a code scheme,
+ * never a patient, study or instance. */
+static bool registry_uid(const char *uid)
+{
+	return strncmp(uid, "1.2.840.10008.", 14) == 0;
+}
+
+/* Any UID but a registry one: the same keyed function as U. */
+static void map_unregistered_uid(struct basic_ctx *c, const char *uid,
+				 char *out, size_t len)
+{
+	if (registry_uid(uid))
+		snprintf(out, len, "%s", uid);
+	else
+		map_uid(c, uid, out, len);
+}
+
+/* UI attributes without a row that name a class or a scheme (private SOP
+ * classes included): a vendor's, not anybody's. Every other UI value that
+ * is not a registry UID gets remapped. */
+static bool class_uid_attribute(uint32_t tag)
+{
+	static const uint32_t tags[] = {
+		DCM_TAG(0x0004, 0x1510),	/* ReferencedSOPClassUIDInFile */
+		DCM_TAG(0x0004, 0x1512),	/* ReferencedTransferSyntaxUIDInFile */
+		DCM_TAG(0x0008, 0x0016),	/* SOPClassUID */
+		DCM_TAG(0x0008, 0x001A),	/* RelatedGeneralSOPClassUID */
+		DCM_TAG(0x0008, 0x001B),	/* OriginalSpecializedSOPClassUID */
+		DCM_TAG(0x0008, 0x0062),	/* SOPClassesInStudy */
+		DCM_TAG(0x0008, 0x010C),	/* CodingSchemeUID */
+		DCM_TAG(0x0008, 0x0117),	/* ContextUID */
+		DCM_TAG(0x0008, 0x0118),	/* MappingResourceUID */
+		DCM_TAG(0x0008, 0x1150),	/* ReferencedSOPClassUID */
+	};
+
+	for (size_t i = 0; i < sizeof(tags) / sizeof(*tags); i++)
+		if (tags[i] == tag)
+			return true;
+	return false;
+}
+
+/* A UI element no row names (or a private one kept as safe): remap every
+ * value but registry UIDs, unless Retain UIDs keeps them all. */
+static void map_unlisted_uid(struct basic_ctx *c, struct dicom_elem *e)
+{
+	if ((c->opts->options & DEID_RETAIN_UIDS) ||
+	    class_uid_attribute(dicom_elem_tag(e)))
+		return;
+	map_values(c, e, map_unregistered_uid);
+}
+
+/*
+ * Dates under Modified Dates. A value is one date or a range "A-B" (either
+ * end may be open); each end moves back by shift_days, keeping its
+ * precision and what follows the date part (a DT's time, fraction and UTC
+ * offset, unchanged: a shift by whole days leaves them true). A value
+ * that is not a valid date (00000000, 20231340, UNKNOWN, ...) never gives
+ * a malformed one: it becomes the VR's fixed dummy.
+ */
+
+#define DATE_DUMMY_DA "19000101"
+#define DATE_DUMMY_DT "19000101000000"
+
+static bool all_digits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+	return true;
+}
+
+static int days_in_month(int year, int month)
+{
+	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+
+	return month == 2 && leap ? 29 : days[month - 1];
+}
+
+/* Length of one DT at v, range separator excluded: YYYY[MM[DD[HH[MM[SS
+ * [.F]]]]]] and an optional &ZZXX (an offset of at most 14 hours, so
+ * "2021-2022" is a range, "...-0500" an offset). */
+static size_t dt_length(const char *v)
+{
+	size_t n = strspn(v, "0123456789");
+
+	if (n == 14 && v[n] == '.')
+		n += 1 + strspn(v + n + 1, "0123456789");
+	if ((v[n] == '+' || v[n] == '-') && all_digits(v + n + 1, 4) &&
+	    (v[n + 5] == '\0' || v[n + 5] == '-') &&
+	    (v[n + 1] - '0') * 10 + (v[n + 2] - '0') <= 14)
+		n += 5;
+	return n;
+}
+
+/* Shift the date part (the first digits digits, 4, 6 or 8 of them) of
+ * one end of n bytes at v into out; false if it is no valid date. */
+static bool shift_one(struct basic_ctx *c, const char *v, size_t n,
+		      size_t digits, char *out, size_t len)
 {
 	struct tm tm = { 0 };
-	size_t digits = strspn(value, "0123456789");
+	int year, month = 1, day = 1;
 	char full[48];
 	time_t t;
 
-	if (digits < 4) {
-		snprintf(out, len, "%s", "19000101");
-		return;
-	}
-	snprintf(full, sizeof(full), "%.*s%s", (int)(digits < 8 ? digits : 8),
-		 value, &"0101"[digits >= 8 ? 4 : digits >= 6 ? 2 : 0]);
-	if (sscanf(full, "%4d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday) != 3) {
-		snprintf(out, len, "%s", "19000101");
-		return;
-	}
-	tm.tm_year -= 1900;
-	tm.tm_mon -= 1;
-	tm.tm_mday -= c->shift_days;
+	if (digits < 4 || digits > 14 || digits % 2 || digits > n ||
+	    !all_digits(v, digits))
+		return false;
+	if (digits > 8)
+		digits = 8;
+	year = (v[0] - '0') * 1000 + (v[1] - '0') * 100 + (v[2] - '0') * 10 +
+	       (v[3] - '0');
+	if (digits >= 6)
+		month = (v[4] - '0') * 10 + (v[5] - '0');
+	if (digits >= 8)
+		day = (v[6] - '0') * 10 + (v[7] - '0');
+	if (year < 1 || month < 1 || month > 12 || day < 1 ||
+	    day > days_in_month(year, month))
+		return false;
+	tm.tm_year = year - 1900;
+	tm.tm_mon = month - 1;
+	tm.tm_mday = day - c->shift_days;
 	tm.tm_hour = 12;
 	t = timegm(&tm);
-	gmtime_r(&t, &tm);
+	if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 < 1 ||
+	    tm.tm_year + 1900 > 9999)
+		return false;
 	snprintf(full, sizeof(full), "%04d%02d%02d", tm.tm_year + 1900,
 		 tm.tm_mon + 1, tm.tm_mday);
-	snprintf(out, len, "%.*s%s", (int)(digits < 8 ? digits : 8), full,
-		 value + (digits < 8 ? digits : 8));
+	snprintf(out, len, "%.*s%.*s", (int)digits, full, (int)(n - digits),
+		 v + digits);
+	return true;
+}
+
+static void map_date_range(struct basic_ctx *c, const char *value, bool dt,
+			   char *out, size_t len)
+{
+	const char *dummy = dt ? DATE_DUMMY_DT : DATE_DUMMY_DA;
+	const char *end[2] = { value, NULL };
+	size_t n[2];
+	char shifted[2][64] = { "", "" };
+
+	n[0] = dt ? dt_length(value) : strspn(value, "0123456789");
+	if (value[n[0]] == '-') {
+		end[1] = value + n[0] + 1;
+		n[1] = dt ? dt_length(end[1]) : strspn(end[1], "0123456789");
+		if (end[1][n[1]] != '\0' || (n[0] == 0 && n[1] == 0))
+			goto invalid;
+	} else if (value[n[0]] != '\0') {
+		goto invalid;
+	}
+	for (int i = 0; i < 2; i++) {
+		if (end[i] == NULL || n[i] == 0)
+			continue;	/* an open end of a range */
+		if ((!dt && n[i] != 8) ||
+		    !shift_one(c, end[i], n[i], strspn(end[i], "0123456789"),
+			       shifted[i], sizeof(shifted[i])))
+			goto invalid;
+	}
+	if (end[1] != NULL)
+		snprintf(out, len, "%s-%s", shifted[0], shifted[1]);
+	else
+		snprintf(out, len, "%s", shifted[0]);
+	return;
+invalid:
+	snprintf(out, len, "%s", dummy);
+}
+
+static void map_da(struct basic_ctx *c, const char *value, char *out, size_t len)
+{
+	map_date_range(c, value, false, out, len);
+}
+
+static void map_dt(struct basic_ctx *c, const char *value, char *out, size_t len)
+{
+	map_date_range(c, value, true, out, len);
 }
 
 static void shift_dates(struct basic_ctx *c, struct dicom_elem *e, const char *vr)
 {
 	if (strcmp(vr, "DA") == 0 || strcmp(vr, "DT") == 0) {
-		map_values(c, e, map_date);
+		map_values(c, e, strcmp(vr, "DA") == 0 ? map_da : map_dt);
 		c->dates_shifted = true;
 	}
 	/* TM: a shift by whole days leaves times as they are. */
@@ -901,8 +1218,11 @@ static void shift_dates(struct basic_ctx *c, struct dicom_elem *e, const char *v
 static void clean_element(struct basic_ctx *c, struct dicom_elem *e)
 {
 	char *value = NULL, *cleaned;
+	int rc = dicom_elem_get_string(e, &value);
 
-	if (dicom_elem_get_string(e, &value) != 1) {
+	if (rc != 1) {
+		if (rc == -1)
+			unreadable(c);
 		free(value);
 		return;
 	}
@@ -958,6 +1278,8 @@ static enum dicom_visit_action act_dummy(struct basic_ctx *c, struct dicom_elem 
 	char *value = NULL;
 	int present = dicom_elem_get_string(e, &value);
 
+	if (present == -1 && strcmp(vr, "SQ") != 0)
+		unreadable(c);
 	/* Already empty stays empty: that is what Z would give. */
 	if (present == 1 && value[0] == '\0') {
 		free(value);
@@ -1003,6 +1325,48 @@ static enum dicom_visit_action act_clean(struct basic_ctx *c, struct dicom_elem 
 	return DCM_VISIT_KEEP;
 }
 
+/*
+ * D on a sequence (VerifyingObserverSequence, ContentSequence, ...): an
+ * IOD may require it with an item (a verified SR needs its verifying
+ * observer), so it keeps one item, the first, whose every value becomes a
+ * dummy (dummy_value()). With no item it stays empty.
+ */
+static enum dicom_visit_action dummy_sequence(struct basic_ctx *c,
+					    struct dicom_elem *e)
+{
+	struct error err = ERROR_INIT;
+
+	if (dicom_elem_keep_first_item(e, &err) == -1)
+		fail(c, &err);
+	if (c->dummy_below < 0)
+		c->dummy_below = dicom_elem_depth(e);
+	return DCM_VISIT_KEEP;
+}
+
+/* An element of a dummy item: coded strings (CS: relationship and value
+ * types, flags) and tag references stay, they say what the item is; a
+ * sequence keeps its first item; every other value, codes included (an
+ * institution's or a person's code identifies them), becomes its VR's
+ * dummy, UIDs are replaced. */
+static enum dicom_visit_action dummy_value(struct basic_ctx *c,
+					 struct dicom_elem *e)
+{
+	const char *vr = dicom_elem_vr(e);
+
+	if (strcmp(vr, "SQ") == 0) {
+		struct error err = ERROR_INIT;
+
+		if (dicom_elem_keep_first_item(e, &err) == -1)
+			fail(c, &err);
+		return DCM_VISIT_KEEP;
+	}
+	if (strcmp(vr, "CS") == 0 || strcmp(vr, "AT") == 0)
+		return DCM_VISIT_KEEP;
+	if (strcmp(vr, "UN") == 0)
+		return DCM_VISIT_REMOVE;
+	return act_dummy(c, e, vr);
+}
+
 static enum dicom_visit_action apply_action(struct basic_ctx *c,
 					  struct dicom_elem *e,
 					  enum deid_action act, int column)
@@ -1028,9 +1392,10 @@ static enum dicom_visit_action apply_action(struct basic_ctx *c,
 	case DEID_ACT_XD:
 	case DEID_ACT_XZD:
 	case DEID_ACT_ZD:
-		/* A dummy sequence could only echo what was there: empty. */
+		/* Where X or Z is allowed an empty sequence is the safer
+		 * dummy; pure D keeps one item of dummies. */
 		if (strcmp(vr, "SQ") == 0)
-			return empty(c, e);
+			return act == DEID_ACT_D ? dummy_sequence(c, e) : empty(c, e);
 		return act_dummy(c, e, vr);
 	}
 	return DCM_VISIT_KEEP;
@@ -1079,6 +1444,91 @@ static bool safe_private(const struct basic_ctx *c, struct dicom_elem *e)
 	return keep;
 }
 
+/*
+ * Attributes no row names (deid.unlisted = "remove", the default). Every
+ * value that can carry free text goes, unless this list keeps it: what
+ * codes and image geometry need and what names the vendor, none of it
+ * about the patient. Keep it short; README lists it.
+ */
+static const uint32_t unlisted_allowed[] = {
+	DCM_TAG(0x0008, 0x0070),	/* Manufacturer */
+	DCM_TAG(0x0008, 0x0100),	/* CodeValue */
+	DCM_TAG(0x0008, 0x0102),	/* CodingSchemeDesignator */
+	DCM_TAG(0x0008, 0x0103),	/* CodingSchemeVersion */
+	DCM_TAG(0x0008, 0x0104),	/* CodeMeaning */
+	DCM_TAG(0x0008, 0x0119),	/* LongCodeValue */
+	DCM_TAG(0x0008, 0x0120),	/* URNCodeValue */
+	DCM_TAG(0x0008, 0x0302),	/* PrivateCreatorReference */
+	DCM_TAG(0x0008, 0x1090),	/* ManufacturerModelName */
+	DCM_TAG(0x0018, 0x1160),	/* FilterType */
+	DCM_TAG(0x0018, 0x1210),	/* ConvolutionKernel */
+	DCM_TAG(0x0010, 0x2201),	/* PatientSpeciesDescription */
+	DCM_TAG(0x0020, 0x1040),	/* PositionReferenceIndicator */
+	DCM_TAG(0x0020, 0x9056),	/* StackID */
+	DCM_TAG(0x0020, 0x9213),	/* DimensionIndexPrivateCreator */
+	DCM_TAG(0x0020, 0x9238),	/* FunctionalGroupPrivateCreator */
+	DCM_TAG(0x0028, 0x1054),	/* RescaleType */
+	DCM_TAG(0x0028, 0x1055),	/* WindowCenterWidthExplanation */
+	DCM_TAG(0x0028, 0x3004),	/* ModalityLUTType */
+};
+
+/* Text VRs that can carry anything typed or copied in. CS (a code, 16
+ * upper-case characters) and the number, date and binary VRs cannot
+ * carry a name or free text and stay. */
+static bool free_text_vr(const char *vr)
+{
+	static const char *const vrs[] = { "PN", "LO", "SH", "ST", "LT", "UT",
+					    "UC", "UR", "AE" };
+
+	for (size_t i = 0; i < sizeof(vrs) / sizeof(*vrs); i++)
+		if (strcmp(vr, vrs[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool unlisted_goes(struct dicom_elem *e)
+{
+	uint32_t tag = dicom_elem_tag(e);
+	char keyword[64];
+
+	for (size_t i = 0; i < sizeof(unlisted_allowed) / sizeof(*unlisted_allowed); i++)
+		if (unlisted_allowed[i] == tag)
+			return false;
+	dicom_keyword_from_tag(tag, keyword, sizeof(keyword));
+	if (keyword[0] == '\0')	/* no dictionary knows it */
+		return true;
+	return free_text_vr(dicom_elem_vr(e));
+}
+
+/* A text attribute the dictionary knows is emptied: nothing of its value
+ * stays, and an attribute an IOD requires (Type 2) is still there. One
+ * no dictionary knows is removed. */
+static enum dicom_visit_action unlisted_action(struct basic_ctx *c,
+					     struct dicom_elem *e)
+{
+	char keyword[64];
+
+	dicom_keyword_from_tag(dicom_elem_tag(e), keyword, sizeof(keyword));
+	if (keyword[0] == '\0' || strcmp(dicom_elem_vr(e), "UR") == 0)
+		return DCM_VISIT_REMOVE;
+	return empty(c, e);
+}
+
+/* An overlay group (60xx, even) whose OverlayData the rules remove goes
+ * whole: its rows, origin, description and label describe nothing then,
+ * and the description and label are free text. */
+static bool overlay_group_goes(const struct basic_ctx *c, uint32_t tag)
+{
+	const struct deid_rule *data;
+	int column;
+
+	if ((DCM_GROUP(tag) & 0xFF01) != 0x6000)
+		return false;
+	data = find_rule(DCM_TAG(DCM_GROUP(tag), 0x3000));
+	return data != NULL &&
+	       effective_action(data, c->opts->options, &column) == DEID_ACT_X;
+}
+
 static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 {
 	struct basic_ctx *c = ctx;
@@ -1090,8 +1540,29 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 	/* Depth first: back at the cleaned sequence's level means out of it. */
 	if (c->clean_below >= 0 && dicom_elem_depth(e) <= c->clean_below)
 		c->clean_below = -1;
-	if (DCM_GROUP(tag) & 1)
-		return safe_private(c, e) ? DCM_VISIT_KEEP : DCM_VISIT_REMOVE;
+	if (c->dummy_below >= 0 && dicom_elem_depth(e) <= c->dummy_below)
+		c->dummy_below = -1;
+	/* A stored object carries no command group (PS3.10 7.1), and its
+	 * meta header only in front of the dataset: group 0000 anywhere and
+	 * group 0002 inside the dataset are leftovers of other systems. */
+	if (DCM_GROUP(tag) == 0x0000 || DCM_GROUP(tag) == 0x0002)
+		return DCM_VISIT_REMOVE;
+	if (DCM_GROUP(tag) & 1) {
+		if (!safe_private(c, e))
+			return DCM_VISIT_REMOVE;
+		if (strcmp(dicom_elem_vr(e), "UI") == 0)
+			map_unlisted_uid(c, e);
+		return DCM_VISIT_KEEP;
+	}
+	if (overlay_group_goes(c, tag))
+		return DCM_VISIT_REMOVE;
+	if (c->dummy_below >= 0)
+		return dummy_value(c, e);
+	if ((tag == TAG_PatientID || tag == TAG_PatientName) &&
+	    strcmp(dicom_elem_vr(e), "SQ") == 0) {
+		unreadable(c);	/* a name inside a sequence: no rule sees it */
+		return DCM_VISIT_REMOVE;
+	}
 	if (tag == TAG_PatientID) {
 		put(c, e, c->new_id);
 		return DCM_VISIT_KEEP;
@@ -1101,9 +1572,29 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 		return DCM_VISIT_KEEP;
 	}
 	rule = find_rule(tag);
+	/* Still UN after the adapter read it with the dictionary's VR, and
+	 * no row for it: nothing can tell what it holds, so it is taken for
+	 * identifying, whatever deid.unlisted says. */
+	if (rule == NULL && strcmp(dicom_elem_vr(e), "UN") == 0)
+		return DCM_VISIT_REMOVE;
+	if (rule == NULL && strcmp(dicom_elem_vr(e), "UI") == 0) {
+		map_unlisted_uid(c, e);
+		return DCM_VISIT_KEEP;
+	}
+	/* A URL can name a server, a patient, a study: none survives, not
+	 * even with deid.unlisted = "keep" (a code's URN is a code). */
+	if (rule == NULL && strcmp(dicom_elem_vr(e), "UR") == 0 &&
+	    tag != DCM_TAG(0x0008, 0x0120))
+		return DCM_VISIT_REMOVE;
 	if (rule == NULL) {
-		if (c->clean_below >= 0 && is_text_vr(dicom_elem_vr(e)))
+		/* Inside a sequence an option keeps and cleans (structured
+		 * content, graphics), text is cleaned, not emptied. */
+		if (c->clean_below >= 0 && is_text_vr(dicom_elem_vr(e))) {
 			clean_element(c, e);
+			return DCM_VISIT_KEEP;
+		}
+		if (!c->opts->keep_unlisted && unlisted_goes(e))
+			return unlisted_action(c, e);
 		return DCM_VISIT_KEEP;
 	}
 	/* Two statements: the order in which arguments are evaluated is
@@ -1120,6 +1611,15 @@ static const struct {
 	enum token_kind kind;
 } identifying[] = {
 	{ DCM_TAG(0x0008, 0x0050), TOKEN_WHOLE },	/* AccessionNumber */
+	{ DCM_TAG(0x0020, 0x0010), TOKEN_ID },	/* StudyID */
+	{ DCM_TAG(0x0010, 0x1090), TOKEN_ID },	/* MedicalRecordLocator */
+	{ DCM_TAG(0x0038, 0x0010), TOKEN_ID },	/* AdmissionID */
+	{ DCM_TAG(0x0038, 0x0060), TOKEN_ID },	/* ServiceEpisodeID */
+	{ DCM_TAG(0x0040, 0x0009), TOKEN_ID },	/* ScheduledProcedureStepID */
+	{ DCM_TAG(0x0040, 0x0253), TOKEN_ID },	/* PerformedProcedureStepID */
+	{ DCM_TAG(0x0040, 0x1001), TOKEN_ID },	/* RequestedProcedureID */
+	{ DCM_TAG(0x0040, 0x2016), TOKEN_ID },	/* PlacerOrderNumberImagingServiceRequest */
+	{ DCM_TAG(0x0040, 0x2017), TOKEN_ID },	/* FillerOrderNumberImagingServiceRequest */
 	{ DCM_TAG(0x0008, 0x0080), TOKEN_TEXT },	/* InstitutionName */
 	{ DCM_TAG(0x0008, 0x0081), TOKEN_TEXT },	/* InstitutionAddress */
 	{ DCM_TAG(0x0008, 0x0092), TOKEN_TEXT },	/* ReferringPhysicianAddress */
@@ -1137,6 +1637,7 @@ static const struct {
 	{ DCM_TAG(0x0038, 0x0400), TOKEN_TEXT },	/* PatientInstitutionResidence */
 	{ DCM_TAG(0x0040, 0x1102), TOKEN_TEXT },	/* PersonAddress */
 	{ DCM_TAG(0x0040, 0x1103), TOKEN_WHOLE },	/* PersonTelephoneNumbers */
+	{ DCM_TAG(0x0040, 0xA027), TOKEN_TEXT },	/* VerifyingOrganization */
 };
 
 /* Names (every PN, at any level), IDs, the birth date, addresses, telephone
@@ -1152,7 +1653,18 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 
 	if (DCM_GROUP(tag) & 1)
 		return DCM_VISIT_KEEP;
-	if (tag != TAG_PatientBirthDate && strcmp(vr, "PN") != 0) {
+	if (strcmp(vr, "DA") == 0 || strcmp(vr, "DT") == 0) {
+		/* Every date, in its usual spellings: a description saying
+		 * "CT 14.03.2021" gives the study date away. */
+		int rc = dicom_elem_get_string(e, &value);
+
+		if (rc == 1)
+			add_date_values(t, value);
+		t->unreadable |= rc == -1;
+		free(value);
+		return DCM_VISIT_KEEP;
+	}
+	if (strcmp(vr, "PN") != 0) {
 		size_t i;
 
 		for (i = 0; i < sizeof(identifying) / sizeof(*identifying); i++)
@@ -1162,12 +1674,12 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 			return DCM_VISIT_KEEP;
 		kind = identifying[i].kind;
 	}
-	if (strcmp(vr, "SQ") != 0 && dicom_elem_get_string(e, &value) == 1 &&
-	    value[0] != '\0') {
-		if (tag == TAG_PatientBirthDate)
-			add_date_tokens(t, value);
-		else
+	if (strcmp(vr, "SQ") != 0) {
+		int rc = dicom_elem_get_string(e, &value);
+
+		if (rc == 1 && value[0] != '\0')
 			add_multi(t, value, kind);
+		t->unreadable |= rc == -1;
 	}
 	free(value);
 	return DCM_VISIT_KEEP;
@@ -1186,7 +1698,9 @@ static bool listed(const char *value, const char *const *list)
 static int check_burned_in(const struct deid_options *o, struct dicom_file *file,
 			   struct error *err)
 {
-	static const char *const modalities[] = { "US", "SC", "OT", "XC", "ES", NULL };
+	/* OP: ophthalmic photographs carry printed names and dates. */
+	static const char *const modalities[] = { "US", "SC", "OT", "XC", "ES",
+						  "OP", NULL };
 	static const char *const classes[] = {
 		"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
 		"1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
@@ -1196,16 +1710,20 @@ static int check_burned_in(const struct deid_options *o, struct dicom_file *file
 
 	if (o->allow_burned_in)
 		return 0;
-	if (dicom_get_string(file, DCM_TAG(0x0028, 0x0301), &burned) == 1 &&
-	    burned[0] != '\0') {
+	if (dicom_get_string(file, DCM_TAG(0x0028, 0x0301), &burned) == -1)
+		return error_set(err, ERROR_INPUT, 0, "BurnedInAnnotation cannot "
+				 "be read");
+	if (burned != NULL && burned[0] != '\0') {
 		if (strcmp(burned, "NO") != 0)
 			rc = error_set(err, ERROR_INPUT, 0, "burned-in annotation "
 				       "(BurnedInAnnotation = %s)",
 				       strcmp(burned, "YES") == 0 ? "YES" : "not NO");
 	} else {
-		dicom_get_string(file, TAG_Modality, &modality);
-		dicom_get_string(file, TAG_SOPClassUID, &sop_class);
-		if (modality && listed(modality, o->burned_in_modalities ?
+		if (dicom_get_string(file, TAG_Modality, &modality) == -1 ||
+		    dicom_get_string(file, TAG_SOPClassUID, &sop_class) == -1)
+			rc = error_set(err, ERROR_INPUT, 0, "Modality or "
+				       "SOPClassUID cannot be read");
+		else if (modality && listed(modality, o->burned_in_modalities ?
 					o->burned_in_modalities : modalities))
 			rc = error_set(err, ERROR_INPUT, 0, "may carry burned-in "
 				       "text (Modality %s, BurnedInAnnotation absent)",
@@ -1220,6 +1738,30 @@ static int check_burned_in(const struct deid_options *o, struct dicom_file *file
 	free(modality);
 	free(sop_class);
 	return rc;
+}
+
+/* An overlay kept in the pixel data's unused high bits (OverlayBitPosition
+ * not 0, the old way) survives every header rule, like burned-in text. */
+static int check_overlay_bits(const struct deid_options *o,
+			      struct dicom_file *file, struct error *err)
+{
+	if (o->allow_burned_in)
+		return 0;
+	for (unsigned g = 0x6000; g <= 0x601E; g += 2) {
+		char *pos = NULL;
+		int rc = dicom_get_string(file, DCM_TAG(g, 0x0102), &pos);
+		bool in_pixels = rc == 1 && pos[0] != '\0' && strcmp(pos, "0") != 0;
+
+		free(pos);
+		if (rc == -1)
+			return error_set(err, ERROR_INPUT, 0, "OverlayBitPosition "
+					 "cannot be read");
+		if (in_pixels)
+			return error_set(err, ERROR_INPUT, 0, "overlay in the pixel "
+					 "data's high bits (OverlayBitPosition not 0): "
+					 "may carry burned-in text");
+	}
+	return 0;
 }
 
 /* Undeclared or unconvertible text is rewritten as the adapter read it
@@ -1250,13 +1792,21 @@ static int to_utf8(struct basic_ctx *c, struct dicom_file *file, struct error *e
 	return dicom_put_string(file, TAG_SpecificCharacterSet, "ISO_IR 192", err);
 }
 
+/*
+ * The record of what was done. An earlier tool's record stays: this one's
+ * DeidentificationMethod value is appended to the earlier values (cleaned
+ * like any description), its codes to the earlier code items.
+ */
 static int record_method(const struct deid_options *o, struct basic_ctx *c,
-			 struct dicom_file *file, struct error *err)
+			 struct dicom_file *file, const char *earlier,
+			 struct error *err)
 {
 	struct dicom_code codes[1 + DEID_OPTION_COUNT];
 	char method[64 * (1 + DEID_OPTION_COUNT)];
+	char *before = NULL, *all = NULL;
 	size_t n = 0;
 	const char *ltim = "REMOVED";
+	int rc = -1;
 
 	codes[n++] = profile_code;
 	snprintf(method, sizeof(method), "DICOMSORTD %s BASIC PROFILE",
@@ -1272,11 +1822,76 @@ static int record_method(const struct deid_options *o, struct basic_ctx *c,
 		ltim = "UNMODIFIED";
 	else if (c->dates_shifted || (o->options & DEID_RETAIN_MODIFIED_DATES))
 		ltim = "MODIFIED";
+	if (earlier != NULL && earlier[0] != '\0') {
+		before = clean_text(earlier, c->tokens);
+		if (before == NULL || asprintf(&all, "%s\\%s", before, method) == -1) {
+			all = NULL;
+			error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
+			goto out;
+		}
+	}
 	if (dicom_put_string(file, DCM_TAG(0x0012, 0x0062), "YES", err) == -1 ||
-	    dicom_put_string(file, DCM_TAG(0x0012, 0x0063), method, err) == -1 ||
-	    dicom_put_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, n, err) == -1 ||
+	    dicom_put_string(file, DCM_TAG(0x0012, 0x0063), all ? all : method,
+			     err) == -1 ||
+	    dicom_append_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, n,
+				       err) == -1 ||
 	    dicom_put_string(file, DCM_TAG(0x0028, 0x0303), ltim, err) == -1)
-		return -1;
+		goto out;
+	rc = 0;
+out:
+	free(before);
+	free(all);
+	return rc;
+}
+
+/*
+ * An object without a PatientID (absent or empty). Were they all one
+ * patient, "", they would share one pseudonym, one folder and one date
+ * shift. Instead the key is what the object carries: its PatientName and
+ * PatientBirthDate, else its StudyInstanceUID (each study its own
+ * patient), else its SOPInstanceUID. The key starts with a control
+ * character no PatientID can hold. The unknown-ID policy still rejects
+ * or holds such an object; otherwise it is pseudonymized from the key.
+ * *key replaces *id (freed).
+ */
+static int absent_id(const struct deid_options *o, struct dicom_file *file,
+		     char **key, char *out, size_t len,
+		     struct deid_report *report, struct error *err)
+{
+	static const uint32_t fallback[] = { TAG_StudyInstanceUID,
+					     TAG_SOPInstanceUID };
+	char *name = NULL, *birth = NULL, *uid = NULL, *k = NULL;
+	int n = -1;
+
+	switch (unknown_policy(o)) {
+	case DEID_UNKNOWN_REJECT:
+		return error_set(err, ERROR_INPUT, 0, "no PatientID");
+	case DEID_UNKNOWN_HOLD:
+		report->hold = true;
+		return 0;
+	default:
+		break;
+	}
+	if (dicom_get_raw(file, TAG_PatientName, &name) == 1 && name[0] != '\0') {
+		if (dicom_get_raw(file, TAG_PatientBirthDate, &birth) != 1) {
+			free(birth);
+			birth = NULL;
+		}
+		n = asprintf(&k, "\x1fname\x1f%s\x1f%s", name, birth ? birth : "");
+	}
+	for (size_t i = 0; n == -1 && i < sizeof(fallback) / sizeof(*fallback); i++) {
+		if (dicom_get_raw(file, fallback[i], &uid) == 1 && uid[0] != '\0')
+			n = asprintf(&k, "\x1fuid\x1f%s", uid);
+		free(uid);
+		uid = NULL;
+	}
+	free(name);
+	free(birth);
+	if (n == -1)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
+	free(*key);
+	*key = k;
+	pseudonym_id(o, k, out, len);
 	return 0;
 }
 
@@ -1284,22 +1899,36 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 		       struct deid_report *report, struct error *err)
 {
 	struct tokens tokens = { .list = NULL };
-	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1 };
-	char new_id[65], *id = NULL;
-	int rc = -1;
+	struct basic_ctx c = { .opts = o, .tokens = &tokens, .clean_below = -1,
+			       .dummy_below = -1 };
+	char new_id[65], *id = NULL, *earlier = NULL;
+	int rc = -1, stripped = 0;
+	bool had_id = true;
 
-	if (check_burned_in(o, file, err) == -1)
+	if (check_burned_in(o, file, err) == -1 ||
+	    check_overlay_bits(o, file, err) == -1)
 		return -1;
-	if (dicom_get_raw(file, TAG_PatientID, &id) != 1) {
+	switch (dicom_get_raw(file, TAG_PatientID, &id)) {
+	case -1:
+		return error_set(err, ERROR_INPUT, 0, "PatientID cannot be read");
+	case 0:
 		free(id);
 		id = strdup("");
+		had_id = false;
+		break;
 	}
 	if (id == NULL) {
 		error_set(err, ERROR_TRANSIENT, ENOMEM, "de-identification");
 		goto out;
 	}
-	if (new_patient_id(o, id, new_id, sizeof(new_id), report, err) == -1)
+	if (id[0] == '\0') {
+		if (absent_id(o, file, &id, new_id, sizeof(new_id), report,
+			      err) == -1)
+			goto out;
+	} else if (new_patient_id(o, id, new_id, sizeof(new_id), report,
+				  err) == -1) {
 		goto out;
+	}
 	if (report->hold) {	/* untouched: the caller parks it */
 		rc = 0;
 		goto out;
@@ -1307,18 +1936,35 @@ static int apply_basic(const struct deid_options *o, struct dicom_file *file,
 	c.new_id = new_id;
 	c.new_name = o->patient_name ? o->patient_name : new_id;
 	c.shift_days = report->shift_days = shift_days_for(o, id);
-	if (dicom_visit(file, collect_identifiers, &tokens, err) == -1 ||
-	    to_utf8(&c, file, err) == -1 ||
+	if (dicom_visit(file, collect_identifiers, &tokens, err) == -1)
+		goto out;
+	if (tokens.unreadable) {
+		error_set(err, ERROR_INPUT, 0, "an attribute value cannot be read");
+		goto out;
+	}
+	if (dicom_get_string(file, DCM_TAG(0x0012, 0x0063), &earlier) == -1) {
+		error_set(err, ERROR_INPUT, 0, "DeidentificationMethod cannot be read");
+		goto out;
+	}
+	if (to_utf8(&c, file, err) == -1 ||
 	    dicom_visit(file, visit_basic, &c, err) == -1)
 		goto out;
 	if (c.failed) {
 		*err = c.err;
 		goto out;
 	}
-	rc = record_method(o, &c, file, err);
+	/* Without one, the pseudonym is this object's PatientID from now on
+	 * (and its folder's name): Type 2, so there should have been one. */
+	if (!had_id && dicom_put_string(file, TAG_PatientID, new_id, err) == -1)
+		goto out;
+	if (dicom_strip_pixel_metadata(file, &stripped, err) == -1)
+		goto out;
+	rc = record_method(o, &c, file, earlier, err);
+	dicom_zero_preamble(file);
 out:
 	free_tokens(&tokens);
 	free(id);
+	free(earlier);
 	return rc;
 }
 

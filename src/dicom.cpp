@@ -4,20 +4,26 @@
  * exception and turns OFCondition into struct error.
  */
 #include "dicomsort/dicom.h"
+#include "dicomsort/codestream.h"
 #include "dicomsort/part10.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdict.h>
+#include <dcmtk/dcmdata/dcdicent.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrmf.h>
+#include <dcmtk/dcmdata/dcpixel.h>
+#include <dcmtk/dcmdata/dcpixseq.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcspchrs.h>
 #include <dcmtk/dcmdata/dctag.h>
 #include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcvr.h>
 #include <dcmtk/dcmdata/dcvrsl.h>
 #include <dcmtk/dcmdata/dcwcache.h>
 #include <dcmtk/dcmdata/dcxfer.h>
@@ -55,6 +61,8 @@ struct dicom_file {
 	/* Any change at all (even one that failed): the file's own bytes are
 	 * no longer the object. */
 	bool modified = false;
+	/* Write 128 zero bytes as the preamble, whatever the source had. */
+	bool zero_preamble = false;
 	/*
 	 * The fast path (part10.h). While light, DCMTK has not parsed the
 	 * file: its bytes and their index answer for it, and top-level text
@@ -95,6 +103,14 @@ extern "C" int dicom_init(struct error *err)
 {
 	try {
 		OFLog::configure(OFLogger::OFF_LOG_LEVEL);
+		/* A standard attribute written as UN (by a system that did
+		 * not know it) is read with its dictionary VR, a sequence as
+		 * a sequence: otherwise its value would be hex to every rule,
+		 * every layout value and every pseudonym. Process-wide, so
+		 * set here, before any thread (CP 246 covers the undefined
+		 * length form and is on by default). */
+		dcmEnableUnknownVRConversion.set(OFTrue);
+		dcmEnableCP246Support.set(OFTrue);
 		if (!dcmDataDict.isDictionaryLoaded())
 			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
 					 "dictionary could not be loaded (DCMDICTPATH?)");
@@ -1039,6 +1055,9 @@ static int element_raw(DcmElement *e, std::string &raw)
 		return -1;
 	raw.assign(value.c_str(), value.length());
 	trim(raw);
+	/* An embedded NUL would end the C string callers get, and hide
+	 * what follows it from every rule: it reads as a space. */
+	std::replace(raw.begin(), raw.end(), '\0', ' ');
 	return 1;
 }
 
@@ -1214,6 +1233,51 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 	}
 }
 
+extern "C" int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
+					const struct dicom_code *codes, size_t count,
+					struct error *err)
+{
+	file->modified = true;
+	try {
+		if (promote(file, err) == -1)
+			return -1;
+		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
+		DcmSequenceOfItems *sq = nullptr;
+		if (file->dataset->findAndGetSequence(key, sq, OFFalse).bad() ||
+		    sq == nullptr)
+			return dicom_put_code_sequence(file, tag, codes, count, err);
+		for (size_t i = 0; i < count; i++) {
+			bool present = false;
+			for (DcmItem *item : items_of(sq)) {
+				OFString v, s;
+				item->findAndGetOFString(DCM_CodeValue, v);
+				item->findAndGetOFString(DCM_CodingSchemeDesignator, s);
+				present |= v == codes[i].value && s == codes[i].scheme;
+			}
+			if (present)
+				continue;
+			DcmItem *item = new DcmItem();
+			OFCondition cond = item->putAndInsertString(DCM_CodeValue,
+								    codes[i].value);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodingSchemeDesignator,
+								codes[i].scheme);
+			if (cond.good())
+				cond = item->putAndInsertString(DCM_CodeMeaning,
+								codes[i].meaning);
+			if (cond.good())
+				cond = sq->append(item);
+			if (cond.bad()) {
+				delete item;
+				return fail(err, ERROR_INPUT, 0, "cannot add code", cond);
+			}
+		}
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot add code sequence");
+	}
+}
+
 /* ---- visiting ---- */
 
 /* The private creators of one item, (gggg,00xx) -> name: looking each one
@@ -1259,8 +1323,6 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 	for (DcmElement *e : elements) {
 		struct dicom_elem elem;
 
-		if (e->getTag().getGroup() == 0x0002)
-			continue;
 		elem.file = f;
 		elem.element = e;
 		elem.parent = item;
@@ -1337,6 +1399,23 @@ extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 	}
 }
 
+extern "C" int dicom_elem_keep_first_item(struct dicom_elem *elem,
+					  struct error *err)
+{
+	try {
+		if (elem->element->ident() != EVR_SQ)
+			return error_set(err, ERROR_INPUT, 0, "not a sequence");
+		DcmSequenceOfItems *sq = static_cast<DcmSequenceOfItems *>(elem->element);
+		if (sq->card() > 1)
+			elem->file->modified = true;
+		while (sq->card() > 1)
+			delete sq->remove(sq->card() - 1);
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot change sequence");
+	}
+}
+
 extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 {
 	elem->file->modified = true;
@@ -1349,6 +1428,134 @@ extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 		return 0;
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "cannot empty value");
+	}
+}
+
+/* ---- metadata inside compressed pixel data ---- */
+
+static bool fragment_bytes(DcmPixelItem *item, std::vector<unsigned char> &out)
+{
+	Uint8 *p = nullptr;
+	Uint32 len = item->getLength();
+
+	out.clear();
+	if (len == 0)
+		return true;
+	if (item->getUint8Array(p).bad() || p == nullptr)
+		return false;
+	out.assign(p, p + len);
+	return true;
+}
+
+/* The fragments after the offset table, as frames: a fragment that starts
+ * a codestream starts a frame, the others continue it. */
+static bool frames_of(DcmPixelSequence *seq, enum codestream_kind kind,
+		      std::vector<std::vector<unsigned char>> &frames)
+{
+	std::vector<unsigned char> bytes;
+
+	for (unsigned long i = 1; i < seq->card(); i++) {
+		DcmPixelItem *item = nullptr;
+
+		if (seq->getItem(item, i).bad() || item == nullptr ||
+		    !fragment_bytes(item, bytes))
+			return false;
+		if (frames.empty() ||
+		    codestream_starts(kind, bytes.data(), bytes.size()))
+			frames.emplace_back();
+		frames.back().insert(frames.back().end(), bytes.begin(), bytes.end());
+	}
+	return true;
+}
+
+/* Replace the fragments by one per frame and, if the offset table was
+ * filled, fill it anew. */
+static OFCondition put_frames(DcmPixelSequence *seq,
+			      std::vector<std::vector<unsigned char>> &frames)
+{
+	DcmPixelItem *table = nullptr;
+	std::vector<unsigned char> offsets;
+	Uint32 at = 0;
+
+	while (seq->card() > 1) {
+		DcmPixelItem *item = nullptr;
+		OFCondition cond = seq->remove(item, seq->card() - 1);
+		if (cond.bad())
+			return cond;
+		delete item;
+	}
+	for (std::vector<unsigned char> &frame : frames) {
+		if (frame.size() % 2)
+			frame.push_back(0);
+		for (int k = 0; k < 4; k++)
+			offsets.push_back(static_cast<unsigned char>(at >> (8 * k)));
+		at += 8 + static_cast<Uint32>(frame.size());
+		DcmPixelItem *item = new DcmPixelItem(DcmTag(DCM_Item, EVR_OB));
+		OFCondition cond = item->putUint8Array(frame.data(),
+						       static_cast<Uint32>(frame.size()));
+		if (cond.good())
+			cond = seq->insert(item);
+		if (cond.bad()) {
+			delete item;
+			return cond;
+		}
+	}
+	if (seq->getItem(table, 0).good() && table != nullptr &&
+	    table->getLength() > 0)
+		return table->putUint8Array(offsets.data(),
+					    static_cast<Uint32>(offsets.size()));
+	return EC_Normal;
+}
+
+extern "C" int dicom_strip_pixel_metadata(struct dicom_file *file, int *removed,
+					  struct error *err)
+{
+	*removed = 0;
+	try {
+		if (promote(file, err) == -1)
+			return -1;
+		enum codestream_kind kind = codestream_kind_of(
+			DcmXfer(file->dataset->getOriginalXfer()).getXferID());
+		DcmElement *e = nullptr;
+
+		if (kind == CODESTREAM_NONE ||
+		    file->dataset->findAndGetElement(DCM_PixelData, e, OFFalse).bad() ||
+		    e == nullptr)
+			return 0;
+		DcmPixelData *pixels = dynamic_cast<DcmPixelData *>(e);
+		DcmPixelSequence *seq = nullptr;
+		std::vector<std::vector<unsigned char>> frames;
+		if (pixels == nullptr ||
+		    pixels->getEncapsulatedRepresentation(
+			    file->dataset->getOriginalXfer(), nullptr, seq).bad() ||
+		    seq == nullptr || !frames_of(seq, kind, frames))
+			return error_set(err, ERROR_INPUT, 0, "compressed pixel "
+					 "data cannot be read");
+		for (std::vector<unsigned char> &frame : frames) {
+			size_t len = frame.size();
+			int r = codestream_strip(kind, frame.data(), frame.size(), &len);
+
+			if (r < 0)
+				return error_set(err, ERROR_INPUT, 0, "compressed "
+						 "pixel data not understood (its metadata "
+						 "cannot be removed)");
+			frame.resize(len);
+			*removed += r;
+		}
+		if (*removed == 0)
+			return 0;
+		file->modified = true;
+		OFCondition cond = put_frames(seq, frames);
+		if (cond.bad())
+			return fail(err, ERROR_INPUT, 0, "cannot rewrite compressed "
+				    "pixel data", cond);
+		/* Offsets into fragments that are gone. */
+		file->dataset->findAndDeleteElement(DcmTagKey(0x7fe0, 0x0001));
+		file->dataset->findAndDeleteElement(DcmTagKey(0x7fe0, 0x0002));
+		return 0;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot rewrite compressed "
+				 "pixel data");
 	}
 }
 
@@ -1404,7 +1611,35 @@ static bool output_errno(int e)
 	       e == EFBIG || e == EBADF || e == EPIPE || e == ENXIO;
 }
 
+extern "C" void dicom_zero_preamble(struct dicom_file *file)
+{
+	file->zero_preamble = true;
+	file->modified = true;
+}
+
+/* Both writers copy the source's preamble; overwrite it in the output. */
+static int clear_preamble(struct dicom_file *file, int fd, struct error *err)
+{
+	static const char zeros[128] = { 0 };
+
+	if (!file->zero_preamble)
+		return 0;
+	if (pwrite(fd, zeros, sizeof(zeros), 0) != (ssize_t)sizeof(zeros))
+		return error_set(err, ERROR_TRANSIENT, saved_errno(),
+				 "cannot write DICOM file");
+	return 0;
+}
+
+static int save_fd(struct dicom_file *file, int fd, struct error *err);
+
 extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
+{
+	if (save_fd(file, fd, err) == -1)
+		return -1;
+	return clear_preamble(file, fd, err);
+}
+
+static int save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
 		/* Edits were only made where the meta header stays true. */
@@ -1457,5 +1692,41 @@ extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 		return 0;
 	} catch (...) {
 		return error_set(err, ERROR_TRANSIENT, 0, "cannot write DICOM file");
+	}
+}
+
+/* ---- the dictionary, for --check-config ---- */
+
+static bool standard_entry_nocase(const DcmDictEntry *e, const char *keyword,
+				  char *buf, size_t len)
+{
+	const char *name = e->getTagName();
+
+	if (e->getGroup() % 2 != 0 || e->getPrivateCreator() != NULL ||
+	    name == NULL || strcasecmp(name, keyword) != 0)
+		return false;
+	snprintf(buf, len, "%s", name);
+	return true;
+}
+
+extern "C" int dicom_standard_keyword_nocase(const char *keyword, char *buf,
+					     size_t len)
+{
+	try {
+		/* The iterators are not const; only read under the lock. */
+		DcmDataDictionary &dict =
+			const_cast<DcmDataDictionary &>(dcmDataDict.rdlock());
+		bool found = false;
+
+		for (DcmHashDictIterator it = dict.normalBegin();
+		     !found && it != dict.normalEnd(); ++it)
+			found = standard_entry_nocase(*it, keyword, buf, len);
+		for (DcmDictEntryListIterator it = dict.repeatingBegin();
+		     !found && it != dict.repeatingEnd(); ++it)
+			found = standard_entry_nocase(*it, keyword, buf, len);
+		dcmDataDict.rdunlock();
+		return found ? 0 : -1;
+	} catch (...) {
+		return -1;
 	}
 }

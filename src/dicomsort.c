@@ -6,6 +6,7 @@
  * through pipeline_file() on worker threads, then report.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <fts.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -22,6 +23,7 @@
 
 #include "dicomsort/correlation.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/fsutil.h"
 #include "dicomsort/pipeline.h"
 
 enum exit_code { EXIT_ALL_FINE = 0, EXIT_SOME_REJECTED = 1, EXIT_USAGE = 2 };
@@ -61,6 +63,7 @@ struct options {
 	long max_shift_days;
 	unsigned deid_options;
 	bool allow_burned_in;
+	bool keep_unlisted;
 	const char *safe_private[64];	/* NULL-terminated */
 	size_t safe_private_count;
 };
@@ -98,7 +101,7 @@ static const char usage_text[] =
 "  --dry-run              show what would be done, write nothing\n"
 "  --json                 print a machine-readable summary on stdout\n"
 "  --quiet                print only errors\n"
-"  --missing-ids-log PATH where unmapped PatientIDs go\n"
+"  --missing-ids-log PATH where unmapped PatientIDs go, mode 0600\n"
 "                         (default: ./missing_patient_ids.log)\n"
 "\n"
 "De-identification (see README):\n"
@@ -116,9 +119,15 @@ static const char usage_text[] =
 "  --patient-name NAME    PatientName under basic (default: the new PatientID)\n"
 "  --max-date-shift-days N  modified dates move back 1..N days (default 365)\n"
 "  --allow-burned-in      store objects that may carry burned-in text\n"
+"  --unlisted remove|keep  basic: text attributes no row of Table E.1-1\n"
+"                         names are emptied or removed (default), or kept\n"
 "  --help, --version\n"
 "\n"
-"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n";
+"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n"
+"\n"
+"Under every profile, stderr, --json and the missing-IDs log name sources by\n"
+"the paths given to --dicomin and hold original PatientIDs: they are the\n"
+"operator's own records, not part of a de-identified export.\n";
 
 static void usage_error(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2), noreturn));
@@ -154,7 +163,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 	       OPT_JSON, OPT_QUIET, OPT_MISSING, OPT_HELP, OPT_VERSION,
 	       OPT_IN, OPT_OUT, OPT_ANON, OPT_TABLE, OPT_PROFILE, OPT_SECRET,
 	       OPT_UNKNOWN_ID, OPT_PREFIX, OPT_PATIENT_NAME, OPT_SHIFT,
-	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_DEID_OPTION };
+	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_UNLISTED, OPT_DEID_OPTION };
 	static const struct option longopts[] = {
 		{ "dicomin", required_argument, NULL, OPT_IN },
 		{ "dicomout", required_argument, NULL, OPT_OUT },
@@ -176,6 +185,7 @@ static void parse_args(int argc, char **argv, struct options *o)
 		{ "max-date-shift-days", required_argument, NULL, OPT_SHIFT },
 		{ "allow-burned-in", no_argument, NULL, OPT_BURNED_IN },
 		{ "safe-private", required_argument, NULL, OPT_SAFE_PRIVATE },
+		{ "unlisted", required_argument, NULL, OPT_UNLISTED },
 		/* One flag per PS3.15 option, in deid_option_name() order. */
 		{ "retain-safe-private", no_argument, NULL, OPT_DEID_OPTION + 0 },
 		{ "retain-uids", no_argument, NULL, OPT_DEID_OPTION + 1 },
@@ -216,6 +226,12 @@ static void parse_args(int argc, char **argv, struct options *o)
 		case OPT_SHIFT: o->max_shift_days = parse_number(optarg,
 					"--max-date-shift-days", 1, 36500); break;
 		case OPT_BURNED_IN: o->allow_burned_in = true; break;
+		case OPT_UNLISTED:
+			if (strcmp(optarg, "keep") != 0 && strcmp(optarg, "remove") != 0)
+				usage_error("--unlisted wants remove or keep, not '%s'",
+					    optarg);
+			o->keep_unlisted = strcmp(optarg, "keep") == 0;
+			break;
 		case OPT_SAFE_PRIVATE:
 			if (o->safe_private_count + 1 >= 64)
 				usage_error("%s", "too many --safe-private");
@@ -365,6 +381,14 @@ static void *worker(void *arg)
 			if (o == NULL)
 				abort();
 			pipeline_file(r->pipeline, f->path, f->rel, &res);
+			/* --move: stored, but the source stays; a later run
+			 * finds the output and removes it. */
+			if (res.dispose_failed) {
+				res.status = PIPELINE_FAILED;
+				snprintf(res.err.msg, sizeof(res.err.msg),
+					 "stored, but the source stays: %.400s",
+					 res.dispose_err.msg);
+			}
 			o->status = res.status;
 			if (r->keep_dest && (res.status == PIPELINE_STORED ||
 					     res.status == PIPELINE_DUPLICATE))
@@ -546,6 +570,26 @@ static int compare_strings(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The log lists original IDs: only its owner may read it, whatever the
+ * umask, and an existing file of wider mode is narrowed first. */
+static FILE *open_private(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+		      0600);
+	FILE *f;
+
+	if (fd == -1)
+		return NULL;
+	if (fchmod(fd, 0600) == -1 || (f = fdopen(fd, "w")) == NULL) {
+		int saved = errno;
+
+		close(fd);
+		errno = saved;
+		return NULL;
+	}
+	return f;
+}
+
 /* The original wrote each unmapped PatientID once to this log. */
 static size_t write_missing_ids(const struct run *r, const char *path, bool quiet)
 {
@@ -563,7 +607,7 @@ static size_t write_missing_ids(const struct run *r, const char *path, bool quie
 		return 0;
 	}
 	qsort(ids, n, sizeof(*ids), compare_strings);
-	log = fopen(path, "w");
+	log = open_private(path);
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0 && strcmp(ids[i], ids[i - 1]) == 0)
 			continue;
@@ -653,6 +697,7 @@ static struct pipeline *setup_pipeline(const struct options *o,
 			.max_shift_days = o->max_shift_days,
 			.safe_private = o->safe_private,
 			.allow_burned_in = o->allow_burned_in,
+			.keep_unlisted = o->keep_unlisted,
 		},
 		/* Copies need one sync at the end; a moved source goes only
 		 * after its own copy is durable. */
@@ -701,6 +746,14 @@ int main(int argc, char **argv)
 	r.pipeline = setup_pipeline(&o, table, secret);
 	r.keep_dest = o.json;
 	started = now_seconds();
+	/* A --move killed midway may have left sources claimed (renamed to
+	 * a private name before deletion): they get their names back and
+	 * are sorted again like the rest (identical output: duplicate). */
+	if (o.move && !o.dry_run &&
+	    fsutil_recover_claims(o.dicomin, &err) == -1) {
+		fprintf(stderr, "dicomsort: %s\n", err.msg);
+		return EXIT_USAGE;
+	}
 	if (collect(&r, o.dicomin, o.dicomout) == -1) {
 		fprintf(stderr, "dicomsort: %s: %s\n", o.dicomin, strerror(errno));
 		return EXIT_USAGE;

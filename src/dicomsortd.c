@@ -3,21 +3,26 @@
  * loop in daemon.c. Runs in the foreground, as systemd wants it.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dicomsort/checkconf.h"
 #include "dicomsort/config.h"
 #include "dicomsort/daemon.h"
 #include "dicomsort/log.h"
 
 static const char usage_text[] =
-"usage: dicomsortd [-c FILE] [--check-config] [--log-target auto|journal|stderr]\n"
-"                  [--debug] [--help] [--version]\n"
+"usage: dicomsortd [-c FILE] [--check-config [--user USER]]\n"
+"                  [--log-target auto|journal|stderr] [--debug] [--help] [--version]\n"
 "\n"
 "Watch a drop folder and sort every finished DICOM file into a tree.\n"
 "  -c, --config FILE   configuration (default " CONFIG_DEFAULT_PATH ")\n"
-"  --check-config      validate the configuration and exit\n"
+"  --check-config      check what a start will meet and exit: 0 no errors\n"
+"                      (warnings may be printed), 2 errors. Run as root,\n"
+"                      folders are checked as the unit's User=\n"
+"  --user USER         with --check-config: check as USER instead\n"
 "  --log-target T      auto (journald under systemd, else stderr), journal, stderr\n"
 "  --debug             also log debug messages\n"
 "\n"
@@ -27,16 +32,19 @@ static const char usage_text[] =
 struct flags {
 	const char *config_path;
 	const char *log_target;
+	const char *check_user;
 	int check_only;
 	int debug;
 };
 
 static void parse_flags(int argc, char **argv, struct flags *f)
 {
-	enum { OPT_CHECK = 256, OPT_LOG, OPT_DEBUG, OPT_HELP, OPT_VERSION };
+	enum { OPT_CHECK = 256, OPT_USER, OPT_LOG, OPT_DEBUG, OPT_HELP,
+	       OPT_VERSION };
 	static const struct option longopts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, OPT_CHECK },
+		{ "user", required_argument, NULL, OPT_USER },
 		{ "log-target", required_argument, NULL, OPT_LOG },
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, OPT_HELP },
@@ -49,12 +57,17 @@ static void parse_flags(int argc, char **argv, struct flags *f)
 		switch (c) {
 		case 'c': f->config_path = optarg; break;
 		case OPT_CHECK: f->check_only = 1; break;
+		case OPT_USER: f->check_user = optarg; break;
 		case OPT_LOG: f->log_target = optarg; break;
 		case OPT_DEBUG: f->debug = 1; break;
 		case OPT_HELP: fputs(usage_text, stdout); exit(0);
 		case OPT_VERSION: printf("dicomsortd %s\n", DICOMSORT_VERSION); exit(0);
 		default: fputs(usage_text, stderr); exit(2);
 		}
+	}
+	if (f->check_user != NULL && !f->check_only) {
+		fputs("dicomsortd: --user goes with --check-config\n", stderr);
+		exit(2);
 	}
 	if (optind < argc) {
 		fprintf(stderr, "dicomsortd: unexpected argument '%s'\n", argv[optind]);
@@ -77,16 +90,41 @@ static int log_target_from_flag(const char *name, enum log_target *target)
 	return 0;
 }
 
+/*
+ * Before anything else: a SIGHUP (a reload sent the moment systemd forked
+ * us) or a SIGTERM must wait for the loop's signalfd, never run the default
+ * action and kill a daemon that is still reading its configuration.
+ * Threads inherit the mask. --check-config gets the old mask back.
+ */
+static void block_signals_early(sigset_t *old)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, old);
+}
+
 int main(int argc, char **argv)
 {
 	struct flags f = { .config_path = CONFIG_DEFAULT_PATH };
 	struct error err = ERROR_INIT;
 	struct config cfg;
+	sigset_t old_mask;
 	int rc;
 
+	block_signals_early(&old_mask);
 	parse_flags(argc, argv, &f);
 	if (config_load(&cfg, f.config_path, &err) == -1) {
-		fprintf(stderr, "dicomsortd: %s\n", err.msg);
+		/* The daemon's stderr may be a file: a time stamp, as on every
+		 * record (log.c writes to stderr before log_open()). */
+		if (f.check_only)
+			fprintf(stderr, "dicomsortd: %s\n", err.msg);
+		else
+			log_msg(LOG_ERR, "cannot start: %s (a configuration "
+				"error: exit status 2)", err.msg);
 		return 2;
 	}
 	if (log_target_from_flag(f.log_target, &cfg.log_target) == -1) {
@@ -95,13 +133,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (f.check_only) {
-		rc = daemon_check_config(&cfg, &err);
-		if (rc == -1)
-			fprintf(stderr, "dicomsortd: %s\n", err.msg);
-		else
-			printf("%s: configuration is valid\n", cfg.path);
+		sigprocmask(SIG_SETMASK, &old_mask, NULL);
+		rc = checkconf_run(&cfg, f.check_user);
 		config_release(&cfg);
-		return rc == -1 ? 2 : 0;
+		return rc;
 	}
 	log_open("dicomsortd", cfg.log_target, f.debug);
 	rc = daemon_run(&cfg);

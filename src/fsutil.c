@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fts.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,9 +64,17 @@ static int step_into(int dirfd, const char *name, struct error *err)
 	/* Most folders exist already: try the open first, mkdir on ENOENT. */
 	if (fd != -1 || errno != ENOENT)
 		goto opened;
-	if (mkdirat(dirfd, name, 0755) == -1 && errno != EEXIST)
+	if (mkdirat(dirfd, name, 0755) == 0) {
+		/* A new folder is an entry of its parent: durable only once
+		 * the parent is synced, or a file published in it could
+		 * vanish with it. */
+		if (fsync(dirfd) == -1)
+			return error_set(err, ERROR_TRANSIENT, errno,
+					 "fsync folder above %s", name);
+	} else if (errno != EEXIST) {
 		return error_set(err, error_kind_for_output_errno(errno), errno,
 				 "cannot create directory %s", name);
+	}
 	fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 opened:
 	if (fd == -1)
@@ -357,4 +366,465 @@ int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len)
 	}
 	w = snprintf(out, len, "%.*s%s%s", (int)stem, base, suffix, ext);
 	return w < 0 || (size_t)w >= len ? -1 : 0;
+}
+
+/* ---- one safe move ---- */
+
+#define MOVE_MAX_NUMBERED 10000
+
+static int move_fail(struct fsutil_move *mv, enum fsutil_side side,
+		     struct error *err, enum error_kind kind, int errnum,
+		     const char *what)
+{
+	mv->side = side;
+	return error_set(err, kind, errnum, "%s", what);
+}
+
+/* The claim name of a file: private (the .dicomsort- prefix every watch
+ * and scan ignores), unique per inode in its folder, and carrying the
+ * original name so that a claim left by a crash can be given it back. */
+static void claim_name(const char *base, ino_t ino, char *out, size_t len)
+{
+	char head[64];
+	size_t room;
+
+	snprintf(head, sizeof(head), FSUTIL_CLAIM_PREFIX "%llx.",
+		 (unsigned long long)ino);
+	room = NAME_MAX - strlen(head);
+	snprintf(out, len, "%s%.*s", head, (int)room, base);
+}
+
+/* The original name a claim name carries, or NULL if it is none. */
+static const char *claimed_base(const char *claim)
+{
+	const char *p = claim + strlen(FSUTIL_CLAIM_PREFIX);
+
+	if (strncmp(claim, FSUTIL_CLAIM_PREFIX, strlen(FSUTIL_CLAIM_PREFIX)) != 0)
+		return NULL;
+	p += strspn(p, "0123456789abcdef");
+	if (*p != '.' || p[1] == '\0')
+		return NULL;
+	return p + 1;
+}
+
+/* renameat2(RENAME_NOREPLACE), or link+unlink where a file system lacks
+ * it: never replaces, EEXIST when to is taken. */
+static int rename_noreplace(int fromfd, const char *from, int tofd,
+			    const char *to)
+{
+	if (renameat2(fromfd, from, tofd, to, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+		return -1;
+	if (linkat(fromfd, from, tofd, to, 0) == -1)
+		return -1;
+	unlinkat(fromfd, from, 0);
+	return 0;
+}
+
+/* Give a claimed file its name back (numbered when a sender has
+ * re-delivered under it meanwhile). */
+static int unclaim(int dirfd, const char *claim, const char *base)
+{
+	char name[NAME_MAX + 1];
+
+	for (unsigned n = 0; n < MOVE_MAX_NUMBERED; n++) {
+		if (fsutil_numbered_name(base, n, name, sizeof(name)) == -1)
+			return -1;
+		if (rename_noreplace(dirfd, claim, dirfd, name) == 0)
+			return 0;
+		if (errno != EEXIST)
+			return -1;
+	}
+	return -1;
+}
+
+static bool same_identity(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+	       a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Split path into its folder (opened) and base name. */
+static int open_parent(const char *path, char *base, size_t baselen)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+
+	if (slash == NULL) {
+		snprintf(dir, sizeof(dir), ".");
+		snprintf(base, baselen, "%s", path);
+	} else {
+		snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 :
+			 (int)(slash - path), path);
+		snprintf(base, baselen, "%s", slash + 1);
+	}
+	return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+/*
+ * Claim mv->source: check it is still the file the caller read, then
+ * rename it to its private claim name in its own folder. From here on a
+ * sender re-delivering under the original name writes a new file that
+ * nothing of ours touches. What was renamed is checked again: a file
+ * swapped in between the check and the rename goes back.
+ */
+static int claim(struct fsutil_move *mv, struct error *err)
+{
+	struct stat st, now;
+
+	mv->src_dirfd = open_parent(mv->source, mv->src_base,
+				    sizeof(mv->src_base));
+	if (mv->src_dirfd == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot open the source's folder");
+	if (fstatat(mv->src_dirfd, mv->src_base, &st, AT_SYMLINK_NOFOLLOW) == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot find the source");
+	if (mv->expect != NULL && !same_identity(&st, mv->expect))
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT, 0,
+				 "source was replaced while it was processed");
+	claim_name(mv->src_base, st.st_ino, mv->claim, sizeof(mv->claim));
+	if (rename_noreplace(mv->src_dirfd, mv->src_base, mv->src_dirfd,
+			     mv->claim) == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot claim the source in its folder");
+	if (fstatat(mv->src_dirfd, mv->claim, &now, AT_SYMLINK_NOFOLLOW) == -1 ||
+	    now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
+		unclaim(mv->src_dirfd, mv->claim, mv->src_base);
+		mv->claim[0] = '\0';
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT, 0,
+				 "source was replaced while it was processed");
+	}
+	mv->src_st = now;
+	return 0;
+}
+
+/* 1 when name in dirfd holds what the claimed source holds (bytes of a
+ * regular file, or the target of a symlink), 0 if not, -1 on error. */
+static int same_as_claim(struct fsutil_move *mv, const char *name,
+			 struct error *err)
+{
+	struct stat st;
+	int a, b, same;
+
+	if (fstatat(mv->dest_dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == -1)
+		return errno == ENOENT ? 0 :
+		       move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
+				 "cannot look at a file in the destination");
+	if (S_ISLNK(st.st_mode) && S_ISLNK(mv->src_st.st_mode)) {
+		char ta[PATH_MAX], tb[PATH_MAX];
+		ssize_t na = readlinkat(mv->dest_dirfd, name, ta, sizeof(ta));
+		ssize_t nb = readlinkat(mv->src_dirfd, mv->claim, tb, sizeof(tb));
+
+		return na >= 0 && na == nb && memcmp(ta, tb, (size_t)na) == 0;
+	}
+	if (!S_ISREG(st.st_mode) || !S_ISREG(mv->src_st.st_mode) ||
+	    st.st_size != mv->src_st.st_size)
+		return 0;
+	a = openat(mv->dest_dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+		   O_CLOEXEC);
+	if (a == -1)
+		return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
+				 "cannot open a file in the destination");
+	b = openat(mv->src_dirfd, mv->claim, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+		   O_CLOEXEC);
+	if (b == -1) {
+		close(a);
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot read the claimed source");
+	}
+	same = fsutil_same_content(a, b, err);
+	/* The copy we rely on instead of ours must be durable too. */
+	if (same == 1 && fsync(a) == -1)
+		same = move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
+				 "fsync of the file in the destination");
+	close(a);
+	close(b);
+	return same;
+}
+
+/* Across file systems: the claimed bytes into a temp file of the
+ * destination, with the source's mode (or mv->mode) and times, fsynced. */
+static int copy_claim(struct fsutil_move *mv, struct error *err)
+{
+	struct timespec times[2];
+	struct stat st;
+	int in;
+
+	if (S_ISLNK(mv->src_st.st_mode)) {
+		char target[PATH_MAX];
+		ssize_t n = readlinkat(mv->src_dirfd, mv->claim, target,
+				       sizeof(target) - 1);
+
+		if (n == -1)
+			return move_fail(mv, FSUTIL_SIDE_SOURCE, err,
+					 ERROR_TRANSIENT, errno, "readlink");
+		target[n] = '\0';
+		for (int attempt = 0; attempt < 100; attempt++) {
+			unsigned char r[6];
+
+			if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r))
+				break;
+			snprintf(mv->tmp, sizeof(mv->tmp), FSUTIL_TMP_PREFIX
+				 "%02x%02x%02x%02x%02x%02x" FSUTIL_TMP_SUFFIX,
+				 r[0], r[1], r[2], r[3], r[4], r[5]);
+			if (symlinkat(target, mv->dest_dirfd, mv->tmp) == 0)
+				return 0;
+			if (errno != EEXIST)
+				break;
+		}
+		mv->tmp[0] = '\0';
+		return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
+				 "cannot copy the symlink");
+	}
+	if (!S_ISREG(mv->src_st.st_mode))
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_INPUT, 0,
+				 "not a regular file: cannot copy it across "
+				 "file systems");
+	in = openat(mv->src_dirfd, mv->claim, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+		    O_CLOEXEC);
+	if (in == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot read the claimed source");
+	if (fstat(in, &st) == -1 || st.st_ino != mv->src_st.st_ino) {
+		close(in);
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT, 0,
+				 "source was replaced while it was moved");
+	}
+	mv->tmp_fd = fsutil_anon_tmpfile_at(mv->dest_dirfd, mv->tmp,
+					    sizeof(mv->tmp), err);
+	if (mv->tmp_fd == -1) {
+		close(in);
+		mv->tmp[0] = '\0';
+		mv->side = FSUTIL_SIDE_DEST;
+		return -1;
+	}
+	times[0] = st.st_atim;
+	times[1] = st.st_mtim;
+	if (fsutil_copy_fd(in, mv->tmp_fd, st.st_size, err) == -1 ||
+	    fchmod(mv->tmp_fd, mv->mode ? mv->mode : st.st_mode & 07777) == -1 ||
+	    futimens(mv->tmp_fd, times) == -1 || fsync(mv->tmp_fd) == -1) {
+		if (err->kind == ERROR_NONE)
+			error_set(err, ERROR_TRANSIENT, errno, "cannot copy");
+		close(in);
+		mv->side = FSUTIL_SIDE_DEST;
+		return -1;
+	}
+	close(in);
+	return 0;
+}
+
+static void drop_tmp(struct fsutil_move *mv)
+{
+	if (mv->tmp_fd != -1)
+		close(mv->tmp_fd);
+	mv->tmp_fd = -1;
+	if (mv->tmp[0] != '\0')
+		fsutil_discard_tmp(mv->dest_dirfd, mv->tmp);
+	mv->tmp[0] = '\0';
+}
+
+/* The claimed source is in the destination now (or was there already):
+ * its claim name goes, and both folders are made durable - the
+ * destination first, so no instant has the file in neither. */
+static int finish(struct fsutil_move *mv, bool remove_claim, struct error *err)
+{
+	if (fsync(mv->dest_dirfd) == -1)
+		return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
+				 "fsync of the destination folder");
+	if (remove_claim && unlinkat(mv->src_dirfd, mv->claim, 0) == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot remove the source");
+	mv->claim[0] = '\0';
+	if (fsync(mv->src_dirfd) == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "fsync of the source folder");
+	return 0;
+}
+
+/* One candidate name: 0 done, 1 taken (try the next), -1 error, 2 other
+ * file system (copy, then try the same name again). */
+static int place_at(struct fsutil_move *mv, const char *cand,
+		    struct error *err);
+
+static int try_name(struct fsutil_move *mv, const char *cand, struct error *err)
+{
+	char companion[NAME_MAX + 32];
+	int same, rc;
+
+	same = same_as_claim(mv, cand, err);
+	if (same == -1)
+		return -1;
+	if (same == 1) {
+		/* Our own earlier copy (a retry, or a crash before the
+		 * source went), or the same bytes from before: keep one. */
+		mv->existed = true;
+		drop_tmp(mv);
+		return finish(mv, true, err);
+	}
+	if (faccessat(mv->dest_dirfd, cand, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+		return 1;
+	/* Keep each file next to its own sidecar. One whose file is
+	 * missing was left by a kill between the two (before_place writes
+	 * the sidecar first): the hook writes over it. */
+	if (mv->companion != NULL && mv->before_place == NULL) {
+		snprintf(companion, sizeof(companion), "%s%s", cand, mv->companion);
+		if (faccessat(mv->dest_dirfd, companion, F_OK,
+			      AT_SYMLINK_NOFOLLOW) == 0)
+			return 1;
+	}
+	if (mv->before_place != NULL) {
+		rc = mv->before_place(mv->ctx, mv->dest_dirfd, cand, err);
+		if (rc == -1)
+			mv->side = FSUTIL_SIDE_DEST;
+		if (rc != 0)
+			return rc;
+	}
+	rc = place_at(mv, cand, err);
+	if (!mv->placed && mv->before_place != NULL && mv->companion != NULL) {
+		snprintf(companion, sizeof(companion), "%s%s", cand, mv->companion);
+		unlinkat(mv->dest_dirfd, companion, 0);
+	}
+	return rc;
+}
+
+/* Give the claimed source (or its copy) the name cand: see try_name(). */
+static int place_at(struct fsutil_move *mv, const char *cand, struct error *err)
+{
+	if (mv->tmp[0] == '\0') {
+		if (rename_noreplace(mv->src_dirfd, mv->claim, mv->dest_dirfd,
+				     cand) == 0) {
+			mv->placed = true;
+			/* Best effort: the file is in place either way, and
+			 * a mode we could not set is not worth undoing it. */
+			if (mv->mode != 0 && !S_ISLNK(mv->src_st.st_mode) &&
+			    fchmodat(mv->dest_dirfd, cand, mv->mode, 0) == -1)
+				mv->mode = 0;
+			mv->claim[0] = '\0';
+			return finish(mv, false, err);
+		}
+		if (errno == EEXIST)
+			return 1;
+		if (errno == EXDEV)
+			return 2;
+		return move_fail(mv, FSUTIL_SIDE_DEST, err,
+				 error_kind_for_output_errno(errno), errno,
+				 "cannot move into the destination");
+	}
+	switch (fsutil_publish(mv->dest_dirfd, mv->tmp, cand, err)) {
+	case 0:
+		mv->placed = mv->copied = true;
+		mv->tmp[0] = '\0';
+		drop_tmp(mv);
+		return finish(mv, true, err);
+	case 1:
+		return 1;
+	default:
+		mv->side = FSUTIL_SIDE_DEST;
+		return -1;
+	}
+}
+
+static int place_claim(struct fsutil_move *mv, struct error *err)
+{
+	for (unsigned n = 0; n < MOVE_MAX_NUMBERED; n++) {
+		int rc;
+
+		if (fsutil_numbered_name(mv->name, n, mv->final,
+					 sizeof(mv->final)) == -1)
+			return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_INPUT,
+					 ENAMETOOLONG, "file name");
+		rc = try_name(mv, mv->final, err);
+		if (rc == 2) {
+			if (copy_claim(mv, err) == -1)
+				return -1;
+			rc = try_name(mv, mv->final, err);
+		}
+		if (rc != 1)
+			return rc;
+	}
+	return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, 0,
+			 "too many files of this name in the destination");
+}
+
+int fsutil_move(struct fsutil_move *mv, struct error *err)
+{
+	int rc;
+
+	mv->src_dirfd = -1;
+	mv->tmp_fd = -1;
+	mv->tmp[0] = mv->claim[0] = mv->final[0] = '\0';
+	mv->copied = mv->existed = mv->placed = false;
+	mv->side = FSUTIL_SIDE_NONE;
+	rc = claim(mv, err);
+	if (rc == 0)
+		rc = place_claim(mv, err);
+	drop_tmp(mv);
+	/* Failed with the source still claimed: it gets its name back, so a
+	 * retry finds it where the sender left it. */
+	if (mv->claim[0] != '\0')
+		unclaim(mv->src_dirfd, mv->claim, mv->src_base);
+	if (mv->src_dirfd != -1)
+		close(mv->src_dirfd);
+	mv->src_dirfd = -1;
+	return rc;
+}
+
+int fsutil_remove(const char *source, const struct stat *expect,
+		  enum fsutil_side *side, struct error *err)
+{
+	struct fsutil_move mv = { .source = source, .expect = expect,
+				  .dest_dirfd = -1 };
+	int rc;
+
+	mv.src_dirfd = -1;
+	mv.claim[0] = '\0';
+	rc = claim(&mv, err);
+	if (rc == 0 && unlinkat(mv.src_dirfd, mv.claim, 0) == -1) {
+		rc = move_fail(&mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+			       errno, "cannot delete the source");
+		unclaim(mv.src_dirfd, mv.claim, mv.src_base);
+	}
+	if (mv.src_dirfd != -1)
+		close(mv.src_dirfd);
+	if (side != NULL)
+		*side = mv.side;
+	return rc;
+}
+
+long fsutil_recover_claims(const char *root, struct error *err)
+{
+	char *roots[] = { (char *)root, NULL };
+	long recovered = 0;
+	FTS *fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, NULL);
+	FTSENT *e;
+
+	if (fts == NULL)
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot scan %s", root);
+	while ((e = fts_read(fts)) != NULL) {
+		char base[NAME_MAX + 1], ignored[NAME_MAX + 1];
+		const char *orig;
+		int dirfd;
+
+		if (e->fts_info == FTS_D || e->fts_info == FTS_DP ||
+		    e->fts_info == FTS_DNR || e->fts_info == FTS_ERR)
+			continue;
+		orig = claimed_base(e->fts_name);
+		if (orig == NULL)
+			continue;
+		snprintf(base, sizeof(base), "%s", orig);
+		dirfd = open_parent(e->fts_path, ignored, sizeof(ignored));
+		if (dirfd == -1)
+			continue;
+		if (unclaim(dirfd, e->fts_name, base) == 0) {
+			fsync(dirfd);
+			recovered++;
+		}
+		close(dirfd);
+	}
+	fts_close(fts);
+	return recovered;
 }

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "dicomsort/dicom.h"
 #include "dicomsort/fsutil.h"
 
@@ -55,6 +57,8 @@ struct job {
 	int dir_fd;
 	int tmp_fd;
 	char tmp_name[64];
+	const struct pipeline_hooks *hooks;	/* NULL: none */
+	bool published;			/* the output has its name */
 };
 
 static int compile_layout(struct compiled_layout *cl, const char *tmpl,
@@ -221,6 +225,42 @@ static int open_source(struct job *job, const char *path, struct error *err)
 				 (long long)job->source_st.st_size,
 				 job->pipeline->opts.max_file_size);
 	return 0;
+}
+
+/* SHA-256 of the source bytes: the one reference to the source a
+ * de-identified audit record may carry (it outlives the file and reveals
+ * nothing). Read through the descriptor we parse, so it is these bytes. */
+static int hash_source(struct job *job, char *hex, struct error *err)
+{
+	unsigned char md[EVP_MAX_MD_SIZE], *buf = malloc(64 * 1024);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned int mdlen = 0;
+	off_t off = 0;
+	int rc = 0;
+
+	if (buf == NULL || ctx == NULL ||
+	    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+		rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
+	while (rc == 0 && off < job->source_st.st_size) {
+		ssize_t n = pread(job->source_fd, buf, 64 * 1024, off);
+
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			rc = error_set(err, ERROR_TRANSIENT, n ? errno : 0,
+				       "cannot read source");
+		else if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1)
+			rc = error_set(err, ERROR_TRANSIENT, 0, "sha256");
+		else
+			off += n;
+	}
+	if (rc == 0 && EVP_DigestFinal_ex(ctx, md, &mdlen) != 1)
+		rc = error_set(err, ERROR_TRANSIENT, 0, "sha256");
+	for (unsigned i = 0; rc == 0 && i < mdlen; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	EVP_MD_CTX_free(ctx);
+	free(buf);
+	return rc;
 }
 
 /* A small file is read through the descriptor at once; for a large one
@@ -416,20 +456,30 @@ static int identical_to(struct job *job, const char *name, struct error *err)
 	return same;
 }
 
-static int publish(struct job *job, const char *name, char *final,
-		   size_t finallen, struct pipeline_result *res)
+static int publish_as(struct job *job, const char *dir, const char *name,
+		      char *final, size_t finallen, struct pipeline_result *res)
 {
 	struct error *err = &res->err;
+	const struct pipeline_hooks *h = job->hooks;
+	struct stat out_st;
 
+	if (h != NULL && h->before_publish != NULL &&
+	    fstat(job->tmp_fd, &out_st) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
 	for (unsigned n = 0; n < MAX_NUMBERED_NAMES; n++) {
 		int rc, same;
 
 		if (fsutil_numbered_name(name, n, final, finallen) == -1)
 			return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
+		snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
+		if (h != NULL && h->before_publish != NULL &&
+		    h->before_publish(h->ctx, res, &out_st, err) == -1)
+			return -1;
 		rc = fsutil_publish(job->dir_fd, job->tmp_name, final, err);
 		if (rc == -1)
 			return -1;
 		if (rc == 0) {
+			job->published = true;
 			close(job->tmp_fd);
 			job->tmp_fd = -1;
 			res->status = PIPELINE_STORED;
@@ -449,60 +499,61 @@ static int publish(struct job *job, const char *name, char *final,
 	return error_set(err, ERROR_INPUT, 0, "too many files named %s", name);
 }
 
-/* ---- step 4: the source goes only once its output is durable ---- */
-
-static int source_still_ours(struct job *job, const char *path, struct error *err)
+/* Publication, with the hooks told whether a file appeared. One whose
+ * folder fsync then failed did appear (so its record is owed: records
+ * must match the files), and the result is a failure: the retry finds it,
+ * syncs it and takes it as a duplicate. */
+static int publish(struct job *job, const char *dir, const char *name,
+		   char *final, size_t finallen, struct pipeline_result *res)
 {
-	struct stat st;
+	int rc = publish_as(job, dir, name, final, finallen, res);
+	const struct pipeline_hooks *h = job->hooks;
 
-	if (lstat(path, &st) == -1)
-		return error_set(err, ERROR_TRANSIENT, errno, "lstat source");
-	if (st.st_ino != job->source_st.st_ino || st.st_dev != job->source_st.st_dev)
-		return error_set(err, ERROR_TRANSIENT, 0,
-				 "source was replaced while it was processed");
-	return 0;
+	if (h != NULL && h->after_publish != NULL)
+		h->after_publish(h->ctx, res, job->published);
+	return rc;
 }
 
-static int move_source(struct job *job, const char *path, const char *rel,
-		       struct error *err)
+/* ---- step 4: the source goes only once its output is durable ---- */
+
+/* The processed folder keeps the source under its relative path; a later
+ * source of the same name gets a numbered name, never the earlier's. */
+static int move_source(struct pipeline *in, const struct stat *read_st,
+		       const char *path, const char *rel, char *disposed_as,
+		       size_t len, struct error *err)
 {
 	char relcopy[PATH_MAX], basecopy[PATH_MAX];
+	struct fsutil_move mv = { .source = path, .expect = read_st };
 	const char *subdir;
-	int dirfd, rc = 0;
+	int rc;
 
 	snprintf(relcopy, sizeof(relcopy), "%s", rel ? rel : path);
 	snprintf(basecopy, sizeof(basecopy), "%s", relcopy);
 	subdir = rel && strchr(rel, '/') ? dirname(relcopy) : "";
-	dirfd = fsutil_mkdirs_at(job->pipeline->processed_fd, subdir, err);
-	if (dirfd == -1)
+	mv.dest_dirfd = fsutil_mkdirs_at(in->processed_fd, subdir, err);
+	if (mv.dest_dirfd == -1)
 		return -1;
-	if (renameat(AT_FDCWD, path, dirfd, basename(basecopy)) == -1)
-		rc = error_set(err, ERROR_TRANSIENT, errno,
-			       "cannot move source to the processed folder");
-	else
-		rc = fsutil_fsync(dirfd, "processed folder", err);
-	close(dirfd);
+	mv.name = basename(basecopy);
+	rc = fsutil_move(&mv, err);
+	if (rc == -1 && mv.side == FSUTIL_SIDE_DEST)
+		snprintf(err->msg, sizeof(err->msg), "%s",
+			 "cannot move the source to the processed folder");
+	if (rc == 0)
+		snprintf(disposed_as, len, "%s%s%s", subdir, subdir[0] ? "/" : "",
+			 mv.final);
+	close(mv.dest_dirfd);
 	return rc;
-}
-
-static int delete_source(struct job *job, const char *path, struct error *err)
-{
-	if (source_still_ours(job, path, err) == -1)
-		return -1;
-	if (unlink(path) == -1)
-		return error_set(err, ERROR_TRANSIENT, errno, "cannot delete source");
-	return 0;
 }
 
 /*
  * Deleting a source whose bytes are the output, on the output's file
- * system: rename the source itself to its final name (renameat2
- * RENAME_NOREPLACE, the same no-clobber publish). No byte is copied and
- * none destroyed - the inode keeps its data under one name or the other,
- * whatever happens - so "durable before disposal" holds without an fsync;
- * SYNC_EACH still fsyncs the file and its new folder before returning,
- * SYNC_DISPOSAL leaves that to pipeline_sync_all(). A clash with identical
- * bytes is a duplicate and the source is deleted as in the copy path.
+ * system: move the source itself to its final name (fsutil_move: claimed,
+ * never replacing, numbered on a clash; a bind mount between the two
+ * makes it a copy). No byte is destroyed - the inode keeps its data
+ * under one name or the other, whatever happens - so "durable before
+ * disposal" holds without an fsync; SYNC_EACH still fsyncs the file and
+ * its new folder, SYNC_DISPOSAL leaves that to pipeline_sync_all(). A
+ * clash with identical bytes is a duplicate and the source goes.
  * Returns 1 when this cannot be done here (caller copies instead).
  */
 static int rename_source(struct job *job, const char *path, const char *dir,
@@ -511,7 +562,8 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 {
 	struct pipeline *in = job->pipeline;
 	struct error *err = &res->err;
-	struct stat st;
+	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
+				  .name = name, .mode = in->file_mode };
 
 	/* Renamed, the inode becomes the output. One with other links would
 	 * stay reachable (and writable) from outside the output tree, and a
@@ -522,84 +574,49 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	job->dir_fd = mkdirs_output(in, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
-	if (check_source_unchanged(job, err) == -1 ||
-	    source_still_ours(job, path, err) == -1)
+	if (check_source_unchanged(job, err) == -1)
 		return -1;
-	for (unsigned n = 0; n < MAX_NUMBERED_NAMES; n++) {
-		int fd, same;
-
-		if (fsutil_numbered_name(name, n, final, finallen) == -1)
-			return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
-		if (renameat2(AT_FDCWD, path, job->dir_fd, final,
-			      RENAME_NOREPLACE) == 0) {
-			/* Whatever was renamed must be the file we parsed. */
-			if (fstatat(job->dir_fd, final, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
-			    st.st_ino != job->source_st.st_ino ||
-			    st.st_dev != job->source_st.st_dev) {
-				renameat2(job->dir_fd, final, AT_FDCWD, path,
-					  RENAME_NOREPLACE);
-				return error_set(err, ERROR_TRANSIENT, 0, "source was "
-						 "replaced while it was processed");
-			}
-			/* The source keeps its mode until it is ours to
-			 * change: a failure here leaves it stored, so it
-			 * is reported, not retried. */
-			if ((st.st_mode & 07777) != in->file_mode &&
-			    fchmod(job->source_fd, in->file_mode) == -1)
-				return error_set(err, ERROR_INPUT, errno, "stored "
-						 "as %s, but cannot set its mode", final);
-			res->status = PIPELINE_STORED;
-			res->same_uid_conflict = n > 0 && in->name.layout;
-			if (in->opts.sync == PIPELINE_SYNC_EACH &&
-			    (fsutil_fsync(job->source_fd, "output file", err) == -1 ||
-			     fsutil_fsync(job->dir_fd, "output folder", err) == -1))
-				return -1;
-			return 0;
-		}
-		if (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
-		    errno == EPERM || errno == EACCES)
-			return n == 0 ? 1 : error_set(err, ERROR_TRANSIENT, errno,
-						      "cannot move source");
-		if (errno != EEXIST)
-			return error_set(err, error_kind_for_output_errno(errno), errno,
-					 "cannot move source to %s", final);
-		fd = openat(job->dir_fd, final, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-		if (fd == -1) {
-			if (errno == ELOOP)
-				continue;
-			return error_set(err, ERROR_TRANSIENT, errno, "cannot open %s",
-					 final);
-		}
-		same = fsutil_same_content(job->source_fd, fd, err);
-		if (same == 1 && sync_each(in) && fsutil_fsync(fd, final, err) == -1)
-			same = -1;
-		close(fd);
-		if (same == -1)
-			return -1;
-		if (same == 1) {
-			res->status = PIPELINE_DUPLICATE;
-			if (check_source_unchanged(job, err) == -1)
-				return -1;
-			return delete_source(job, path, err);
-		}
+	mv.dest_dirfd = job->dir_fd;
+	if (fsutil_move(&mv, err) == -1)
+		return -1;
+	snprintf(final, finallen, "%s", mv.final);
+	if (mv.existed) {
+		res->status = PIPELINE_DUPLICATE;
+		return 0;
 	}
-	return error_set(err, ERROR_INPUT, 0, "too many files named %s", name);
+	res->status = PIPELINE_STORED;
+	res->same_uid_conflict = strcmp(mv.final, name) != 0 && in->name.layout;
+	if (in->opts.sync == PIPELINE_SYNC_EACH && !mv.copied &&
+	    fsutil_fsync(job->source_fd, "output file", err) == -1)
+		return -1;
+	return 0;
 }
 
-static int dispose_source(struct job *job, const char *path, const char *rel,
-			  struct error *err)
+int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
+		     const struct stat *read_st, char *disposed_as, size_t len,
+		     struct error *err)
 {
-	switch (job->pipeline->opts.disposal) {
+	disposed_as[0] = '\0';
+	switch (in->opts.disposal) {
 	case PIPELINE_KEEP_SOURCE:
 		return 0;
 	case PIPELINE_DELETE_SOURCE:
-		return delete_source(job, path, err);
+		return fsutil_remove(path, read_st, NULL, err);
 	case PIPELINE_MOVE_SOURCE:
-		if (source_still_ours(job, path, err) == -1)
-			return -1;
-		return move_source(job, path, rel, err);
+		return move_source(in, read_st, path, rel, disposed_as, len, err);
 	}
 	return 0;
+}
+
+/* The output is durable: what happens to the source now is a fact of
+ * its own, reported beside the result, never turning it into a failure. */
+static void dispose_source(struct job *job, const char *path, const char *rel,
+			   struct pipeline_result *res)
+{
+	if (pipeline_dispose(job->pipeline, path, rel, &job->source_st,
+			     res->disposed_as, sizeof(res->disposed_as),
+			     &res->dispose_err) == -1)
+		res->dispose_failed = true;
 }
 
 static int run(struct job *job, const char *path, const char *rel,
@@ -610,12 +627,20 @@ static int run(struct job *job, const char *path, const char *rel,
 	char dir[PATH_MAX], name[NAME_MAX + 1], final[NAME_MAX + 1];
 	char *uid = NULL;
 
-	if (open_source(job, path, err) == -1 || load_source(job, err) == -1)
+	if (open_source(job, path, err) == -1)
+		return -1;
+	res->source_st = job->source_st;
+	if (job->pipeline->opts.hash_source &&
+	    hash_source(job, res->source_sha256, err) == -1)
+		return -1;
+	if (load_source(job, err) == -1)
 		return -1;
 	job->table = current_table(job->pipeline);
 	deid.table = job->table;
-	if (deid_apply(&deid, job->file, &res->deid, err) == -1)
+	if (deid_apply(&deid, job->file, &res->deid, err) == -1) {
+		res->policy_rejected = err->kind == ERROR_INPUT;
 		return -1;
+	}
 	if (res->deid.hold) {
 		res->status = PIPELINE_HELD;
 		return 0;
@@ -646,17 +671,25 @@ static int run(struct job *job, const char *path, const char *rel,
 		}
 	}
 	if (write_temp(job, dir, err) == -1 ||
-	    publish(job, name, final, sizeof(final), res) == -1)
+	    publish(job, dir, name, final, sizeof(final), res) == -1)
 		return -1;
 	snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
-	return dispose_source(job, path, rel, err);
+	dispose_source(job, path, rel, res);
+	return 0;
 }
 
 int pipeline_file(struct pipeline *in, const char *source_path,
 		const char *source_rel, struct pipeline_result *res)
 {
+	return pipeline_file_hooked(in, source_path, source_rel, NULL, res);
+}
+
+int pipeline_file_hooked(struct pipeline *in, const char *source_path,
+			 const char *source_rel, const struct pipeline_hooks *hooks,
+			 struct pipeline_result *res)
+{
 	struct job job = { .pipeline = in, .source_fd = -1, .dir_fd = -1,
-			   .tmp_fd = -1 };
+			   .tmp_fd = -1, .hooks = hooks };
 	int rc;
 
 	memset(res, 0, sizeof(*res));

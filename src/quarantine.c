@@ -7,6 +7,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -32,68 +33,37 @@ static int write_all(int fd, const char *buf, size_t len)
 	return 0;
 }
 
-/* Across file systems: copy the bytes into a temp file of the quarantine
- * and sync it, so the source can go. */
-static int copy_into(int dirfd, const char *source, char *tmp, size_t tmplen,
-		     struct error *err)
-{
-	char buf[65536];
-	int in, out;
-	ssize_t n;
+/* Into dirfd under base, numbered on a clash: fsutil_move(), the one
+ * safe move. With an entry, its sidecar is written first, under the name
+ * the file is about to take, so a quarantined file never stands without
+ * its reason (a kill between the two leaves a reason without a file,
+ * which the next attempt writes over). */
+static int write_sidecar(int dirfd, const char *final,
+			 const struct quarantine_entry *e, struct error *err);
 
-	in = open(source, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (in == -1)
-		return error_set(err, ERROR_TRANSIENT, errno, "cannot open source");
-	out = fsutil_tmpfile_at(dirfd, tmp, tmplen, err);
-	if (out == -1) {
-		close(in);
-		return -1;
-	}
-	while ((n = read(in, buf, sizeof(buf))) > 0)
-		if (write_all(out, buf, (size_t)n) == -1)
-			break;
-	if (n != 0 || fsync(out) == -1) {
-		error_set(err, ERROR_TRANSIENT, errno, "cannot copy into quarantine");
-		unlinkat(dirfd, tmp, 0);
-		close(in);
-		close(out);
-		return -1;
-	}
-	close(in);
-	close(out);
-	return 0;
+static int sidecar_first(void *ctx, int dirfd, const char *name,
+			 struct error *err)
+{
+	return write_sidecar(dirfd, name, ctx, err);
 }
 
-/* Give the file (already inside dirfd as tmp, or still at source when
- * tmp is NULL) a free name derived from base. */
-static int place(int dirfd, const char *source, const char *tmp,
-		 const char *base, char *final, size_t finallen,
-		 struct error *err)
+static int place(int dirfd, const char *source, const char *base,
+		 const struct quarantine_entry *e, char *final,
+		 size_t finallen, struct error *err)
 {
-	for (unsigned n = 0; n < MAX_NUMBERED_NAMES; n++) {
-		char sidecar[NAME_MAX + 16];
-		int rc;
+	struct fsutil_move mv = { .source = source, .dest_dirfd = dirfd,
+				  .name = base };
 
-		if (fsutil_numbered_name(base, n, final, finallen) == -1)
-			return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
-		snprintf(sidecar, sizeof(sidecar), "%s" REASON_SUFFIX, final);
-		if (faccessat(dirfd, sidecar, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
-			continue;	/* keep each file next to its own reason */
-		if (tmp != NULL)
-			rc = fsutil_publish(dirfd, tmp, final, err);
-		else if (renameat2(AT_FDCWD, source, dirfd, final,
-				   RENAME_NOREPLACE) == 0)
-			rc = 0;
-		else if (errno == EEXIST)
-			rc = 1;
-		else
-			return error_set(err, ERROR_TRANSIENT, errno,
-					 "cannot move into quarantine");
-		if (rc != 1)
-			return rc;
+	if (e != NULL) {
+		mv.companion = REASON_SUFFIX;
+		mv.before_place = sidecar_first;
+		mv.ctx = (void *)e;
 	}
-	return error_set(err, ERROR_TRANSIENT, 0, "too many quarantined files "
-			 "of this name");
+
+	if (fsutil_move(&mv, err) == -1)
+		return -1;
+	snprintf(final, finallen, "%s", mv.final);
+	return 0;
 }
 
 static int write_sidecar(int dirfd, const char *final,
@@ -111,6 +81,23 @@ static int write_sidecar(int dirfd, const char *final,
 		     "attempts: %u\ntime: %s\nby: dicomsortd %s\n", final,
 		     e->source_rel ? e->source_rel : e->source_path, e->reason,
 		     e->rule, e->attempts, when, DICOMSORT_VERSION);
+	if (e->st != NULL && e->st->st_ino != 0 && n < (int)sizeof(text)) {
+		char mtime[64];
+
+		gmtime_r(&e->st->st_mtim.tv_sec, &tm);
+		strftime(mtime, sizeof(mtime), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		n += snprintf(text + n, sizeof(text) - (size_t)n,
+			      "size: %lld\nmtime: %s\n",
+			      (long long)e->st->st_size, mtime);
+	}
+	if (e->sha256 != NULL && e->sha256[0] && n < (int)sizeof(text))
+		n += snprintf(text + n, sizeof(text) - (size_t)n,
+			      "sha256: %s\n", e->sha256);
+	if (e->owner != NULL && e->owner[0] && n < (int)sizeof(text))
+		n += snprintf(text + n, sizeof(text) - (size_t)n,
+			      "owner: %s\n", e->owner);
+	if (n >= (int)sizeof(text))
+		n = (int)sizeof(text) - 1;
 	fd = fsutil_tmpfile_at(dirfd, tmp, sizeof(tmp), err);
 	if (fd == -1)
 		return -1;
@@ -123,7 +110,8 @@ static int write_sidecar(int dirfd, const char *final,
 	}
 	close(fd);
 	snprintf(name, sizeof(name), "%s" REASON_SUFFIX, final);
-	/* The name was checked free in place(); a stale one is replaced. */
+	/* Written just before the file takes the name final, which is
+	 * free: a sidecar there is an orphan a kill left, and is replaced. */
 	if (renameat(dirfd, tmp, dirfd, name) == -1) {
 		error_set(err, ERROR_TRANSIENT, errno, "cannot write reason file");
 		unlinkat(dirfd, tmp, 0);
@@ -148,28 +136,15 @@ int quarantine_file(int quarantine_fd, const struct quarantine_entry *e,
 		    char *dest, size_t destlen, struct error *err)
 {
 	const char *rel = e->source_rel ? e->source_rel : e->source_path;
-	char base[NAME_MAX + 1], final[NAME_MAX + 1], tmp[64];
+	char base[NAME_MAX + 1], final[NAME_MAX + 1];
 	int dirfd, rc;
-	struct stat st;
 
 	while (*rel == '/')
 		rel++;
 	dirfd = open_subdir(quarantine_fd, rel, base, sizeof(base), err);
 	if (dirfd == -1)
 		return -1;
-	rc = place(dirfd, e->source_path, NULL, base, final, sizeof(final), err);
-	if (rc == -1 && err->errnum == EXDEV &&
-	    lstat(e->source_path, &st) == 0 && S_ISREG(st.st_mode)) {
-		error_clear(err);
-		rc = copy_into(dirfd, e->source_path, tmp, sizeof(tmp), err);
-		if (rc == 0)
-			rc = place(dirfd, NULL, tmp, base, final, sizeof(final), err);
-		if (rc == 0 && unlink(e->source_path) == -1)
-			rc = error_set(err, ERROR_TRANSIENT, errno,
-				       "cannot remove source after copying");
-	}
-	if (rc == 0)
-		rc = write_sidecar(dirfd, final, e, err);
+	rc = place(dirfd, e->source_path, base, e, final, sizeof(final), err);
 	if (rc == 0)
 		rc = fsutil_fsync(dirfd, "quarantine folder", err);
 	close(dirfd);
@@ -194,9 +169,7 @@ int hold_file(int hold_fd, const char *source_path, const char *source_rel,
 	dirfd = open_subdir(hold_fd, rel, base, sizeof(base), err);
 	if (dirfd == -1)
 		return -1;
-	rc = place(dirfd, source_path, NULL, base, final, sizeof(final), err);
-	if (rc == 0)
-		rc = fsutil_fsync(dirfd, "hold folder", err);
+	rc = place(dirfd, source_path, base, NULL, final, sizeof(final), err);
 	close(dirfd);
 	slash = strrchr(rel, '/');
 	if (rc == 0)
@@ -218,7 +191,7 @@ static int release_one(int input_fd, const FTSENT *e, size_t rootlen,
 	dirfd = open_subdir(input_fd, rel, base, sizeof(base), err);
 	if (dirfd == -1)
 		return -1;
-	rc = place(dirfd, e->fts_path, NULL, base, final, sizeof(final), err);
+	rc = place(dirfd, e->fts_path, base, NULL, final, sizeof(final), err);
 	close(dirfd);
 	return rc;
 }
@@ -233,6 +206,9 @@ long hold_release(const char *hold_dir, const char *input_dir, struct error *err
 
 	if (input_fd == -1)
 		return -1;
+	/* A release cut short by a crash may have left a claimed file. */
+	fsutil_recover_claims(hold_dir, err);
+	error_clear(err);
 	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, NULL);
 	if (fts == NULL) {
 		close(input_fd);
@@ -244,6 +220,9 @@ long hold_release(const char *hold_dir, const char *input_dir, struct error *err
 		if (e->fts_info != FTS_F && e->fts_info != FTS_SL &&
 		    e->fts_info != FTS_DEFAULT)
 			continue;
+		if (strncmp(e->fts_name, FSUTIL_TMP_PREFIX,
+			    strlen(FSUTIL_TMP_PREFIX)) == 0)
+			continue;	/* ours, half made: swept at start */
 		if (release_one(input_fd, e, strlen(hold_dir), err) == -1) {
 			moved = -1;
 			break;
@@ -253,4 +232,37 @@ long hold_release(const char *hold_dir, const char *input_dir, struct error *err
 	fts_close(fts);
 	close(input_fd);
 	return moved;
+}
+
+/* A temp file of ours: ".dicomsort-<random>.tmp", never a claim. */
+static bool stale_temp(const char *name)
+{
+	size_t len = strlen(name), slen = strlen(FSUTIL_TMP_SUFFIX);
+
+	return strncmp(name, FSUTIL_TMP_PREFIX, strlen(FSUTIL_TMP_PREFIX)) == 0 &&
+	       strncmp(name, FSUTIL_CLAIM_PREFIX, strlen(FSUTIL_CLAIM_PREFIX)) != 0 &&
+	       len > slen && strcmp(name + len - slen, FSUTIL_TMP_SUFFIX) == 0;
+}
+
+long quarantine_sweep(const char *dir, struct error *err)
+{
+	char *roots[] = { (char *)dir, NULL };
+	long removed = 0;
+	FTS *fts;
+	FTSENT *e;
+
+	/* Claims first: a file claimed on its way out (a release) is the
+	 * only copy and gets its name back, never swept. */
+	if (fsutil_recover_claims(dir, err) < 0)
+		return -1;
+	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, NULL);
+	if (fts == NULL)
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot scan %s", dir);
+	while ((e = fts_read(fts)) != NULL) {
+		if ((e->fts_info == FTS_F || e->fts_info == FTS_SL) &&
+		    stale_temp(e->fts_name) && unlink(e->fts_path) == 0)
+			removed++;
+	}
+	fts_close(fts);
+	return removed;
 }

@@ -25,6 +25,7 @@
  * Entries waiting for a close after a write are only in the table.
  */
 #include "dicomsort/watch.h"
+#include "dicomsort/fsutil.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -143,6 +144,10 @@ static char *xstrdup(const char *s)
 
 static bool ignored_name(const struct watch *w, const char *name)
 {
+	/* Our own temp and claim names (fsutil.h), whatever the configured
+	 * globs: a claimed source is being moved or deleted, never new. */
+	if (strncmp(name, FSUTIL_TMP_PREFIX, strlen(FSUTIL_TMP_PREFIX)) == 0)
+		return true;
 	for (char **g = w->ignore; *g != NULL; g++)
 		if (fnmatch(*g, name, 0) == 0)
 			return true;

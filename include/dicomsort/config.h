@@ -34,6 +34,7 @@
  *                                             is rejected (quarantined)
  *   deid     { secret = "file"; retain_uids = false; ... (one boolean per
  *              PS3.15 option, deid.h's names); safe_private = [...];
+ *              unlisted = "remove"|"keep";
  *              unknown_id = "keep"|"pseudonymize"|"reject"|"hold";
  *              pseudonym_prefix; patient_name; max_date_shift_days;
  *              allow_burned_in; burned_in_modalities = [...];
@@ -106,6 +107,7 @@ struct config {
 		char *patient_name;	/* NULL: the new PatientID */
 		long max_date_shift_days;	/* 0: deid's default */
 		bool allow_burned_in;
+		bool keep_unlisted;	/* deid.unlisted = "keep" */
 		char **burned_in_modalities;	/* NULL: deid's default list */
 		char **burned_in_sop_classes;	/* NULL: deid's default list */
 	} deid;

@@ -71,7 +71,11 @@ struct deid_options {
 	long max_shift_days;		/* modified dates: 1..max days back; 0: 365 */
 	const char *const *safe_private;	/* "CREATOR:gggg,xxee" list, NULL-terminated */
 	bool allow_burned_in;
-	const char *const *burned_in_modalities;	/* NULL: US SC OT XC ES */
+	/* basic: attributes no row of Table E.1-1 names are kept as they are
+	 * (the table's literal reading) instead of emptied or removed when
+	 * they can carry text (deid.unlisted = "keep"). */
+	bool keep_unlisted;
+	const char *const *burned_in_modalities;	/* NULL: US SC OT XC ES OP */
 	const char *const *burned_in_sop_classes;	/* NULL: secondary capture */
 };
 

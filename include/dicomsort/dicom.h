@@ -50,6 +50,7 @@ extern "C" {
 #define TAG_SOPClassUID DCM_TAG(0x0008, 0x0016)
 #define TAG_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
 #define TAG_StudyDate DCM_TAG(0x0008, 0x0020)
+#define TAG_StudyInstanceUID DCM_TAG(0x0020, 0x000d)
 #define TAG_Modality DCM_TAG(0x0008, 0x0060)
 #define TAG_PatientName DCM_TAG(0x0010, 0x0010)
 #define TAG_PatientID DCM_TAG(0x0010, 0x0020)
@@ -114,6 +115,10 @@ int dicom_tag_from_keyword(const char *keyword, uint32_t *tag);
 /** Keyword of a tag into buf ("" for unknown/private). */
 void dicom_keyword_from_tag(uint32_t tag, char *buf, size_t len);
 
+/** The standard (public dictionary) keyword equal to keyword but for case,
+ *  into buf: 0 found, -1 none. For "did you mean" hints. */
+int dicom_standard_keyword_nocase(const char *keyword, char *buf, size_t len);
+
 /**
  * Top-level attribute value as a NUL-terminated UTF-8 string in *utf8
  * (malloc'd, caller frees), converted from the dataset's
@@ -163,6 +168,15 @@ int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 			  const struct dicom_code *codes, size_t count,
 			  struct error *err);
 
+/**
+ * Add to the top-level code sequence tag an item per code it does not
+ * already hold (same CodeValue and CodingSchemeDesignator), keeping the
+ * items there; like dicom_put_code_sequence() when there is none.
+ */
+int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
+			     const struct dicom_code *codes, size_t count,
+			     struct error *err);
+
 /* ---- visiting every element, at every nesting level ---- */
 
 enum dicom_visit_action {
@@ -175,7 +189,7 @@ typedef enum dicom_visit_action (*dicom_visitor)(void *ctx, struct dicom_elem *e
 /**
  * Call fn for every element of the dataset in file order, depth first: a
  * sequence element first, then the elements of each of its items. The meta
- * header (group 0002) is not visited. fn may change or empty the element it
+ * header is not visited (group 0002 elements inside the dataset are). fn may change or empty the element it
  * is given (dicom_elem_*), nothing else of the file until the walk is over.
  * Returns 0, or -1 if the walk failed.
  */
@@ -194,8 +208,22 @@ int dicom_elem_get_string(struct dicom_elem *elem, char **utf8);
 /** Replace the value; bytes stored as given. Not for SQ. */
 int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 			struct error *err);
+/** A sequence: remove every item but the first (its elements are then
+ *  visited as usual). */
+int dicom_elem_keep_first_item(struct dicom_elem *elem, struct error *err);
 /** Make the element zero length (for a sequence: remove all its items). */
 int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
+
+/**
+ * Remove the metadata segments (codestream.h) from every frame of
+ * encapsulated JPEG, JPEG-LS or JPEG 2000 pixel data; the coded image
+ * stays byte for byte. A frame split over fragments becomes one fragment,
+ * the offset table is refilled if it was, an extended offset table goes.
+ * *removed: how many segments went. -1 (ERROR_INPUT) when the pixel data
+ * cannot be read or parsed: such data must not pass as clean.
+ */
+int dicom_strip_pixel_metadata(struct dicom_file *file, int *removed,
+			       struct error *err);
 
 /* ---- writing ---- */
 
@@ -207,6 +235,13 @@ int dicom_elem_empty(struct dicom_elem *elem, struct error *err);
  * encoded. A failure leaves partial bytes in fd: the caller discards them.
  */
 int dicom_save_fd(struct dicom_file *file, int fd, struct error *err);
+
+/**
+ * Have dicom_save_fd() write a preamble of 128 zero bytes instead of the
+ * source's: a preamble can carry anything, even an executable
+ * (CVE-2019-11687). Counts as a change (dicom_bytes_reusable()).
+ */
+void dicom_zero_preamble(struct dicom_file *file);
 
 /**
  * true when the file's own bytes can stand for what dicom_save_fd() would

@@ -2,7 +2,8 @@
  * fsutil.h - file system steps that keep output inside its root and durable.
  *
  * Owns: walking/creating directories below a root descriptor without ever
- * following a symlink, temp files, no-clobber publication and fsync. Every
+ * following a symlink, temp files, no-clobber publication and fsync, and
+ * the one safe move every moved file goes through (fsutil_move()). Every
  * function works relative to directory descriptors (the *at() calls), so a
  * symlink planted inside the output tree can not redirect a write outside.
  * Return: a descriptor or 0 on success, -1 with *err filled.
@@ -12,6 +13,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <limits.h>
 #include <sys/stat.h>
 
 #include "dicomsort/error.h"
@@ -19,6 +21,9 @@
 /** Prefix of every named temp file we create. */
 #define FSUTIL_TMP_PREFIX ".dicomsort-"
 #define FSUTIL_TMP_SUFFIX ".tmp"
+/** Prefix of a source claimed by fsutil_move()/fsutil_remove(): the claim
+ *  is "<prefix><inode in hex>.<original name>" in the source's folder. */
+#define FSUTIL_CLAIM_PREFIX FSUTIL_TMP_PREFIX "claim-"
 
 /** Open (creating with parents if create) the directory path. */
 int fsutil_open_dir(const char *path, bool create, struct error *err);
@@ -72,5 +77,68 @@ int fsutil_fsync(int fd, const char *what, struct error *err);
  *  does ("a.dcm" -> "a" ".dcm", ".x" -> ".x" ""); writes
  *  "<stem>_<n><ext>" (n > 0) or base itself (n == 0) into out. */
 int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len);
+
+enum fsutil_side {
+	FSUTIL_SIDE_NONE,
+	FSUTIL_SIDE_SOURCE,	/* the source or its folder failed */
+	FSUTIL_SIDE_DEST,	/* the destination failed */
+};
+
+/*
+ * One safe move, used wherever a file moves (processed, quarantine, hold,
+ * out of hold, dicomsort --move). In order:
+ *   1. claim: the source must still be expect (dev, ino, size, mtime) if
+ *      given; it is renamed to its claim name in its own folder, so a
+ *      sender re-delivering under the original name is never touched;
+ *   2. a file with identical content already under a candidate name is
+ *      taken as our own earlier copy (a retry, a crash): the source is
+ *      removed and nothing is copied twice (existed);
+ *   3. rename without replacing (RENAME_NOREPLACE), numbered on a clash;
+ *      a candidate whose name+companion exists is skipped too;
+ *   4. on EXDEV (another file system, or another bind mount of the same
+ *      one, as systemd's ReadWritePaths= makes): copy into a temp file of
+ *      the destination (mode: mode, or the source's; times kept), fsync,
+ *      link under a name that replaces nothing, fsync the folder, and
+ *      only then remove the source (copied).
+ * On failure a claimed source gets its name back; side says which side
+ * failed. After a SIGKILL a claim may be left: fsutil_recover_claims().
+ */
+struct fsutil_move {
+	const char *source;		/* path of the file */
+	const struct stat *expect;	/* NULL, or the file read */
+	int dest_dirfd;
+	const char *name;		/* wanted name in dest_dirfd */
+	const char *companion;		/* NULL, or a sidecar suffix */
+	mode_t mode;			/* 0: keep the source's */
+	/* NULL, or called with each free candidate name just before the
+	 * file takes it: writes the sidecar name+companion first (over an
+	 * orphan a kill left), so the file never stands without it. 1:
+	 * taken, try the next name. The sidecar is removed again if the
+	 * file then does not get the name. */
+	int (*before_place)(void *ctx, int dirfd, const char *name,
+			    struct error *err);
+	void *ctx;
+	/* out */
+	char final[NAME_MAX + 1];	/* the name it got */
+	bool copied;
+	bool existed;
+	enum fsutil_side side;
+	/* private */
+	bool placed;
+	int src_dirfd, tmp_fd;
+	struct stat src_st;
+	char src_base[NAME_MAX + 1], claim[NAME_MAX + 1], tmp[64];
+};
+
+int fsutil_move(struct fsutil_move *mv, struct error *err);
+
+/** Delete source - only if it is still expect - by claiming it first
+ *  (see fsutil_move()); *side (may be NULL) says which side failed. */
+int fsutil_remove(const char *source, const struct stat *expect,
+		  enum fsutil_side *side, struct error *err);
+
+/** Give every claim name below root its original name back (numbered if
+ *  taken): run at start, before files are taken. Returns how many. */
+long fsutil_recover_claims(const char *root, struct error *err);
 
 #endif

@@ -7,8 +7,10 @@
  * after, so the functions below are safe from any thread.
  *
  * Audit records carry DICOMSORTD_EVENT, DICOMSORTD_SOURCE, DICOMSORTD_DEST,
- * DICOMSORTD_SOP_INSTANCE_UID and DICOMSORTD_REASON, so an admin can ask
- * `journalctl DICOMSORTD_EVENT=quarantined`. Callers must pass only values
+ * DICOMSORTD_SOP_INSTANCE_UID and DICOMSORTD_REASON, and for files
+ * DICOMSORTD_PROFILE, DICOMSORTD_TABLE_SHA256, DICOMSORTD_SOURCE_SHA256,
+ * DICOMSORTD_SOURCE_OWNER, DICOMSORTD_DISPOSAL and DICOMSORTD_RECOVERED,
+ * so an admin can ask `journalctl DICOMSORTD_EVENT=quarantined`. Callers must pass only values
  * that may be logged: when de-identifying, never a name, birth date or
  * original patient ID (the daemon passes de-identified values only).
  */
@@ -26,6 +28,14 @@ struct audit_record {
 	const char *dest;
 	const char *sop_instance_uid;
 	const char *reason;
+	/* Per-file records (issue 10, section 5); NULL to leave out. */
+	const char *profile;		/* de-identification profile */
+	const char *table_sha256;	/* short digest of the table in force */
+	const char *source_sha256;	/* of the source bytes */
+	const char *source_owner;	/* "uid(name)": the sending account */
+	const char *disposal;		/* deleted, or where it was moved */
+	int recovered;			/* 1: sent at start for an output a
+					   SIGKILL left without its record */
 };
 
 /** Choose the target: LOG_TARGET_AUTO means journald when stderr is

@@ -6,7 +6,10 @@
  *   build the destination from the de-identified values -> write a temp file
  *   in the destination directory -> (fsync) -> publish under a final name
  *   without overwriting -> (fsync directory) -> only then dispose of the
- *   source (delete it or move it to the processed folder).
+ *   source (delete it or move it to the processed folder, both through
+ *   fsutil's claim-first safe move). A failed disposal leaves the result
+ *   STORED (or DUPLICATE) with dispose_failed set: two facts, and the
+ *   disposal alone is retried with pipeline_dispose().
  * If an identical file already has the name, the result is a duplicate and
  * nothing new is written, so processing the same input twice changes nothing.
  *
@@ -18,6 +21,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <sys/stat.h>
 
 #include "dicomsort/correlation.h"
 #include "dicomsort/deid.h"
@@ -62,6 +66,7 @@ struct pipeline_options {
 					   copied and deleted (keeps its mtime) */
 	unsigned long long max_file_size;	/* bytes; a larger source is
 						   rejected unread. 0: no limit */
+	bool hash_source;		/* fill result.source_sha256 */
 };
 
 enum pipeline_status {
@@ -81,6 +86,37 @@ struct pipeline_result {
 					   the same name (numbered name) */
 	struct deid_report deid;
 	struct error err;
+	bool policy_rejected;		/* REJECTED by the de-identification
+					   policy (e.g. burned-in annotation)
+					   of a file that parsed: retrying
+					   cannot change it */
+	struct stat source_st;		/* the source as read (st_ino 0: not
+					   opened); identity for
+					   pipeline_dispose() */
+	char source_sha256[65];		/* of the source bytes, when
+					   opts.hash_source; "" if unread */
+	/* Disposal of the source is a step of its own: the output may be
+	 * STORED (or DUPLICATE) while the source could not be removed. */
+	bool dispose_failed;
+	struct error dispose_err;
+	char disposed_as[PATH_MAX];	/* MOVE: relative to processed_dir */
+};
+
+/*
+ * Calls around publication, on the worker thread, for an audit trail that
+ * survives SIGKILL: before_publish() runs just before res->dest (relative
+ * to output_dir) may appear, with the identity (st_ino, st_size, st_mtim)
+ * the published file will have - the daemon notes a pending record there;
+ * after_publish() runs once afterwards, published saying whether it did
+ * appear (durable: file and folder synced). before_publish() returning
+ * -1 (err filled) abandons the publication.
+ */
+struct pipeline_hooks {
+	int (*before_publish)(void *ctx, const struct pipeline_result *res,
+			      const struct stat *out_st, struct error *err);
+	void (*after_publish)(void *ctx, const struct pipeline_result *res,
+			      bool published);
+	void *ctx;
 };
 
 struct pipeline;
@@ -106,6 +142,21 @@ void pipeline_set_table(struct pipeline *pipeline, struct correlation *table);
  */
 int pipeline_file(struct pipeline *pipeline, const char *source_path,
 		const char *source_rel, struct pipeline_result *result);
+
+/** pipeline_file() with hooks (may be NULL) around publication. */
+int pipeline_file_hooked(struct pipeline *pipeline, const char *source_path,
+			 const char *source_rel, const struct pipeline_hooks *hooks,
+			 struct pipeline_result *result);
+
+/**
+ * Dispose of a source whose output is stored already (a retry after
+ * result.dispose_failed): delete it, or move it to the processed folder
+ * (disposed_as gets where), only if it is still read_st. Never stores
+ * anything.
+ */
+int pipeline_dispose(struct pipeline *pipeline, const char *source_path,
+		     const char *source_rel, const struct stat *read_st,
+		     char *disposed_as, size_t len, struct error *err);
 
 /** Make everything written so far durable (syncfs of the output). */
 int pipeline_sync_all(struct pipeline *pipeline, struct error *err);

@@ -5,7 +5,8 @@
  * Owns: moving a rejected source into the quarantine folder (same relative
  * path as in the input, numbered like the sorted tree on a clash) and
  * writing the sidecar "<name>.reason" that says what failed, when, after how
- * many attempts and which rule. The original bytes are kept as they were:
+ * many attempts and which rule, and the source's size, SHA-256, owner and
+ * mtime. The original bytes are kept as they were:
  * a rename on the same file system; across file systems a copy that is
  * fsynced before the source is removed. A symlink is moved as the link
  * itself, never followed.
@@ -15,6 +16,7 @@
 #define DICOMSORT_QUARANTINE_H
 
 #include <stddef.h>
+#include <sys/stat.h>
 
 #include "dicomsort/error.h"
 
@@ -24,6 +26,11 @@ struct quarantine_entry {
 	const char *reason;		/* what failed */
 	const char *rule;		/* which rule sent it here */
 	unsigned attempts;
+	const struct stat *st;		/* NULL, or the source as read: its
+					   size, owner and mtime go into the
+					   sidecar */
+	const char *sha256;		/* NULL, or of the source bytes */
+	const char *owner;		/* NULL, or "uid(name)" */
 };
 
 /**
@@ -48,5 +55,12 @@ int hold_file(int hold_fd, const char *source_path, const char *source_rel,
  */
 long hold_release(const char *hold_dir, const char *input_dir,
 		  struct error *err);
+
+/**
+ * At start, before files are taken: temp files a crash left in the
+ * quarantine or hold folder dir are removed, and claimed files (see
+ * fsutil_move()) get their names back. Returns how many temps went.
+ */
+long quarantine_sweep(const char *dir, struct error *err);
 
 #endif

@@ -6,6 +6,7 @@ Each test runs the real daemon on its own folders (see conftest.py).
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -293,7 +294,8 @@ def test_sighup_broken_table_keeps_old_one(daemon, tmp_path):
     d.signal(signal.SIGHUP)
     wait_until(lambda: d.events("reload"), 10, what="reload event")
     line = d.events("reload")[0]
-    assert line.startswith("dicomsortd: error:"), line
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+                    r"dicomsortd: error:", line), line
     assert "%s:3:" % table in line, line
     assert d.alive()
     items = make_items(2)
@@ -424,9 +426,10 @@ def test_watchdog_not_sent_to_other_pid(daemon, notify_socket):
 
 # ---- --check-config ----
 
-def run_check(conf):
-    return subprocess.run([daemon_bin(), "--check-config", "-c", str(conf)],
-                          capture_output=True, text=True, timeout=60)
+def run_check(conf, *extra):
+    return subprocess.run([daemon_bin(), "--check-config", "-c", str(conf)]
+                          + list(extra), capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_check_config_good(tmp_path):
@@ -436,10 +439,14 @@ def test_check_config_good(tmp_path):
     conf = tmp_path / "good.conf"
     conf.write_text(conf_text(base_config(tmp_path, profile="seed",
                                           correlation_table=table)))
-    r = run_check(conf)
+    for name in ("in", "out", "quarantine"):
+        (tmp_path / name).mkdir()
+    r = run_check(conf, "--user", "root")
     assert r.returncode == 0, r.stderr
     assert "%s: configuration is valid" % conf in r.stdout
-    assert not (tmp_path / "in").exists()      # touches no folder
+    # Its probe files are gone again; it writes nothing else.
+    for name in ("in", "out", "quarantine"):
+        assert list((tmp_path / name).iterdir()) == []
 
 
 def test_check_config_bad_key(tmp_path):

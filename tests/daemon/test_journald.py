@@ -5,6 +5,7 @@ A private systemd-journald runs in its own mount namespace (a tmpfs over
 --log-target journal, and journalctl reads the records back by field.
 Needs root (unshare -m); skipped otherwise.
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -105,6 +106,19 @@ def test_structured_records_without_identity(tmp_path):
     assert field(stored[0], "DICOMSORTD_DEST").startswith("P001/20240102/3_Thorax/")
     assert field(stored[0], "DICOMSORTD_SOP_INSTANCE_UID")
     assert field(stored[0], "PRIORITY") == "6"
+    # What an auditor asks (issue 10, section 5).
+    assert field(stored[0], "DICOMSORTD_PROFILE") == "seed"
+    assert field(stored[0], "DICOMSORTD_TABLE_SHA256") == hashlib.sha256(
+        table.read_bytes()).hexdigest()[:16]
+    assert len(field(stored[0], "DICOMSORTD_SOURCE_SHA256")) == 64
+    assert field(stored[0], "DICOMSORTD_SOURCE_OWNER").startswith(
+        "%d" % os.getuid())
+    disposed = [r for r in records
+                if field(r, "DICOMSORTD_EVENT") == "disposed"]
+    assert len(disposed) == 1, events
+    assert field(disposed[0], "DICOMSORTD_DISPOSAL") == "deleted"
+    assert field(disposed[0], "DICOMSORTD_DEST") == \
+        field(stored[0], "DICOMSORTD_DEST")
 
     quarantined = [r for r in records
                    if field(r, "DICOMSORTD_EVENT") == "quarantined"]

@@ -139,11 +139,11 @@ def test_unit_has_the_required_settings():
     }
     for key, value in expect.items():
         assert settings.get(key) == [value], key
-    rw = " ".join(settings["ReadWritePaths"]).split()
-    for folder in ("incoming", "sorted", "quarantine"):
-        assert f"/srv/dicom/{folder}" in rw
-    for folder in ("processed", "hold"):
-        assert f"-/srv/dicom/{folder}" in rw
+    # One parent, one bind mount: moves between the folders stay renames
+    # (issue 10 §3; each ReadWritePaths= entry is a mount of its own).
+    assert settings["ReadWritePaths"] == ["/srv/dicom"]
+    assert settings["RestartPreventExitStatus"] == ["2"]
+    assert settings["LogRateLimitIntervalSec"] == ["0"]
 
 
 # ---- (b) systemd-analyze security -------------------------------------------
@@ -636,6 +636,8 @@ def test_daemon_fits_the_sandbox(tmp_path):
 INSTALL_CHECK = r"""
 set -e
 dpkg -i /root/dicomsortd.deb >/dev/null
+systemctl enable dicomsortd.service 2>/dev/null
+test -L /etc/systemd/system/multi-user.target.wants/dicomsortd.service
 getent passwd dicomsortd | cut -d: -f1,6,7
 stat -c '%n %a %U:%G' /srv/dicom /srv/dicom/*
 dpkg-query -W -f='${Conffiles}\n' dicomsortd
@@ -647,6 +649,7 @@ test -e /usr/sbin/dicomsortd -o -e /usr/bin/dicomsort && echo binaries left
 test -e /etc/dicomsortd/dicomsortd.conf && echo conffile kept
 dpkg -P dicomsortd >/dev/null
 test -e /etc/dicomsortd/dicomsortd.conf && echo conffile left after purge
+ls /etc/systemd/system/*/dicomsortd.service 2>/dev/null && echo enabled after purge
 getent passwd dicomsortd >/dev/null && echo user kept
 test -d /srv/dicom/sorted && echo data kept
 """
@@ -687,3 +690,85 @@ exec chroot {ov}/merged sh /root/check.sh
     tail = lines[lines.index("# local change"):]
     assert tail == ["# local change", "conffile kept", "user kept",
                     "data kept"], tail
+
+
+# ---- (g) what a hospital's package review looks at (issue 10 §6) ----------
+
+def test_lintian_is_clean(deb):
+    """0 errors and 0 warnings; an override would need a reason in a
+    lintian-overrides file shipped in the package (there is none)."""
+    lintian = shutil.which("lintian")
+    assert lintian, "lintian is not installed (scripts/deps installs it)"
+    r = run([lintian, "--tag-display-limit", "0", "--fail-on",
+             "error,warning", deb])
+    print(r.stdout)
+    tags = [ln for ln in r.stdout.splitlines() if re.match(r"^[EW]: ", ln)]
+    assert tags == [], "\n".join(tags)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_deb_licence_changelog_and_maintainer(deb):
+    files = deb_files(deb)
+    for path in ("/usr/share/doc/dicomsortd/copyright",
+                 "/usr/share/doc/dicomsortd/changelog.gz"):
+        assert path in files, path
+    copyright = deb_member(deb, "/usr/share/doc/dicomsortd/copyright").decode()
+    assert copyright.startswith("Format: https://www.debian.org/doc/"
+                                "packaging-manuals/copyright-format/1.0/\n")
+    assert "License: BSD-3-Clause" in copyright
+    assert (REPO / "LICENSE").read_text().startswith("BSD 3-Clause License")
+    changelog = gzip.decompress(deb_member(
+        deb, "/usr/share/doc/dicomsortd/changelog.gz")).decode()
+    assert changelog.startswith("dicomsortd (")
+
+    def field(name):
+        return run(["dpkg-deb", "-f", deb, name]).stdout.strip()
+
+    assert re.match(r"^[^<>]+ <[^@\s]+@[^@\s]+>$", field("Maintainer"))
+    assert "root@localhost" not in field("Maintainer")
+    assert field("Homepage").startswith("https://")
+    depends = [d.split()[0] for d in field("Depends").split(", ")]
+    for dep in ("systemd-sysusers", "systemd-tmpfiles"):
+        assert dep in depends, field("Depends")
+
+
+def test_deb_binaries_stripped_and_hardened(deb, tmp_path):
+    need("readelf")
+    cache = build_dir() / "CMakeCache.txt"
+    if "DICOMSORT_SANITIZE:BOOL=ON" in cache.read_text():
+        pytest.skip("sanitizer build: built without Debian's hardening flags "
+                    "on purpose (CMakeLists.txt); the normal build is checked")
+    tar = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)],
+                         capture_output=True)
+    assert tar.returncode == 0, tar.stderr
+    for rel in ("usr/bin/dicomsort", "usr/sbin/dicomsortd"):
+        path = tmp_path / rel
+        if not path.exists():
+            continue
+        sections = run(["readelf", "-S", path]).stdout
+        assert ".symtab" not in sections and ".debug_info" not in sections, \
+            f"{rel} is not stripped"
+        dyn = run(["readelf", "-d", path]).stdout
+        assert "BIND_NOW" in dyn and "PIE" in dyn, f"{rel}: {dyn}"
+        assert "GNU_RELRO" in run(["readelf", "-l", path]).stdout
+        syms = run(["readelf", "--dyn-syms", "-W", path]).stdout
+        assert "__stack_chk_fail" in syms, f"{rel}: no stack protector"
+        assert re.search(r"__\w+_chk\b", syms.replace("__stack_chk_fail", "")), \
+            f"{rel}: not built with _FORTIFY_SOURCE"
+
+
+def test_plain_cmake_line_builds_optimised_and_hardened(tmp_path):
+    """The README's `cmake -S . -B build`, without a build type."""
+    cmake = need("cmake")
+    need("dpkg-buildflags")
+    r = run([cmake, "-S", REPO, "-B", tmp_path / "b", "-DDICOMSORT_TESTS=OFF"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    cache = (tmp_path / "b" / "CMakeCache.txt").read_text()
+    assert "CMAKE_BUILD_TYPE:STRING=RelWithDebInfo" in cache
+    import json
+    cmds = json.loads((tmp_path / "b" / "compile_commands.json").read_text())
+    cmd = next(c["command"] for c in cmds
+               if c["file"].endswith("src/daemon.c"))
+    for flag in ("-O2", "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong",
+                 "-Werror=format-security"):
+        assert flag in cmd.split(), (flag, cmd)

@@ -152,6 +152,10 @@ def check_output_tree(out):
     be left either), no control characters in names built from values."""
     assert not temp_files_below(out), temp_files_below(out)
     for dirpath, dirnames, filenames in os.walk(out):
+        if os.path.samefile(dirpath, out) and ".dicomsortd-state" in dirnames:
+            # The daemon's own pending-record folder (issue 10), not a
+            # name built from DICOM values.
+            dirnames.remove(".dicomsortd-state")
         for n in dirnames + filenames:
             p = os.path.join(dirpath, n)
             st = os.lstat(p)

@@ -10,10 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <dirent.h>
+#include <stdbool.h>
 
 #include "dicomsort/fsutil.h"
 
@@ -31,6 +35,9 @@ static int drop_root(void **state)
 	char cmd[PATH_MAX + 16];
 
 	(void)state;
+	/* A failed mount test must not leave its mount behind. */
+	snprintf(cmd, sizeof(cmd), "%s/mnt", root);
+	umount2(cmd, MNT_DETACH);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	return system(cmd) == 0 ? 0 : -1;
 }
@@ -144,6 +151,277 @@ static void same_content_compares_bytes(void **state)
 	close(rootfd);
 }
 
+/* ---- the one safe move ---- */
+
+static char path_buf[PATH_MAX];
+
+static const char *at(const char *rel)
+{
+	snprintf(path_buf, sizeof(path_buf), "%s/%s", root, rel);
+	return path_buf;
+}
+
+static void make_dir(const char *rel)
+{
+	assert_int_equal(mkdir(at(rel), 0755), 0);
+}
+
+static void put(const char *rel, const char *text)
+{
+	write_file(AT_FDCWD, at(rel), text);
+}
+
+static bool exists(const char *rel)
+{
+	struct stat st;
+
+	return lstat(at(rel), &st) == 0;
+}
+
+static char *slurp(const char *rel)
+{
+	static char buf[256];
+	int fd = open(at(rel), O_RDONLY);
+	ssize_t n;
+
+	assert_true(fd >= 0);
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	assert_true(n >= 0);
+	buf[n] = '\0';
+	return buf;
+}
+
+/* Names in folder rel, with ours (.dicomsort-*) counted apart. */
+static int count_entries(const char *rel, int *ours)
+{
+	DIR *dir = opendir(at(rel));
+	struct dirent *de;
+	int n = 0;
+
+	assert_non_null(dir);
+	*ours = 0;
+	while ((de = readdir(dir)) != NULL) {
+		if (de->d_name[0] == '.' && (de->d_name[1] == '\0' ||
+		    strcmp(de->d_name, "..") == 0))
+			continue;
+		if (strncmp(de->d_name, FSUTIL_TMP_PREFIX,
+			    strlen(FSUTIL_TMP_PREFIX)) == 0)
+			(*ours)++;
+		else
+			n++;
+	}
+	closedir(dir);
+	return n;
+}
+
+static int move_into(const char *src_rel, const char *dst_rel,
+		     const char *name, struct fsutil_move *mv, struct error *err)
+{
+	char src[PATH_MAX];
+	int rc;
+
+	snprintf(src, sizeof(src), "%s/%s", root, src_rel);
+	memset(mv, 0, sizeof(*mv));
+	mv->source = src;
+	mv->name = name;
+	mv->dest_dirfd = open(at(dst_rel), O_RDONLY | O_DIRECTORY);
+	assert_true(mv->dest_dirfd >= 0);
+	rc = fsutil_move(mv, err);
+	close(mv->dest_dirfd);
+	return rc;
+}
+
+static void move_renames_without_replacing(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct fsutil_move mv;
+	int ours;
+
+	(void)state;
+	make_dir("in");
+	make_dir("done");
+	put("in/a.dcm", "second");
+	put("done/a.dcm", "first");
+	assert_int_equal(move_into("in/a.dcm", "done", "a.dcm", &mv, &err), 0);
+	assert_string_equal(mv.final, "a_1.dcm");
+	assert_false(mv.copied);
+	assert_false(mv.existed);
+	assert_string_equal(slurp("done/a.dcm"), "first");
+	assert_string_equal(slurp("done/a_1.dcm"), "second");
+	assert_int_equal(count_entries("in", &ours), 0);
+	assert_int_equal(ours, 0);
+}
+
+static void move_recognises_its_earlier_copy(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct fsutil_move mv;
+	int ours;
+
+	(void)state;
+	make_dir("in");
+	make_dir("done");
+	/* A retry after the source could not be removed: the copy is there. */
+	put("in/a.dcm", "same bytes");
+	put("done/a.dcm", "same bytes");
+	assert_int_equal(move_into("in/a.dcm", "done", "a.dcm", &mv, &err), 0);
+	assert_true(mv.existed);
+	assert_string_equal(mv.final, "a.dcm");
+	assert_int_equal(count_entries("done", &ours), 1);
+	assert_int_equal(count_entries("in", &ours), 0);
+	assert_int_equal(ours, 0);
+}
+
+static void move_refuses_a_replaced_source(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct fsutil_move mv = { 0 };
+	struct stat read_st;
+	char src[PATH_MAX];
+	int ours;
+
+	(void)state;
+	make_dir("in");
+	make_dir("done");
+	put("in/a.dcm", "what the pipeline read");
+	assert_int_equal(stat(at("in/a.dcm"), &read_st), 0);
+	/* The sender re-delivers under the same name. */
+	assert_int_equal(unlink(at("in/a.dcm")), 0);
+	put("in/a.dcm", "a new delivery");
+	snprintf(src, sizeof(src), "%s", at("in/a.dcm"));
+	mv.source = src;
+	mv.expect = &read_st;
+	mv.name = "a.dcm";
+	mv.dest_dirfd = open(at("done"), O_RDONLY | O_DIRECTORY);
+	assert_int_equal(fsutil_move(&mv, &err), -1);
+	close(mv.dest_dirfd);
+	assert_int_equal(mv.side, FSUTIL_SIDE_SOURCE);
+	assert_string_equal(slurp("in/a.dcm"), "a new delivery");
+	assert_int_equal(count_entries("done", &ours), 0);
+	/* fsutil_remove() refuses it the same way. */
+	assert_int_equal(fsutil_remove(src, &read_st, NULL, &err), -1);
+	assert_string_equal(slurp("in/a.dcm"), "a new delivery");
+	assert_int_equal(stat(src, &read_st), 0);
+	assert_int_equal(fsutil_remove(src, &read_st, NULL, &err), 0);
+	assert_false(exists("in/a.dcm"));
+	assert_int_equal(count_entries("in", &ours), 0);
+	assert_int_equal(ours, 0);
+}
+
+static void move_skips_a_name_with_a_companion(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct fsutil_move mv;
+	char src[PATH_MAX];
+
+	(void)state;
+	make_dir("in");
+	make_dir("q");
+	put("in/x.dcm", "bad");
+	put("q/x.dcm.reason", "another file's reason");
+	snprintf(src, sizeof(src), "%s", at("in/x.dcm"));
+	memset(&mv, 0, sizeof(mv));
+	mv.source = src;
+	mv.name = "x.dcm";
+	mv.companion = ".reason";
+	mv.dest_dirfd = open(at("q"), O_RDONLY | O_DIRECTORY);
+	assert_int_equal(fsutil_move(&mv, &err), 0);
+	close(mv.dest_dirfd);
+	assert_string_equal(mv.final, "x_1.dcm");
+}
+
+static void claims_left_by_a_crash_get_their_names_back(void **state)
+{
+	struct error err = ERROR_INIT;
+	int ours;
+
+	(void)state;
+	make_dir("in");
+	make_dir("in/sub");
+	put("in/" FSUTIL_CLAIM_PREFIX "1f.a.dcm", "claimed");
+	put("in/sub/" FSUTIL_CLAIM_PREFIX "20.b.dcm", "claimed too");
+	/* Re-delivered meanwhile: the claimed file must not replace it. */
+	put("in/sub/b.dcm", "new delivery");
+	put("in/" FSUTIL_TMP_PREFIX "0123456789ab.tmp", "not a claim");
+	assert_int_equal(fsutil_recover_claims(at("in"), &err), 2);
+	assert_string_equal(slurp("in/a.dcm"), "claimed");
+	assert_string_equal(slurp("in/sub/b.dcm"), "new delivery");
+	assert_string_equal(slurp("in/sub/b_1.dcm"), "claimed too");
+	assert_int_equal(count_entries("in", &ours), 2);
+	assert_int_equal(ours, 1);
+}
+
+/* Across a mount: the copy, fsynced and linked, then the source goes;
+ * mode and mtime are kept, and no temp file is left on either side. */
+static void check_copy_across(const char *how)
+{
+	struct error err = ERROR_INIT;
+	struct fsutil_move mv;
+	struct stat before, after;
+	struct timespec old[2] = { { 1000000, 0 }, { 1000000, 0 } };
+	int ours;
+
+	put("in/a.dcm", "original bytes");
+	assert_int_equal(chmod(at("in/a.dcm"), 0640), 0);
+	assert_int_equal(utimensat(AT_FDCWD, at("in/a.dcm"), old, 0), 0);
+	assert_int_equal(stat(at("in/a.dcm"), &before), 0);
+	put("mnt/a.dcm", "an earlier, different file");
+	assert_int_equal(move_into("in/a.dcm", "mnt", "a.dcm", &mv, &err), 0);
+	assert_true(mv.copied);
+	assert_string_equal(mv.final, "a_1.dcm");
+	assert_string_equal(slurp("mnt/a_1.dcm"), "original bytes");
+	assert_string_equal(slurp("mnt/a.dcm"), "an earlier, different file");
+	assert_int_equal(stat(at("mnt/a_1.dcm"), &after), 0);
+	assert_int_equal(after.st_mode & 07777, 0640);
+	assert_int_equal(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
+	assert_false(exists("in/a.dcm"));
+	assert_int_equal(count_entries("in", &ours), 0);
+	assert_int_equal(ours, 0);
+	assert_int_equal(count_entries("mnt", &ours), 2);
+	assert_int_equal(ours, 0);
+
+	/* A retry whose source came back (a crash before its removal, the
+	 * claim renamed back at start) makes no second copy. */
+	put("in/a.dcm", "original bytes");
+	assert_int_equal(move_into("in/a.dcm", "mnt", "a.dcm", &mv, &err), 0);
+	assert_true(mv.existed);
+	assert_string_equal(mv.final, "a_1.dcm");
+	assert_int_equal(count_entries("mnt", &ours), 2);
+	assert_false(exists("in/a.dcm"));
+	(void)how;
+}
+
+static void move_copies_across_a_bind_mount(void **state)
+{
+	(void)state;
+	make_dir("in");
+	make_dir("mnt");
+	/* What systemd's ReadWritePaths= does: the same file system, but a
+	 * mount of its own, so rename(2) fails with EXDEV. */
+	if (mount(at("mnt"), at("mnt"), NULL, MS_BIND, NULL) == -1) {
+		print_message("cannot bind-mount (%s): needs root\n",
+			      strerror(errno));
+		fail();
+	}
+	check_copy_across("bind");
+	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
+}
+
+static void move_copies_into_another_file_system(void **state)
+{
+	(void)state;
+	make_dir("in");
+	make_dir("mnt");
+	if (mount("tmpfs", at("mnt"), "tmpfs", 0, "size=1m") == -1) {
+		print_message("cannot mount a tmpfs (%s): needs root\n",
+			      strerror(errno));
+		fail();
+	}
+	check_copy_across("tmpfs");
+	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -156,6 +434,21 @@ int main(void)
 		cmocka_unit_test_setup_teardown(publish_never_overwrites,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(same_content_compares_bytes,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_renames_without_replacing,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_recognises_its_earlier_copy,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_refuses_a_replaced_source,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_skips_a_name_with_a_companion,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			claims_left_by_a_crash_get_their_names_back,
+			make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_copies_across_a_bind_mount,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_copies_into_another_file_system,
 						make_root, drop_root),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

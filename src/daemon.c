@@ -770,6 +770,11 @@ static void release_held(struct daemon *d)
 	}
 	if (released != 0)
 		log_audit(&rec);
+	/* A release across file systems links a copy into place, and a link
+	 * raises no event the watch acts on: look for the files now rather
+	 * than at the next periodic rescan. */
+	if (released > 0)
+		d->rewatch_needed = true;
 }
 
 /* The first 16 hex digits of the SHA-256 of the table file: which table

@@ -8,8 +8,9 @@ resolve; the unit file is the shipped one, untouched (only
 /etc/dicomsortd/dicomsortd.conf and a correlation table are written).
 
 The scenario:
-  before the first start  a tmpfs is mounted on /srv/dicom/processed: the
-                          processed folder is on another file system
+  before the first start  tmpfs file systems are mounted on
+                          /srv/dicom/processed and /srv/dicom/hold: those
+                          folders are on other file systems
   phase 1 (delete)        profile none, after_success = "delete":
                           a member of group dicomsortd (umask 0007) and a
                           careless writer (umask 022, also in the group)
@@ -172,6 +173,13 @@ class World:
                 out.append(os.path.relpath(os.path.join(dirpath, name), top))
         return sorted(out)
 
+    def files_below_in_machine(self, path):
+        """files_below() for a folder on a file system mounted inside the
+        container, which the host's view of the root does not show."""
+        r = self.machine.sh("find %s -mindepth 1 ! -type d -printf '%%P\\n'"
+                            % path)
+        return sorted(line for line in r.stdout.splitlines() if line)
+
     def problem(self, text):
         log("PROBLEM: " + text)
         self.problems.append(text)
@@ -213,6 +221,14 @@ class World:
             "gid=$(id -g dicomsortd) dicomsort-processed %s" % PROCESSED)
         self.facts["processed_fstype"] = self.machine.sh(
             "stat -f -c %%T %s" % PROCESSED).stdout.strip()
+        # hold on a file system of its own too: a release then copies and
+        # links, which raises no inotify event the watch acts on.
+        self.machine.sh(
+            "mkdir -p %s && mount -t tmpfs -o size=64m,mode=0750,"
+            "uid=$(id -u dicomsortd),gid=$(id -g dicomsortd) "
+            "dicomsort-hold %s" % (HOLD, HOLD))
+        self.facts["hold_fstype"] = self.machine.sh(
+            "stat -f -c %%T %s" % HOLD).stdout.strip()
 
     def teardown(self):
         try:
@@ -528,17 +544,17 @@ class World:
                             HELD_NEW)[0], "p2hold/H%d.dcm" % i)
                 for i in range(4)]
         self.drop(held, MEMBER)
-        self.wait(lambda: len(self.files_below(HOLD)) >= 4 and not any(
+        self.wait(lambda: len(self.files_below_in_machine(HOLD)) >= 4 and not any(
             r.startswith("p2hold/") for r in self.files_below(INCOMING)),
             90, "four files of an unknown patient held")
-        self.facts["held_before_reload"] = len(self.files_below(HOLD))
+        self.facts["held_before_reload"] = len(self.files_below_in_machine(HOLD))
         self.facts["held_outputs_before_reload"] = len(
             self.files_below(SORTED + "/" + HELD_NEW)) \
             if self.host(SORTED + "/" + HELD_NEW).exists() else 0
         with open(self.host(TABLE), "a") as f:
             f.write("%s,%s\n" % (HELD_ID, HELD_NEW))
         self.machine.sh("systemctl reload dicomsortd", timeout=120)
-        self.wait(lambda: not self.files_below(HOLD), 120,
+        self.wait(lambda: not self.files_below_in_machine(HOLD), 120,
                   "held files released after the reload")
         self.wait_drained("phase 2 after the reload")
         self.kill_cycles(2, "p2k")
@@ -562,7 +578,7 @@ class World:
     def collect(self):
         f = self.facts
         f["incoming_left"] = self.files_below(INCOMING)
-        f["hold_left"] = self.files_below(HOLD)
+        f["hold_left"] = self.files_below_in_machine(HOLD)
         f["processed_underneath"] = self.files_below(PROCESSED)
         outputs = {}
         f["unreadable_outputs"] = []
@@ -676,6 +692,7 @@ def completed(w):
 def test_processed_is_another_file_system_the_service_sees(world):
     completed(world)
     assert world.facts["processed_fstype"] == "tmpfs"
+    assert world.facts["hold_fstype"] == "tmpfs"
     assert world.facts["service_processed_fstype"] == "tmpfs", (
         "inside the unit's sandbox %s is %r, not the tmpfs mounted before "
         "the start" % (PROCESSED, world.facts["service_processed_fstype"]))

@@ -623,6 +623,8 @@ class World:
         f["stored_records"] = len(stored)
         f["stored_record_sops"] = [r.get("DICOMSORTD_SOP_INSTANCE_UID")
                                    for r in stored]
+        f["stored_record_owners"] = [
+            r.get("DICOMSORTD_SOURCE_OWNER", "") for r in stored]
         logs = self.build / "system-logs"
         logs.mkdir(exist_ok=True)
         (logs / "journal-dicomsortd.txt").write_text(self.machine.sh(
@@ -743,6 +745,20 @@ def test_stored_records_match_files_stored(world):
         "for %d files stored; without a record: %d %s; recorded twice: %s; "
         "all events: %s" % (records, len(world.expected), len(missing),
                             missing[:10], twice, world.facts["events"]))
+
+
+def test_records_name_the_sending_account(world):
+    """Issue 10 section 5: the owner is the account that wrote the file,
+    which a user namespace (PrivateUsers=) would turn into nobody. The only
+    exception: a held file released across file systems is a copy the
+    service made, so it is the service's own."""
+    completed(world)
+    owners = world.facts["stored_record_owners"]
+    names = [o.partition("(")[2].rstrip(")") for o in owners]
+    assert {MEMBER[0], CARELESS[0]} <= set(names), sorted(set(owners))
+    assert set(names) <= {MEMBER[0], CARELESS[0], "dicomsortd"}, \
+        sorted(set(owners))
+    assert names.count("dicomsortd") <= 4, sorted(set(owners))
 
 
 def test_bad_files_quarantined_once_with_a_reason(world):

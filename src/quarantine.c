@@ -17,7 +17,6 @@
 
 #include "dicomsort/fsutil.h"
 
-#define MAX_NUMBERED_NAMES 10000
 #define REASON_SUFFIX ".reason"
 
 static int write_all(int fd, const char *buf, size_t len)
@@ -165,12 +164,13 @@ static int write_sidecar(int dirfd, const char *final,
 }
 
 /*
- * A quarantine name leaves room for a clash number ("_4294967295") and
+ * A quarantine name leaves room for a clash suffix (fsutil_clash_name()) and
  * ".reason" within NAME_MAX. A longer one is cut (on a UTF-8 boundary)
  * and gets a hash of the whole name, so two long names that share their
  * start stay apart; the sidecar's "source:" keeps the full original.
  */
-#define QUARANTINE_NAME_MAX (NAME_MAX - 11 - (sizeof(REASON_SUFFIX) - 1))
+#define QUARANTINE_NAME_MAX \
+	(NAME_MAX - FSUTIL_CLASH_SUFFIX_MAX - (sizeof(REASON_SUFFIX) - 1))
 
 static void shorten_name(char *base, size_t baselen)
 {

@@ -464,6 +464,13 @@ static int read_deid(struct reader *r)
 					   &cfg->deid.unknown_id) == -1)
 		return setting_error(cfg, s, r->err, "",
 				     "'unknown_id' must be \"keep\", \"pseudonymize\", \"reject\" or \"hold\"");
+	/* Without a table no PatientID is ever known: every file would
+	 * wait in hold for a table that never comes. */
+	if (s && cfg->deid.unknown_id == DEID_UNKNOWN_HOLD &&
+	    cfg->correlation_table == NULL)
+		return setting_error(cfg, s, r->err, "",
+				     "deid.unknown_id = \"hold\" needs 'correlation_table' "
+				     "(without one every file would be held forever)");
 	return 0;
 }
 

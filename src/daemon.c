@@ -69,6 +69,7 @@ struct job {
 	struct pipeline_result result;
 	char quarantined_as[PATH_MAX];	/* or held as */
 	char table_sha256[17];	/* of the table in force at dispatch */
+	unsigned long table_gen;	/* d->table_gen at dispatch */
 	char owner[96];		/* "uid(name)" of the source */
 	char marker[64];	/* its pending `stored` record */
 	bool stored_logged;
@@ -92,6 +93,8 @@ struct daemon {
 	unsigned long next_job_id;
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
+	long delay_held_ms;		/* DICOMSORT_TEST_DELAY=held:MS */
+	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
 	struct pollfd fds[SLOT_COUNT];
@@ -297,6 +300,16 @@ static void hold_job(struct daemon *d, struct job *job)
 {
 	struct error err = ERROR_INIT;
 
+	if (d->delay_held_ms > 0) {
+		struct timespec ts = {
+			d->delay_held_ms / 1000,
+			(d->delay_held_ms % 1000) * 1000000,
+		};
+
+		log_msg(LOG_INFO, "test delay: %ld ms before a hold",
+			d->delay_held_ms);
+		nanosleep(&ts, NULL);
+	}
 	if (hold_file(d->hold_fd, job->path, job->rel, job->quarantined_as,
 		      sizeof(job->quarantined_as), &err) == 0) {
 		job->outcome = OUTCOME_HELD;
@@ -541,6 +554,8 @@ static void report_disposal(struct daemon *d, struct job *job)
 	watch_retry(d->watch, job->path, backoff_ms(d->cfg, job->attempt));
 }
 
+static void release_held(struct daemon *d);
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
@@ -581,6 +596,11 @@ static void finish_job(struct daemon *d, struct job *job)
 			  "PatientID not in the correlation table yet; "
 			  "retried after the next reload");
 		watch_done(d->watch, job->path);
+		/* Judged under a table a reload has since replaced: that
+		 * reload's release ran before this file reached hold, so
+		 * release it now, under the new table. */
+		if (job->table_gen != d->table_gen)
+			release_held(d);
 		break;
 	case OUTCOME_VANISHED:
 		log_msg(LOG_DEBUG, "%s vanished before it was processed",
@@ -689,6 +709,7 @@ static struct job *job_new(struct daemon *d, char *path)
 	job->path = path;
 	snprintf(job->table_sha256, sizeof(job->table_sha256), "%s",
 		 d->table_sha256);
+	job->table_gen = d->table_gen;
 	snprintf(job->marker, sizeof(job->marker), "%ld-%lu.pending",
 		 (long)getpid(), ++d->next_job_id);
 	pending = *find_disposal(d, path);
@@ -829,6 +850,7 @@ static void reload(struct daemon *d)
 			 "%zu IDs", correlation_size(table));
 		pipeline_set_table(d->pipeline, table);
 		correlation_unref(table);
+		d->table_gen++;
 		table_digest(d->cfg->correlation_table, d->table_sha256,
 			     sizeof(d->table_sha256));
 		log_audit(&rec);
@@ -1043,7 +1065,10 @@ static int setup_watch(struct daemon *d, struct error *err)
 /*
  * DICOMSORT_TEST_DELAY=published:MS sleeps MS ms between an output's
  * publication and its `stored` record, so a test can SIGKILL the daemon
- * exactly there. Without the variable nothing changes.
+ * exactly there. DICOMSORT_TEST_DELAY=held:MS sleeps MS ms (and says so)
+ * between the decision to hold a file and its move into hold, so a test
+ * can reload the table in that window. Without the variable nothing
+ * changes.
  */
 static void test_delays(struct daemon *d)
 {
@@ -1051,6 +1076,8 @@ static void test_delays(struct daemon *d)
 
 	if (v != NULL && strncmp(v, "published:", 10) == 0)
 		d->delay_published_ms = strtol(v + 10, NULL, 10);
+	if (v != NULL && strncmp(v, "held:", 5) == 0)
+		d->delay_held_ms = strtol(v + 5, NULL, 10);
 }
 
 /*

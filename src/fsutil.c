@@ -12,6 +12,8 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #define COMPARE_CHUNK (64 * 1024)
 
 static int mkdir_p(const char *path)
@@ -342,19 +344,16 @@ static size_t stem_length(const char *base)
 	return strlen(base);
 }
 
-int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len)
+/* "<stem><suffix><ext>" within NAME_MAX: the stem is shortened, never
+ * the suffix, and never inside a UTF-8 character. */
+static int suffixed_name(const char *base, const char *suffix, char *out,
+			 size_t len)
 {
 	size_t stem = stem_length(base);
 	const char *ext = base + stem;
-	char suffix[16];
 	size_t room;
 	int w;
 
-	if (n == 0) {
-		w = snprintf(out, len, "%s", base);
-		return w < 0 || (size_t)w >= len ? -1 : 0;
-	}
-	snprintf(suffix, sizeof(suffix), "_%u", n);
 	/* Keep the name within NAME_MAX: shorten the stem, never the number,
 	 * and never inside a UTF-8 character. */
 	room = NAME_MAX > strlen(suffix) + strlen(ext) ?
@@ -366,6 +365,71 @@ int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len)
 	}
 	w = snprintf(out, len, "%.*s%s%s", (int)stem, base, suffix, ext);
 	return w < 0 || (size_t)w >= len ? -1 : 0;
+}
+
+int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len)
+{
+	char suffix[16];
+	int w;
+
+	if (n == 0) {
+		w = snprintf(out, len, "%s", base);
+		return w < 0 || (size_t)w >= len ? -1 : 0;
+	}
+	snprintf(suffix, sizeof(suffix), "_%u", n);
+	return suffixed_name(base, suffix, out, len);
+}
+
+int fsutil_clash_name(const char *base, unsigned n, const char *hash,
+		      char *out, size_t len)
+{
+	char suffix[FSUTIL_CLASH_SUFFIX_MAX + 1];
+
+	if (n < FSUTIL_PLAIN_CLASHES)
+		return fsutil_numbered_name(base, n, out, len);
+	if (hash == NULL)
+		return -1;
+	n -= FSUTIL_PLAIN_CLASHES;
+	if (n == 0)
+		snprintf(suffix, sizeof(suffix), "_%.16s", hash);
+	else
+		snprintf(suffix, sizeof(suffix), "_%.16s_%u", hash, n);
+	return suffixed_name(base, suffix, out, len);
+}
+
+int fsutil_hash_fd(int fd, char *hex, struct error *err)
+{
+	unsigned char buf[16384], md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	off_t off = 0;
+	ssize_t n;
+	int rc = -1;
+
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(ctx);
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
+	}
+	while ((n = pread(fd, buf, sizeof(buf), off)) != 0) {
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			error_set(err, ERROR_TRANSIENT, errno, "cannot read for a hash");
+			goto out;
+		}
+		EVP_DigestUpdate(ctx, buf, (size_t)n);
+		off += n;
+	}
+	if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 8) {
+		for (unsigned i = 0; i < 8; i++)
+			snprintf(hex + 2 * i, 3, "%02x", md[i]);
+		rc = 0;
+	} else {
+		error_set(err, ERROR_TRANSIENT, 0, "sha256");
+	}
+out:
+	EVP_MD_CTX_free(ctx);
+	return rc;
 }
 
 /* ---- one safe move ---- */
@@ -728,13 +792,51 @@ static int place_at(struct fsutil_move *mv, const char *cand, struct error *err)
 	}
 }
 
+/* The hash in the claimed source's clash names: of its bytes, or of a
+ * symlink's target; other kinds get a fixed one (numbered after it). */
+static int claim_hash(struct fsutil_move *mv, char *hex, struct error *err)
+{
+	char target[PATH_MAX];
+	ssize_t n;
+	int fd, rc;
+
+	if (S_ISREG(mv->src_st.st_mode)) {
+		fd = openat(mv->src_dirfd, mv->claim, O_RDONLY | O_NOFOLLOW |
+			    O_NONBLOCK | O_CLOEXEC);
+		if (fd == -1)
+			return move_fail(mv, FSUTIL_SIDE_SOURCE, err,
+					 ERROR_TRANSIENT, errno,
+					 "cannot read the claimed source");
+		rc = fsutil_hash_fd(fd, hex, err);
+		close(fd);
+		if (rc == -1)
+			mv->side = FSUTIL_SIDE_SOURCE;
+		return rc;
+	}
+	n = S_ISLNK(mv->src_st.st_mode) ?
+	    readlinkat(mv->src_dirfd, mv->claim, target, sizeof(target)) : 0;
+	if (n < 0)
+		n = 0;
+	for (unsigned i = 0, h = 2166136261u; i < 8; i++) {
+		for (ssize_t j = 0; j < n; j++)
+			h = (h ^ (unsigned char)target[j]) * 16777619u;
+		h = (h ^ i) * 16777619u;
+		snprintf(hex + 2 * i, 3, "%02x", h & 0xff);
+	}
+	return 0;
+}
+
 static int place_claim(struct fsutil_move *mv, struct error *err)
 {
-	for (unsigned n = 0; n < MOVE_MAX_NUMBERED; n++) {
+	char hash[17] = "";
+
+	for (unsigned n = 0; n < FSUTIL_PLAIN_CLASHES + MOVE_MAX_NUMBERED; n++) {
 		int rc;
 
-		if (fsutil_numbered_name(mv->name, n, mv->final,
-					 sizeof(mv->final)) == -1)
+		if (n == FSUTIL_PLAIN_CLASHES && claim_hash(mv, hash, err) == -1)
+			return -1;
+		if (fsutil_clash_name(mv->name, n, hash, mv->final,
+				      sizeof(mv->final)) == -1)
 			return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_INPUT,
 					 ENAMETOOLONG, "file name");
 		rc = try_name(mv, mv->final, err);

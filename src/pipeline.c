@@ -17,8 +17,10 @@
 #include "dicomsort/dicom.h"
 #include "dicomsort/fsutil.h"
 
-/* Far more than any real clash; a bound keeps a hostile input from making
- * us probe names forever. */
+/* Clash names are constant-time (fsutil_clash_name()): this bounds only
+ * the numbers after a clash of content hashes, which takes a SHA-256
+ * prefix collision; it keeps a hostile input from making us probe names
+ * forever. */
 #define MAX_NUMBERED_NAMES 10000
 #define MAX_PLACEHOLDERS 64
 
@@ -462,14 +464,18 @@ static int publish_as(struct job *job, const char *dir, const char *name,
 	struct error *err = &res->err;
 	const struct pipeline_hooks *h = job->hooks;
 	struct stat out_st;
+	char hash[17] = "";
 
 	if (h != NULL && h->before_publish != NULL &&
 	    fstat(job->tmp_fd, &out_st) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
-	for (unsigned n = 0; n < MAX_NUMBERED_NAMES; n++) {
+	for (unsigned n = 0; n < FSUTIL_PLAIN_CLASHES + MAX_NUMBERED_NAMES; n++) {
 		int rc, same;
 
-		if (fsutil_numbered_name(name, n, final, finallen) == -1)
+		if (n == FSUTIL_PLAIN_CLASHES &&
+		    fsutil_hash_fd(job->tmp_fd, hash, err) == -1)
+			return -1;
+		if (fsutil_clash_name(name, n, hash, final, finallen) == -1)
 			return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
 		snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
 		if (h != NULL && h->before_publish != NULL &&

@@ -8,6 +8,8 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -15,7 +17,6 @@
 
 #include "dicomsort/fsutil.h"
 
-#define MAX_NUMBERED_NAMES 10000
 #define REASON_SUFFIX ".reason"
 
 static int write_all(int fd, const char *buf, size_t len)
@@ -66,48 +67,90 @@ static int place(int dirfd, const char *source, const char *base,
 	return 0;
 }
 
-static int write_sidecar(int dirfd, const char *final,
-			 const struct quarantine_entry *e, struct error *err)
+/* One "key: value" line; control characters and backslashes in the
+ * value are escaped (\n, \r, \t, \\, \xHH), so a file name can never
+ * start a line of its own and forge a key. */
+static void put_value(FILE *f, const char *key, const char *value)
 {
-	char tmp[64], name[NAME_MAX + 16], when[64], text[4096];
+	fprintf(f, "%s: ", key);
+	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+		switch (*p) {
+		case '\n': fputs("\\n", f); break;
+		case '\r': fputs("\\r", f); break;
+		case '\t': fputs("\\t", f); break;
+		case '\\': fputs("\\\\", f); break;
+		default:
+			if (*p < 0x20 || *p == 0x7f)
+				fprintf(f, "\\x%02x", *p);
+			else
+				fputc(*p, f);
+		}
+	}
+	fputc('\n', f);
+}
+
+static char *sidecar_text(const char *final, const struct quarantine_entry *e,
+			  size_t *len)
+{
+	char when[64], *text = NULL;
 	time_t now = time(NULL);
 	struct tm tm;
-	int fd, n;
+	FILE *f = open_memstream(&text, len);
 
+	if (f == NULL)
+		return NULL;
 	gmtime_r(&now, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	n = snprintf(text, sizeof(text),
-		     "file: %s\nsource: %s\nreason: %s\nrule: %s\n"
-		     "attempts: %u\ntime: %s\nby: dicomsortd %s\n", final,
-		     e->source_rel ? e->source_rel : e->source_path, e->reason,
-		     e->rule, e->attempts, when, DICOMSORT_VERSION);
-	if (e->st != NULL && e->st->st_ino != 0 && n < (int)sizeof(text)) {
+	put_value(f, "file", final);
+	put_value(f, "source", e->source_rel ? e->source_rel : e->source_path);
+	put_value(f, "reason", e->reason ? e->reason : "");
+	put_value(f, "rule", e->rule ? e->rule : "");
+	fprintf(f, "attempts: %u\ntime: %s\nby: dicomsortd %s\n", e->attempts,
+		when, DICOMSORT_VERSION);
+	if (e->st != NULL && e->st->st_ino != 0) {
 		char mtime[64];
 
 		gmtime_r(&e->st->st_mtim.tv_sec, &tm);
 		strftime(mtime, sizeof(mtime), "%Y-%m-%dT%H:%M:%SZ", &tm);
-		n += snprintf(text + n, sizeof(text) - (size_t)n,
-			      "size: %lld\nmtime: %s\n",
-			      (long long)e->st->st_size, mtime);
+		fprintf(f, "size: %lld\nmtime: %s\n",
+			(long long)e->st->st_size, mtime);
 	}
-	if (e->sha256 != NULL && e->sha256[0] && n < (int)sizeof(text))
-		n += snprintf(text + n, sizeof(text) - (size_t)n,
-			      "sha256: %s\n", e->sha256);
-	if (e->owner != NULL && e->owner[0] && n < (int)sizeof(text))
-		n += snprintf(text + n, sizeof(text) - (size_t)n,
-			      "owner: %s\n", e->owner);
-	if (n >= (int)sizeof(text))
-		n = (int)sizeof(text) - 1;
+	if (e->sha256 != NULL && e->sha256[0])
+		put_value(f, "sha256", e->sha256);
+	if (e->owner != NULL && e->owner[0])
+		put_value(f, "owner", e->owner);
+	if (fclose(f) != 0) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
+static int write_sidecar(int dirfd, const char *final,
+			 const struct quarantine_entry *e, struct error *err)
+{
+	char tmp[64], name[NAME_MAX + 16];
+	size_t n = 0;
+	char *text = sidecar_text(final, e, &n);
+	int fd;
+
+	if (text == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM,
+				 "cannot write reason file");
 	fd = fsutil_tmpfile_at(dirfd, tmp, sizeof(tmp), err);
-	if (fd == -1)
+	if (fd == -1) {
+		free(text);
 		return -1;
-	if (write_all(fd, text, (size_t)n) == -1 || fchmod(fd, 0640) == -1 ||
+	}
+	if (write_all(fd, text, n) == -1 || fchmod(fd, 0640) == -1 ||
 	    fsync(fd) == -1) {
 		error_set(err, ERROR_TRANSIENT, errno, "cannot write reason file");
+		free(text);
 		close(fd);
 		unlinkat(dirfd, tmp, 0);
 		return -1;
 	}
+	free(text);
 	close(fd);
 	snprintf(name, sizeof(name), "%s" REASON_SUFFIX, final);
 	/* Written just before the file takes the name final, which is
@@ -118,6 +161,32 @@ static int write_sidecar(int dirfd, const char *final,
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * A quarantine name leaves room for a clash suffix (fsutil_clash_name()) and
+ * ".reason" within NAME_MAX. A longer one is cut (on a UTF-8 boundary)
+ * and gets a hash of the whole name, so two long names that share their
+ * start stay apart; the sidecar's "source:" keeps the full original.
+ */
+#define QUARANTINE_NAME_MAX \
+	(NAME_MAX - FSUTIL_CLASH_SUFFIX_MAX - (sizeof(REASON_SUFFIX) - 1))
+
+static void shorten_name(char *base, size_t baselen)
+{
+	uint64_t h = 14695981039346656037ULL;	/* FNV-1a */
+	size_t len = strlen(base), keep;
+	char tail[24];
+
+	if (len <= QUARANTINE_NAME_MAX)
+		return;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)base[i]) * 1099511628211ULL;
+	snprintf(tail, sizeof(tail), "~%016llx", (unsigned long long)h);
+	keep = QUARANTINE_NAME_MAX - strlen(tail);
+	while (keep > 0 && ((unsigned char)base[keep] & 0xc0) == 0x80)
+		keep--;
+	snprintf(base + keep, baselen - keep, "%s", tail);
 }
 
 static int open_subdir(int quarantine_fd, const char *rel, char *base,
@@ -144,6 +213,7 @@ int quarantine_file(int quarantine_fd, const struct quarantine_entry *e,
 	dirfd = open_subdir(quarantine_fd, rel, base, sizeof(base), err);
 	if (dirfd == -1)
 		return -1;
+	shorten_name(base, sizeof(base));
 	rc = place(dirfd, e->source_path, base, e, final, sizeof(final), err);
 	if (rc == 0)
 		rc = fsutil_fsync(dirfd, "quarantine folder", err);

@@ -78,6 +78,28 @@ int fsutil_fsync(int fd, const char *what, struct error *err);
  *  "<stem>_<n><ext>" (n > 0) or base itself (n == 0) into out. */
 int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len);
 
+/*
+ * Clash naming that stays constant-time: candidates 0..FSUTIL_PLAIN_CLASHES-1
+ * are the numbered names above ("a.dcm", "a_1.dcm", ...); after them
+ * comes "a_<h>.dcm", h the first 16 hex digits of the SHA-256 of the
+ * file's bytes (so the same bytes find their earlier copy: idempotent),
+ * then "a_<h>_1.dcm"... for the (practically never) clash of h. Many
+ * same-named files thus cost a few probes each, never one per earlier
+ * file, and no count of them is ever too many.
+ */
+#define FSUTIL_PLAIN_CLASHES 8
+/** Longest suffix a clash name adds: "_" 16 hex "_" and a number. */
+#define FSUTIL_CLASH_SUFFIX_MAX 28
+
+/** The n-th candidate for base; hash is 16 hex digits (needed only from
+ *  n = FSUTIL_PLAIN_CLASHES on, may be NULL before). */
+int fsutil_clash_name(const char *base, unsigned n, const char *hash,
+		      char *out, size_t len);
+
+/** hex (17 bytes) gets the first 16 hex digits of the SHA-256 of fd's
+ *  bytes, read with pread from offset 0. */
+int fsutil_hash_fd(int fd, char *hex, struct error *err);
+
 enum fsutil_side {
 	FSUTIL_SIDE_NONE,
 	FSUTIL_SIDE_SOURCE,	/* the source or its folder failed */

@@ -6,7 +6,10 @@
  * path as in the input, numbered like the sorted tree on a clash) and
  * writing the sidecar "<name>.reason" that says what failed, when, after how
  * many attempts and which rule, and the source's size, SHA-256, owner and
- * mtime. The original bytes are kept as they were:
+ * mtime. Every sidecar value has its control bytes and backslashes
+ * escaped (\n, \r, \t, \\, \xHH), so a name cannot forge a line; a name
+ * too long for "<name>_N.reason" is cut and given a hash of the whole
+ * name. The original bytes are kept as they were:
  * a rename on the same file system; across file systems a copy that is
  * fsynced before the source is removed. A symlink is moved as the link
  * itself, never followed.

@@ -331,6 +331,34 @@ def test_unknown_id_held_until_table_knows_it(daemon, tmp_path):
     assert d.stop()[0] == 0
 
 
+def test_reload_racing_a_hold_releases_the_file(daemon, tmp_path):
+    """Issue 12 item 12: a file judged unknown under the old table, moved
+    into hold only after the reload that brings the new table (whose
+    release found hold empty), is released by that reload all the same.
+    DICOMSORT_TEST_DELAY=held:MS holds the worker between the decision
+    and the move, so the reload lands in that window every time."""
+    hold = tmp_path / "hold"
+    table, cfg = seed_config(tmp_path, "PAT001,NEWA\n", hold=hold,
+                             deid={"unknown_id": "hold"})
+    d = daemon(env={"DICOMSORT_TEST_DELAY": "held:%d" % int(4000 * SLOW)},
+               **cfg)
+    unknown = make_items(1, patient_id="PAT999", prefix="late")
+    write_items(d.input / "exam", unknown)
+    wait_until(lambda: "test delay: " in d.log(), 30,
+               what=lambda: d.log()[-2000:])
+    table.write_text("PAT001,NEWA\nPAT999,NEW9\n")
+    d.signal(signal.SIGHUP)
+    wait_until(lambda: d.events("reload"), 15, what="reload")
+    # the worker is still asleep: the reload's release found hold empty
+    assert not d.events("held"), d.log()[-2000:]
+    wait_until(lambda: d.events("held"), 30, what="the late hold")
+    d.wait_stored(1, timeout=30)
+    wait_until(lambda: not files_below(hold), 15, what="hold to empty")
+    d.wait_input_empty()
+    assert_all_stored(d, unknown, patient_id="NEW9")
+    assert d.stop()[0] == 0
+
+
 def test_sigterm_while_busy_loses_nothing(daemon, tmp_path):
     n = 400 if not SLOW > 1 else 200
     items = write_dicoms(tmp_path / "in", n)

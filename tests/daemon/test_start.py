@@ -85,6 +85,37 @@ def test_configuration_error_exits_2_with_a_clear_message(tmp_path, kind):
         assert line.startswith("dicomsortd: ") or STAMP.match(line), line
 
 
+def test_unknown_id_hold_without_table_is_a_configuration_error(tmp_path):
+    """Issue 12 item 13: unknown_id = "hold" with no correlation table
+    would hold every file forever. A start exits 2 and --check-config
+    fails, both naming the key with the file and line it is on."""
+    folders(tmp_path, "in", "out", "quarantine", "hold")
+    conf = tmp_path / "dicomsortd.conf"
+    conf.write_text(conf_text(base_config(tmp_path, hold=tmp_path / "hold",
+                                          deid={"unknown_id": "hold"})))
+    line = next(i for i, ln in enumerate(conf.read_text().splitlines(), 1)
+                if re.match(r"\s*unknown_id\s*=", ln))
+    where = "%s:%d: " % (conf, line)
+    r = start(conf)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert where in r.stderr and "unknown_id" in r.stderr, r.stderr
+    assert "correlation_table" in r.stderr, r.stderr
+    assert "event=start" not in r.stderr
+    assert list((tmp_path / "hold").iterdir()) == []
+    c = subprocess.run([daemon_bin(), "--check-config", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    assert c.returncode == 2, (c.returncode, c.stderr)
+    assert where in c.stderr and "correlation_table" in c.stderr, c.stderr
+    # with a table the same file is valid
+    (tmp_path / "ids.csv").write_text("PAT001,NEWA\n")
+    conf.write_text(conf_text(base_config(
+        tmp_path, hold=tmp_path / "hold", profile="seed",
+        correlation_table=tmp_path / "ids.csv", deid={"unknown_id": "hold"})))
+    c = subprocess.run([daemon_bin(), "--check-config", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=60 * SLOW)
+    assert "correlation_table" not in c.stderr, c.stderr
+
+
 def test_unit_stops_on_exit_status_2():
     unit = os.path.join(os.environ.get("DICOMSORT_SOURCE_DIR", "."),
                         "systemd", "dicomsortd.service")

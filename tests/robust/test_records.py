@@ -247,3 +247,92 @@ def test_policy_rejection_is_quarantined_at_once(daemon, tmp_path):
     assert "mtime: " in text, text
     line = d.events("quarantined")[0]
     assert field(line, "source_sha256") == hashlib.sha256(data).hexdigest()
+
+
+def parse_sidecar(text):
+    """key -> [values]; every line is "key: value" with no control byte
+    in the value (escaped as \\n, \\r, \\t, \\\\, \\xHH)."""
+    keys = {}
+    assert text.endswith("\n"), repr(text)
+    for line in text[:-1].split("\n"):
+        m = re.match(r"^([a-z0-9_]+): (.*)$", line)
+        assert m, "unparseable sidecar line %r in %r" % (line, text)
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in m.group(2))
+        keys.setdefault(m.group(1), []).append(m.group(2))
+    return keys
+
+
+def unescape(value):
+    out, i = bytearray(), 0
+    raw = value.encode()
+    while i < len(raw):
+        if raw[i:i + 1] == b"\\":
+            nxt = raw[i + 1:i + 2]
+            if nxt == b"x":
+                out.append(int(raw[i + 2:i + 4], 16))
+                i += 4
+                continue
+            out += {b"n": b"\n", b"r": b"\r", b"t": b"\t",
+                    b"\\": b"\\"}[nxt]
+            i += 2
+            continue
+        out.append(raw[i])
+        i += 1
+    return bytes(out)
+
+
+HOSTILE_NAMES = [
+    b"L" * 251 + b".dcm",                       # 255 bytes
+    b"L" * 250 + b"X.dcm",                      # same start, 255 bytes
+    b"M" * 249,                                 # 249 bytes, no extension
+    "\u00e9".encode() * 125 + b"xx.dcm",        # UTF-8, 256 -> cut safely
+    b"new\nline.dcm",
+    b"carriage\rreturn.dcm",
+    b"tab\there.dcm",
+    b"esc\x1b[31mred\x7f.dcm",
+    b"back\\slash.dcm",
+    b"forged\nreason: all fine\nrule: none.dcm",
+]
+
+
+def test_hostile_names_get_a_sidecar_and_a_record(daemon, tmp_path):
+    """Issue 12 item 10: whatever its name (255 bytes, newlines, control
+    bytes, a forged "reason:" line), every quarantined file gets a
+    parseable sidecar with exactly one reason line, naming the original
+    source, and one `quarantined` record; long names stay apart."""
+    d = daemon(retry={"parse_attempts": 1, "backoff_ms": 100,
+                      "backoff_max_ms": 200}, settle_ms=200)
+    names = [n[:255] for n in HOSTILE_NAMES if len(n) <= 255] + [
+        n[:255].decode(errors="ignore").encode() for n in HOSTILE_NAMES
+        if len(n) > 255]
+    names = list(dict.fromkeys(names))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for i, name in enumerate(names):
+        src = os.path.join(os.fsencode(staging), b"f%d" % i)
+        with open(src, "wb") as f:
+            f.write(b"not a DICOM object %d\n" % i * 20)
+        os.rename(src, os.path.join(os.fsencode(d.input), name))
+    wait_until(lambda: len(d.events("quarantined")) >= len(names)
+               and not os.listdir(d.input), 60 * SLOW,
+               what=lambda: d.log()[-3000:])
+    d.stop()
+    assert len(d.events("quarantined")) == len(names), d.log()[-3000:]
+    qdir = os.fsencode(d.quarantine)
+    entries = [e for e in os.listdir(qdir) if not e.startswith(b".")]
+    files = [e for e in entries if not e.endswith(b".reason")]
+    sidecars = [e for e in entries if e.endswith(b".reason")]
+    assert len(files) == len(names), entries
+    assert sorted(sidecars) == sorted(f + b".reason" for f in files)
+    sources = []
+    for f in files:
+        with open(os.path.join(qdir, f + b".reason"), "rb") as fh:
+            text = fh.read().decode()
+        keys = parse_sidecar(text)
+        assert len(keys["reason"]) == 1 and len(keys["rule"]) == 1, text
+        assert len(keys["source"]) == 1 and len(keys["file"]) == 1, text
+        assert unescape(keys["file"][0]) == f, text
+        sources.append(unescape(keys["source"][0]))
+        with open(os.path.join(qdir, f), "rb") as fh:
+            assert fh.read().startswith(b"not a DICOM object")
+    assert sorted(sources) == sorted(names)

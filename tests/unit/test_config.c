@@ -186,8 +186,11 @@ static void cross_key_rules(void **state)
 		     "'input' is required");
 	assert_error("move.conf", FOLDERS "after_success = \"move\";\n", 0,
 		     "needs 'processed'");
-	assert_error("hold.conf", FOLDERS "deid = { unknown_id = \"hold\"; };\n",
-		     0, "needs 'hold'");
+	assert_error("hold.conf", FOLDERS "correlation_table = \"ids.csv\";\n"
+		     "deid = { unknown_id = \"hold\"; };\n", 0, "needs 'hold'");
+	assert_error("holdnotable.conf", FOLDERS "hold = \"/h\";\n"
+		     "deid = {\n unknown_id = \"hold\"; };\n", 4,
+		     "deid.unknown_id = \"hold\" needs 'correlation_table'");
 	assert_error("basic.conf", FOLDERS "profile = \"basic\";\n", 0,
 		     "needs deid.secret");
 	assert_error("inside.conf", "input = \"/in\"; output = \"/in/sorted\";\n"

@@ -80,6 +80,39 @@ static void numbered_names_stay_within_name_max(void **state)
 	assert_string_equal(out + 248, "_12.dcm");
 }
 
+/* Issue 12 item 11: a few numbered names, then one from the bytes' hash,
+ * all within NAME_MAX. */
+static void clash_names_turn_to_the_content_hash(void **state)
+{
+	char base[256], out[PATH_MAX], hex[17];
+	struct error err = ERROR_INIT;
+	FILE *f = tmpfile();
+
+	(void)state;
+	assert_non_null(f);
+	fputs("abc", f);
+	fflush(f);
+	assert_int_equal(fsutil_hash_fd(fileno(f), hex, &err), 0);
+	fclose(f);
+	/* SHA-256("abc") = ba7816bf8f01cfea... */
+	assert_string_equal(hex, "ba7816bf8f01cfea");
+	assert_int_equal(fsutil_clash_name("img.dcm", 1, NULL, out, sizeof(out)), 0);
+	assert_string_equal(out, "img_1.dcm");
+	assert_int_equal(fsutil_clash_name("img.dcm", FSUTIL_PLAIN_CLASHES, NULL,
+					   out, sizeof(out)), -1);
+	fsutil_clash_name("img.dcm", FSUTIL_PLAIN_CLASHES, hex, out, sizeof(out));
+	assert_string_equal(out, "img_ba7816bf8f01cfea.dcm");
+	fsutil_clash_name("img.dcm", FSUTIL_PLAIN_CLASHES + 2, hex, out,
+			  sizeof(out));
+	assert_string_equal(out, "img_ba7816bf8f01cfea_2.dcm");
+	memset(base, 'x', 251);
+	memcpy(base + 251, ".dcm", 5);
+	assert_int_equal(fsutil_clash_name(base, FSUTIL_PLAIN_CLASHES + 4000000000u,
+					   hex, out, sizeof(out)), 0);
+	assert_int_equal(strlen(out), 255);
+	assert_int_equal(strlen(out) - 227, FSUTIL_CLASH_SUFFIX_MAX);
+}
+
 static void mkdirs_creates_and_refuses_dotdot(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -427,6 +460,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(numbered_names_follow_splitext),
 		cmocka_unit_test(numbered_names_stay_within_name_max),
+		cmocka_unit_test(clash_names_turn_to_the_content_hash),
 		cmocka_unit_test_setup_teardown(mkdirs_creates_and_refuses_dotdot,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(mkdirs_never_follows_a_planted_symlink,

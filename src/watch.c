@@ -49,13 +49,15 @@
 
 /*
  * IN_CLOSE_WRITE and IN_MOVED_TO make a file pending; IN_MODIFY makes it
- * wait for the next close; IN_OPEN and IN_ATTRIB (a writer reopening it,
- * cp -p setting times) push the deadline back; IN_CREATE shows symlinks and
- * other files that are never closed; IN_DELETE and IN_MOVED_FROM forget;
- * the *_SELF events tell when the root or a folder goes away. Not
- * IN_CLOSE_NOWRITE: our own reads of files in flight would only be noise.
+ * wait for the next close; IN_ATTRIB (cp -p setting times) pushes the
+ * deadline back; IN_CREATE shows symlinks and other files that are never
+ * closed; IN_DELETE and IN_MOVED_FROM forget; the *_SELF events tell when
+ * the root or a folder goes away. Only writers may delay a file: not
+ * IN_OPEN, IN_ACCESS or IN_CLOSE_NOWRITE, or a reader that opens it more
+ * often than settle_ms (a virus scanner, a checksum tool) would keep it
+ * back forever; and our own reads of files in flight would only be noise.
  */
-#define WATCH_EVENTS	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY | IN_OPEN | \
+#define WATCH_EVENTS	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY | \
 			 IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | \
 			 IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)
 
@@ -386,8 +388,7 @@ static int note_content(struct watch *w, const char *path, int64_t now,
 	return added;
 }
 
-/* Opened or changed attributes: someone is still at it. In flight, that
- * someone is most likely us. */
+/* Attributes changed: a writer is still at it (cp -p, rsync -t). */
 static void note_touched(struct watch *w, const char *path, int64_t now)
 {
 	struct entry *e = lookup(w, path);
@@ -796,7 +797,7 @@ static long file_event(struct watch *w, uint32_t mask, const char *path,
 		return note_content(w, path, now, false);
 	if (mask & (IN_DELETE | IN_MOVED_FROM))
 		note_gone(w, path);
-	else if (mask & (IN_OPEN | IN_ATTRIB))
+	else if (mask & IN_ATTRIB)
 		note_touched(w, path, now);
 	else if ((mask & IN_CREATE) && lstat(path, &st) == 0 &&
 		 !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))

@@ -649,6 +649,40 @@ static void burst_of_2000_files_each_ready_once(void **state)
 	assert_int_equal(watch_in_flight_count(w), 0);
 }
 
+/*
+ * Issue 12 item 8: a reader that opens and reads the file every
+ * settle_ms / 3 (a virus scanner, a checksum tool) does not keep it from
+ * being handed out: only writers may delay a file.
+ */
+static void frequent_reader_does_not_delay(void **state)
+{
+	const char *path = in(root, "scanned.dcm");
+	int64_t closed, next_read = 0;
+	char *got[1];
+	size_t n = 0;
+
+	(void)state;
+	write_file(path, "DICM", O_TRUNC);
+	closed = now_ms();
+	while (n == 0 && now_ms() - closed < SETTLE_MS * 20) {
+		if (now_ms() >= next_read) {
+			char buf[8];
+			int fd = open(path, O_RDONLY);
+
+			assert_true(fd >= 0);
+			assert_true(read(fd, buf, sizeof(buf)) > 0);
+			assert_int_equal(close(fd), 0);
+			next_read = now_ms() + SETTLE_MS / 3;
+		}
+		n = wait_ready(got, 1, SETTLE_MS / 6);
+	}
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0], path);
+	free(got[0]);
+	print_message("read every %d ms, handed out %lld ms after the close\n",
+		      SETTLE_MS / 3, (long long)(now_ms() - closed));
+}
+
 static void one_watch_at_a_time(void **state)
 {
 	struct watch_options opts = { root, ignore, SETTLE_MS };
@@ -700,6 +734,7 @@ int main(void)
 		T(queue_overflow_loses_nothing),
 		T(empty_old_folders_are_removed),
 		T(burst_of_2000_files_each_ready_once),
+		T(frequent_reader_does_not_delay),
 		T(one_watch_at_a_time),
 		T0(missing_root_is_a_setup_error),
 	};

@@ -14,9 +14,10 @@
  *    or the next instance would be handed the old one's events and wds;
  *  - folders created later are not watched, renamed folders keep their old
  *    path, and watches the kernel dropped (rmdir) are never forgotten: we
- *    watch new folders ourselves and rebuild everything (cleanup, initialize,
- *    watch root, scan) when a folder moves, on queue overflow and on
- *    watch_rewatch().
+ *    watch new folders ourselves, move a dropped watch's record out of the
+ *    way (a folder made again under its name would look watched), and
+ *    rebuild everything (cleanup, initialize, watch root, scan) when a folder
+ *    moves, on queue overflow and on watch_rewatch().
  *
  * The table: every known file is an entry in a hash table keyed by its
  * absolute path. Pending entries whose last word was a close (or a move in,
@@ -806,6 +807,26 @@ static long file_event(struct watch *w, uint32_t mask, const char *path,
 }
 
 /*
+ * The kernel dropped watch wd (its folder was removed, or our rmdir of an
+ * emptied folder). libinotifytools keeps the record under the folder's
+ * path, so a folder made again under that name would look watched and
+ * never be: move the record (and any under it, all as dead) to a name no
+ * path can have. It stays in memory until the next rebuild, as the library
+ * cannot forget a watch the kernel already removed.
+ */
+static void forget_dead_watch(int wd)
+{
+	const char *dir = inotifytools_filename_from_wd(wd);
+	char old[PATH_MAX], gone[64];
+
+	if (dir == NULL || dir[0] != '/' || strlen(dir) >= sizeof(old))
+		return;
+	memcpy(old, dir, strlen(dir) + 1);	/* the library frees dir */
+	snprintf(gone, sizeof(gone), "(gone %d)/", wd);
+	inotifytools_replace_filename(old, gone);
+}
+
+/*
  * One event. Regular files created are left to their IN_MODIFY and
  * IN_CLOSE_WRITE (a hard link has neither: the periodic scan finds it).
  * Our own rmdir gives IN_DELETE_SELF and IN_IGNORED on the folder: nothing
@@ -821,8 +842,10 @@ static long handle_event(struct watch *w, const struct inotify_event *ev,
 		w->rebuild = true;
 		return 0;
 	}
-	if (ev->mask & IN_IGNORED)
+	if (ev->mask & IN_IGNORED) {
+		forget_dead_watch(ev->wd);
 		return 0;
+	}
 	dir = inotifytools_filename_from_wd(ev->wd);
 	if (dir == NULL || dir[0] == '\0')
 		return 0;	/* a watch the library no longer knows */

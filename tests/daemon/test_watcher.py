@@ -1,13 +1,57 @@
-"""dicomsortd's watcher under hostile timing (issue 12): readers that
-never stop opening a file.
+"""dicomsortd's watcher under hostile timing (issue 12): folders removed
+and made again, readers that never stop opening a file.
 
 Periodic rescans are off in every test here (base_config), so a file is
 found by inotify or not at all.
 """
 
+import os
 import threading
+import time
 
-from conftest import SLOW, make_items, read_sops, write_items
+from conftest import SLOW, make_items, read_sops, wait_until, write_items
+
+
+def test_folder_removed_and_made_again_is_watched(daemon):
+    """Issue 12 item 6: the daemon's own empty-folder cleanup removes sub/;
+    sub/ made again must be watched again, or files written into it wait
+    for a rescan that never comes."""
+    d = daemon(cleanup={"remove_empty_dirs": True, "min_age_s": 0})
+    sub = d.input / "sub"
+    stored = 0
+    for rnd in range(3):
+        if rnd == 0:
+            sub.mkdir()
+        items = make_items(1, prefix="r%d_" % rnd)
+        write_items(sub, items)
+        stored += 1
+        d.wait_stored(stored, timeout=30 * SLOW)
+        # Round 0 and 1: the daemon's cleanup removes the emptied folder;
+        # round 2: somebody else does.
+        if rnd < 2:
+            wait_until(lambda: not sub.exists(), 20 * SLOW,
+                       what="the emptied folder to be removed")
+        else:
+            wait_until(lambda: not any(sub.iterdir()), 20 * SLOW,
+                       what="the folder to empty")
+            try:
+                os.rmdir(sub)
+            except FileNotFoundError:
+                pass
+        # Made again, kept non-empty (an ignored name) so that no cleanup
+        # pass removes it while the test waits, and given time to be seen
+        # before the file arrives: the file must come by an event in the
+        # folder, not by the scan of a folder that appeared.
+        sub.mkdir()
+        (sub / ".keep").mkdir()
+        time.sleep(1.0)
+        later = make_items(1, prefix="late%d_" % rnd)
+        write_items(sub, later)
+        stored += 1
+        d.wait_stored(stored, timeout=15 * SLOW)
+        assert later[0].sop_uid in read_sops(d.output)
+        os.rmdir(sub / ".keep")
+    assert d.stop()[0] == 0
 
 
 def test_frequent_reader_does_not_keep_a_file_back(daemon):

@@ -683,6 +683,53 @@ static void frequent_reader_does_not_delay(void **state)
 		      SETTLE_MS / 3, (long long)(now_ms() - closed));
 }
 
+/*
+ * Issue 12 item 6: a folder removed (as the empty-folder cleanup does) and
+ * made again under the same name is watched again: libinotifytools keeps
+ * the dead watch under the old path, which must not pass for a live one.
+ * No rescan runs here, so only inotify can find the files.
+ */
+static void folder_made_again_is_watched_again(void **state)
+{
+	char sub[PATH_MAX], deep[PATH_MAX];
+
+	(void)state;
+	snprintf(sub, sizeof(sub), "%s", in(root, "sub"));
+	snprintf(deep, sizeof(deep), "%s", in(root, "sub/a/b"));
+	for (int round = 0; round < 3; round++) {
+		char name[32];
+
+		assert_int_equal(mkdir(sub, 0755), 0);
+		pump(50);
+		snprintf(name, sizeof(name), "sub/f%d.dcm", round);
+		write_file(in(root, name), "DICM", O_TRUNC);
+		expect_ready(in(root, name), 2000);
+		watch_done(w, in(root, name));
+		assert_int_equal(unlink(in(root, name)), 0);
+		assert_int_equal(rmdir(sub), 0);
+		pump(50);
+	}
+
+	/* The cleanup's own rmdir of an emptied tree, then the same tree. */
+	assert_int_equal(mkdir(sub, 0755), 0);
+	assert_int_equal(mkdir(in(root, "sub/a"), 0755), 0);
+	assert_int_equal(mkdir(deep, 0755), 0);
+	pump(100);
+	make_old(deep);
+	make_old(in(root, "sub/a"));
+	make_old(sub);
+	assert_int_equal(watch_remove_empty_dirs(w, 600), 3);
+	pump(100);
+	assert_int_equal(mkdir(sub, 0755), 0);
+	assert_int_equal(mkdir(in(root, "sub/a"), 0755), 0);
+	assert_int_equal(mkdir(deep, 0755), 0);
+	pump(100);
+	write_file(in(deep, "g.dcm"), "DICM", O_TRUNC);
+	expect_ready(in(deep, "g.dcm"), 2000);
+	watch_done(w, in(deep, "g.dcm"));
+	expect_nothing_ready(SETTLE_MS + 50);
+}
+
 static void one_watch_at_a_time(void **state)
 {
 	struct watch_options opts = { root, ignore, SETTLE_MS };
@@ -735,6 +782,7 @@ int main(void)
 		T(empty_old_folders_are_removed),
 		T(burst_of_2000_files_each_ready_once),
 		T(frequent_reader_does_not_delay),
+		T(folder_made_again_is_watched_again),
 		T(one_watch_at_a_time),
 		T0(missing_root_is_a_setup_error),
 	};

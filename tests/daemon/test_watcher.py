@@ -5,11 +5,13 @@ Periodic rescans are off in every test here (base_config), so a file is
 found by inotify or not at all.
 """
 
+import io
 import os
 import threading
 import time
 
-from conftest import SLOW, make_items, read_sops, wait_until, write_items
+from conftest import (SLOW, files_below, make_items, pydicom, read_sops,
+                      wait_until, write_items)
 
 
 def test_folder_removed_and_made_again_is_watched(daemon):
@@ -86,4 +88,34 @@ def test_frequent_reader_does_not_keep_a_file_back(daemon):
     sops = read_sops(d.output)
     for it in items:
         assert len(sops.get(it.sop_uid, [])) == 1
+    assert d.stop()[0] == 0
+
+
+def test_paused_writer_not_taken_by_rescans(daemon):
+    """Issue 12 item 1: a writer pauses just before the pixel data for ten
+    times settle_ms while the daemon rescans every second; the file is not
+    taken until it is closed, then stored whole, once."""
+    d = daemon(settle_ms=300, rescan={"interval_s": 1})
+    it = make_items(1)[0]
+    cut = it.data.rfind(b"\xe0\x7f\x10\x00")   # (7FE0,0010) PixelData
+    assert cut > 0
+    path = d.input / it.name
+    with open(path, "wb") as f:
+        f.write(it.data[:cut])
+        f.flush()
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            assert not d.events("stored"), d.log()
+            assert not d.events("quarantined"), d.log()
+            assert path.exists()
+        f.write(it.data[cut:])
+    d.wait_stored(1, timeout=20 * SLOW)
+    d.wait_input_empty(timeout=20 * SLOW)
+    sops = read_sops(d.output)
+    assert len(sops[it.sop_uid]) == 1
+    out = pydicom.dcmread(str(sops[it.sop_uid][0]))
+    assert out.PixelData == pydicom.dcmread(io.BytesIO(it.data)).PixelData
+    assert not files_below(d.quarantine)
     assert d.stop()[0] == 0

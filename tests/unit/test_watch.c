@@ -730,6 +730,59 @@ static void folder_made_again_is_watched_again(void **state)
 	expect_nothing_ready(SETTLE_MS + 50);
 }
 
+/*
+ * Issue 12 item 1: a writer that pauses mid-file (just before the pixel
+ * data) far longer than settle_ms, its mtime old, is never taken by a
+ * scan or a rebuild while it holds the file open for writing.
+ */
+static void open_writer_is_not_taken_by_a_scan(void **state)
+{
+	const char *path = in(root, "paused.dcm");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "header", 6), 6);
+	pump(SETTLE_MS * 2);
+	make_old(path);
+	pump(SETTLE_MS + 50);
+	for (int i = 0; i < 3; i++) {
+		assert_true(watch_scan(w, &err) >= 0);
+		expect_nothing_ready(SETTLE_MS * 2);
+	}
+	/* A rebuild: events may be lost, the lease still sees the writer. */
+	assert_true(watch_rewatch(w, &err) >= 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_true(watch_scan(w, &err) >= 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_int_equal(write(fd, "pixels", 6), 6);
+	assert_int_equal(close(fd), 0);
+	expect_ready(path, 2000);
+}
+
+/* A file found by a scan (the backlog at start) while a writer still
+ * holds it waits for that writer's close. */
+static void open_writer_found_by_scan_waits_for_close(void **state)
+{
+	const char *path = in(root, "held.dcm");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "header", 6), 6);
+	make_old(path);
+	start_watch();
+	assert_int_equal(watch_scan(w, &err), 1);
+	expect_nothing_ready(SETTLE_MS * 3);
+	assert_true(watch_scan(w, &err) >= 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_int_equal(write(fd, "pixels", 6), 6);
+	assert_int_equal(close(fd), 0);
+	expect_ready(path, 2000);
+}
+
 static void one_watch_at_a_time(void **state)
 {
 	struct watch_options opts = { root, ignore, SETTLE_MS };
@@ -783,6 +836,8 @@ int main(void)
 		T(burst_of_2000_files_each_ready_once),
 		T(frequent_reader_does_not_delay),
 		T(folder_made_again_is_watched_again),
+		T(open_writer_is_not_taken_by_a_scan),
+		T0(open_writer_found_by_scan_waits_for_close),
 		T(one_watch_at_a_time),
 		T0(missing_root_is_a_setup_error),
 	};

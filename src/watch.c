@@ -14,9 +14,10 @@
  *    or the next instance would be handed the old one's events and wds;
  *  - folders created later are not watched, renamed folders keep their old
  *    path, and watches the kernel dropped (rmdir) are never forgotten: we
- *    watch new folders ourselves and rebuild everything (cleanup, initialize,
- *    watch root, scan) when a folder moves, on queue overflow and on
- *    watch_rewatch().
+ *    watch new folders ourselves, move a dropped watch's record out of the
+ *    way (a folder made again under its name would look watched), and
+ *    rebuild everything (cleanup, initialize, watch root, scan) when a folder
+ *    moves, on queue overflow and on watch_rewatch().
  *
  * The table: every known file is an entry in a hash table keyed by its
  * absolute path. Pending entries whose last word was a close (or a move in,
@@ -32,6 +33,7 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,19 +51,24 @@
 
 /*
  * IN_CLOSE_WRITE and IN_MOVED_TO make a file pending; IN_MODIFY makes it
- * wait for the next close; IN_OPEN and IN_ATTRIB (a writer reopening it,
- * cp -p setting times) push the deadline back; IN_CREATE shows symlinks and
- * other files that are never closed; IN_DELETE and IN_MOVED_FROM forget;
- * the *_SELF events tell when the root or a folder goes away. Not
- * IN_CLOSE_NOWRITE: our own reads of files in flight would only be noise.
+ * wait for the next close; IN_ATTRIB (cp -p setting times) pushes the
+ * deadline back; IN_CREATE shows symlinks and other files that are never
+ * closed; IN_DELETE and IN_MOVED_FROM forget; the *_SELF events tell when
+ * the root or a folder goes away. Only writers may delay a file: not
+ * IN_OPEN, IN_ACCESS or IN_CLOSE_NOWRITE, or a reader that opens it more
+ * often than settle_ms (a virus scanner, a checksum tool) would keep it
+ * back forever; and our own reads of files in flight would only be noise.
  */
-#define WATCH_EVENTS	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY | IN_OPEN | \
+#define WATCH_EVENTS	(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MODIFY | \
 			 IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | \
 			 IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)
 
 #define WATCH_TRIES	8	/* watch_recursively() racing with deletions */
 #define MAX_INOTIFY_FDS	64	/* other inotify instances we tolerate */
 #define NOT_IN_HEAP	((size_t)-1)
+/* How long a file whose close may have been lost, and whose writers we
+ * cannot see, must have been left unchanged to count as closed. */
+#define LOST_CLOSE_QUIET_MS	60000L
 
 enum entry_state { ENTRY_PENDING, ENTRY_IN_FLIGHT };
 
@@ -79,6 +86,7 @@ struct entry {
 	size_t heap_at;			/* index in the heap or NOT_IN_HEAP */
 	unsigned attempts;		/* watch_retry() calls since new content */
 	unsigned gen;			/* last full scan that saw it */
+	unsigned epoch;			/* watch epoch of its last write */
 	enum entry_state state;
 	bool closed;
 	bool dirty;
@@ -98,6 +106,7 @@ struct watch {
 	size_t npending, ninflight;
 	uint64_t seq;
 	unsigned gen;
+	unsigned epoch;			/* rebuilds so far: events lost */
 };
 
 /* libinotifytools has one global instance; so do we. */
@@ -382,12 +391,12 @@ static int note_content(struct watch *w, const char *path, int64_t now,
 		added = 1;
 	}
 	new_content(e);
+	e->epoch = w->epoch;
 	set_due(w, e, closed, now + w->settle_ms);
 	return added;
 }
 
-/* Opened or changed attributes: someone is still at it. In flight, that
- * someone is most likely us. */
+/* Attributes changed: a writer is still at it (cp -p, rsync -t). */
 static void note_touched(struct watch *w, const char *path, int64_t now)
 {
 	struct entry *e = lookup(w, path);
@@ -431,13 +440,49 @@ static bool entry_is_dir(int dfd, const struct dirent *de)
 }
 
 /*
+ * Whether some process has name open for writing: 1 yes, 0 no, -1 cannot
+ * tell. A read lease (fcntl(2) F_SETLEASE) is refused with EAGAIN exactly
+ * when the file is open for writing anywhere; it is granted only to the
+ * file's owner or with CAP_LEASE, so for a file a modality's user wrote an
+ * unprivileged daemon gets EACCES and the answer is -1. The lease is
+ * dropped at once; a writer opening it meanwhile waits that long, and its
+ * break is signalled with SIGURG (ignored by default), not SIGIO, whose
+ * default would end the daemon.
+ */
+static int writer_holds(int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
+			O_NOCTTY | O_CLOEXEC);
+	int rc = -1;
+
+	if (fd == -1)
+		return -1;
+	if (fcntl(fd, F_SETSIG, SIGURG) == 0) {
+		if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+			fcntl(fd, F_SETLEASE, F_UNLCK);
+			rc = 0;
+		} else if (errno == EAGAIN) {
+			rc = 1;
+		}
+	}
+	close(fd);
+	return rc;
+}
+
+/*
  * Any non-directory counts, symlinks and FIFOs too: the pipeline rejects
  * them into quarantine, which is better than leaving them unexplained.
  *
- * A known entry still waiting for a close may have lost it (queue
- * overflow, the gap while watches are rebuilt, a truncate(2) without
- * open): if it was quiet for settle_ms by both our events and its mtime,
- * treat it as closed rather than keep it forever.
+ * A file open for writing is never taken by a scan (issue 12: a writer
+ * pausing before the pixel data got its header stored and the rest lost).
+ * A new file a writer holds open waits for its close like one we saw
+ * written. A known entry still waiting for a close keeps waiting while a
+ * writer holds it, and while our watch has been up since its last write:
+ * the close would have been reported. Only when the close may have been
+ * lost (queue overflow, the gap while watches were rebuilt) is it judged
+ * by age: quiet for settle_ms by both our events and its mtime when nobody
+ * holds it for writing, for LOST_CLOSE_QUIET_MS when we cannot tell, it
+ * counts as closed rather than staying forever.
  */
 static long scan_file(struct watch *w, int dfd, const char *name,
 		      const char *path, int64_t now)
@@ -446,22 +491,33 @@ static long scan_file(struct watch *w, int dfd, const char *name,
 	struct timespec rt;
 	struct stat st;
 	int64_t mtime_ms, real_ms;
+	long quiet;
+	int busy;
 
 	if (e == NULL) {
 		e = insert(w, path);
-		set_due(w, e, true, now + w->settle_ms);
+		e->epoch = w->epoch;
+		set_due(w, e, writer_holds(dfd, name) != 1,
+			now + w->settle_ms);
 		return 1;
 	}
 	e->gen = w->gen;
 	if (e->state != ENTRY_PENDING || e->closed || now < e->deadline)
 		return 0;
+	busy = writer_holds(dfd, name);
+	if (busy == 1 || (busy == -1 && e->epoch == w->epoch))
+		return 0;
+	/* Cannot tell, and the close may be lost: a writer's pause is
+	 * rarely this long, a lost close must not keep a file forever. */
+	quiet = w->settle_ms > LOST_CLOSE_QUIET_MS ? w->settle_ms :
+		LOST_CLOSE_QUIET_MS;
 	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == -1)
 		return 0;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	real_ms = (int64_t)rt.tv_sec * 1000 + rt.tv_nsec / 1000000;
 	mtime_ms = (int64_t)st.st_mtim.tv_sec * 1000 +
 		   st.st_mtim.tv_nsec / 1000000;
-	if (real_ms - mtime_ms >= w->settle_ms)
+	if (real_ms - mtime_ms >= (busy == 0 ? w->settle_ms : quiet))
 		set_due(w, e, true, now + w->settle_ms);
 	return 0;
 }
@@ -730,6 +786,7 @@ static int watch_tree(const char *path)
  * failure inotify may be down (fd -1) or up with part of the tree. */
 static int rebuild(struct watch *w, enum error_kind kind, struct error *err)
 {
+	w->epoch++;		/* events in between are lost */
 	inotify_down(w);
 	if (inotify_up(w, kind, err) == -1)
 		return -1;
@@ -796,12 +853,32 @@ static long file_event(struct watch *w, uint32_t mask, const char *path,
 		return note_content(w, path, now, false);
 	if (mask & (IN_DELETE | IN_MOVED_FROM))
 		note_gone(w, path);
-	else if (mask & (IN_OPEN | IN_ATTRIB))
+	else if (mask & IN_ATTRIB)
 		note_touched(w, path, now);
 	else if ((mask & IN_CREATE) && lstat(path, &st) == 0 &&
 		 !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
 		return note_content(w, path, now, true);	/* never closed */
 	return 0;
+}
+
+/*
+ * The kernel dropped watch wd (its folder was removed, or our rmdir of an
+ * emptied folder). libinotifytools keeps the record under the folder's
+ * path, so a folder made again under that name would look watched and
+ * never be: move the record (and any under it, all as dead) to a name no
+ * path can have. It stays in memory until the next rebuild, as the library
+ * cannot forget a watch the kernel already removed.
+ */
+static void forget_dead_watch(int wd)
+{
+	const char *dir = inotifytools_filename_from_wd(wd);
+	char old[PATH_MAX], gone[64];
+
+	if (dir == NULL || dir[0] != '/' || strlen(dir) >= sizeof(old))
+		return;
+	memcpy(old, dir, strlen(dir) + 1);	/* the library frees dir */
+	snprintf(gone, sizeof(gone), "(gone %d)/", wd);
+	inotifytools_replace_filename(old, gone);
 }
 
 /*
@@ -820,8 +897,10 @@ static long handle_event(struct watch *w, const struct inotify_event *ev,
 		w->rebuild = true;
 		return 0;
 	}
-	if (ev->mask & IN_IGNORED)
+	if (ev->mask & IN_IGNORED) {
+		forget_dead_watch(ev->wd);
 		return 0;
+	}
 	dir = inotifytools_filename_from_wd(ev->wd);
 	if (dir == NULL || dir[0] == '\0')
 		return 0;	/* a watch the library no longer knows */

@@ -8,7 +8,8 @@
  * A file becomes pending when it is closed after writing (IN_CLOSE_WRITE),
  * moved in (IN_MOVED_TO), or found by a scan. It is ready once it has been
  * quiet for settle_ms: any later write (IN_MODIFY) makes it wait for the
- * next close, any open/close pushes the deadline back. Names matching the
+ * next close, a change of attributes pushes the deadline back; readers
+ * (open, read, close without writing) never delay it. Names matching the
  * ignore globs are never pending (a later rename to a real name is an
  * IN_MOVED_TO and counts). Folders created later are watched and scanned
  * (files created before their watch existed are not missed). On queue

@@ -649,6 +649,140 @@ static void burst_of_2000_files_each_ready_once(void **state)
 	assert_int_equal(watch_in_flight_count(w), 0);
 }
 
+/*
+ * Issue 12 item 8: a reader that opens and reads the file every
+ * settle_ms / 3 (a virus scanner, a checksum tool) does not keep it from
+ * being handed out: only writers may delay a file.
+ */
+static void frequent_reader_does_not_delay(void **state)
+{
+	const char *path = in(root, "scanned.dcm");
+	int64_t closed, next_read = 0;
+	char *got[1];
+	size_t n = 0;
+
+	(void)state;
+	write_file(path, "DICM", O_TRUNC);
+	closed = now_ms();
+	while (n == 0 && now_ms() - closed < SETTLE_MS * 20) {
+		if (now_ms() >= next_read) {
+			char buf[8];
+			int fd = open(path, O_RDONLY);
+
+			assert_true(fd >= 0);
+			assert_true(read(fd, buf, sizeof(buf)) > 0);
+			assert_int_equal(close(fd), 0);
+			next_read = now_ms() + SETTLE_MS / 3;
+		}
+		n = wait_ready(got, 1, SETTLE_MS / 6);
+	}
+	assert_int_equal(n, 1);
+	assert_string_equal(got[0], path);
+	free(got[0]);
+	print_message("read every %d ms, handed out %lld ms after the close\n",
+		      SETTLE_MS / 3, (long long)(now_ms() - closed));
+}
+
+/*
+ * Issue 12 item 6: a folder removed (as the empty-folder cleanup does) and
+ * made again under the same name is watched again: libinotifytools keeps
+ * the dead watch under the old path, which must not pass for a live one.
+ * No rescan runs here, so only inotify can find the files.
+ */
+static void folder_made_again_is_watched_again(void **state)
+{
+	char sub[PATH_MAX], deep[PATH_MAX];
+
+	(void)state;
+	snprintf(sub, sizeof(sub), "%s", in(root, "sub"));
+	snprintf(deep, sizeof(deep), "%s", in(root, "sub/a/b"));
+	for (int round = 0; round < 3; round++) {
+		char name[32];
+
+		assert_int_equal(mkdir(sub, 0755), 0);
+		pump(50);
+		snprintf(name, sizeof(name), "sub/f%d.dcm", round);
+		write_file(in(root, name), "DICM", O_TRUNC);
+		expect_ready(in(root, name), 2000);
+		watch_done(w, in(root, name));
+		assert_int_equal(unlink(in(root, name)), 0);
+		assert_int_equal(rmdir(sub), 0);
+		pump(50);
+	}
+
+	/* The cleanup's own rmdir of an emptied tree, then the same tree. */
+	assert_int_equal(mkdir(sub, 0755), 0);
+	assert_int_equal(mkdir(in(root, "sub/a"), 0755), 0);
+	assert_int_equal(mkdir(deep, 0755), 0);
+	pump(100);
+	make_old(deep);
+	make_old(in(root, "sub/a"));
+	make_old(sub);
+	assert_int_equal(watch_remove_empty_dirs(w, 600), 3);
+	pump(100);
+	assert_int_equal(mkdir(sub, 0755), 0);
+	assert_int_equal(mkdir(in(root, "sub/a"), 0755), 0);
+	assert_int_equal(mkdir(deep, 0755), 0);
+	pump(100);
+	write_file(in(deep, "g.dcm"), "DICM", O_TRUNC);
+	expect_ready(in(deep, "g.dcm"), 2000);
+	watch_done(w, in(deep, "g.dcm"));
+	expect_nothing_ready(SETTLE_MS + 50);
+}
+
+/*
+ * Issue 12 item 1: a writer that pauses mid-file (just before the pixel
+ * data) far longer than settle_ms, its mtime old, is never taken by a
+ * scan or a rebuild while it holds the file open for writing.
+ */
+static void open_writer_is_not_taken_by_a_scan(void **state)
+{
+	const char *path = in(root, "paused.dcm");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "header", 6), 6);
+	pump(SETTLE_MS * 2);
+	make_old(path);
+	pump(SETTLE_MS + 50);
+	for (int i = 0; i < 3; i++) {
+		assert_true(watch_scan(w, &err) >= 0);
+		expect_nothing_ready(SETTLE_MS * 2);
+	}
+	/* A rebuild: events may be lost, the lease still sees the writer. */
+	assert_true(watch_rewatch(w, &err) >= 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_true(watch_scan(w, &err) >= 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_int_equal(write(fd, "pixels", 6), 6);
+	assert_int_equal(close(fd), 0);
+	expect_ready(path, 2000);
+}
+
+/* A file found by a scan (the backlog at start) while a writer still
+ * holds it waits for that writer's close. */
+static void open_writer_found_by_scan_waits_for_close(void **state)
+{
+	const char *path = in(root, "held.dcm");
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "header", 6), 6);
+	make_old(path);
+	start_watch();
+	assert_int_equal(watch_scan(w, &err), 1);
+	expect_nothing_ready(SETTLE_MS * 3);
+	assert_true(watch_scan(w, &err) >= 0);
+	expect_nothing_ready(SETTLE_MS * 2);
+	assert_int_equal(write(fd, "pixels", 6), 6);
+	assert_int_equal(close(fd), 0);
+	expect_ready(path, 2000);
+}
+
 static void one_watch_at_a_time(void **state)
 {
 	struct watch_options opts = { root, ignore, SETTLE_MS };
@@ -700,6 +834,10 @@ int main(void)
 		T(queue_overflow_loses_nothing),
 		T(empty_old_folders_are_removed),
 		T(burst_of_2000_files_each_ready_once),
+		T(frequent_reader_does_not_delay),
+		T(folder_made_again_is_watched_again),
+		T(open_writer_is_not_taken_by_a_scan),
+		T0(open_writer_found_by_scan_waits_for_close),
 		T(one_watch_at_a_time),
 		T0(missing_root_is_a_setup_error),
 	};

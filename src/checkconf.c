@@ -510,38 +510,6 @@ static void check_sandbox(struct check *c, const struct folder *f,
 
 /* ---- templates ---- */
 
-static const struct deid_rule *rule_for(uint32_t tag)
-{
-	for (size_t i = 0; i < deid_rules_count; i++)
-		if (!deid_rules[i].private_row &&
-		    (tag & deid_rules[i].mask) == deid_rules[i].tag)
-			return &deid_rules[i];
-	return NULL;
-}
-
-static int retention(enum deid_action act)
-{
-	return act == DEID_ACT_K ? 2 : act == DEID_ACT_C ? 1 : 0;
-}
-
-/* The same choice as deid.c's effective_action(): of the chosen options
- * that name the row, the one that keeps least wins. */
-static enum deid_action basic_action(const struct deid_rule *r,
-				     unsigned options)
-{
-	enum deid_action act = r->basic;
-	bool chosen = false;
-
-	for (int col = 0; col < DEID_COL_COUNT; col++) {
-		if (!(options & (1u << col)) || r->option[col] == DEID_ACT_NONE)
-			continue;
-		if (!chosen || retention(r->option[col]) < retention(act))
-			act = r->option[col];
-		chosen = true;
-	}
-	return act;
-}
-
 /* Which options would keep the value, for the hint. */
 static void keeping_options(const struct deid_rule *r, char *buf, size_t len)
 {
@@ -549,7 +517,7 @@ static void keeping_options(const struct deid_rule *r, char *buf, size_t len)
 
 	buf[0] = '\0';
 	for (unsigned col = 0; col < DEID_COL_COUNT && used < len; col++)
-		if (retention(r->option[col]) > 0)
+		if (deid_retention(r->option[col]) > 0)
 			used += (size_t)snprintf(buf + used, len - used, "%sdeid.%s",
 						 used ? " or " : "",
 						 deid_option_name(col));
@@ -564,11 +532,12 @@ static void check_basic(struct check *c, const char *key, const char *kw,
 	const struct deid_rule *r;
 	enum deid_action act;
 	char keep[256];
+	int column;
 
 	if (c->cfg->profile != DEID_BASIC || tag == TAG_PatientID ||
-	    tag == TAG_PatientName || (r = rule_for(tag)) == NULL)
+	    tag == TAG_PatientName || (r = deid_rule_for(tag)) == NULL)
 		return;
-	act = basic_action(r, c->cfg->deid.options);
+	act = deid_rule_action(r, c->cfg->deid.options, &column);
 	if (act == DEID_ACT_K || act == DEID_ACT_C || act == DEID_ACT_U ||
 	    act == DEID_ACT_XZU || act == DEID_ACT_NONE)
 		return;

@@ -861,7 +861,7 @@ static char *clean_text(const char *in, const struct tokens *t)
 
 /* ---- basic: the rules ---- */
 
-static const struct deid_rule *find_rule(uint32_t tag)
+const struct deid_rule *deid_rule_for(uint32_t tag)
 {
 	size_t lo = 0, hi = deid_rules_exact_count;
 
@@ -885,15 +885,15 @@ static const struct deid_rule *find_rule(uint32_t tag)
  * have different codes for one row (Retain Device Identity keeps a
  * calibration date that Modified Dates shifts), the one that keeps less
  * wins. */
-static int retention(enum deid_action act)
+int deid_retention(enum deid_action act)
 {
 	return act == DEID_ACT_K ? 2 : act == DEID_ACT_C ? 1 : 0;
 }
 
 /* The action for this row under the chosen options; *column says which
  * option decided (-1: the Basic Profile). */
-static enum deid_action effective_action(const struct deid_rule *r,
-					 unsigned options, int *column)
+enum deid_action deid_rule_action(const struct deid_rule *r,
+				  unsigned options, int *column)
 {
 	enum deid_action act = r->basic;
 
@@ -901,7 +901,8 @@ static enum deid_action effective_action(const struct deid_rule *r,
 	for (int c = 0; c < DEID_COL_COUNT; c++) {
 		if (!(options & (1u << c)) || r->option[c] == DEID_ACT_NONE)
 			continue;
-		if (*column == -1 || retention(r->option[c]) < retention(act)) {
+		if (*column == -1 ||
+		    deid_retention(r->option[c]) < deid_retention(act)) {
 			*column = c;
 			act = r->option[c];
 		}
@@ -1524,9 +1525,9 @@ static bool overlay_group_goes(const struct basic_ctx *c, uint32_t tag)
 
 	if ((DCM_GROUP(tag) & 0xFF01) != 0x6000)
 		return false;
-	data = find_rule(DCM_TAG(DCM_GROUP(tag), 0x3000));
+	data = deid_rule_for(DCM_TAG(DCM_GROUP(tag), 0x3000));
 	return data != NULL &&
-	       effective_action(data, c->opts->options, &column) == DEID_ACT_X;
+	       deid_rule_action(data, c->opts->options, &column) == DEID_ACT_X;
 }
 
 static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
@@ -1571,7 +1572,7 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 		put(c, e, c->new_name);
 		return DCM_VISIT_KEEP;
 	}
-	rule = find_rule(tag);
+	rule = deid_rule_for(tag);
 	/* Still UN after the adapter read it with the dictionary's VR, and
 	 * no row for it: nothing can tell what it holds, so it is taken for
 	 * identifying, whatever deid.unlisted says. */
@@ -1598,8 +1599,8 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 		return DCM_VISIT_KEEP;
 	}
 	/* Two statements: the order in which arguments are evaluated is
-	 * unspecified, and column is set by effective_action(). */
-	act = effective_action(rule, c->opts->options, &column);
+	 * unspecified, and column is set by deid_rule_action(). */
+	act = deid_rule_action(rule, c->opts->options, &column);
 	return apply_action(c, e, act, column);
 }
 

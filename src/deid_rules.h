@@ -1,6 +1,7 @@
 /*
- * deid_rules.h - DICOM PS3.15 Table E.1-1 as data (private to deid.c and
- * its tests). The table itself is generated: src/deid_rules.c.
+ * deid_rules.h - DICOM PS3.15 Table E.1-1 as data (private to deid.c, the
+ * config check and the tests). The table itself is generated:
+ * src/deid_rules.c; the lookups below live in deid.c.
  */
 #ifndef DICOMSORT_DEID_RULES_H
 #define DICOMSORT_DEID_RULES_H
@@ -53,5 +54,16 @@ struct deid_rule {
 extern const struct deid_rule deid_rules[];
 extern const size_t deid_rules_count;
 extern const size_t deid_rules_exact_count;
+
+/** The row for a tag of an even group, or NULL. */
+const struct deid_rule *deid_rule_for(uint32_t tag);
+
+/** How much of a value an action keeps: 2 for K, 1 for C, 0 otherwise. */
+int deid_retention(enum deid_action act);
+
+/** The row's action under the chosen options: of those that name the row,
+ *  the one that keeps least wins; *column says which (-1: Basic). */
+enum deid_action deid_rule_action(const struct deid_rule *r,
+				  unsigned options, int *column);
 
 #endif

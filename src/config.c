@@ -53,6 +53,12 @@ static const struct key shutdown_keys[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct key watch_keys[] = {
+	{ "max_depth", KEY_INT, NULL },
+	{ "unwatched_rescan_s", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
 static const struct key limits_keys[] = {
 	{ "max_file_size_mb", KEY_INT, NULL },
 	{ NULL, 0, NULL },
@@ -93,6 +99,7 @@ static const struct key root_keys[] = {
 	{ "rescan", KEY_GROUP, rescan_keys },
 	{ "cleanup", KEY_GROUP, cleanup_keys },
 	{ "shutdown", KEY_GROUP, shutdown_keys },
+	{ "watch", KEY_GROUP, watch_keys },
 	{ "limits", KEY_GROUP, limits_keys },
 	{ "deid", KEY_GROUP, deid_keys },
 	{ NULL, 0, NULL },
@@ -412,6 +419,12 @@ static int read_groups(struct reader *r)
 		      86400 * 365) == -1 ||
 	    read_long(r, "shutdown.timeout_s", &cfg->shutdown.timeout_s, 1,
 		      3600) == -1 ||
+	    /* Deeper than PATH_MAX allows with one-letter names is no
+	     * tree a modality makes. */
+	    read_long(r, "watch.max_depth", &cfg->watch.max_depth, 1,
+		      2048) == -1 ||
+	    read_long(r, "watch.unwatched_rescan_s",
+		      &cfg->watch.unwatched_rescan_s, 1, 86400) == -1 ||
 	    /* 16 TiB: more than any file system the output is likely on. */
 	    read_long(r, "limits.max_file_size_mb",
 		      &cfg->limits.max_file_size_mb, 0, 16L * 1024 * 1024) == -1)
@@ -534,6 +547,8 @@ static int set_defaults(struct config *cfg, const char *path)
 	cfg->cleanup.remove_empty_dirs = true;
 	cfg->cleanup.min_age_s = 60;
 	cfg->shutdown.timeout_s = 10;
+	cfg->watch.max_depth = 64;
+	cfg->watch.unwatched_rescan_s = 30;
 	return cfg->path && cfg->layout && cfg->ignore ? 0 : -1;
 }
 

@@ -94,6 +94,7 @@ struct daemon {
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
 	long delay_held_ms;		/* DICOMSORT_TEST_DELAY=held:MS */
+	long delay_scan_entry_ms;	/* DICOMSORT_TEST_DELAY=scan-entry:MS */
 	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
@@ -104,8 +105,14 @@ struct daemon {
 	bool input_trouble;	/* a source could not be removed */
 	bool stopping;
 	bool rewatch_needed;
+	bool started;		/* READY=1 sent: the backlog walk is done */
+	bool scan_logged;	/* the end of the walk under way was told */
+	const char *scan_why;	/* what started it: "backlog", "rescan" */
+	long scan_found;	/* files the walk under way found so far */
+	size_t unwatched;	/* folders beyond inotify, as last told */
 	bool cleanup_due;	/* files were finished since the last cleanup */
 	int64_t next_watchdog_ms, next_rescan_ms, next_cleanup_ms;
+	int64_t next_unwatched_ms;	/* rescan for folders beyond inotify */
 	int64_t watchdog_ms;
 	size_t max_outstanding;
 };
@@ -403,13 +410,32 @@ static void run_job(void *ctx, void *p)
 
 /* ---- back on the loop thread ---- */
 
+/* "; 12 folders not watched (...)" while some are beyond inotify. */
+static void unwatched_text(const struct daemon *d, char *buf, size_t len)
+{
+	int e = 0;
+	size_t n = d->watch != NULL ? watch_unwatched(d->watch, &e) : 0;
+
+	buf[0] = '\0';
+	if (n > 0)
+		snprintf(buf, len, "; degraded: %zu folders not watched (%s), "
+			 "rescanned every %ld s", n, e == ENOSPC ?
+			 "inotify watch limit fs.inotify.max_user_watches "
+			 "reached" : strerror(e), d->cfg->watch.unwatched_rescan_s);
+}
+
 static void status_text(const struct daemon *d, char *buf, size_t len)
 {
+	char degraded[256];
+
+	unwatched_text(d, degraded, sizeof(degraded));
 	snprintf(buf, len, "stored %lu, duplicates %lu, quarantined %lu, "
-		 "held %lu, queued %zu, retries %lu%s%s%s%s", d->count.stored,
+		 "held %lu, queued %zu, retries %lu%s%s%s%s%s%s", d->count.stored,
 		 d->count.duplicates, d->count.quarantined, d->count.held,
 		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
-		 d->count.retries,
+		 d->count.retries, degraded,
+		 d->watch != NULL && watch_scanning(d->watch) ?
+		 "; scanning the input folder" : "",
 		 d->output_trouble ? "; output problem, retrying" : "",
 		 d->input_trouble ? "; input problem: sources cannot be "
 		 "removed or moved, retrying" : "",
@@ -418,7 +444,7 @@ static void status_text(const struct daemon *d, char *buf, size_t len)
 
 static void update_status(const struct daemon *d)
 {
-	char status[sizeof(d->last_error) + 256];
+	char status[sizeof(d->last_error) + 512];
 
 	status_text(d, status, sizeof(status));
 	notify_status(status);
@@ -829,9 +855,12 @@ static void reload(struct daemon *d)
 {
 	struct error err = ERROR_INIT;
 	struct correlation *table;
-	char status[sizeof(d->last_error) + 256];
+	char status[sizeof(d->last_error) + 512];
 
-	notify_reloading();
+	/* Before READY (the backlog walk) there is nothing to reload from
+	 * systemd's point of view: the table is just replaced. */
+	if (d->started)
+		notify_reloading();
 	if (d->cfg->correlation_table == NULL) {
 		log_msg(LOG_INFO, "reload: no correlation table configured");
 	} else if (correlation_load(&table, d->cfg->correlation_table, &err) == -1) {
@@ -857,7 +886,10 @@ static void reload(struct daemon *d)
 		release_held(d);
 	}
 	status_text(d, status, sizeof(status));
-	notify_ready(status);
+	if (d->started)
+		notify_ready(status);
+	else
+		notify_status(status);
 }
 
 static void handle_signals(struct daemon *d)
@@ -883,6 +915,7 @@ static void arm_timer(struct daemon *d, int64_t now)
 	at = earliest(at, d->next_watchdog_ms);
 	at = earliest(at, d->next_rescan_ms);
 	at = earliest(at, d->next_cleanup_ms);
+	at = earliest(at, d->next_unwatched_ms);
 	if (d->rewatch_needed)
 		at = earliest(at, now + 1000);
 	if (at >= 0) {
@@ -894,17 +927,113 @@ static void arm_timer(struct daemon *d, int64_t now)
 	timerfd_settime(d->fds[SLOT_TIMER].fd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
+/* A new walk of the whole tree starts; scan_some() runs it in slices. */
+static void walk_started(struct daemon *d, const char *why)
+{
+	d->scan_why = why;
+	d->scan_found = 0;
+	d->scan_logged = false;
+}
+
+/*
+ * Watches again from scratch (which forgets the library's stale records),
+ * then the walk. A walk already under way is left to finish: restarting
+ * it at every interval would never let a long one reach its end.
+ */
 static void rewatch(struct daemon *d, const char *why)
 {
 	struct error err = ERROR_INIT;
-	long found = watch_rewatch(d->watch, &err);
 
-	d->rewatch_needed = found < 0;
-	if (found < 0)
+	if (watch_scanning(d->watch) && !d->rewatch_needed)
+		return;
+	d->rewatch_needed = watch_rebuild(d->watch, &err) == -1;
+	walk_started(d, why);
+	if (d->rewatch_needed)
 		log_msg(LOG_ERR, "cannot watch %s again (%s): %s", d->cfg->input,
 			why, err.msg);
-	else if (found > 0)
-		log_msg(LOG_INFO, "%s: %ld files found", why, found);
+}
+
+/*
+ * Started: the backlog is queued (taking files began meanwhile). READY=1
+ * and the start record wait for the first walk; the loop answers signals
+ * and the watchdog during it.
+ */
+static void announce_start(struct daemon *d)
+{
+	struct audit_record start = { .event = "start", .priority = LOG_INFO };
+	char status[sizeof(d->last_error) + 512], reason[PATH_MAX * 2];
+
+	d->started = true;
+	snprintf(reason, sizeof(reason), "watching %s, sorting into %s, "
+		 "profile %s, %ld workers", d->cfg->input, d->cfg->output,
+		 deid_profile_name(d->cfg->profile), d->cfg->workers);
+	start.reason = reason;
+	log_audit(&start);
+	status_text(d, status, sizeof(status));
+	notify_ready(status);
+}
+
+/*
+ * The end of a walk: what it found, and whether folders are left beyond
+ * the inotify watch limit. Those are rescanned every unwatched_rescan_s
+ * (a plain walk: it watches what now fits), and STATUS says so.
+ */
+static void scan_finished(struct daemon *d, int64_t now)
+{
+	int e = 0;
+	size_t n = watch_unwatched(d->watch, &e);
+
+	d->scan_logged = true;
+	if (!d->started) {
+		if (d->scan_found > 0)
+			log_msg(LOG_INFO, "backlog: %ld files waiting in %s",
+				d->scan_found, d->cfg->input);
+	} else if (d->scan_found > 0) {
+		log_msg(LOG_INFO, "%s: %ld files found in %s", d->scan_why,
+			d->scan_found, d->cfg->input);
+	}
+	if (n > 0) {
+		int64_t at = now + d->cfg->watch.unwatched_rescan_s * 1000;
+
+		if (n != d->unwatched)
+			log_msg(LOG_WARNING, "degraded: %zu folders below %s are "
+				"not watched (%s); their files are found by a "
+				"rescan every %ld s instead of at once", n,
+				d->cfg->input, e == ENOSPC ? "the inotify watch "
+				"limit fs.inotify.max_user_watches is reached" :
+				strerror(e), d->cfg->watch.unwatched_rescan_s);
+		d->next_unwatched_ms = at;
+	} else {
+		if (d->unwatched > 0)
+			log_msg(LOG_NOTICE, "every folder below %s is watched "
+				"again", d->cfg->input);
+		d->next_unwatched_ms = -1;
+	}
+	if (n != d->unwatched) {
+		d->unwatched = n;
+		update_status(d);
+	}
+	if (!d->started)
+		announce_start(d);
+}
+
+/* One slice of the walk under way: a few milliseconds, so that signals,
+ * events and finished files are handled in between. */
+static void scan_some(struct daemon *d, int64_t now)
+{
+	struct error err = ERROR_INIT;
+	long found;
+
+	if (!watch_scanning(d->watch)) {
+		if (!d->scan_logged)
+			scan_finished(d, now);
+		return;
+	}
+	found = watch_scan_step(d->watch, &err);
+	if (found > 0)
+		d->scan_found += found;
+	if (!watch_scanning(d->watch))
+		scan_finished(d, now);
 }
 
 static void handle_timer(struct daemon *d, int64_t now)
@@ -923,6 +1052,13 @@ static void handle_timer(struct daemon *d, int64_t now)
 		d->next_rescan_ms = d->cfg->rescan.interval_s > 0 ?
 				    now + d->cfg->rescan.interval_s * 1000 : -1;
 	}
+	if (d->next_unwatched_ms >= 0 && now >= d->next_unwatched_ms) {
+		d->next_unwatched_ms = -1;
+		if (!watch_scanning(d->watch)) {
+			watch_scan_begin(d->watch);
+			walk_started(d, "rescan of unwatched folders");
+		}
+	}
 	if (d->next_cleanup_ms >= 0 && now >= d->next_cleanup_ms) {
 		watch_remove_empty_dirs(d->watch, d->cfg->cleanup.min_age_s);
 		d->next_cleanup_ms = now + 30 * 1000;
@@ -933,10 +1069,15 @@ static void handle_watch(struct daemon *d)
 {
 	struct error err = ERROR_INIT;
 
+	bool was_scanning = watch_scanning(d->watch);
+
 	if (watch_handle_events(d->watch, &err) == -1) {
 		log_msg(LOG_ERR, "watching %s: %s", d->cfg->input, err.msg);
 		d->rewatch_needed = true;
 	}
+	/* New folders (or a rebuild after an overflow) start a walk. */
+	if (!was_scanning && watch_scanning(d->watch))
+		walk_started(d, "new folders");
 }
 
 /* ---- setup and teardown ---- */
@@ -1042,23 +1183,67 @@ int daemon_check_config(const struct config *cfg, struct error *err)
 	return rc;
 }
 
+/*
+ * A folder the walk will not enter: an error record, once per walk that
+ * meets it. Folder names in a drop folder may be a patient's: when
+ * de-identifying the record names its inode only.
+ */
+static void report_walk_problem(void *ctx, enum watch_problem what,
+				const char *dir, unsigned depth)
+{
+	struct daemon *d = ctx;
+	size_t rootlen = strlen(d->cfg->input);
+	char source[64], reason[256];
+	struct audit_record rec = { .event = "not-watched", .priority = LOG_ERR,
+				    .source = dir, .reason = reason };
+	struct stat st;
+
+	if (strncmp(dir, d->cfg->input, rootlen) == 0 && dir[rootlen] == '/')
+		rec.source = dir + rootlen + 1;
+	if (d->cfg->profile != DEID_NONE) {
+		if (lstat(dir, &st) == 0)
+			snprintf(source, sizeof(source), "inode %llu",
+				 (unsigned long long)st.st_ino);
+		else
+			snprintf(source, sizeof(source), "(name withheld)");
+		rec.source = source;
+	}
+	if (what == WATCH_TOO_DEEP)
+		snprintf(reason, sizeof(reason), "folder %u levels below the "
+			 "input folder, deeper than watch.max_depth (%ld): "
+			 "neither watched nor scanned, no file below it is "
+			 "taken; everything else goes on", depth,
+			 d->cfg->watch.max_depth);
+	else
+		snprintf(reason, sizeof(reason), "a folder below this one has "
+			 "a path longer than %d bytes: neither watched nor "
+			 "scanned, no file below it is taken; everything else "
+			 "goes on", PATH_MAX - 1);
+	log_audit(&rec);
+	snprintf(d->last_error, sizeof(d->last_error), "%s: %s", rec.source,
+		 what == WATCH_TOO_DEEP ? "folder deeper than watch.max_depth, "
+		 "not watched" : "path too long, not watched");
+}
+
+/* Watches go in as the walk of the backlog gets to each folder: the loop
+ * runs it in slices (scan_some()), so a signal never waits for it. */
 static int setup_watch(struct daemon *d, struct error *err)
 {
 	struct watch_options opts = {
 		.root = d->cfg->input,
 		.ignore = (const char *const *)d->cfg->ignore,
 		.settle_ms = d->cfg->settle_ms,
+		.max_depth = d->cfg->watch.max_depth,
+		.report = report_walk_problem,
+		.report_ctx = d,
+		.deferred = true,
+		.test_entry_delay_ms = d->delay_scan_entry_ms,
 	};
-	long backlog;
 
 	if (watch_new(&d->watch, &opts, err) == -1)
 		return -1;
-	backlog = watch_scan(d->watch, err);
-	if (backlog < 0)
-		return -1;
-	if (backlog > 0)
-		log_msg(LOG_INFO, "backlog: %ld files waiting in %s", backlog,
-			d->cfg->input);
+	watch_scan_begin(d->watch);
+	walk_started(d, "backlog");
 	return 0;
 }
 
@@ -1067,8 +1252,10 @@ static int setup_watch(struct daemon *d, struct error *err)
  * publication and its `stored` record, so a test can SIGKILL the daemon
  * exactly there. DICOMSORT_TEST_DELAY=held:MS sleeps MS ms (and says so)
  * between the decision to hold a file and its move into hold, so a test
- * can reload the table in that window. Without the variable nothing
- * changes.
+ * can reload the table in that window. DICOMSORT_TEST_DELAY=scan-entry:MS
+ * sleeps MS ms per folder entry the walk of the input tree looks at, so a
+ * test can signal the daemon in the middle of a long scan. Without the
+ * variable nothing changes.
  */
 static void test_delays(struct daemon *d)
 {
@@ -1078,6 +1265,11 @@ static void test_delays(struct daemon *d)
 		d->delay_published_ms = strtol(v + 10, NULL, 10);
 	if (v != NULL && strncmp(v, "held:", 5) == 0)
 		d->delay_held_ms = strtol(v + 5, NULL, 10);
+	if (v != NULL && strncmp(v, "scan-entry:", 11) == 0) {
+		d->delay_scan_entry_ms = strtol(v + 11, NULL, 10);
+		log_msg(LOG_INFO, "test delay: %ld ms per entry walked",
+			d->delay_scan_entry_ms);
+	}
 }
 
 /*
@@ -1128,6 +1320,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 			    now + d->cfg->rescan.interval_s * 1000 : -1;
 	d->next_cleanup_ms = d->cfg->cleanup.remove_empty_dirs ?
 			     now + 30 * 1000 : -1;
+	d->next_unwatched_ms = -1;
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
@@ -1206,7 +1399,9 @@ static void serve(struct daemon *d)
 		schedule_cleanup(d, now);
 		arm_timer(d, now);
 		d->fds[SLOT_WATCH].fd = watch_fd(d->watch);
-		if (poll(d->fds, SLOT_COUNT, -1) == -1) {
+		/* While a walk is under way, only look: it goes on below. */
+		if (poll(d->fds, SLOT_COUNT, watch_scanning(d->watch) ? 0 : -1)
+		    == -1) {
 			if (errno != EINTR)
 				log_msg(LOG_ERR, "poll: %s", strerror(errno));
 			continue;
@@ -1223,6 +1418,8 @@ static void serve(struct daemon *d)
 			collect_done(d);
 		if (d->fds[SLOT_TIMER].revents & POLLIN)
 			handle_timer(d, now);
+		if (!d->stopping)
+			scan_some(d, now);
 	}
 }
 
@@ -1230,9 +1427,6 @@ int daemon_run(const struct config *cfg)
 {
 	struct daemon d = { .cfg = cfg };
 	struct error err = ERROR_INIT;
-	struct audit_record start = { .event = "start", .priority = LOG_INFO };
-	char status[sizeof(d.last_error) + 256], reason[PATH_MAX * 2];
-
 	bool config_error;
 	int exit_status;
 
@@ -1245,13 +1439,6 @@ int daemon_run(const struct config *cfg)
 		teardown(&d);
 		return exit_status;
 	}
-	snprintf(reason, sizeof(reason), "watching %s, sorting into %s, "
-		 "profile %s, %ld workers", cfg->input, cfg->output,
-		 deid_profile_name(cfg->profile), cfg->workers);
-	start.reason = reason;
-	log_audit(&start);
-	status_text(&d, status, sizeof(status));
-	notify_ready(status);
 	serve(&d);
 	return shut_down(&d);
 }

@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fnmatch.h>
+#include <linux/openat2.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -41,6 +42,7 @@
 #include <sys/inotify.h>
 #include <sys/select.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,7 +65,6 @@
 			 IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | \
 			 IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK)
 
-#define WATCH_TRIES	8	/* watch_recursively() racing with deletions */
 #define MAX_INOTIFY_FDS	64	/* other inotify instances we tolerate */
 #define NOT_IN_HEAP	((size_t)-1)
 /* How long a file whose close may have been lost, and whose writers we
@@ -71,6 +72,11 @@
 #define LOST_CLOSE_QUIET_MS	60000L
 
 enum entry_state { ENTRY_PENDING, ENTRY_IN_FLIGHT };
+
+struct walk_dir {
+	char *path;			/* absolute, without trailing '/' */
+	unsigned depth;			/* levels below root */
+};
 
 /*
  * While pending, closed and deadline say when the file is ready. While in
@@ -107,6 +113,25 @@ struct watch {
 	uint64_t seq;
 	unsigned gen;
 	unsigned epoch;			/* rebuilds so far: events lost */
+	long max_depth;			/* 0: no bound */
+	watch_report_fn *report;
+	void *report_ctx;
+	bool deferred;
+	long test_entry_delay_ms;
+	/* The walk (see "the walk" below). */
+	struct walk_dir *stack;		/* folders still to list */
+	size_t nstack, capstack;
+	DIR *dir;			/* the folder being listed, or NULL */
+	char dirpath[PATH_MAX];		/* its path, then an entry's */
+	size_t dirlen;
+	unsigned dirdepth;
+	bool walking;			/* a walk is under way */
+	bool full;			/* it started at root */
+	bool full_again;		/* another full one is due after it */
+	bool collect;			/* files found become pending */
+	size_t walk_unwatched;		/* folders it could not watch */
+	size_t unwatched;		/* as of the last full walk, and since */
+	int unwatched_errno;
 };
 
 /* libinotifytools has one global instance; so do we. */
@@ -522,88 +547,152 @@ static long scan_file(struct watch *w, int dfd, const char *name,
 	return 0;
 }
 
-static long scan_dir(struct watch *w, int dfd, char *path, size_t len,
-		     int64_t now);
+/*
+ * ---- the walk ----
+ *
+ * One walk at a time goes through the tree, depth first, with an explicit
+ * stack of folder paths instead of recursion: whatever the depth it holds
+ * one open folder (the one being listed) and briefly one more to open the
+ * next. A folder is watched when the walk gets to it, before it is listed,
+ * so a file written into it meanwhile is either listed or reported. A full
+ * walk starts at root and ends by forgetting what it did not see; a folder
+ * that appears later is pushed onto the walk under way (or starts a
+ * partial one). The walk advances in slices (watch_scan_step()) so that
+ * the daemon's loop answers signals in between; without opts.deferred
+ * every call that starts one finishes it.
+ */
 
-static int watch_tree(const char *path);
+/* Entries per slice, and the time a slice may take at most. */
+#define WALK_SLICE_ENTRIES	1024
+#define WALK_SLICE_MS		20
+
+static int watch_dir(struct watch *w, const char *path);
+
+static unsigned depth_of(const struct watch *w, const char *path)
+{
+	unsigned depth = 0;
+
+	for (const char *p = path + w->rootlen; *p != '\0'; p++)
+		if (*p == '/' && p[1] != '/' && p[1] != '\0')
+			depth++;
+	return depth;
+}
+
+static void report(struct watch *w, enum watch_problem what, const char *dir,
+		   unsigned depth)
+{
+	if (w->report != NULL)
+		w->report(w->report_ctx, what, dir, depth);
+}
+
+static void walk_push(struct watch *w, const char *path, unsigned depth)
+{
+	if (w->max_depth > 0 && depth > (unsigned long)w->max_depth) {
+		report(w, WATCH_TOO_DEEP, path, depth);
+		return;
+	}
+	if (w->nstack == w->capstack) {
+		size_t cap = w->capstack ? w->capstack * 2 : 64;
+		struct walk_dir *s = realloc(w->stack, cap * sizeof(*s));
+
+		if (s == NULL)
+			abort();
+		w->stack = s;
+		w->capstack = cap;
+	}
+	w->stack[w->nstack].path = xstrdup(path);
+	w->stack[w->nstack].depth = depth;
+	w->nstack++;
+	w->walking = true;
+}
 
 /*
- * libinotifytools lists a folder's children before it watches the folder,
- * so a subfolder created in between is neither listed nor reported: the
- * scan, which runs after the watch, is where it shows. Watch it here,
- * before its files are scanned, so none written later is missed.
+ * Open the folder rel below root without following a symlink anywhere on
+ * the way (a sender may swap a folder for a link to elsewhere): openat2()
+ * with RESOLVE_BENEATH, or where the kernel or a seccomp filter refuses
+ * it, one component at a time, each opened from its parent, which is
+ * closed at once - two descriptors at most, whatever the depth.
  */
-static void watch_if_unwatched(char *path, size_t len)
+static int open_below(int rootfd, const char *rel)
 {
-	if (len + 1 >= PATH_MAX)
-		return;
-	path[len] = '/';	/* the library keys folders with a slash */
-	path[len + 1] = '\0';
-	if (inotifytools_wd_from_filename(path) == -1) {
-		path[len] = '\0';
-		watch_tree(path);	/* a failure shows at the next rescan */
-	}
-	path[len] = '\0';
-}
-
-static long scan_subdir(struct watch *w, int dfd, const char *name,
-			char *path, size_t len, int64_t now)
-{
+	struct open_how how = {
+		.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+			   RESOLVE_NO_MAGICLINKS,
+	};
+	char name[NAME_MAX + 1];
 	int fd;
 
-	if (w->fd != -1)
-		watch_if_unwatched(path, len);
-	fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd == -1)
-		return 0;	/* gone meanwhile, or not ours to read */
-	return scan_dir(w, fd, path, len, now);
+	if (*rel == '\0')
+		return openat(rootfd, ".", (int)how.flags);
+	fd = (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof(how));
+	if (fd != -1 || (errno != ENOSYS && errno != EPERM && errno != E2BIG))
+		return fd;
+	fd = openat(rootfd, ".", (int)how.flags);
+	while (fd != -1 && *rel != '\0') {
+		size_t len = strcspn(rel, "/");
+		int next;
+
+		if (len > NAME_MAX) {
+			close(fd);
+			errno = ENAMETOOLONG;
+			return -1;
+		}
+		memcpy(name, rel, len);
+		name[len] = '\0';
+		next = openat(fd, name, (int)how.flags);
+		close(fd);
+		fd = next;
+		rel += len;
+		rel += strspn(rel, "/");
+	}
+	return fd;
 }
 
-/* path holds the folder's path (len bytes); dfd is consumed. */
-static long scan_dir(struct watch *w, int dfd, char *path, size_t len,
-		     int64_t now)
+/* Pop folders until one opens; it is watched first. false: none left. */
+static bool walk_open_next(struct watch *w)
 {
-	DIR *dir = fdopendir(dfd);
-	struct dirent *de;
-	long added = 0;
+	while (w->nstack > 0) {
+		struct walk_dir top = w->stack[--w->nstack];
+		size_t len = strlen(top.path);
+		int rootfd, fd = -1;
 
-	if (dir == NULL) {
-		close(dfd);
-		return 0;
+		if (w->fd != -1 && top.depth > 0)
+			watch_dir(w, top.path);
+		rootfd = open(w->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (rootfd != -1) {
+			fd = open_below(rootfd, top.path + w->rootlen +
+					(top.depth > 0 ? 1 : 0));
+			close(rootfd);
+		}
+		if (fd != -1 && (w->dir = fdopendir(fd)) == NULL)
+			close(fd);
+		if (w->dir != NULL) {
+			memcpy(w->dirpath, top.path, len + 1);
+			w->dirlen = len;
+			w->dirdepth = top.depth;
+		}
+		free(top.path);
+		if (w->dir != NULL)
+			return true;	/* else gone meanwhile, or not ours */
 	}
-	while ((de = readdir(dir)) != NULL) {
-		size_t nlen = strlen(de->d_name);
-
-		if (is_dot_or_dotdot(de->d_name) ||
-		    ignored_name(w, de->d_name) || len + 1 + nlen >= PATH_MAX)
-			continue;
-		path[len] = '/';
-		memcpy(path + len + 1, de->d_name, nlen + 1);
-		if (entry_is_dir(dirfd(dir), de))
-			added += scan_subdir(w, dirfd(dir), de->d_name, path,
-					     len + 1 + nlen, now);
-		else
-			added += scan_file(w, dirfd(dir), de->d_name, path, now);
-		path[len] = '\0';
-	}
-	closedir(dir);
-	return added;
+	return false;
 }
 
-/* A folder that appeared below root, after its watch was added. */
-static long scan_new_dir(struct watch *w, const char *dirpath, int64_t now)
+static void walk_close(struct watch *w)
 {
-	char path[PATH_MAX];
-	size_t len = strlen(dirpath);
-	int fd;
+	if (w->dir != NULL)
+		closedir(w->dir);
+	w->dir = NULL;
+}
 
-	if (len >= sizeof(path))
-		return 0;
-	memcpy(path, dirpath, len + 1);
-	fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd == -1)
-		return 0;
-	return scan_dir(w, fd, path, len, now);
+static void walk_clear(struct watch *w)
+{
+	walk_close(w);
+	while (w->nstack > 0)
+		free(w->stack[--w->nstack].path);
+	w->walking = false;
+	w->full = false;
 }
 
 /* Entries no full scan has seen and whose file is gone: events lost in
@@ -626,21 +715,142 @@ static void prune_unseen(struct watch *w)
 	}
 }
 
+/* A full walk from root; the one under way, if any, is abandoned. */
+static void walk_start_full(struct watch *w)
+{
+	walk_clear(w);
+	w->gen++;
+	w->full = true;
+	w->full_again = false;
+	w->walk_unwatched = 0;
+	walk_push(w, w->root, 0);
+}
+
+static void walk_finished(struct watch *w)
+{
+	bool full = w->full;
+
+	w->walking = false;
+	w->full = false;
+	if (full) {
+		prune_unseen(w);
+		w->unwatched = w->walk_unwatched;
+	}
+	if (w->full_again)
+		walk_start_full(w);
+}
+
+/* One entry of the folder being listed. */
+static long walk_entry(struct watch *w, struct dirent *de, int64_t now)
+{
+	size_t nlen = strlen(de->d_name);
+	char *path = w->dirpath;
+	long added = 0;
+
+	if (w->dirlen + 1 + nlen >= PATH_MAX) {
+		if (entry_is_dir(dirfd(w->dir), de))
+			report(w, WATCH_TOO_LONG, w->dirpath, w->dirdepth + 1);
+		return 0;
+	}
+	path[w->dirlen] = '/';
+	memcpy(path + w->dirlen + 1, de->d_name, nlen + 1);
+	if (entry_is_dir(dirfd(w->dir), de))
+		walk_push(w, path, w->dirdepth + 1);
+	else if (w->collect)
+		added = scan_file(w, dirfd(w->dir), de->d_name, path, now);
+	path[w->dirlen] = '\0';
+	return added;
+}
+
+/* Walk up to max_entries entries or max_ms, whichever comes first. */
+static long walk_some(struct watch *w, size_t max_entries, int64_t max_ms)
+{
+	int64_t start = watch_now_ms(), now = start;
+	long added = 0;
+	size_t n = 0;
+
+	while (w->walking && n < max_entries) {
+		struct dirent *de;
+
+		if (w->dir == NULL && !walk_open_next(w)) {
+			walk_finished(w);
+			continue;
+		}
+		de = readdir(w->dir);
+		if (de == NULL) {
+			walk_close(w);
+			continue;
+		}
+		if (is_dot_or_dotdot(de->d_name) || ignored_name(w, de->d_name))
+			continue;
+		if (w->test_entry_delay_ms > 0) {
+			struct timespec ts = { w->test_entry_delay_ms / 1000,
+				(w->test_entry_delay_ms % 1000) * 1000000 };
+
+			nanosleep(&ts, NULL);
+		}
+		added += walk_entry(w, de, now);
+		if (++n % 32 == 0) {
+			now = watch_now_ms();
+			if (max_ms >= 0 && now - start >= max_ms)
+				break;
+		}
+	}
+	return added;
+}
+
+/* The whole walk under way, to its end. */
+static long walk_all(struct watch *w)
+{
+	long added = 0;
+
+	while (w->walking)
+		added += walk_some(w, SIZE_MAX, -1);
+	return added;
+}
+
+/* A folder that appeared below root: walked (watched, then listed) with
+ * the walk under way, or by a partial walk of its own. */
+static void walk_new_dir(struct watch *w, const char *path)
+{
+	walk_push(w, path, depth_of(w, path));
+}
+
+void watch_scan_begin(struct watch *w)
+{
+	if (w->walking && w->full)
+		w->full_again = true;
+	else
+		walk_start_full(w);	/* a partial walk is part of it */
+}
+
+long watch_scan_step(struct watch *w, struct error *err)
+{
+	(void)err;
+	return walk_some(w, WALK_SLICE_ENTRIES, WALK_SLICE_MS);
+}
+
+bool watch_scanning(const struct watch *w)
+{
+	return w->walking;
+}
+
+size_t watch_unwatched(const struct watch *w, int *errnum)
+{
+	if (errnum != NULL)
+		*errnum = w->unwatched_errno;
+	return w->unwatched;
+}
+
 long watch_scan(struct watch *w, struct error *err)
 {
-	char path[PATH_MAX];
-	long added;
-	int fd;
+	struct stat st;
 
-	memcpy(path, w->root, w->rootlen + 1);
-	fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd == -1)
-		return error_set(err, ERROR_TRANSIENT, errno, "cannot scan %s",
-				 w->root);
-	w->gen++;
-	added = scan_dir(w, fd, path, w->rootlen, watch_now_ms());
-	prune_unseen(w);
-	return added;
+	if (stat(w->root, &st) == -1 || !S_ISDIR(st.st_mode))
+		return error_set(err, ERROR_TRANSIENT, errno ? errno : ENOTDIR,
+				 "cannot scan %s", w->root);
+	walk_start_full(w);
+	return walk_all(w);
 }
 
 /* ---- inotify through libinotifytools ---- */
@@ -761,39 +971,70 @@ static void inotify_down(struct watch *w)
 	w->fd = -1;
 }
 
-/* watch_recursively() gives up with ENOENT when anything below vanishes
- * between its readdir and lstat: try again while path itself exists.
- * Returns 0, 1 when path is gone, or -1 with errno. */
-static int watch_tree(const char *path)
+/*
+ * Watch one folder, not what is below it: the walk gets to those (the
+ * library's watch_recursively() holds a descriptor per level, and gave up
+ * at about a thousand levels with EMFILE). 0, or -1 with errno. A folder
+ * that exists but cannot be watched - beyond the inotify watch limit
+ * (ENOSPC) or otherwise - is counted: scans are then its only way in.
+ */
+static int watch_dir(struct watch *w, const char *path)
 {
-	struct stat st;
-	int e = ENOENT;
+	char dir[PATH_MAX];
+	size_t len = strlen(path);
+	int e;
 
-	for (int i = 0; i < WATCH_TRIES; i++) {
-		if (inotifytools_watch_recursively(path, WATCH_EVENTS))
-			return 0;
-		e = inotifytools_error();
-		if (e != ENOENT)
-			break;
-		if (lstat(path, &st) == -1 && errno == ENOENT)
-			return 1;
+	if (len + 1 >= sizeof(dir)) {
+		errno = ENAMETOOLONG;
+		return -1;
 	}
-	errno = e != 0 ? e : EIO;	/* it failed without saying why */
+	/* The library keys folders with a slash; adding a watch twice makes
+	 * it leak the first record. */
+	memcpy(dir, path, len);
+	memcpy(dir + len, "/", 2);
+	if (inotifytools_wd_from_filename(dir) != -1)
+		return 0;
+	if (inotifytools_watch_file(dir, WATCH_EVENTS | IN_ONLYDIR |
+				    IN_DONT_FOLLOW))
+		return 0;
+	e = inotifytools_error();
+	if (e == 0)
+		e = EIO;	/* it failed without saying why */
+	if (e != ENOENT && e != ENOTDIR) {
+		if (w->walking && w->full)
+			w->walk_unwatched++;
+		else
+			w->unwatched++;
+		w->unwatched_errno = e;
+	}
+	errno = e;
 	return -1;
 }
 
-/* Everything again: forgets stale paths and kernel-dropped watches. On
- * failure inotify may be down (fd -1) or up with part of the tree. */
+/* Everything again: forgets stale paths and kernel-dropped watches; the
+ * caller walks the tree to watch the rest. On failure inotify may be down
+ * (fd -1). Root beyond the watch limit is no failure: scans take over. */
 static int rebuild(struct watch *w, enum error_kind kind, struct error *err)
 {
 	w->epoch++;		/* events in between are lost */
+	w->rebuild = false;
 	inotify_down(w);
+	w->unwatched = 0;
 	if (inotify_up(w, kind, err) == -1)
 		return -1;
-	if (watch_tree(w->root) != 0)
-		return error_set(err, kind, errno == 0 ? ENOENT : errno,
-				 "cannot watch %s", w->root);
+	if (watch_dir(w, w->root) == -1 && errno != ENOSPC)
+		return error_set(err, kind, errno, "cannot watch %s", w->root);
 	return 0;
+}
+
+int watch_rebuild(struct watch *w, struct error *err)
+{
+	int rc = rebuild(w, ERROR_TRANSIENT, err);
+
+	/* Walk even when watching failed: the periodic retry then keeps
+	 * files moving, if late. */
+	walk_start_full(w);
+	return rc;
 }
 
 long watch_rewatch(struct watch *w, struct error *err)
@@ -802,10 +1043,7 @@ long watch_rewatch(struct watch *w, struct error *err)
 	int rc = rebuild(w, ERROR_TRANSIENT, err);
 	long added;
 
-	/* Scan even when watching failed: the periodic retry then keeps
-	 * files moving, if late. */
 	added = watch_scan(w, rc == -1 ? &scan_err : err);
-	w->rebuild = false;
 	return rc == -1 ? -1 : added;
 }
 
@@ -817,27 +1055,12 @@ static bool is_root_dir(const struct watch *w, const char *dir)
 	       strcmp(dir + w->rootlen, "/") == 0;
 }
 
-/* A folder appeared: watch it, then scan it for what arrived before the
- * watch did. A failure to watch is worth a full rebuild later. */
-static long dir_appeared(struct watch *w, const char *path, int64_t now,
-			 struct error *err)
+/* A folder appeared: the walk watches it, then lists it for what arrived
+ * before the watch did. */
+static void dir_appeared(struct watch *w, const char *path)
 {
-	char dir[PATH_MAX];
-	size_t len = strlen(path);
-
-	if (ignored_path(w, path) || len + 1 >= sizeof(dir))
-		return 0;
-	/* The scan of a parent may have watched it already: adding a
-	 * watch twice makes libinotifytools leak its first record. */
-	memcpy(dir, path, len);
-	memcpy(dir + len, "/", 2);
-	if (inotifytools_wd_from_filename(dir) != -1)
-		return scan_new_dir(w, path, now);
-	if (watch_tree(path) == -1)
-		/* Not the path: folder names in a drop folder may be a
-		 * patient's, and this message reaches the log. */
-		error_set(err, ERROR_TRANSIENT, errno, "cannot watch a new folder");
-	return scan_new_dir(w, path, now);
+	if (!ignored_path(w, path))
+		walk_new_dir(w, path);
 }
 
 static long file_event(struct watch *w, uint32_t mask, const char *path,
@@ -888,7 +1111,7 @@ static void forget_dead_watch(int wd)
  * to do. A folder moving anywhere makes every path below it stale.
  */
 static long handle_event(struct watch *w, const struct inotify_event *ev,
-			 int64_t now, struct error *err)
+			 int64_t now)
 {
 	char path[PATH_MAX];
 	const char *dir;
@@ -919,7 +1142,7 @@ static long handle_event(struct watch *w, const struct inotify_event *ev,
 	if (ev->mask & IN_MOVED_FROM)
 		w->rebuild = true;
 	else if (ev->mask & (IN_CREATE | IN_MOVED_TO))
-		return dir_appeared(w, path, now, err);
+		dir_appeared(w, path);
 	return 0;
 }
 
@@ -933,7 +1156,8 @@ int watch_handle_events(struct watch *w, struct error *err)
 	struct error ev_err = ERROR_INIT;
 	int64_t now = watch_now_ms();
 	struct inotify_event *ev;
-	long added = 0, found;
+	long added = 0;
+	int rc;
 
 	if (w->fd == -1)
 		return 0;
@@ -943,7 +1167,7 @@ int watch_handle_events(struct watch *w, struct error *err)
 		ev = inotifytools_next_events(0, 1);
 		if (ev != NULL) {
 			if (!w->rebuild)
-				added += handle_event(w, ev, now, &ev_err);
+				added += handle_event(w, ev, now);
 			continue;
 		}
 		e = inotifytools_error();
@@ -955,16 +1179,18 @@ int watch_handle_events(struct watch *w, struct error *err)
 		}
 		break;
 	}
+	rc = 0;
 	if (w->rebuild) {
-		found = watch_rewatch(w, err);
-		if (found < 0)
-			return -1;
-		added += found;
+		rc = watch_rebuild(w, err);
 	} else if (ev_err.kind != ERROR_NONE) {
 		if (err != NULL)
 			*err = ev_err;
-		return -1;
+		rc = -1;
 	}
+	if (!w->deferred)
+		added += walk_all(w);
+	if (rc == -1)
+		return -1;
 	return added > INT_MAX ? INT_MAX : (int)added;
 }
 
@@ -1013,10 +1239,23 @@ int watch_new(struct watch **out, const struct watch_options *opts,
 	w->fd = -1;
 	w->nbuckets = 256;
 	w->buckets = xcalloc(w->nbuckets, sizeof(*w->buckets));
+	w->max_depth = opts->max_depth > 0 ? opts->max_depth : 0;
+	w->report = opts->report;
+	w->report_ctx = opts->report_ctx;
+	w->deferred = opts->deferred;
+	w->test_entry_delay_ms = opts->test_entry_delay_ms;
+	w->collect = true;
 	watch_exists = true;
 	if (rebuild(w, ERROR_SETUP, err) == -1) {
 		watch_free(w);
 		return -1;
+	}
+	if (!w->deferred) {
+		/* Watch every folder now; the backlog is watch_scan()'s. */
+		walk_start_full(w);
+		w->collect = false;
+		walk_all(w);
+		w->collect = true;
 	}
 	*out = w;
 	return 0;
@@ -1026,6 +1265,8 @@ void watch_free(struct watch *w)
 {
 	if (w == NULL)
 		return;
+	walk_clear(w);
+	free(w->stack);
 	inotify_down(w);
 	for (size_t i = 0; i < w->nbuckets; i++) {
 		struct entry *e, *next;

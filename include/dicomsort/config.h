@@ -96,6 +96,12 @@ struct config {
 		long timeout_s;		/* bound on finishing in-flight files */
 	} shutdown;
 	struct {
+		long max_depth;		/* folders deeper below input: not
+					 * watched nor scanned, an error */
+		long unwatched_rescan_s;	/* rescan interval while folders
+					 * are beyond the inotify limit */
+	} watch;
+	struct {
 		long max_file_size_mb;	/* 0: no limit */
 	} limits;
 	struct {

@@ -26,6 +26,7 @@
 #ifndef DICOMSORT_WATCH_H
 #define DICOMSORT_WATCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,16 +34,40 @@
 
 struct watch;
 
+/* What a walk could not cover; see watch_options.report. */
+enum watch_problem {
+	WATCH_TOO_DEEP,		/* a folder more than max_depth below root */
+	WATCH_TOO_LONG,		/* a folder whose path exceeds PATH_MAX */
+};
+
+typedef void watch_report_fn(void *ctx, enum watch_problem what,
+			     const char *dir, unsigned depth);
+
 struct watch_options {
 	const char *root;		/* the input folder */
 	const char *const *ignore;	/* NULL-terminated globs, may be NULL */
 	long settle_ms;
+	/* Folders more than max_depth levels below root are neither watched
+	 * nor scanned: report() is told once per walk that meets one. 0 means
+	 * no bound but PATH_MAX. */
+	long max_depth;
+	watch_report_fn *report;	/* may be NULL */
+	void *report_ctx;
+	/* deferred: watch_new() watches root only, and every walk of the
+	 * tree (the backlog, a new folder's content, a rebuild) advances only
+	 * in watch_scan_step() slices, so that the caller's loop stays
+	 * responsive. Otherwise each call completes its walk before it
+	 * returns. */
+	bool deferred;
+	long test_entry_delay_ms;	/* test only: a sleep per entry walked */
 };
 
 int64_t watch_now_ms(void);
 
-/** Initialize inotify and watch root recursively. Does not scan: call
- *  watch_scan() for the backlog. -1 ERROR_SETUP. */
+/** Initialize inotify and watch root (and, unless deferred, every folder
+ *  below it, one at a time: no descriptor is held per level). Does not
+ *  scan: call watch_scan() or watch_scan_begin() for the backlog.
+ *  -1 ERROR_SETUP. */
 int watch_new(struct watch **out, const struct watch_options *opts,
 	      struct error *err);
 
@@ -63,6 +88,24 @@ long watch_scan(struct watch *watch, struct error *err);
 
 /** Drop all watches, watch root again, then scan. Returns as watch_scan. */
 long watch_rewatch(struct watch *watch, struct error *err);
+
+/*
+ * The same in slices, for an event loop: watch_scan_begin() starts a full
+ * walk (after the one under way, if any); watch_rebuild() drops all watches,
+ * watches root again and starts a full walk at once (-1 if root cannot be
+ * watched: the walk still runs). Each folder is watched when the walk gets
+ * to it, before it is listed. watch_scan_step() walks for a few
+ * milliseconds at most and returns the files it added, or -1.
+ */
+void watch_scan_begin(struct watch *watch);
+int watch_rebuild(struct watch *watch, struct error *err);
+long watch_scan_step(struct watch *watch, struct error *err);
+bool watch_scanning(const struct watch *watch);
+
+/** Folders the last full walk (and new folders since) could not watch:
+ *  beyond the inotify watch limit (*errnum ENOSPC) or for another reason
+ *  (*errnum). Their files are found only by scans. */
+size_t watch_unwatched(const struct watch *watch, int *errnum);
 
 /** Milliseconds until the next pending file is ready: 0 if one is ready
  *  now, -1 if nothing is pending. */

@@ -67,7 +67,8 @@ static void make_old(const char *path)
 
 static void start_watch(void)
 {
-	struct watch_options opts = { root, ignore, SETTLE_MS };
+	struct watch_options opts = { .root = root, .ignore = ignore,
+				      .settle_ms = SETTLE_MS };
 	struct error err = ERROR_INIT;
 
 	assert_int_equal(watch_new(&w, &opts, &err), 0);
@@ -785,7 +786,8 @@ static void open_writer_found_by_scan_waits_for_close(void **state)
 
 static void one_watch_at_a_time(void **state)
 {
-	struct watch_options opts = { root, ignore, SETTLE_MS };
+	struct watch_options opts = { .root = root, .ignore = ignore,
+				      .settle_ms = SETTLE_MS };
 	struct error err = ERROR_INIT;
 	struct watch *second;
 	int fd = watch_fd(w);
@@ -800,7 +802,8 @@ static void one_watch_at_a_time(void **state)
 
 static void missing_root_is_a_setup_error(void **state)
 {
-	struct watch_options opts = { NULL, ignore, SETTLE_MS };
+	struct watch_options opts = { .root = NULL, .ignore = ignore,
+				      .settle_ms = SETTLE_MS };
 	struct error err = ERROR_INIT;
 
 	(void)state;

@@ -933,6 +933,8 @@ static void walk_started(struct daemon *d, const char *why)
 	d->scan_why = why;
 	d->scan_found = 0;
 	d->scan_logged = false;
+	if (d->started)
+		update_status(d);	/* "scanning the input folder" */
 }
 
 /*

@@ -356,18 +356,25 @@ class Daemon:
         if start:
             self.start()
 
-    def start(self):
+    def start_nowait(self):
+        """Start the process without waiting for its start record, which
+        follows the walk of the backlog. Returns the log's length before
+        this run."""
         argv = [daemon_bin(), "-c", str(self.conf_path)]
         if self.wrapper:
             argv = self.wrapper(argv)
         self.log_file = open(self.log_path, "ab")
         self.started_at = time.monotonic()
-        # A restart appends to the log: only this run's start counts
-        # (a signal sent before it would hit a daemon still starting).
         skip = len(self.log())
         self.proc = subprocess.Popen(argv, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, env=self.env)
         self.returncode = None
+        return skip
+
+    def start(self):
+        # A restart appends to the log: only this run's start counts
+        # (a signal sent before it would hit a daemon still starting).
+        skip = self.start_nowait()
         wait_until(lambda: "event=start" in self.log()[skip:] or
                    self.proc.poll() is not None, 30, what="daemon start")
         if self.proc.poll() is not None:

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -817,6 +818,174 @@ static void missing_root_is_a_setup_error(void **state)
 	start_watch();
 }
 
+/* dir/d/d/... (depth levels), each made from its parent's descriptor;
+ * the deepest folder's path goes to out (PATH_MAX). */
+static void make_chain(const char *dir, int depth, char *out)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY);
+	size_t len = strlen(dir);
+
+	assert_true(fd >= 0);
+	memcpy(out, dir, len + 1);
+	for (int i = 0; i < depth; i++) {
+		int next;
+
+		assert_int_equal(mkdirat(fd, "d", 0755), 0);
+		next = openat(fd, "d", O_RDONLY | O_DIRECTORY);
+		assert_true(next >= 0);
+		close(fd);
+		fd = next;
+		assert_true(len + 3 < PATH_MAX);
+		memcpy(out + len, "/d", 3);
+		len += 2;
+	}
+	close(fd);
+}
+
+static int open_fds(void)
+{
+	int n = 0;
+
+	for (int fd = 0; fd < 1024; fd++)
+		if (fcntl(fd, F_GETFD) != -1)
+			n++;
+	return n;
+}
+
+/* Issue 12 item 5: a tree 1,100 levels deep, 64 descriptors allowed.
+ * libinotifytools' recursive watch (and a recursive scan) hold one per
+ * level and fail with EMFILE; the walk holds one at a time: every level
+ * is watched, the backlog at the bottom is found, a later file there
+ * comes by its event. */
+static void deep_tree_needs_no_descriptor_per_level(void **state)
+{
+	struct watch_options opts = { .root = root, .ignore = ignore,
+				      .settle_ms = SETTLE_MS };
+	static char bottom[PATH_MAX];
+	struct error err = ERROR_INIT;
+	struct rlimit old, low;
+	char *paths[4];
+	int rc;
+
+	(void)state;
+	make_chain(root, 1100, bottom);
+	write_file(in(bottom, "backlog.dcm"), "x", O_TRUNC);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = open_fds() + 48;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	rc = watch_new(&w, &opts, &err);
+	if (rc == 0)
+		rc = watch_scan(w, &err) == 1 ? 0 : -1;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	assert_int_equal(rc, 0);
+	assert_int_equal(wait_ready(paths, 4, 3000), 1);
+	assert_string_equal(paths[0], in(bottom, "backlog.dcm"));
+	watch_done(w, paths[0]);
+	free(paths[0]);
+	write_file(in(bottom, "late.dcm"), "y", O_TRUNC);
+	expect_ready(in(bottom, "late.dcm"), 3000);
+}
+
+struct reports {
+	int too_deep;
+	unsigned depth;
+	char dir[PATH_MAX];
+};
+
+static void count_report(void *ctx, enum watch_problem what, const char *dir,
+			 unsigned depth)
+{
+	struct reports *r = ctx;
+
+	if (what == WATCH_TOO_DEEP) {
+		r->too_deep++;
+		r->depth = depth;
+		snprintf(r->dir, sizeof(r->dir), "%s", dir);
+	}
+}
+
+/* A folder deeper than max_depth is reported, neither watched nor
+ * scanned; the rest is, at start and when a deep branch appears later. */
+static void folders_deeper_than_max_depth_are_reported(void **state)
+{
+	struct reports r = { 0 };
+	struct watch_options opts = { .root = root, .ignore = ignore,
+				      .settle_ms = SETTLE_MS, .max_depth = 3,
+				      .report = count_report,
+				      .report_ctx = &r };
+	static char bottom[PATH_MAX], level3[PATH_MAX], other[PATH_MAX];
+	struct error err = ERROR_INIT;
+	char *paths[8];
+	size_t n;
+
+	(void)state;
+	make_chain(root, 5, bottom);
+	memcpy(level3, in(root, "d/d/d"), PATH_MAX);
+	write_file(in(level3, "ok.dcm"), "x", O_TRUNC);
+	write_file(in(bottom, "deep.dcm"), "x", O_TRUNC);
+	assert_int_equal(watch_new(&w, &opts, &err), 0);
+	assert_int_equal(r.too_deep, 1);
+	assert_int_equal(r.depth, 4);
+	assert_string_equal(r.dir, in(level3, "d"));
+	assert_int_equal(watch_scan(w, &err), 1);
+	assert_int_equal(r.too_deep, 2);	/* once per walk */
+	n = wait_ready(paths, 8, 2000);
+	assert_int_equal(n, 1);
+	assert_string_equal(paths[0], in(level3, "ok.dcm"));
+	watch_done(w, paths[0]);
+	free(paths[0]);
+	/* At run time: a branch growing past the bound. */
+	memcpy(other, in(root, "e"), PATH_MAX);
+	assert_int_equal(mkdir(other, 0755), 0);
+	pump(100);
+	make_chain(other, 4, bottom);
+	pump(300);
+	assert_true(r.too_deep >= 3);
+	write_file(in(level3, "later.dcm"), "y", O_TRUNC);
+	expect_ready(in(level3, "later.dcm"), 3000);
+}
+
+/* Deferred: the walk of a 3,000-file backlog advances only in slices of
+ * watch_scan_step(), each bounded, and finds every file once. */
+static void deferred_walk_goes_in_slices(void **state)
+{
+	struct watch_options opts = { .root = root, .ignore = ignore,
+				      .settle_ms = SETTLE_MS,
+				      .deferred = true };
+	struct error err = ERROR_INIT;
+	long total = 0, first, steps = 0;
+	char name[64];
+
+	(void)state;
+	assert_int_equal(mkdir(in(root, "a"), 0755), 0);
+	for (int i = 0; i < 3000; i++) {
+		snprintf(name, sizeof(name), "a/f%04d.dcm", i);
+		write_file(in(root, name), "x", O_TRUNC);
+	}
+	assert_int_equal(watch_new(&w, &opts, &err), 0);
+	assert_false(watch_scanning(w));
+	watch_scan_begin(w);
+	assert_true(watch_scanning(w));
+	first = watch_scan_step(w, &err);
+	assert_true(first >= 0 && first < 3000);
+	total = first;
+	while (watch_scanning(w)) {
+		long n = watch_scan_step(w, &err);
+
+		assert_true(n >= 0);
+		total += n;
+		steps++;
+		assert_true(steps < 100000);
+	}
+	assert_int_equal(total, 3000);
+	assert_int_equal(watch_pending_count(w), 3000);
+	/* The folder was watched by the walk: a new file comes by event. */
+	write_file(in(root, "a/new.dcm"), "y", O_TRUNC);
+	pump(200);
+	assert_int_equal(watch_pending_count(w), 3001);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, make_dirs_and_watch, drop_dirs)
 #define T0(f) cmocka_unit_test_setup_teardown(f, make_dirs, drop_dirs)
 
@@ -843,6 +1012,9 @@ int main(void)
 		T0(open_writer_found_by_scan_waits_for_close),
 		T(one_watch_at_a_time),
 		T0(missing_root_is_a_setup_error),
+		T0(deep_tree_needs_no_descriptor_per_level),
+		T0(folders_deeper_than_max_depth_are_reported),
+		T0(deferred_walk_goes_in_slices),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1202,6 +1202,19 @@ extern "C" int dicom_convert_to_utf8(struct dicom_file *file, struct error *err)
 	}
 }
 
+/* One code sequence item: value, scheme and meaning, the triplet every
+ * coded entry of PS3.3 Table 8.8-1 needs. */
+static OFCondition fill_code_item(DcmItem *item, const struct dicom_code *code)
+{
+	OFCondition cond = item->putAndInsertString(DCM_CodeValue, code->value);
+	if (cond.good())
+		cond = item->putAndInsertString(DCM_CodingSchemeDesignator,
+						code->scheme);
+	if (cond.good())
+		cond = item->putAndInsertString(DCM_CodeMeaning, code->meaning);
+	return cond;
+}
+
 extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 				     const struct dicom_code *codes, size_t count,
 				     struct error *err)
@@ -1217,13 +1230,7 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 			OFCondition cond = file->dataset->findOrCreateSequenceItem(
 				key, item, -2);
 			if (cond.good())
-				cond = item->putAndInsertString(DCM_CodeValue, codes[i].value);
-			if (cond.good())
-				cond = item->putAndInsertString(DCM_CodingSchemeDesignator,
-								codes[i].scheme);
-			if (cond.good())
-				cond = item->putAndInsertString(DCM_CodeMeaning,
-								codes[i].meaning);
+				cond = fill_code_item(item, &codes[i]);
 			if (cond.bad())
 				return fail(err, ERROR_INPUT, 0, "cannot add code", cond);
 		}
@@ -1257,14 +1264,7 @@ extern "C" int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
 			if (present)
 				continue;
 			DcmItem *item = new DcmItem();
-			OFCondition cond = item->putAndInsertString(DCM_CodeValue,
-								    codes[i].value);
-			if (cond.good())
-				cond = item->putAndInsertString(DCM_CodingSchemeDesignator,
-								codes[i].scheme);
-			if (cond.good())
-				cond = item->putAndInsertString(DCM_CodeMeaning,
-								codes[i].meaning);
+			OFCondition cond = fill_code_item(item, &codes[i]);
 			if (cond.good())
 				cond = sq->append(item);
 			if (cond.bad()) {

@@ -23,6 +23,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -31,6 +32,10 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tools"))
+from figures import Figures  # noqa: E402
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 UID_ROOT = "1.2.826.0.1.3680043.10.4242"
@@ -56,24 +61,12 @@ SLOW = 3.0 if SANITIZED else 1.0
 
 # ---- figures shown at the end of the run ----
 
-FIGURES = []
-
-
-def report_figure(line):
-    """Record a measurement: shown in the terminal summary and written to
-    $DICOMSORT_BUILD_DIR/daemon-figures.txt."""
-    print(line)
-    FIGURES.append(line)
-    if BUILD_DIR and os.path.isdir(BUILD_DIR):
-        with open(os.path.join(BUILD_DIR, "daemon-figures.txt"), "a") as f:
-            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
+FIGURES = Figures("daemon-figures.txt", "dicomsortd figures")
+report_figure = FIGURES.report
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
-        terminalreporter.section("dicomsortd figures")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
+    FIGURES.summary(terminalreporter)
 
 
 # ---- DICOM inputs ----

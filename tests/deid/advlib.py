@@ -10,11 +10,14 @@ ones named here.
 
 import io
 import json
+import os
 import pathlib
 import re
 import shutil
+import signal
 import struct
 import subprocess
+import time
 
 import pydicom
 import pydicom.charset
@@ -177,3 +180,35 @@ def new_dciodvfy_errors(src, out):
     """Errors dciodvfy finds in out but not in src (empty without it)."""
     before, after = dciodvfy_errors(src), dciodvfy_errors(out)
     return set() if before is None else after - before
+
+
+def drain_through_daemon(dicomsortd_bin, conf, sources, drop, out, log_path,
+                         count, drain_s):
+    """Start dicomsortd on conf, deliver each source into drop the way a
+    careful sender does (hidden temp name, then rename), wait up to
+    drain_s for count outputs and an empty drop folder, stop it with
+    SIGTERM and return its log (stderr, --debug) as bytes."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([dicomsortd_bin, "-c", str(conf), "--log-target",
+                             "stderr", "--debug"], stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.5)
+        for src in sources:
+            tmp = drop / ("." + src.name + ".part")
+            shutil.copyfile(src, tmp)
+            os.rename(tmp, drop / src.name)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline:
+            if len(output_files(out)) >= count and not any(drop.iterdir()):
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    return log_path.read_bytes()

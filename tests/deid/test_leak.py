@@ -4,13 +4,13 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import time
 
 import pytest
 from pydicom.dataset import Dataset
 
+from advlib import drain_through_daemon
 from conftest import (REPO, UID_ROOT, ct_image, code_item, make_secret, read,
                       output_files, seq, write)
 
@@ -397,30 +397,8 @@ def test_no_leak_daemon(dicomsortd_bin, leak_input, tmp_path):
                             "--check-config"], capture_output=True,
                            timeout=30)
     assert check.returncode == 0, check
-    log = open(tmp_path / "daemon.log", "wb")
-    proc = subprocess.Popen([dicomsortd_bin, "-c", str(conf), "--log-target",
-                             "stderr", "--debug"], stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
-        time.sleep(0.5)
-        for src in sorted(in_dir.iterdir()):
-            tmp = drop / ("." + src.name + ".part")
-            shutil.copyfile(src, tmp)
-            os.rename(tmp, drop / src.name)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if len(output_files(out)) >= count and not any(drop.iterdir()):
-                break
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-    data = (tmp_path / "daemon.log").read_bytes()
+    data = drain_through_daemon(dicomsortd_bin, conf, sorted(in_dir.iterdir()),
+                                drop, out, tmp_path / "daemon.log", count, 60)
     assert len(output_files(out)) == count, data[-3000:]
     problems = scan_output(out) + scan_output(quarantine) + leaks_in(
         data, "daemon log")

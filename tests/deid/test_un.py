@@ -3,17 +3,14 @@ that did not know them writes them) are read with their dictionary VR, in
 every profile and for the folder layout; sequences written as UN (defined
 and undefined length) are read as sequences and de-identified inside."""
 
-import os
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 from pydicom.dataset import Dataset
 
-from advlib import (base_ct, find, json_of, load, new_dciodvfy_errors,
-                    part10, scan_run, un_element, un_sequence)
+from advlib import (base_ct, drain_through_daemon, find, json_of, load,
+                    new_dciodvfy_errors, part10, scan_run, un_element,
+                    un_sequence)
 from conftest import UID_ROOT, make_secret, output_files
 from test_leak import dicomsortd_bin  # noqa: F401 (a fixture)
 
@@ -205,31 +202,10 @@ def test_daemon_no_leak_from_un(dicomsortd_bin, un_input, tmp_path):
         f'input = "{drop}";\noutput = "{out}";\nquarantine = "{quarantine}";\n'
         f'profile = "basic";\nsettle_ms = 200;\nlog_target = "stderr";\n'
         f'deid = {{ secret = "{secret}"; clean_descriptors = true; }};\n')
-    log = open(tmp_path / "daemon.log", "wb")
-    proc = subprocess.Popen([dicomsortd_bin, "-c", str(conf), "--log-target",
-                             "stderr", "--debug"], stdout=log,
-                            stderr=subprocess.STDOUT)
     count = len(FORMS)
-    try:
-        time.sleep(0.5)
-        for src in sorted(un_input.iterdir()):
-            tmp = drop / ("." + src.name + ".part")
-            shutil.copyfile(src, tmp)
-            os.rename(tmp, drop / src.name)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if len(output_files(out)) >= count and not any(drop.iterdir()):
-                break
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-    data = (tmp_path / "daemon.log").read_bytes()
+    data = drain_through_daemon(dicomsortd_bin, conf,
+                                sorted(un_input.iterdir()), drop, out,
+                                tmp_path / "daemon.log", count, 90)
     assert len(output_files(out)) == count, data[-3000:]
     problems = find(NEEDLES, data, "daemon log")
     for path in output_files(out) + output_files(quarantine):

@@ -16,28 +16,16 @@ machine that cannot boot the container fails the suite with the reason.
 
 import os
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 
-FIGURES = []
+from figures import Figures  # noqa: E402 (tests/tools, on the path above)
 
-
-def report_figure(line):
-    """A figure for the closing note: printed, shown in the terminal summary
-    and appended to $DICOMSORT_BUILD_DIR/system-figures.txt."""
-    print(line, flush=True)
-    FIGURES.append(line)
-    build = os.environ.get("DICOMSORT_BUILD_DIR")
-    if build and os.path.isdir(build):
-        with open(os.path.join(build, "system-figures.txt"), "a") as f:
-            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + line + "\n")
+FIGURES = Figures("system-figures.txt", "dicomsortd system figures")
+report_figure = FIGURES.report
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FIGURES:
-        terminalreporter.section("dicomsortd system figures")
-        for line in FIGURES:
-            terminalreporter.write_line(line)
+    FIGURES.summary(terminalreporter)

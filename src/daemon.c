@@ -95,6 +95,7 @@ struct daemon {
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
 	long delay_held_ms;		/* DICOMSORT_TEST_DELAY=held:MS */
 	long delay_scan_entry_ms;	/* DICOMSORT_TEST_DELAY=scan-entry:MS */
+	long delay_release_ms;		/* DICOMSORT_TEST_DELAY=release-entry:MS */
 	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
@@ -793,8 +794,31 @@ static int block_signals(void)
 	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
+/*
+ * Whether a SIGTERM or SIGINT waits in the signalfd: asked between the
+ * steps of work that may be long on the loop's thread (a release of
+ * thousands of held files, each moved and synced), which then stops.
+ * DICOMSORT_TEST_DELAY=release-entry:MS sleeps here, once per file.
+ */
+static bool stop_pending(void *ctx)
+{
+	const struct daemon *d = ctx;
+	sigset_t set;
+
+	if (d->delay_release_ms > 0) {
+		struct timespec ts = { d->delay_release_ms / 1000,
+				       (d->delay_release_ms % 1000) * 1000000 };
+
+		nanosleep(&ts, NULL);
+	}
+	if (sigpending(&set) == -1)
+		return false;
+	return sigismember(&set, SIGTERM) == 1 || sigismember(&set, SIGINT) == 1;
+}
+
 /* Held files go back into the input folder, where the watch takes them
- * like any new arrival, now under the new table. */
+ * like any new arrival, now under the new table. A stop cuts the release
+ * short: the rest stays held until the next reload. */
 static void release_held(struct daemon *d)
 {
 	struct error err = ERROR_INIT;
@@ -805,7 +829,12 @@ static void release_held(struct daemon *d)
 
 	if (d->cfg->hold == NULL)
 		return;
-	released = hold_release(d->cfg->hold, d->cfg->input, &err);
+	released = hold_release(d->cfg->hold, d->cfg->input, stop_pending, d,
+				&err);
+	if (released >= 0 && stop_pending(d))
+		log_msg(LOG_NOTICE, "release of held files cut short by a stop "
+			"after %ld files: the others stay in %s until the next "
+			"reload", released, d->cfg->hold);
 	if (released < 0) {
 		rec.priority = LOG_ERR;
 		rec.reason = err.msg;
@@ -1256,7 +1285,9 @@ static int setup_watch(struct daemon *d, struct error *err)
  * between the decision to hold a file and its move into hold, so a test
  * can reload the table in that window. DICOMSORT_TEST_DELAY=scan-entry:MS
  * sleeps MS ms per folder entry the walk of the input tree looks at, so a
- * test can signal the daemon in the middle of a long scan. Without the
+ * test can signal the daemon in the middle of a long scan;
+ * DICOMSORT_TEST_DELAY=release-entry:MS sleeps MS ms per held file a reload
+ * releases, for a SIGTERM in the middle of a release. Without the
  * variable nothing changes.
  */
 static void test_delays(struct daemon *d)
@@ -1267,6 +1298,11 @@ static void test_delays(struct daemon *d)
 		d->delay_published_ms = strtol(v + 10, NULL, 10);
 	if (v != NULL && strncmp(v, "held:", 5) == 0)
 		d->delay_held_ms = strtol(v + 5, NULL, 10);
+	if (v != NULL && strncmp(v, "release-entry:", 14) == 0) {
+		d->delay_release_ms = strtol(v + 14, NULL, 10);
+		log_msg(LOG_INFO, "test delay: %ld ms per held file released",
+			d->delay_release_ms);
+	}
 	if (v != NULL && strncmp(v, "scan-entry:", 11) == 0) {
 		d->delay_scan_entry_ms = strtol(v + 11, NULL, 10);
 		log_msg(LOG_INFO, "test delay: %ld ms per entry walked",

@@ -266,7 +266,8 @@ static int release_one(int input_fd, const FTSENT *e, size_t rootlen,
 	return rc;
 }
 
-long hold_release(const char *hold_dir, const char *input_dir, struct error *err)
+long hold_release(const char *hold_dir, const char *input_dir,
+		  hold_stop_fn *stop, void *stop_ctx, struct error *err)
 {
 	char *roots[] = { (char *)hold_dir, NULL };
 	int input_fd = fsutil_open_dir(input_dir, false, err);
@@ -293,6 +294,8 @@ long hold_release(const char *hold_dir, const char *input_dir, struct error *err
 		if (strncmp(e->fts_name, FSUTIL_TMP_PREFIX,
 			    strlen(FSUTIL_TMP_PREFIX)) == 0)
 			continue;	/* ours, half made: swept at start */
+		if (stop != NULL && stop(stop_ctx))
+			break;
 		if (release_one(input_fd, e, strlen(hold_dir), err) == -1) {
 			moved = -1;
 			break;

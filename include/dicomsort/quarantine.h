@@ -18,6 +18,7 @@
 #ifndef DICOMSORT_QUARANTINE_H
 #define DICOMSORT_QUARANTINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/stat.h>
 
@@ -51,13 +52,18 @@ int quarantine_file(int quarantine_fd, const struct quarantine_entry *entry,
 int hold_file(int hold_fd, const char *source_path, const char *source_rel,
 	      char *dest, size_t destlen, struct error *err);
 
+/* Asked before each file a release moves: true cuts it short (a SIGTERM
+ * must not wait for thousands of moves). */
+typedef bool hold_stop_fn(void *ctx);
+
 /**
  * Move every file of the hold folder back into the input folder (same
  * relative path, numbered on a clash), where the watch picks it up again.
- * Returns how many files moved, or -1 (some may have moved).
+ * Returns how many files moved, or -1 (some may have moved). When stop
+ * (may be NULL) says so, it returns early: the rest stays held.
  */
 long hold_release(const char *hold_dir, const char *input_dir,
-		  struct error *err);
+		  hold_stop_fn *stop, void *stop_ctx, struct error *err);
 
 /**
  * At start, before files are taken: temp files a crash left in the

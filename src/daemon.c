@@ -1026,7 +1026,9 @@ static void scan_finished(struct daemon *d, int64_t now)
 	if (n > 0) {
 		int64_t at = now + d->cfg->watch.unwatched_rescan_s * 1000;
 
-		if (n != d->unwatched)
+		/* Once on entering degraded mode: a count that changes with
+		 * every new folder is for STATUS, not for the log. */
+		if (d->unwatched == 0)
 			log_msg(LOG_WARNING, "degraded: %zu folders below %s are "
 				"not watched (%s); their files are found by a "
 				"rescan every %ld s instead of at once", n,

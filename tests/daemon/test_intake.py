@@ -493,3 +493,44 @@ def test_sigterm_during_a_hold_release_under_contention(daemon, tmp_path):
     finally:
         end_all(hogs)
         listener.close()
+
+
+def test_sigterm_during_a_retry_storm_under_contention(daemon, tmp_path):
+    """300 files whose output folder cannot be made (a file stands where
+    the PatientID folder goes) retried every 20-100 ms, four busy
+    processes: SIGTERM gives STOPPING=1 and an exit within
+    shutdown.timeout_s, and every source is still in the input folder."""
+    timeout_s = 5
+    n = 300
+    listener = NotifyListener(tmp_path / "notify.sock")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "PAT001").write_text("in the way\n")
+    hogs = []
+    try:
+        d = daemon(settle_ms=50, shutdown={"timeout_s": timeout_s},
+                   # (today that error counts as the input's: many
+                   # attempts keep the files from quarantine meanwhile)
+                   retry={"parse_attempts": 100, "backoff_ms": 20,
+                          "backoff_max_ms": 100},
+                   env={"NOTIFY_SOCKET": listener.path})
+        items = make_items(n, prefix="storm")
+        write_items(d.input / "exam", items)
+        hogs = cpu_hogs(4, 120)
+        wait_until(lambda: len(d.events("retry")) >= 2 * n, 120,
+                   what="every file retried twice")
+        to_stopping, to_exit = stop_times(d, listener, timeout_s)
+        retries = len(d.events("retry"))
+        report_figure("SIGTERM during a retry storm (%d files, %d retries "
+                      "so far), 4 busy processes: STOPPING=1 after %.3fs, "
+                      "exit after %.3fs (shutdown.timeout_s %d)%s"
+                      % (n, retries, to_stopping, to_exit, timeout_s,
+                         " [ASan build]" if SLOW > 1 else ""))
+        assert to_stopping < timeout_s, to_stopping
+        assert to_exit < timeout_s * SLOW, to_exit
+        left = sorted(p.name for p in files_below(d.input / "exam"))
+        assert left == sorted(it.name for it in items)
+        assert not d.events("stored") and not d.events("quarantined")
+    finally:
+        end_all(hogs)
+        listener.close()

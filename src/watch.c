@@ -657,8 +657,8 @@ static bool walk_open_next(struct watch *w)
 		size_t len = strlen(top.path);
 		int rootfd, fd = -1;
 
-		if (w->fd != -1 && top.depth > 0)
-			watch_dir(w, top.path);
+		if (w->fd != -1)
+			watch_dir(w, top.path);	/* root: a lookup, or a retry */
 		rootfd = open(w->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (rootfd != -1) {
 			fd = open_below(rootfd, top.path + w->rootlen +
@@ -1032,8 +1032,13 @@ int watch_rebuild(struct watch *w, struct error *err)
 	int rc = rebuild(w, ERROR_TRANSIENT, err);
 
 	/* Walk even when watching failed: the periodic retry then keeps
-	 * files moving, if late. */
-	walk_start_full(w);
+	 * files moving, if late. A full walk under way goes on and another
+	 * follows it (it re-watches what this one passed): restarting it at
+	 * every rebuild would never let a long one end. */
+	if (w->walking && w->full)
+		w->full_again = true;
+	else
+		walk_start_full(w);
 	return rc;
 }
 
@@ -1431,10 +1436,15 @@ static bool known_below(const struct watch *w, char **paths, char *dir,
  * the folder's mtime before we removed anything below it (our own rmdir
  * would make every parent young). Folders with ignored names are left
  * alone: they may be a writer's staging folder that must exist. dfd is
- * consumed.
+ * consumed. This recursion holds a descriptor per level: it goes no
+ * deeper than PRUNE_MAX_DEPTH (nor max_depth), so a deep tree costs it
+ * at most that many, and empty folders deeper down stay.
  */
+#define PRUNE_MAX_DEPTH	64
+
 static size_t prune_dirs(const struct watch *w, int dfd, char *path,
-			 size_t len, time_t cutoff, char **paths)
+			 size_t len, time_t cutoff, char **paths,
+			 unsigned depth)
 {
 	DIR *dir = fdopendir(dfd);
 	struct dirent *de;
@@ -1465,7 +1475,12 @@ static size_t prune_dirs(const struct watch *w, int dfd, char *path,
 		old = st.st_mtime <= cutoff;
 		path[len] = '/';
 		memcpy(path + len + 1, de->d_name, nlen + 1);
-		removed += prune_dirs(w, fd, path, len + 1 + nlen, cutoff, paths);
+		if (depth < PRUNE_MAX_DEPTH &&
+		    (w->max_depth == 0 || depth < (unsigned long)w->max_depth))
+			removed += prune_dirs(w, fd, path, len + 1 + nlen,
+					      cutoff, paths, depth + 1);
+		else
+			close(fd);
 		/* ENOTEMPTY just means it is in use. */
 		if (old && !known_below(w, paths, path, len + 1 + nlen) &&
 		    unlinkat(dirfd(dir), de->d_name, AT_REMOVEDIR) == 0)
@@ -1489,7 +1504,7 @@ size_t watch_remove_empty_dirs(struct watch *w, long min_age_s)
 		return 0;
 	paths = sorted_paths(w);
 	removed = prune_dirs(w, fd, path, w->rootlen, time(NULL) - min_age_s,
-			     paths);
+			     paths, 1);
 	free(paths);
 	return removed;
 }

@@ -956,6 +956,8 @@ static void arm_timer(struct daemon *d, int64_t now)
 	timerfd_settime(d->fds[SLOT_TIMER].fd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
+#define WALK_NEW	"new folders"
+
 /* A new walk of the whole tree starts; scan_some() runs it in slices. */
 static void walk_started(struct daemon *d, const char *why)
 {
@@ -1019,7 +1021,8 @@ static void scan_finished(struct daemon *d, int64_t now)
 		if (d->scan_found > 0)
 			log_msg(LOG_INFO, "backlog: %ld files waiting in %s",
 				d->scan_found, d->cfg->input);
-	} else if (d->scan_found > 0) {
+	} else if (d->scan_found > 0 && strcmp(d->scan_why, WALK_NEW) != 0) {
+		/* (New folders' files are news only to the watch.) */
 		log_msg(LOG_INFO, "%s: %ld files found in %s", d->scan_why,
 			d->scan_found, d->cfg->input);
 	}
@@ -1042,11 +1045,10 @@ static void scan_finished(struct daemon *d, int64_t now)
 				"again", d->cfg->input);
 		d->next_unwatched_ms = -1;
 	}
-	if (n != d->unwatched) {
-		d->unwatched = n;
+	d->unwatched = n;
+	if (d->started)
 		update_status(d);
-	}
-	if (!d->started)
+	else
 		announce_start(d);
 }
 
@@ -1110,7 +1112,7 @@ static void handle_watch(struct daemon *d)
 	}
 	/* New folders (or a rebuild after an overflow) start a walk. */
 	if (!was_scanning && watch_scanning(d->watch))
-		walk_started(d, "new folders");
+		walk_started(d, WALK_NEW);
 }
 
 /* ---- setup and teardown ---- */

@@ -140,8 +140,10 @@ def test_unit_has_the_required_settings():
     for key, value in expect.items():
         assert settings.get(key) == [value], key
     # One parent, one bind mount: moves between the folders stay renames
-    # (issue 10 §3; each ReadWritePaths= entry is a mount of its own).
-    assert settings["ReadWritePaths"] == ["/srv/dicom"]
+    # (issue 10 §3; each ReadWritePaths= entry is a mount of its own). The
+    # metrics folder is optional ("-") and holds no data folder (issue 15).
+    assert settings["ReadWritePaths"] == [
+        "/srv/dicom", "-/var/lib/prometheus/node-exporter"]
     assert settings["RestartPreventExitStatus"] == ["2"]
     assert settings["LogRateLimitIntervalSec"] == ["0"]
 

@@ -99,6 +99,7 @@ static const struct key root_keys[] = {
 	{ "log_target", KEY_STRING, NULL },
 	{ "metrics_file", KEY_STRING, NULL },
 	{ "metrics_interval_s", KEY_INT, NULL },
+	{ "status_file", KEY_STRING, NULL },
 	{ "retry", KEY_GROUP, retry_keys },
 	{ "rescan", KEY_GROUP, rescan_keys },
 	{ "cleanup", KEY_GROUP, cleanup_keys },
@@ -400,12 +401,37 @@ static int default_metrics_file(struct config *cfg)
 	return cfg->metrics_file != NULL ? 0 : -1;
 }
 
+/* The unit's RuntimeDirectory=dicomsortd: one status file per config. */
+static int default_status_file(struct config *cfg)
+{
+	char stem[NAME_MAX + 1];
+
+	config_stem(cfg, stem, sizeof(stem));
+	if (asprintf(&cfg->status_file, CONFIG_RUN_DIR "/%s.status", stem) == -1)
+		cfg->status_file = NULL;
+	return cfg->status_file != NULL ? 0 : -1;
+}
+
+static int read_status_file(struct reader *r)
+{
+	const config_setting_t *s = lookup(r, "status_file");
+
+	if (s == NULL) {
+		if (default_status_file(r->cfg) == -1)
+			r->out_of_memory = true;
+		return 0;
+	}
+	if (config_setting_get_string(s)[0] == '\0')
+		return 0;	/* "": none */
+	return read_string(r, "status_file", &r->cfg->status_file, true);
+}
+
 static int read_metrics(struct reader *r)
 {
 	const config_setting_t *s = lookup(r, "metrics_file");
 
 	if (read_long(r, "metrics_interval_s", &r->cfg->metrics_interval_s,
-		      1, 3600) == -1)
+		      1, 3600) == -1 || read_status_file(r) == -1)
 		return -1;
 	if (s == NULL) {
 		if (default_metrics_file(r->cfg) == -1)
@@ -748,6 +774,7 @@ void config_release(struct config *cfg)
 	free(cfg->output);
 	free(cfg->quarantine);
 	free(cfg->metrics_file);
+	free(cfg->status_file);
 	free(cfg->layout);
 	free(cfg->filename);
 	free(cfg->correlation_table);

@@ -101,7 +101,6 @@ struct daemon {
 	struct pollfd fds[SLOT_COUNT];
 	struct counters count;
 	struct metrics metrics;	/* counters copied in before each write */
-	char *state_path;	/* <output>/.dicomsortd-state/status */
 	int metrics_failing;	/* errno of the last failed write, or 0 */
 	int64_t next_metrics_ms, next_purge_ms;
 	char last_error[PATH_MAX + ERROR_MSG_MAX + 8];
@@ -931,10 +930,11 @@ static void write_metrics(struct daemon *d)
 	time_t now = time(NULL);
 
 	sample_metrics(d);
-	if (d->state_path != NULL &&
-	    metrics_write_file(d->state_path, 0640, metrics_format_state,
+	/* Outside systemd its folder may well be missing: status says so. */
+	if (d->cfg->status_file != NULL &&
+	    metrics_write_file(d->cfg->status_file, 0640, metrics_format_state,
 			       &d->metrics, now, &err) == -1)
-		log_msg(LOG_DEBUG, "state file: %s", err.msg);
+		log_msg(LOG_DEBUG, "status file: %s", err.msg);
 	if (d->cfg->metrics_file == NULL)
 		return;
 	error_clear(&err);
@@ -1223,14 +1223,6 @@ static void setup_metrics(struct daemon *d, int64_t now)
 
 	config_stem(d->cfg, stem, sizeof(stem));
 	metrics_init(&d->metrics, stem, time(NULL));
-	d->state_path = metrics_state_path(d->cfg->output);
-	if (d->state_path != NULL) {	/* records.c makes it at first need */
-		char *slash = strrchr(d->state_path, '/');
-
-		*slash = '\0';
-		mkdir(d->state_path, 0750);
-		*slash = '/';
-	}
 	d->next_metrics_ms = now;
 	d->next_purge_ms = d->cfg->quarantine_max_age_days > 0 ? now : -1;
 }
@@ -1298,7 +1290,6 @@ static void teardown(struct daemon *d)
 	while (d->disposals != NULL)
 		forget_disposal(d, d->disposals->path);
 	records_free(d->records);
-	free(d->state_path);
 	pipeline_free(d->pipeline);
 	deid_secret_free(d->secret);
 	if (d->quarantine_fd != -1)

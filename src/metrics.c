@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "dicomsort/quarantine.h"
-#include "dicomsort/records.h"
 
 /* From a file moved in (a settle time away) to a backlog after a stop. */
 const double metrics_latency_bounds[METRICS_LATENCY_BUCKETS] = {
@@ -286,15 +285,6 @@ int metrics_read_state(const char *path, struct metrics *m, time_t *updated,
 	free(line);
 	fclose(f);
 	return 0;
-}
-
-char *metrics_state_path(const char *output_dir)
-{
-	char *path;
-
-	if (asprintf(&path, "%s/" RECORDS_STATE_DIR "/status", output_dir) == -1)
-		return NULL;
-	return path;
 }
 
 /* ---- atomic replacement ---- */

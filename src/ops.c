@@ -299,7 +299,6 @@ struct status {
 static void gather(struct status *s, const struct config *cfg)
 {
 	struct error err = ERROR_INIT;
-	char *path = metrics_state_path(cfg->output);
 	char stem[64];
 	struct stat st;
 	double fresh = 3.0 * (double)cfg->metrics_interval_s + 10;
@@ -312,9 +311,9 @@ static void gather(struct status *s, const struct config *cfg)
 	else
 		snprintf(s->unit, sizeof(s->unit), "dicomsortd@%s.service", stem);
 	systemd_state(s->unit, s->systemd, sizeof(s->systemd));
-	s->have_state = path != NULL &&
-			metrics_read_state(path, &s->m, &s->updated, &err) == 0;
-	free(path);
+	s->have_state = cfg->status_file != NULL &&
+			metrics_read_state(cfg->status_file, &s->m, &s->updated,
+					   &err) == 0;
 	s->alive = s->have_state && daemon_alive(s->m.pid);
 	s->metrics_age = -1;
 	if (cfg->metrics_file != NULL && stat(cfg->metrics_file, &st) == 0)
@@ -342,6 +341,11 @@ static void status_json(const struct status *s)
 	printf(",\"systemd\":");
 	if (s->systemd[0])
 		json_str(stdout, s->systemd);
+	else
+		printf("null");
+	printf(",\"status_file\":");
+	if (s->cfg->status_file)
+		json_str(stdout, s->cfg->status_file);
 	else
 		printf("null");
 	printf(",\"pid\":%ld,\"state_updated\":%lld,\"metrics_file\":",
@@ -398,6 +402,10 @@ static void status_service_line(const struct status *s)
 	if (s->systemd[0])
 		printf("; systemd: %s is %s", s->unit, s->systemd);
 	printf("\n");
+	if (!s->have_state)
+		printf("Status file: %s\n", s->cfg->status_file == NULL ? "off "
+		       "(status_file = \"\")" : "none yet (the running daemon "
+		       "writes it; under systemd in RuntimeDirectory=dicomsortd)");
 	if (s->metrics_age >= 0) {
 		age_text(s->metrics_age, age, sizeof(age));
 		printf("Metrics:     %s (written %s ago)\n",

@@ -29,6 +29,9 @@
  *                                  metrics_interval_s (5); default
  *                                  CONFIG_METRICS_DIR/dicomsortd[-STEM].prom,
  *                                  "" = none (metrics.h)
+ *   metrics_interval_s             seconds between writes (5)
+ *   status_file                    what `dicomsortd status` reads; default
+ *                                  CONFIG_RUN_DIR/STEM.status, "" = none
  *   quarantine                     "folder", or { folder = "...";
  *                                  max_age_days = 0; } (0: kept for ever)
  * Groups:
@@ -58,6 +61,8 @@
 #define CONFIG_DEFAULT_PATH "/etc/dicomsortd/dicomsortd.conf"
 /* Debian 12 prometheus-node-exporter's textfile collector folder. */
 #define CONFIG_METRICS_DIR "/var/lib/prometheus/node-exporter"
+/* The unit's RuntimeDirectory=dicomsortd. */
+#define CONFIG_RUN_DIR "/run/dicomsortd"
 
 enum after_success {
 	AFTER_SUCCESS_DELETE,
@@ -78,6 +83,7 @@ struct config {
 	long quarantine_max_age_days;	/* 0: no purge */
 	char *metrics_file;		/* NULL: none */
 	long metrics_interval_s;
+	char *status_file;		/* NULL: none */
 	char *layout;
 	char *filename;			/* NULL: keep the source's name, or
 					   {SOPInstanceUID}.dcm when

@@ -8,8 +8,9 @@
  *     exporter's textfile collector, so nothing new listens on the
  *     network; mode 0644, since node exporter runs as another user, and
  *     so it holds numbers only, never a file name or an error text;
- *   - a state file, <output>/.dicomsortd-state/status (mode 0640), with
- *     the same numbers, the daemon's pid and the last errors, which
+ *   - a status file (status_file, default /run/dicomsortd/STEM.status in
+ *     the unit's RuntimeDirectory=; mode 0640: its errors may name files)
+ *     with the same numbers, the daemon's pid and the last errors, which
  *     `dicomsortd status` reads.
  * Both are replaced atomically: a temp file in the same folder, then
  * rename(2), so a reader sees the old file or the new one, never half.
@@ -100,8 +101,5 @@ int metrics_read_state(const char *path, struct metrics *m, time_t *updated,
 int metrics_write_file(const char *path, mode_t mode,
 		       int (*format)(const struct metrics *, time_t, FILE *),
 		       const struct metrics *m, time_t now, struct error *err);
-
-/** The state file of an output folder (caller frees). */
-char *metrics_state_path(const char *output_dir);
 
 #endif

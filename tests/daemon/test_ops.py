@@ -202,6 +202,9 @@ def test_metrics_off_and_default_path(daemon, tmp_path):
     st = json.loads(r.out)
     assert st["metrics_file"] is None
     assert "metrics:" not in d.log()
+    # Nothing of ours beside the outputs (the status file is elsewhere).
+    assert [p.name for p in files_below(d.output)] == [
+        p.name for p in files_below(d.output) if p.suffix == ".dcm"]
     assert d.stop()[0] == 0
 
 
@@ -210,8 +213,10 @@ def test_metrics_off_and_default_path(daemon, tmp_path):
 def test_status_for_a_human_and_as_json(daemon, tmp_path):
     metrics = tmp_path / "dicomsortd.prom"
     d = daemon(metrics_file=metrics, metrics_interval_s=1,
+               status_file=tmp_path / "run" / "dicomsortd.status",
                retry={"parse_attempts": 1, "backoff_ms": 200,
                       "backoff_max_ms": 2000})
+    (tmp_path / "run").mkdir()
     write_items(d.input, make_items(3))
     junk(d.input, ["a.dcm", "b.dcm"])
     (d.input / "e.dcm").write_bytes(b"")
@@ -274,6 +279,11 @@ def test_status_before_any_start_and_bad_config(tmp_path):
     # textfile collector folder.
     assert st["metrics_file"] == \
         "/var/lib/prometheus/node-exporter/dicomsortd-site.prom"
+    # The status file is in the unit's RuntimeDirectory=.
+    assert st["status_file"] == "/run/dicomsortd/site.status"
+    h = cli("status", "-c", conf)
+    assert h.returncode == 3
+    assert "Status file: none yet" in h.out, h.out
     assert st["quarantine"]["files"] == 0
     conf.write_text('input = "x"; output = "y"; quarantine = { max_age_days = 3; };\n')
     r = cli("status", "-c", conf)

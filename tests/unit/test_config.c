@@ -286,6 +286,7 @@ static void metrics_and_quarantine_retention(void **state)
 				     &err), 0);
 	assert_string_equal(cfg.metrics_file, CONFIG_METRICS_DIR "/dicomsortd.prom");
 	assert_int_equal(cfg.metrics_interval_s, 5);
+	assert_string_equal(cfg.status_file, CONFIG_RUN_DIR "/dicomsortd.status");
 	assert_int_equal(cfg.quarantine_max_age_days, 0);
 	config_release(&cfg);
 	assert_int_equal(config_load(&cfg, write_file("research.conf",
@@ -296,12 +297,14 @@ static void metrics_and_quarantine_retention(void **state)
 			    CONFIG_METRICS_DIR "/dicomsortd-research.prom");
 	assert_int_equal(cfg.quarantine_max_age_days, 30);
 	assert_int_equal(cfg.metrics_interval_s, 2);
+	assert_string_equal(cfg.status_file, CONFIG_RUN_DIR "/research.status");
 	assert_non_null(strstr(cfg.quarantine, "/q"));
 	assert_true(cfg.quarantine[0] == '/');	/* next to the file */
 	config_release(&cfg);
 	assert_int_equal(config_load(&cfg, write_file("off.conf", FOLDERS
-		"metrics_file = \"\";\n"), &err), 0);
+		"metrics_file = \"\"; status_file = \"\";\n"), &err), 0);
 	assert_null(cfg.metrics_file);
+	assert_null(cfg.status_file);
 	config_release(&cfg);
 	assert_error("qnofolder.conf", "input = \"/in\"; output = \"/out\";\n"
 		     "quarantine = { max_age_days = 3; };\n", 0,

@@ -947,9 +947,13 @@ static void write_metrics(struct daemon *d)
 		d->metrics_failing = 0;
 	} else if (d->metrics_failing != err.errnum) {
 		log_msg(LOG_WARNING, "metrics: cannot write %s (%s); sorting "
-			"goes on, tried again every %ld s (set metrics_file = "
-			"\"\" to turn metrics off)", d->cfg->metrics_file,
-			err.msg, d->cfg->metrics_interval_s);
+			"goes on, tried again every %ld s%s (metrics_file = "
+			"\"\" turns metrics off)", d->cfg->metrics_file,
+			err.msg, d->cfg->metrics_interval_s,
+			err.errnum == EACCES || err.errnum == EROFS ?
+			"; its folder must be writable by the daemon's user "
+			"(e.g. setfacl -m u:dicomsortd:rwx FOLDER) and, under "
+			"systemd, in ReadWritePaths=" : "");
 		d->metrics_failing = err.errnum ? err.errnum : -1;
 	}
 }

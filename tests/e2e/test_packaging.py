@@ -612,6 +612,12 @@ def test_daemon_fits_the_sandbox(tmp_path):
             assert family in families, f"{name}({args}"
 
     writable = [str(p) for p in folders.values()]
+    # What the unit itself makes writable beside the data folders: the
+    # metrics folder (ReadWritePaths=-...) and its RuntimeDirectory=, where
+    # the daemon's defaults put the metrics and status files (issue 15).
+    writable += [v.lstrip("-+") for v in unit_settings("ReadWritePaths")
+                 if v.lstrip("-+") != "/srv/dicom"]
+    writable += ["/run/" + v for v in unit_settings("RuntimeDirectory")]
     for name, args in calls:
         if name in DATA_CALLS:
             continue

@@ -967,7 +967,6 @@ static int purge_one(void *ctx, const struct quarantine_item *it,
 				    .reason = reason };
 	time_t limit = time(NULL) - d->cfg->quarantine_max_age_days * 86400;
 
-	(void)err;
 	if (it->when > limit)
 		return 0;
 	/* A quarantine path repeats the source's: withheld when

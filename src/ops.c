@@ -327,7 +327,8 @@ static void gather(struct status *s, const struct config *cfg)
 	error_clear(&err);
 	if (quarantine_walk(cfg->quarantine, summarize, &s->q, &err) < 0)
 		s->q.files = 0;
-	qsort(s->q.v, s->q.n, sizeof(*s->q.v), by_count);
+	if (s->q.n > 1)	/* qsort(NULL, 0) is undefined */
+		qsort(s->q.v, s->q.n, sizeof(*s->q.v), by_count);
 }
 
 static void status_json(const struct status *s)

@@ -494,3 +494,23 @@ def test_purge_after_max_age_days_with_an_audit_record(daemon, tmp_path):
     st = json.loads(cli("status", "-c", d.conf_path, "--json").out)
     assert st["quarantine"]["max_age_days"] == 30
     assert d.stop()[0] == 0
+
+
+def test_check_config_looks_at_the_metrics_folder(tmp_path):
+    """A missing folder for a chosen metrics_file is a warning naming the
+    key's line; for the default (node exporter not installed) a note."""
+    (tmp_path / "in").mkdir()
+    conf = tmp_path / "dicomsortd.conf"
+    folders = 'input = "in"; output = "out"; quarantine = "q";\n'
+    conf.write_text(folders + 'metrics_file = "nowhere/x.prom";\n')
+    r = cli("--check-config", "-c", conf)
+    assert r.returncode == 0, r.err
+    warns = [ln for ln in r.err.splitlines() if "metrics_file: warning:" in ln]
+    assert len(warns) == 1 and warns[0].startswith("%s:2: " % conf), r.err
+    assert "%s does not exist" % (tmp_path / "nowhere") in warns[0]
+    conf.write_text(folders)
+    r = cli("--check-config", "-c", conf)
+    assert "metrics_file: warning" not in r.err
+    if not os.path.isdir("/var/lib/prometheus/node-exporter"):
+        assert "metrics_file (default): note: " \
+            "/var/lib/prometheus/node-exporter does not exist" in r.err, r.err

@@ -340,6 +340,39 @@ static void check_readable(struct check *c, const char *key, const char *path)
 	close(fd);
 }
 
+/*
+ * The metrics file's folder (issue 15): missing means no node exporter,
+ * and the daemon only warns and keeps sorting, so for the default path
+ * these are notes; a metrics_file set on purpose gets warnings.
+ */
+static void check_metrics(struct check *c)
+{
+	char dir[PATH_MAX], probe[PATH_MAX + 64], *slash;
+	bool chosen = c->have_lc && config_lookup(&c->lc, "metrics_file") != NULL;
+	enum level level = chosen ? WARNING : NOTE;
+	struct stat st;
+
+	if (c->cfg->metrics_file == NULL)
+		return;
+	snprintf(dir, sizeof(dir), "%s", c->cfg->metrics_file);
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		return;
+	*(slash == dir ? slash + 1 : slash) = '\0';
+	if (stat(dir, &st) == -1) {
+		report(c, level, "metrics_file", "%s does not exist%s: no "
+		       "metrics are written until it does (the daemon warns "
+		       "and keeps sorting)", dir, chosen ? "" :
+		       " (prometheus-node-exporter not installed?)");
+	} else if (probe_write(dir, probe, sizeof(probe)) == -1) {
+		report(c, level, "metrics_file", "%s is not writable by user "
+		       "%s (%s): setfacl -m u:%s:rwx %s, or metrics_file = "
+		       "\"\"", dir, c->user, strerror(errno), c->user, dir);
+	} else {
+		unlink(probe);
+	}
+}
+
 static void file_checks(struct check *c, struct folder *f)
 {
 	for (int i = 0; i < F_COUNT; i++) {
@@ -353,6 +386,7 @@ static void file_checks(struct check *c, struct folder *f)
 	check_rename(c, &f[F_INPUT], &f[F_HOLD]);
 	check_readable(c, "correlation_table", c->cfg->correlation_table);
 	check_readable(c, "deid.secret", c->cfg->deid.secret);
+	check_metrics(c);
 }
 
 static int become(const struct passwd *pw)

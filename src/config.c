@@ -22,6 +22,7 @@ enum key_kind {
 	KEY_BOOL,
 	KEY_STRINGS,	/* a list or array of strings */
 	KEY_GROUP,
+	KEY_STRING_OR_GROUP,	/* a string, or a group of members */
 };
 
 struct key {
@@ -59,6 +60,13 @@ static const struct key watch_keys[] = {
 	{ NULL, 0, NULL },
 };
 
+/* quarantine = "folder"; or quarantine = { folder = "..."; max_age_days; } */
+static const struct key quarantine_keys[] = {
+	{ "folder", KEY_STRING, NULL },
+	{ "max_age_days", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
 static const struct key limits_keys[] = {
 	{ "max_file_size_mb", KEY_INT, NULL },
 	{ NULL, 0, NULL },
@@ -83,7 +91,7 @@ static const struct key deid_keys[] = {
 static const struct key root_keys[] = {
 	{ "input", KEY_STRING, NULL },
 	{ "output", KEY_STRING, NULL },
-	{ "quarantine", KEY_STRING, NULL },
+	{ "quarantine", KEY_STRING_OR_GROUP, quarantine_keys },
 	{ "layout", KEY_STRING, NULL },
 	{ "filename", KEY_STRING, NULL },
 	{ "profile", KEY_STRING, NULL },
@@ -95,6 +103,9 @@ static const struct key root_keys[] = {
 	{ "ignore", KEY_STRINGS, NULL },
 	{ "workers", KEY_INT, NULL },
 	{ "log_target", KEY_STRING, NULL },
+	{ "metrics_file", KEY_STRING, NULL },
+	{ "metrics_interval_s", KEY_INT, NULL },
+	{ "status_file", KEY_STRING, NULL },
 	{ "retry", KEY_GROUP, retry_keys },
 	{ "rescan", KEY_GROUP, rescan_keys },
 	{ "cleanup", KEY_GROUP, cleanup_keys },
@@ -126,6 +137,7 @@ static const char *kind_name(enum key_kind kind)
 	case KEY_BOOL: return "true or false";
 	case KEY_STRINGS: return "a list of strings";
 	case KEY_GROUP: return "a group { ... }";
+	case KEY_STRING_OR_GROUP: return "a string or a group { ... }";
 	}
 	return "?";
 }
@@ -139,6 +151,8 @@ static bool has_kind(const config_setting_t *s, enum key_kind kind)
 	case KEY_INT: return type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64;
 	case KEY_BOOL: return type == CONFIG_TYPE_BOOL;
 	case KEY_GROUP: return type == CONFIG_TYPE_GROUP;
+	case KEY_STRING_OR_GROUP:
+		return type == CONFIG_TYPE_STRING || type == CONFIG_TYPE_GROUP;
 	case KEY_STRINGS:
 		if (type != CONFIG_TYPE_LIST && type != CONFIG_TYPE_ARRAY)
 			return false;
@@ -184,7 +198,8 @@ static int check_group(const struct config *cfg, const config_setting_t *group,
 			return setting_error(cfg, s, err, kind_name(k->kind),
 					     what);
 		}
-		if (k->kind == KEY_GROUP &&
+		if ((k->kind == KEY_GROUP || (k->kind == KEY_STRING_OR_GROUP &&
+		     config_setting_type(s) == CONFIG_TYPE_GROUP)) &&
 		    check_group(cfg, s, k->members, err) == -1)
 			return -1;
 	}
@@ -361,13 +376,87 @@ static int read_required(struct reader *r, const char *key, char **out)
 	return 0;
 }
 
+/* The folder, given alone or as quarantine.folder beside its retention. */
+static int read_quarantine(struct reader *r)
+{
+	const config_setting_t *s = lookup(r, "quarantine");
+
+	if (s == NULL || config_setting_type(s) != CONFIG_TYPE_GROUP)
+		return read_required(r, "quarantine", &r->cfg->quarantine);
+	if (read_required(r, "quarantine.folder", &r->cfg->quarantine) == -1)
+		return -1;
+	return read_long(r, "quarantine.max_age_days",
+			 &r->cfg->quarantine_max_age_days, 0, 36500);
+}
+
+/*
+ * Node exporter's textfile collector reads every *.prom file of its
+ * folder; one file per configuration, so instances never overwrite each
+ * other: dicomsortd.conf -> dicomsortd.prom, research.conf ->
+ * dicomsortd-research.prom.
+ */
+static int default_metrics_file(struct config *cfg)
+{
+	char stem[NAME_MAX + 1];
+
+	config_stem(cfg, stem, sizeof(stem));
+	if (strcmp(stem, "dicomsortd") == 0)
+		cfg->metrics_file = strdup(CONFIG_METRICS_DIR "/dicomsortd.prom");
+	else if (asprintf(&cfg->metrics_file, CONFIG_METRICS_DIR
+			  "/dicomsortd-%s.prom", stem) == -1)
+		cfg->metrics_file = NULL;
+	return cfg->metrics_file != NULL ? 0 : -1;
+}
+
+/* The unit's RuntimeDirectory=dicomsortd: one status file per config. */
+static int default_status_file(struct config *cfg)
+{
+	char stem[NAME_MAX + 1];
+
+	config_stem(cfg, stem, sizeof(stem));
+	if (asprintf(&cfg->status_file, CONFIG_RUN_DIR "/%s.status", stem) == -1)
+		cfg->status_file = NULL;
+	return cfg->status_file != NULL ? 0 : -1;
+}
+
+static int read_status_file(struct reader *r)
+{
+	const config_setting_t *s = lookup(r, "status_file");
+
+	if (s == NULL) {
+		if (default_status_file(r->cfg) == -1)
+			r->out_of_memory = true;
+		return 0;
+	}
+	if (config_setting_get_string(s)[0] == '\0')
+		return 0;	/* "": none */
+	return read_string(r, "status_file", &r->cfg->status_file, true);
+}
+
+static int read_metrics(struct reader *r)
+{
+	const config_setting_t *s = lookup(r, "metrics_file");
+
+	if (read_long(r, "metrics_interval_s", &r->cfg->metrics_interval_s,
+		      1, 3600) == -1 || read_status_file(r) == -1)
+		return -1;
+	if (s == NULL) {
+		if (default_metrics_file(r->cfg) == -1)
+			r->out_of_memory = true;
+		return 0;
+	}
+	if (config_setting_get_string(s)[0] == '\0')
+		return 0;	/* "": no metrics file */
+	return read_string(r, "metrics_file", &r->cfg->metrics_file, true);
+}
+
 static int read_folders(struct reader *r)
 {
 	struct config *cfg = r->cfg;
 
 	if (read_required(r, "input", &cfg->input) == -1 ||
 	    read_required(r, "output", &cfg->output) == -1 ||
-	    read_required(r, "quarantine", &cfg->quarantine) == -1 ||
+	    read_quarantine(r) == -1 ||
 	    read_string(r, "processed", &cfg->processed, true) == -1 ||
 	    read_string(r, "hold", &cfg->hold, true) == -1 ||
 	    read_string(r, "correlation_table", &cfg->correlation_table,
@@ -549,6 +638,7 @@ static int set_defaults(struct config *cfg, const char *path)
 	cfg->shutdown.timeout_s = 10;
 	cfg->watch.max_depth = 64;
 	cfg->watch.unwatched_rescan_s = 30;
+	cfg->metrics_interval_s = 5;
 	return cfg->path && cfg->layout && cfg->ignore ? 0 : -1;
 }
 
@@ -674,7 +764,8 @@ int config_load(struct config *cfg, const char *path, struct error *err)
 	if (parse_file(&lc, cfg, base_dir, err) == 0 &&
 	    check_group(cfg, config_root_setting(&lc), root_keys, err) == 0 &&
 	    read_folders(&r) == 0 && read_processing(&r) == 0 &&
-	    read_groups(&r) == 0 && read_deid(&r) == 0) {
+	    read_groups(&r) == 0 && read_deid(&r) == 0 &&
+	    read_metrics(&r) == 0) {
 		if (r.out_of_memory)
 			error_set(err, ERROR_SETUP, ENOMEM, "%s", path);
 		else if (check_consistency(cfg, err) == 0)
@@ -697,6 +788,8 @@ void config_release(struct config *cfg)
 	free(cfg->input);
 	free(cfg->output);
 	free(cfg->quarantine);
+	free(cfg->metrics_file);
+	free(cfg->status_file);
 	free(cfg->layout);
 	free(cfg->filename);
 	free(cfg->correlation_table);
@@ -744,4 +837,18 @@ bool config_ignored(const struct config *cfg, const char *base_name)
 		if (fnmatch(*glob, base_name, 0) == 0)
 			return true;
 	return false;
+}
+
+void config_stem(const struct config *cfg, char *out, size_t len)
+{
+	const char *base = strrchr(cfg->path, '/');
+	size_t n;
+
+	base = base != NULL ? base + 1 : cfg->path;
+	n = strlen(base);
+	if (n > 5 && strcmp(base + n - 5, ".conf") == 0)
+		n -= 5;
+	if (n == 0)
+		base = "dicomsortd", n = strlen(base);
+	snprintf(out, len, "%.*s", (int)n, base);
 }

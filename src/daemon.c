@@ -26,6 +26,7 @@
 #include "dicomsort/fsutil.h"
 #include "dicomsort/pipeline.h"
 #include "dicomsort/log.h"
+#include "dicomsort/metrics.h"
 #include "dicomsort/notify.h"
 #include "dicomsort/quarantine.h"
 #include "dicomsort/records.h"
@@ -101,6 +102,9 @@ struct daemon {
 	int hold_fd;		/* -1 unless the hold policy is on */
 	struct pollfd fds[SLOT_COUNT];
 	struct counters count;
+	struct metrics metrics;	/* counters copied in before each write */
+	int metrics_failing;	/* errno of the last failed write, or 0 */
+	int64_t next_metrics_ms, next_purge_ms;
 	char last_error[PATH_MAX + ERROR_MSG_MAX + 8];
 	bool output_trouble;	/* an output error is being retried */
 	bool input_trouble;	/* a source could not be removed */
@@ -508,6 +512,7 @@ static void remember_error(struct daemon *d, const struct job *job,
 	snprintf(d->last_error, sizeof(d->last_error), "%s: %s",
 		 job->logged_source[0] ? job->logged_source : job->rel,
 		 err->msg);
+	metrics_error(&d->metrics, d->last_error, time(NULL));
 }
 
 static struct disposal **find_disposal(struct daemon *d, const char *path)
@@ -583,6 +588,22 @@ static void report_disposal(struct daemon *d, struct job *job)
 
 static void release_held(struct daemon *d);
 
+/* Arrival is the source's ctime as read: its last write, or its move
+ * into the input folder (a requeue, a release from hold). */
+static void note_stored(struct daemon *d, const struct job *job)
+{
+	const struct stat *st = &job->result.source_st;
+	struct timespec now;
+	double latency = 0;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (st->st_ino != 0)
+		latency = (double)(now.tv_sec - st->st_ctim.tv_sec) +
+			  (double)(now.tv_nsec - st->st_ctim.tv_nsec) / 1e9;
+	metrics_stored(&d->metrics, st->st_ino != 0 ?
+		       (unsigned long long)st->st_size : 0, latency, now.tv_sec);
+}
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
@@ -596,6 +617,7 @@ static void finish_job(struct daemon *d, struct job *job)
 	switch (job->outcome) {
 	case OUTCOME_STORED:
 		d->count.stored++;
+		note_stored(d, job);
 		d->output_trouble = false;
 		if (!job->stored_logged)
 			audit_job(job, "stored", LOG_INFO, job->result.dest, NULL);
@@ -933,6 +955,114 @@ static void handle_signals(struct daemon *d)
 	}
 }
 
+/* ---- metrics and quarantine retention ---- */
+
+/* The quarantine's age limit is in days: once an hour is soon enough. */
+#define DAEMON_PURGE_INTERVAL_MS (3600L * 1000)
+
+static void sample_metrics(struct daemon *d)
+{
+	int64_t oldest = watch_oldest_ms(d->watch);
+	struct metrics *m = &d->metrics;
+
+	m->stored = d->count.stored;
+	m->duplicates = d->count.duplicates;
+	m->quarantined = d->count.quarantined;
+	m->held = d->count.held;
+	m->retries = d->count.retries;
+	m->queued = watch_pending_count(d->watch) +
+		    watch_in_flight_count(d->watch);
+	m->oldest_queued_s = oldest < 0 ? 0 : (double)oldest / 1000.0;
+	/* Errors a job did not report (a reload, a release). */
+	if (d->last_error[0] != '\0' && (m->nerrors == 0 ||
+	    strncmp(m->errors[0].text, d->last_error,
+		    sizeof(m->errors[0].text) - 1) != 0))
+		metrics_error(m, d->last_error, time(NULL));
+}
+
+/*
+ * The metrics file may be missing its folder (no node exporter
+ * installed) or be outside the unit's ReadWritePaths=: a warning when
+ * that starts and a notice when it ends, never a failure to sort files.
+ */
+static void write_metrics(struct daemon *d)
+{
+	struct error err = ERROR_INIT;
+	time_t now = time(NULL);
+
+	sample_metrics(d);
+	/* Outside systemd its folder may well be missing: status says so. */
+	if (d->cfg->status_file != NULL &&
+	    metrics_write_file(d->cfg->status_file, 0640, metrics_format_state,
+			       &d->metrics, now, &err) == -1)
+		log_msg(LOG_DEBUG, "status file: %s", err.msg);
+	if (d->cfg->metrics_file == NULL)
+		return;
+	error_clear(&err);
+	if (metrics_write_file(d->cfg->metrics_file, 0644,
+			       metrics_format_prometheus, &d->metrics, now,
+			       &err) == 0) {
+		if (d->metrics_failing)
+			log_msg(LOG_NOTICE, "metrics: writing %s again",
+				d->cfg->metrics_file);
+		d->metrics_failing = 0;
+	} else if (d->metrics_failing != err.errnum) {
+		log_msg(LOG_WARNING, "metrics: cannot write %s (%s); sorting "
+			"goes on, tried again every %ld s%s (metrics_file = "
+			"\"\" turns metrics off)", d->cfg->metrics_file,
+			err.msg, d->cfg->metrics_interval_s,
+			err.errnum == EACCES || err.errnum == EROFS ?
+			"; its folder must be writable by the daemon's user "
+			"(e.g. setfacl -m u:dicomsortd:rwx FOLDER) and, under "
+			"systemd, in ReadWritePaths=" : "");
+		d->metrics_failing = err.errnum ? err.errnum : -1;
+	}
+}
+
+static int purge_one(void *ctx, const struct quarantine_item *it,
+		     struct error *err)
+{
+	struct daemon *d = ctx;
+	char source[64], reason[128];
+	struct audit_record rec = { .event = "purged", .priority = LOG_INFO,
+				    .reason = reason };
+	time_t limit = time(NULL) - d->cfg->quarantine_max_age_days * 86400;
+
+	if (it->when > limit)
+		return 0;
+	/* A quarantine path repeats the source's: withheld when
+	 * de-identifying, like the source's name. */
+	snprintf(source, sizeof(source), "inode %llu",
+		 (unsigned long long)it->st.st_ino);
+	rec.source = d->cfg->profile == DEID_NONE ? it->rel : source;
+	rec.source_sha256 = nonempty(it->sha256);
+	snprintf(reason, sizeof(reason), "quarantined more than %ld days "
+		 "ago (quarantine.max_age_days)", d->cfg->quarantine_max_age_days);
+	if (quarantine_purge(it, err) == -1) {
+		rec.priority = LOG_ERR;
+		rec.event = "purge-failed";
+		rec.reason = err->msg;
+		error_clear(err);
+	}
+	log_audit(&rec);
+	return 0;
+}
+
+/* Quarantine holds PHI: nothing stays longer than max_age_days. */
+static void purge_quarantine(struct daemon *d)
+{
+	struct error err = ERROR_INIT;
+	int lock = quarantine_lock(d->cfg->quarantine, false, &err);
+
+	if (lock == -1) {
+		log_msg(LOG_INFO, "quarantine purge postponed: %s", err.msg);
+		return;
+	}
+	if (quarantine_walk(d->cfg->quarantine, purge_one, d, &err) < 0)
+		log_msg(LOG_ERR, "quarantine purge: %s", err.msg);
+	close(lock);
+}
+
 /* ---- timers ---- */
 
 static void arm_timer(struct daemon *d, int64_t now)
@@ -945,6 +1075,8 @@ static void arm_timer(struct daemon *d, int64_t now)
 	at = earliest(at, d->next_rescan_ms);
 	at = earliest(at, d->next_cleanup_ms);
 	at = earliest(at, d->next_unwatched_ms);
+	at = earliest(at, d->next_metrics_ms);
+	at = earliest(at, d->next_purge_ms);
 	if (d->rewatch_needed)
 		at = earliest(at, now + 1000);
 	if (at >= 0) {
@@ -1097,6 +1229,14 @@ static void handle_timer(struct daemon *d, int64_t now)
 	if (d->next_cleanup_ms >= 0 && now >= d->next_cleanup_ms) {
 		watch_remove_empty_dirs(d->watch, d->cfg->cleanup.min_age_s);
 		d->next_cleanup_ms = now + 30 * 1000;
+	}
+	if (d->next_metrics_ms >= 0 && now >= d->next_metrics_ms) {
+		write_metrics(d);
+		d->next_metrics_ms = now + d->cfg->metrics_interval_s * 1000;
+	}
+	if (d->next_purge_ms >= 0 && now >= d->next_purge_ms) {
+		purge_quarantine(d);
+		d->next_purge_ms = now + DAEMON_PURGE_INTERVAL_MS;
 	}
 }
 
@@ -1314,6 +1454,16 @@ static void test_delays(struct daemon *d)
 	}
 }
 
+static void setup_metrics(struct daemon *d, int64_t now)
+{
+	char stem[64];
+
+	config_stem(d->cfg, stem, sizeof(stem));
+	metrics_init(&d->metrics, stem, time(NULL));
+	d->next_metrics_ms = now;
+	d->next_purge_ms = d->cfg->quarantine_max_age_days > 0 ? now : -1;
+}
+
 /*
  * *config_error tells a failure the configuration caused (a folder, the
  * table, the secret, a template: exit 2, restarting will not help) from
@@ -1363,6 +1513,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	d->next_cleanup_ms = d->cfg->cleanup.remove_empty_dirs ?
 			     now + 30 * 1000 : -1;
 	d->next_unwatched_ms = -1;
+	setup_metrics(d, now);
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
@@ -1418,6 +1569,7 @@ static int shut_down(struct daemon *d)
 	rc = workers_stop(d->workers, deadline);
 	if (rc == 0)
 		collect_done(d);
+	write_metrics(d);
 	rec.reason = rc == 0 ? "all files in flight finished" :
 		     "timed out waiting for files in flight";
 	log_audit(&rec);

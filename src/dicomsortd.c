@@ -12,10 +12,14 @@
 #include "dicomsort/config.h"
 #include "dicomsort/daemon.h"
 #include "dicomsort/log.h"
+#include "dicomsort/ops.h"
 
 static const char usage_text[] =
 "usage: dicomsortd [-c FILE] [--check-config [--user USER]]\n"
 "                  [--log-target auto|journal|stderr] [--debug] [--help] [--version]\n"
+"       dicomsortd status -c FILE [--json]\n"
+"       dicomsortd quarantine list -c FILE [--json]\n"
+"       dicomsortd quarantine requeue -c FILE [--reason TEXT] [--all] [PATH...]\n"
 "\n"
 "Watch a drop folder and sort every finished DICOM file into a tree.\n"
 "  -c, --config FILE   configuration (default " CONFIG_DEFAULT_PATH ")\n"
@@ -116,6 +120,10 @@ int main(int argc, char **argv)
 	int rc;
 
 	block_signals_early(&old_mask);
+	if (ops_is_command(argc, argv)) {
+		sigprocmask(SIG_SETMASK, &old_mask, NULL);
+		return ops_main(argc, argv);
+	}
 	parse_flags(argc, argv, &f);
 	if (config_load(&cfg, f.config_path, &err) == -1) {
 		/* The daemon's stderr may be a file: a time stamp, as on every

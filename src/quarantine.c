@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -338,4 +339,214 @@ long quarantine_sweep(const char *dir, struct error *err)
 	}
 	fts_close(fts);
 	return removed;
+}
+
+/* ---- the admin's side: list, requeue, purge ---- */
+
+void quarantine_unescape(const char *in, char *out, size_t outlen)
+{
+	size_t o = 0;
+
+	if (outlen == 0)
+		return;
+	for (const char *p = in; *p && o + 1 < outlen; p++) {
+		unsigned v;
+
+		if (*p != '\\' || p[1] == '\0') {
+			out[o++] = *p;
+			continue;
+		}
+		switch (*++p) {
+		case 'n': out[o++] = '\n'; break;
+		case 'r': out[o++] = '\r'; break;
+		case 't': out[o++] = '\t'; break;
+		case 'x':
+			if (sscanf(p + 1, "%2x", &v) == 1 && p[1] && p[2]) {
+				out[o++] = (char)v;
+				p += 2;
+			} else {
+				out[o++] = 'x';
+			}
+			break;
+		default: out[o++] = *p; break;
+		}
+	}
+	out[o] = '\0';
+}
+
+static void sidecar_field(struct quarantine_item *it, const char *key,
+			  const char *value)
+{
+	struct tm tm;
+
+	if (strcmp(key, "reason") == 0)
+		quarantine_unescape(value, it->reason, sizeof(it->reason));
+	else if (strcmp(key, "rule") == 0)
+		quarantine_unescape(value, it->rule, sizeof(it->rule));
+	else if (strcmp(key, "source") == 0)
+		quarantine_unescape(value, it->source, sizeof(it->source));
+	else if (strcmp(key, "owner") == 0)
+		quarantine_unescape(value, it->owner, sizeof(it->owner));
+	else if (strcmp(key, "sha256") == 0)
+		quarantine_unescape(value, it->sha256, sizeof(it->sha256));
+	else if (strcmp(key, "attempts") == 0)
+		it->attempts = (unsigned)strtoul(value, NULL, 10);
+	else if (strcmp(key, "time") == 0) {
+		memset(&tm, 0, sizeof(tm));
+		if (strptime(value, "%Y-%m-%dT%H:%M:%SZ", &tm) != NULL)
+			it->when = timegm(&tm);
+	}
+}
+
+/* Never follows a symlink; a sidecar is small: 64 KiB is plenty. */
+static void read_sidecar(struct quarantine_item *it)
+{
+	char path[PATH_MAX + 16], *line = NULL;
+	size_t cap = 0, total = 0;
+	ssize_t len;
+	FILE *f;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s" REASON_SUFFIX, it->path);
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+	if (fd == -1 || (f = fdopen(fd, "r")) == NULL) {
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	it->has_sidecar = true;
+	while (total < 65536 && (len = getline(&line, &cap, f)) != -1) {
+		char *colon = strstr(line, ": ");
+
+		total += (size_t)len;
+		if (len > 0 && line[len - 1] == '\n')
+			line[len - 1] = '\0';
+		if (colon == NULL)
+			continue;
+		*colon = '\0';
+		sidecar_field(it, line, colon + 2);
+	}
+	free(line);
+	fclose(f);
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* "x.reason" is a file of its own only when "x.reason.reason" says so. */
+static bool is_sidecar(const FTSENT *e)
+{
+	char path[PATH_MAX + 16];
+	struct stat st;
+
+	if (!ends_with(e->fts_name, REASON_SUFFIX))
+		return false;
+	snprintf(path, sizeof(path), "%s" REASON_SUFFIX, e->fts_path);
+	return lstat(path, &st) == -1;
+}
+
+static int by_name(const FTSENT **a, const FTSENT **b)
+{
+	return strcmp((*a)->fts_name, (*b)->fts_name);
+}
+
+long quarantine_walk(const char *dir, quarantine_visit_fn visit, void *ctx,
+		     struct error *err)
+{
+	char *roots[] = { (char *)dir, NULL };
+	size_t rootlen = strlen(dir);
+	struct quarantine_item *it = malloc(sizeof(*it));
+	long n = 0;
+	FTS *fts;
+	FTSENT *e;
+
+	if (it == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "%s", dir);
+	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, by_name);
+	if (fts == NULL) {
+		free(it);
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot scan %s", dir);
+	}
+	while ((e = fts_read(fts)) != NULL) {
+		if ((e->fts_info != FTS_F && e->fts_info != FTS_SL) ||
+		    strncmp(e->fts_name, FSUTIL_TMP_PREFIX,
+			    strlen(FSUTIL_TMP_PREFIX)) == 0 || is_sidecar(e))
+			continue;
+		memset(it, 0, sizeof(*it));
+		it->path = e->fts_path;
+		it->rel = e->fts_path + rootlen;
+		while (*it->rel == '/')
+			it->rel++;
+		it->st = *e->fts_statp;
+		it->when = it->st.st_ctim.tv_sec;
+		read_sidecar(it);
+		n++;
+		if (visit(ctx, it, err) == -1) {
+			n = -1;
+			break;
+		}
+	}
+	fts_close(fts);
+	free(it);
+	return n;
+}
+
+static void remove_sidecar(const char *path)
+{
+	char sidecar[PATH_MAX + 16];
+
+	snprintf(sidecar, sizeof(sidecar), "%s" REASON_SUFFIX, path);
+	unlink(sidecar);
+}
+
+int quarantine_requeue(int input_fd, const struct quarantine_item *it,
+		       char *dest, size_t destlen, struct error *err)
+{
+	char base[NAME_MAX + 1], final[NAME_MAX + 1];
+	const char *slash = strrchr(it->rel, '/');
+	int dirfd, rc;
+
+	dirfd = open_subdir(input_fd, it->rel, base, sizeof(base), err);
+	if (dirfd == -1)
+		return -1;
+	rc = place(dirfd, it->path, base, NULL, final, sizeof(final), err);
+	if (rc == 0)
+		rc = fsutil_fsync(dirfd, "input folder", err);
+	close(dirfd);
+	if (rc == -1)
+		return -1;
+	remove_sidecar(it->path);
+	snprintf(dest, destlen, "%.*s%s%s", slash ? (int)(slash - it->rel) : 0,
+		 it->rel, slash ? "/" : "", final);
+	return 0;
+}
+
+int quarantine_purge(const struct quarantine_item *it, struct error *err)
+{
+	if (unlink(it->path) == -1 && errno != ENOENT)
+		return error_set(err, ERROR_TRANSIENT, errno, "cannot remove "
+				 "a quarantined file");
+	remove_sidecar(it->path);
+	return 0;
+}
+
+int quarantine_lock(const char *dir, bool wait, struct error *err)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd == -1)
+		return error_set(err, ERROR_SETUP, errno, "%s", dir);
+	while (flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB)) == -1) {
+		if (errno == EINTR)
+			continue;
+		error_set(err, ERROR_TRANSIENT, errno, "%s is busy (a requeue "
+			  "or purge is running)", dir);
+		close(fd);
+		return -1;
+	}
+	return fd;
 }

@@ -93,6 +93,7 @@ struct entry {
 	unsigned attempts;		/* watch_retry() calls since new content */
 	unsigned gen;			/* last full scan that saw it */
 	unsigned epoch;			/* watch epoch of its last write */
+	int64_t since;			/* when it became known (metrics) */
 	enum entry_state state;
 	bool closed;
 	bool dirty;
@@ -341,6 +342,7 @@ static struct entry *insert(struct watch *w, const char *path)
 	e->path = xstrdup(path);
 	e->hash = hash_path(path);
 	e->seq = w->seq++;
+	e->since = watch_now_ms();
 	e->heap_at = NOT_IN_HEAP;
 	e->gen = w->gen;
 	e->state = ENTRY_PENDING;
@@ -1387,6 +1389,19 @@ size_t watch_pending_count(const struct watch *w)
 size_t watch_in_flight_count(const struct watch *w)
 {
 	return w->ninflight;
+}
+
+/* A walk of the table: called every few seconds for the metrics, not
+ * per event, so it needs no index of its own. */
+int64_t watch_oldest_ms(const struct watch *w)
+{
+	int64_t oldest = -1;
+
+	for (size_t b = 0; b < w->nbuckets; b++)
+		for (const struct entry *e = w->buckets[b]; e; e = e->next)
+			if (oldest < 0 || e->since < oldest)
+				oldest = e->since;
+	return oldest < 0 ? -1 : watch_now_ms() - oldest;
 }
 
 /* ---- removing emptied folders ---- */

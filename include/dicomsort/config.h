@@ -25,6 +25,15 @@
  *                                  (default [".*", "*.part", "*.tmp"])
  *   workers                        threads, 0 = one per core (0)
  *   log_target                     "auto" | "journal" | "stderr" ("auto")
+ *   metrics_file                   Prometheus text file, replaced every
+ *                                  metrics_interval_s (5); default
+ *                                  CONFIG_METRICS_DIR/dicomsortd[-STEM].prom,
+ *                                  "" = none (metrics.h)
+ *   metrics_interval_s             seconds between writes (5)
+ *   status_file                    what `dicomsortd status` reads; default
+ *                                  CONFIG_RUN_DIR/STEM.status, "" = none
+ *   quarantine                     "folder", or { folder = "...";
+ *                                  max_age_days = 0; } (0: kept for ever)
  * Groups:
  *   retry    { parse_attempts = 3; backoff_ms = 1000; backoff_max_ms = 60000; }
  *   rescan   { interval_s = 300; }            0 = off
@@ -50,6 +59,10 @@
 #include "dicomsort/error.h"
 
 #define CONFIG_DEFAULT_PATH "/etc/dicomsortd/dicomsortd.conf"
+/* Debian 12 prometheus-node-exporter's textfile collector folder. */
+#define CONFIG_METRICS_DIR "/var/lib/prometheus/node-exporter"
+/* The unit's RuntimeDirectory=dicomsortd. */
+#define CONFIG_RUN_DIR "/run/dicomsortd"
 
 enum after_success {
 	AFTER_SUCCESS_DELETE,
@@ -67,6 +80,10 @@ struct config {
 	char *input;
 	char *output;
 	char *quarantine;
+	long quarantine_max_age_days;	/* 0: no purge */
+	char *metrics_file;		/* NULL: none */
+	long metrics_interval_s;
+	char *status_file;		/* NULL: none */
 	char *layout;
 	char *filename;			/* NULL: keep the source's name, or
 					   {SOPInstanceUID}.dcm when
@@ -137,6 +154,11 @@ void config_deid_options(const struct config *cfg, struct deid_options *out);
 
 /** limits.max_file_size_mb in bytes (0: no limit), for pipeline_options. */
 unsigned long long config_max_file_size(const struct config *cfg);
+
+/** The config file's base name without ".conf" ("dicomsortd" for
+ *  dicomsortd.conf, "research" for research.conf): names the instance in
+ *  metrics labels and the default metrics file. */
+void config_stem(const struct config *cfg, char *out, size_t len);
 
 /** Whether base name matches one of cfg->ignore's globs (fnmatch). */
 bool config_ignored(const struct config *cfg, const char *base_name);

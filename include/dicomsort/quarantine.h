@@ -18,9 +18,11 @@
 #ifndef DICOMSORT_QUARANTINE_H
 #define DICOMSORT_QUARANTINE_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "dicomsort/error.h"
 
@@ -71,5 +73,58 @@ long hold_release(const char *hold_dir, const char *input_dir,
  * fsutil_move()) get their names back. Returns how many temps went.
  */
 long quarantine_sweep(const char *dir, struct error *err);
+
+/*
+ * The admin's side (dicomsortd quarantine list/requeue, and the daemon's
+ * purge under quarantine.max_age_days): every quarantined file with what
+ * its sidecar says. Values are unescaped; a missing sidecar leaves them
+ * empty and the time is the file's ctime (when it was moved in).
+ */
+struct quarantine_item {
+	const char *path;		/* as walked: below the folder */
+	const char *rel;		/* relative to the quarantine folder */
+	struct stat st;
+	time_t when;			/* quarantined */
+	bool has_sidecar;
+	unsigned attempts;
+	char reason[1024];
+	char rule[128];
+	char source[PATH_MAX];		/* relative to the input folder */
+	char owner[128];
+	char sha256[80];
+};
+
+/** Called for each item; returning -1 stops the walk (err filled). */
+typedef int (*quarantine_visit_fn)(void *ctx, const struct quarantine_item *it,
+				   struct error *err);
+
+/** Visit every quarantined file below dir (never a sidecar, a temp file
+ *  or a claim), in name order. Returns how many, or -1. */
+long quarantine_walk(const char *dir, quarantine_visit_fn visit, void *ctx,
+		     struct error *err);
+
+/**
+ * Move it back into the input folder (open as input_fd) under its path
+ * relative to the quarantine, numbered on a clash, with fsutil_move();
+ * only then its sidecar goes. A kill in between leaves the file in the
+ * input and an orphan sidecar, never the file in both places or neither.
+ * dest gets where it went, relative to the input.
+ */
+int quarantine_requeue(int input_fd, const struct quarantine_item *it,
+		       char *dest, size_t destlen, struct error *err);
+
+/** Delete it, then its sidecar (retention). */
+int quarantine_purge(const struct quarantine_item *it, struct error *err);
+
+/**
+ * An exclusive lock on the quarantine folder (flock), held by one
+ * requeue or purge at a time: they claim files inside the folder and
+ * recover others' claims. wait: block until free, else -1 with EWOULDBLOCK.
+ * Returns a descriptor to close, or -1.
+ */
+int quarantine_lock(const char *dir, bool wait, struct error *err);
+
+/** Undo the sidecar escaping into out (always terminated). */
+void quarantine_unescape(const char *in, char *out, size_t outlen);
 
 #endif

@@ -134,6 +134,10 @@ unsigned watch_attempts(const struct watch *watch, const char *path);
 size_t watch_pending_count(const struct watch *watch);
 size_t watch_in_flight_count(const struct watch *watch);
 
+/** Milliseconds since the oldest file pending or in flight became known
+ *  (it stays known across retries), or -1 if there is none. O(n). */
+int64_t watch_oldest_ms(const struct watch *watch);
+
 /** Remove empty folders below root (never root) whose mtime is at least
  *  min_age_s old and that hold no pending file. Returns how many. */
 size_t watch_remove_empty_dirs(struct watch *watch, long min_age_s);

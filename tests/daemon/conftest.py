@@ -331,7 +331,9 @@ class Daemon:
         self.cfg = cfg
         self.input = pathlib.Path(cfg["input"])
         self.output = pathlib.Path(cfg["output"])
-        self.quarantine = pathlib.Path(cfg["quarantine"])
+        q = cfg["quarantine"]   # a folder, or { folder; max_age_days }
+        self.quarantine = pathlib.Path(q["folder"] if isinstance(q, dict)
+                                       else q)
         self.input.mkdir(parents=True, exist_ok=True)
         self.conf_path = self.tmp_path / "dicomsortd.conf"
         self.conf_path.write_text(conf_text(cfg))

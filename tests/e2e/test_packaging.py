@@ -140,8 +140,10 @@ def test_unit_has_the_required_settings():
     for key, value in expect.items():
         assert settings.get(key) == [value], key
     # One parent, one bind mount: moves between the folders stay renames
-    # (issue 10 §3; each ReadWritePaths= entry is a mount of its own).
-    assert settings["ReadWritePaths"] == ["/srv/dicom"]
+    # (issue 10 §3; each ReadWritePaths= entry is a mount of its own). The
+    # metrics folder is optional ("-") and holds no data folder (issue 15).
+    assert settings["ReadWritePaths"] == [
+        "/srv/dicom", "-/var/lib/prometheus/node-exporter"]
     assert settings["RestartPreventExitStatus"] == ["2"]
     assert settings["LogRateLimitIntervalSec"] == ["0"]
 
@@ -610,6 +612,12 @@ def test_daemon_fits_the_sandbox(tmp_path):
             assert family in families, f"{name}({args}"
 
     writable = [str(p) for p in folders.values()]
+    # What the unit itself makes writable beside the data folders: the
+    # metrics folder (ReadWritePaths=-...) and its RuntimeDirectory=, where
+    # the daemon's defaults put the metrics and status files (issue 15).
+    writable += [v.lstrip("-+") for v in unit_settings("ReadWritePaths")
+                 if v.lstrip("-+") != "/srv/dicom"]
+    writable += ["/run/" + v for v in unit_settings("RuntimeDirectory")]
     for name, args in calls:
         if name in DATA_CALLS:
             continue

@@ -274,6 +274,53 @@ static void includes_of_non_files_are_errors(void **state)
 	unlink(fifo);
 }
 
+/* Issue 15: metrics_file (default per config, in node exporter's folder)
+ * and quarantine as a group with its retention. */
+static void metrics_and_quarantine_retention(void **state)
+{
+	struct config cfg;
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_int_equal(config_load(&cfg, write_file("dicomsortd.conf", FOLDERS),
+				     &err), 0);
+	assert_string_equal(cfg.metrics_file, CONFIG_METRICS_DIR "/dicomsortd.prom");
+	assert_int_equal(cfg.metrics_interval_s, 5);
+	assert_string_equal(cfg.status_file, CONFIG_RUN_DIR "/dicomsortd.status");
+	assert_int_equal(cfg.quarantine_max_age_days, 0);
+	config_release(&cfg);
+	assert_int_equal(config_load(&cfg, write_file("research.conf",
+		"input = \"/in\"; output = \"/out\";\n"
+		"quarantine = { folder = \"q\"; max_age_days = 30; };\n"
+		"metrics_interval_s = 2;\n"), &err), 0);
+	assert_string_equal(cfg.metrics_file,
+			    CONFIG_METRICS_DIR "/dicomsortd-research.prom");
+	assert_int_equal(cfg.quarantine_max_age_days, 30);
+	assert_int_equal(cfg.metrics_interval_s, 2);
+	assert_string_equal(cfg.status_file, CONFIG_RUN_DIR "/research.status");
+	assert_non_null(strstr(cfg.quarantine, "/q"));
+	assert_true(cfg.quarantine[0] == '/');	/* next to the file */
+	config_release(&cfg);
+	assert_int_equal(config_load(&cfg, write_file("off.conf", FOLDERS
+		"metrics_file = \"\"; status_file = \"\";\n"), &err), 0);
+	assert_null(cfg.metrics_file);
+	assert_null(cfg.status_file);
+	config_release(&cfg);
+	assert_error("qnofolder.conf", "input = \"/in\"; output = \"/out\";\n"
+		     "quarantine = { max_age_days = 3; };\n", 0,
+		     "'quarantine.folder' is required");
+	assert_error("qtypo.conf", "input = \"/in\"; output = \"/out\";\n"
+		     "quarantine = { folder = \"/q\"; max_age = 3; };\n", 2,
+		     "unknown setting 'max_age'");
+	assert_error("qrange.conf", "input = \"/in\"; output = \"/out\";\n"
+		     "quarantine = { folder = \"/q\"; max_age_days = -1; };\n", 2,
+		     "'max_age_days' must be between 0");
+	assert_error("qtype.conf", "input = \"/in\"; output = \"/out\";\n"
+		     "quarantine = 3;\n", 2, "a string or a group");
+	assert_error("mint.conf", FOLDERS "metrics_interval_s = 0;\n", 2,
+		     "'metrics_interval_s' must be between 1");
+}
+
 static void shipped_example_config_is_valid(void **state)
 {
 	struct config cfg;
@@ -298,6 +345,7 @@ int main(void)
 		cmocka_unit_test(missing_file_is_a_clear_error),
 		cmocka_unit_test(includes_resolve_next_to_the_file),
 		cmocka_unit_test(includes_of_non_files_are_errors),
+		cmocka_unit_test(metrics_and_quarantine_retention),
 		cmocka_unit_test(shipped_example_config_is_valid),
 	};
 

@@ -223,6 +223,14 @@ def run_soak(daemon, tmp_path, seconds):
            stats["renames_lost"], stats["recycles"], stats["pauses"],
            stats["resends"], files / write_s, drain_s,
            max(canary.latencies or [0]), len(canary.latencies), stop_s))
+    events = collections.Counter(
+        m.group(1) for m in (re.search(r" event=(\S+)", ln)
+                             for ln in d.log_lines()) if m)
+    report_figure(
+        "soak records: %d stored, %d duplicate, %d quarantined, %d "
+        "dispose-failed, %d retry; %.1f versions/s written"
+        % (events["stored"], events["duplicate"], events["quarantined"],
+           events["dispose-failed"], events["retry"], versions / write_s))
     summary = collections.Counter(f[0] for f in findings)
     report_figure("soak findings: %s" % (dict(summary) or "none"))
     return findings

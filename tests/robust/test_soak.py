@@ -27,8 +27,16 @@ After the writers stop and the daemon drains (bounded waits), the checks:
   record per quarantined file.
 
 test_soak_long runs with DICOMSORT_LONG_TESTS=1 for DICOMSORT_SOAK_SECONDS
-(default 600). test_soak_smoke is the same harness for 60 s.
-Figures go to the terminal summary and daemon-figures.txt.
+(default 600). test_soak_smoke is the same harness for 60 s
+(DICOMSORT_SOAK_SMOKE_SECONDS) in the normal run: about 90 s in all, with
+only open items found in every run so far under a load average of 15, plain
+and ASan. DICOMSORT_SOAK_SEED replays a writer schedule (timing still
+varies). Figures go to the terminal summary and daemon-figures.txt.
+
+A finding that matches the signature of an issue 12 item still open
+(OPEN_ITEMS) makes the test an expected failure naming it; any other
+finding fails it. test_soak_races.py reproduces each of those items
+deterministically.
 """
 
 import collections
@@ -367,6 +375,9 @@ def check(d, inputs):
 # anything else fails the test. Remove an item here when its fix lands
 # (DICOMSORT_SOAK_STRICT=1 ignores this list, to check a fix).
 OPEN_ITEMS = {
+    "item 1": "a file a writer opens again after it was taken is read "
+              "mid-write and published torn (the lease is probed when the "
+              "file is taken, not held while the worker reads it)",
     "item 2": "an in-place rewrite while the file is published is deleted "
               "(identity by size and mtime; disposal after a change)",
     "item 3": "a same-size rewrite with its mtime kept, during processing: "
@@ -387,8 +398,10 @@ def open_item(finding):
     if rec["kind"] in REWRITTEN and in_place:
         if kind == "final-lost":
             return "item 2"
-        if kind in ("mixed", "not-a-version", "wrong-folder", "record-sha",
-                    "final-twice", "earlier-twice"):
+        if kind == "not-a-version":
+            return "item 1"     # torn: bytes of no whole version
+        if kind in ("mixed", "wrong-folder", "record-sha", "final-twice",
+                    "earlier-twice"):
             return "item 3"
     if (rec["kind"] == "rename" and "renamed" in rec["notes"] and
             kind == "final-twice"):

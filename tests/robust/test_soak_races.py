@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import signal
+import time
 
 import pytest
 
@@ -148,6 +149,19 @@ def test_rename_while_published_stores_once(daemon):
     assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
 
 
+def need_strace():
+    if shutil.which("strace") is None:
+        pytest.fail("strace missing (scripts/deps installs it)")
+
+
+def delayed(syscall, path):
+    """strace argv holding each `syscall` that names path (or a
+    descriptor of it) for DELAY_MS (scaled) at its entry."""
+    return ["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+            "trace=%s" % syscall, "-P", str(path), "-e",
+            "inject=%s:delay_enter=%d" % (syscall, DELAY_MS * 1000 * SLOW)]
+
+
 def daemon_child(strace_pid):
     """The pid strace started (its only child)."""
     def child():
@@ -175,18 +189,22 @@ def holds_open(pid, path):
     return False
 
 
-def in_delayed_openat(pid):
-    """Whether a thread of pid is stopped by strace at the entry of
-    openat (257 on x86_64, see /proc/PID/syscall): the injected delay."""
+OPENAT, RENAMEAT2 = "257", "316"      # x86_64 system call numbers
+
+
+def in_delayed_openat(pid, nr=OPENAT):
+    """Whether a thread of pid is stopped by strace at the entry of system
+    call nr (openat by default; see /proc/PID/syscall): the injected
+    delay."""
     for tid in os.listdir("/proc/%d/task" % pid):
         try:
             with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
-                nr = f.read().split()[0]
+                nr_now = f.read().split()[0]
             with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if nr == "257" and state == "t":
+        if nr_now == nr and state == "t":
             return True
     return False
 
@@ -197,8 +215,7 @@ def in_delayed_openat(pid):
                    "under the first version's patient and recorded with the "
                    "first version's hash")
 def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
-    if shutil.which("strace") is None:
-        pytest.fail("strace missing (scripts/deps installs it)")
+    need_strace()
     it = new_input(3)
     v1 = it.version(patient="SOAKRC1")
     out = tmp_path / "out"
@@ -206,10 +223,8 @@ def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
     # O_TMPFILE openat is held for DELAY_MS.
     desc = "1_Ax_5_0mm_Routine"
     dest_dir = out / "SOAKRC1" / "20240115" / desc
-    trace = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=openat",
-             "-P", str(dest_dir), "-e",
-             "inject=openat:delay_enter=%d" % (DELAY_MS * 1000 * SLOW)]
-    d = daemon(workers=1, wrapper=lambda argv: trace + argv)
+    d = daemon(workers=1, wrapper=lambda argv: delayed("openat", dest_dir)
+               + argv)
     pid = daemon_child(d.pid)
     try:
         src = d.input / "m" / "a.dcm"
@@ -227,4 +242,112 @@ def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
         problems = check_delivery(d, [v1, v2])
     finally:
         os.kill(pid, signal.SIGKILL)
+    assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 12 item 4: a source renamed between its "
+                   "stored record and its claim for disposal is stored "
+                   "again under its new name (in main, and in pipe12 at "
+                   "562e942, whose own rename tests pass)")
+def test_rename_before_the_claim_stores_once(daemon, tmp_path):
+    """The claim's renameat2 in the source's folder is held: the sender
+    renames the source then, after it is stored and recorded."""
+    need_strace()
+    folder = tmp_path / "in" / "k"
+    folder.mkdir(parents=True)
+    d = daemon(workers=1, wrapper=lambda argv: delayed("renameat2", folder)
+               + argv)
+    pid = daemon_child(d.pid)
+    try:
+        it = new_input(4)
+        v1 = it.version(patient="SOAKRD1")
+        src = folder / "a.dcm"
+        write(src, v1)
+        wait_until(lambda: in_delayed_openat(pid, RENAMEAT2), 30,
+                   interval=0.01, what="the claim to wait in renameat2")
+        os.rename(src, folder / "a-renamed.dcm")
+        d.wait_input_empty(30 + 2 * DELAY_MS / 1000.0)
+        wait_until(lambda: len(d.events("stored")) >= len(outputs(d)), 30,
+                   what="records")
+        problems = check_delivery(d, [v1])
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 12 item 1 (and 3): a file a writer opens "
+                   "again after it was judged finished, before the worker "
+                   "reads it, is read mid-write and published torn (the "
+                   "lease is probed when the file is taken, not held while "
+                   "it is read; in main, and in pipe12 at 562e942)")
+def test_writer_reopening_a_taken_file_is_never_read_mid_write(daemon,
+                                                                tmp_path):
+    """The worker's openat of the source is held; the sender opens the file
+    again then, writes the new header and the first pixels and keeps it
+    open (a pause, as rsync --inplace between blocks); then finishes, puts
+    the mtime back and closes."""
+    need_strace()
+    src = tmp_path / "in" / "w" / "a.dcm"
+    it = new_input(5)
+    v1 = it.version(patient="SOAKRE1")
+    src.parent.mkdir(parents=True)
+    d = daemon(workers=1, wrapper=lambda argv: delayed("openat", src) + argv)
+    pid = daemon_child(d.pid)
+    try:
+        st = write(src, v1)
+        wait_until(lambda: in_delayed_openat(pid), 30, interval=0.01,
+                   what="the worker to wait in openat of the source")
+        v2 = it.version(patient="SOAKRE2")
+        cut = it.pixel_offset + 64
+        fd = os.open(src, os.O_WRONLY)
+        try:
+            os.write(fd, v2[:cut])
+            # The worker opens it now. A correct daemon sees the writer
+            # and leaves the file alone until its close; the bug reads and
+            # publishes it. Either shows within the bound.
+            wait_until(lambda: holds_open(pid, src), 30, interval=0.01,
+                       what="the worker's open")
+            end = time.monotonic() + 3 * SLOW
+            while (time.monotonic() < end and not outputs(d) and
+                   holds_open(pid, src)):
+                time.sleep(0.02)
+            os.write(fd, v2[cut:])
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
+        d.wait_input_empty(30 + 2 * DELAY_MS / 1000.0)
+        wait_until(lambda: len(d.events("stored")) >= len(outputs(d)), 30,
+                   what="records")
+        problems = check_delivery(d, [v1, v2])
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="issue 12 item 4: a source renamed while published "
+                   "whose new name is picked up after the job ended "
+                   "(disposal failed, retry pending) is stored again (in "
+                   "main, and in pipe12 at 562e942)")
+def test_rename_seen_after_the_job_ended_stores_once(daemon):
+    """As test_rename_while_published_stores_once, but the new name settles
+    only after the job has ended with its disposal owed: a long settle_ms
+    for the new name, a long backoff for the owed disposal."""
+    d = daemon(workers=1, settle_ms=4000,
+               retry={"parse_attempts": 3, "backoff_ms": 20000,
+                      "backoff_max_ms": 20000},
+               env={"DICOMSORT_TEST_DELAY": "published:%d" % DELAY_MS})
+    it = new_input(6)
+    v1 = it.version(patient="SOAKRF1")
+    src = d.input / "q" / "a.dcm"
+    write(src, v1)
+    published(d)
+    os.rename(src, d.input / "q" / "a-renamed.dcm")
+    d.wait_input_empty(60)
+    wait_until(lambda: len(d.events("stored")) >= len(outputs(d)), 30,
+               what="records")
+    problems = check_delivery(d, [v1])
+    d.stop()
     assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])

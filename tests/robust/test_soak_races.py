@@ -9,6 +9,16 @@ one sender action at one chosen instant of the daemon's work.
   by strace fault injection: the O_TMPFILE openat() of the output file in
   its destination folder (the only openat whose folder is that one) is
   delayed (item 3).
+- The claim's renameat2() in the source's folder is held: the sender
+  renames the source after its stored record, before its claim (item 4).
+- A rename during publication whose new name settles only after the job
+  ended with its disposal owed (long settle_ms and backoff) (item 4).
+- The worker's openat() of the source is held: the sender reopens the
+  file then and keeps it open mid-rewrite while the worker reads (item 1's
+  rule, in the pipeline's read; the torn outputs of the soak).
+
+Against pipe12 at 562e942 (the fix of items 2-4 in progress) the first
+four pass and the last two still fail, as the soak found.
 
 The rewrite is what `rsync --inplace -t` does: same size, new content, the
 old modification time put back. Each test checks what the README promises:

@@ -178,20 +178,27 @@ def run_soak(daemon, tmp_path, seconds):
         time.time()) % 100000
     t0 = time.monotonic()
     procs = start_writers(tmp_path, d.input, seconds, seed)
-    canary = Canary(d.input, seconds)
-    canary.start()
-    max_canary_wait = 0.0
-    while any(p.poll() is None for _, _, _, p in procs):
-        max_canary_wait = max(max_canary_wait, canary.oldest_pending())
-        assert d.alive(), "dicomsortd died:\n" + "\n".join(
-            d.log_lines()[-40:])
-        # Intake never stops: no canary waits longer than this.
-        assert max_canary_wait < 90 * SLOW, (
-            "intake stopped: a canary waited %.0fs; log tail:\n%s"
-            % (max_canary_wait, "\n".join(d.log_lines()[-40:])))
-        if time.monotonic() - t0 > seconds + 120 * SLOW:
-            pytest.fail("writers did not stop")
-        time.sleep(0.5)
+    try:
+        canary = Canary(d.input, seconds)
+        canary.start()
+        max_canary_wait = 0.0
+        while any(p.poll() is None for _, _, _, p in procs):
+            max_canary_wait = max(max_canary_wait, canary.oldest_pending())
+            assert d.alive(), "dicomsortd died:\n" + "\n".join(
+                d.log_lines()[-40:])
+            # Intake never stops: no canary waits longer than this.
+            assert max_canary_wait < 90 * SLOW, (
+                "intake stopped: a canary waited %.0fs; log tail:\n%s"
+                % (max_canary_wait, "\n".join(d.log_lines()[-40:])))
+            if time.monotonic() - t0 > seconds + 120 * SLOW:
+                pytest.fail("writers did not stop")
+            time.sleep(0.5)
+    finally:
+        # A failed test leaves no writer behind.
+        for _, _, _, p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     canary.join(30)
     write_s = time.monotonic() - t0
     inputs, stats, errors = read_manifests(procs)

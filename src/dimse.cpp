@@ -763,6 +763,9 @@ int send_round(const struct dimse_peer *peer, struct delivery_item *items,
 	association a;
 
 	plan_round(peer, items, n, round, props);
+	if (round.empty())	/* cannot happen: one item needs 2 contexts */
+		return error_set(err, ERROR_SETUP, 0, "peer %s:%d: no item fits "
+				 "an association", peer->host, peer->port);
 	if (open_association(peer, props, a, err) == -1)
 		return -1;
 	for (size_t i : round) {

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -689,6 +690,93 @@ static void test_bad_files(void **state)
 	scp_kill(&s);
 }
 
+/* More SOP classes than one association has contexts for (2 each, 128 at
+ * most): sent over as many associations as needed, all delivered. */
+static void test_many_sop_classes(void **state)
+{
+	static const char *const args[] = { "-pm", NULL };
+	enum { N = 70 };
+	struct scp s = { 0 };
+	struct delivery_item *items = calloc(N, sizeof(*items));
+	char (*paths)[PATH_MAX] = calloc(N, PATH_MAX);
+	struct dimse_peer p;
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_non_null(items);
+	assert_non_null(paths);
+	scp_start(&s, "many", args);
+	for (int i = 0; i < N; i++) {
+		pathf(paths[i], "%s/many-%d.dcm", dir, i);
+		snprintf(items[i].sop_class_uid, DELIVERY_UID_MAX,
+			 UID_ROOT "88.%d", i);
+		snprintf(items[i].sop_instance_uid, DELIVERY_UID_MAX,
+			 UID_ROOT "89.%d.%d", (int)getpid(), i);
+		snprintf(items[i].transfer_syntax_uid, DELIVERY_UID_MAX,
+			 EXPLICIT_LE);
+		assert_int_equal(fixture_make(paths[i], items[i].sop_class_uid,
+					      items[i].sop_instance_uid,
+					      EXPLICIT_LE, i, 8, 8), 0);
+		items[i].path = paths[i];
+	}
+	p = peer_at(s.port);
+	assert_int_equal(dimse_send(&p, items, N, &err), 0);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(items[i].result, DELIVERY_DONE);
+	assert_int_equal(scp_count(&s), N);
+	scp_kill(&s);
+	free(items);
+	free(paths);
+}
+
+/* Calls on several threads at once, each its own association. */
+struct job {
+	struct dimse_peer peer;
+	struct batch b;
+	int rc;
+};
+
+static void *send_job(void *arg)
+{
+	struct job *j = arg;
+	struct error err = ERROR_INIT;
+
+	j->rc = dimse_send(&j->peer, j->b.items, j->b.n, &err);
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	static const char *const args[] = { "--fork", "+xa", NULL };
+	enum { T = 4 };
+	struct scp s = { 0 };
+	struct job *jobs = calloc(T, sizeof(*jobs));
+	pthread_t tid[T];
+
+	(void)state;
+	assert_non_null(jobs);
+	scp_start(&s, "threads", args);
+	for (int t = 0; t < T; t++) {
+		jobs[t].peer = peer_at(s.port);
+		add(&jobs[t].b, CT, EXPLICIT_LE);
+		add(&jobs[t].b, MR, RLE);
+		add(&jobs[t].b, CT, IMPLICIT_LE);
+	}
+	for (int t = 0; t < T; t++)
+		assert_int_equal(pthread_create(&tid[t], NULL, send_job, &jobs[t]), 0);
+	for (int t = 0; t < T; t++)
+		pthread_join(tid[t], NULL);
+	for (int t = 0; t < T; t++) {
+		assert_int_equal(jobs[t].rc, 0);
+		for (size_t i = 0; i < jobs[t].b.n; i++) {
+			assert_int_equal(jobs[t].b.items[i].result, DELIVERY_DONE);
+			arrived_same(&s, &jobs[t].b.items[i]);
+		}
+	}
+	scp_kill(&s);
+	free(jobs);
+}
+
 /* ---- TLS ---- */
 
 static char ca[PATH_MAX], srv_key[PATH_MAX], srv_pem[PATH_MAX],
@@ -836,6 +924,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_out_of_resources, kill_all),
 		cmocka_unit_test_teardown(test_data_set_error, kill_all),
 		cmocka_unit_test_teardown(test_bad_files, kill_all),
+		cmocka_unit_test_teardown(test_many_sop_classes, kill_all),
+		cmocka_unit_test_teardown(test_threads, kill_all),
 		cmocka_unit_test_teardown(test_tls, kill_all),
 		cmocka_unit_test_teardown(test_bad_peer_config, kill_all),
 	};

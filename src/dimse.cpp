@@ -676,7 +676,7 @@ void no_context(const struct dimse_peer *peer, T_ASC_Association *assoc,
 	std::string as = accepted_as(assoc, item->sop_class_uid, ts_refused);
 	const char *ts = DcmXfer(own).getXferID();
 	const char *conversion = peer->allow_conversion ?
-		"it cannot be converted without loss" : "conversion is not allowed";
+		"no lossless conversion to it is possible" : "conversion is not allowed";
 
 	item->result = DELIVERY_REJECTED;
 	item->status = 0;

@@ -176,8 +176,9 @@ static int kill_all(void **state)
 	return 0;
 }
 
-/* storescp [args...] -od OUT PORT, listening when this returns. */
-static void scp_start(struct scp *s, const char *name, const char *const args[])
+/* PROG [args...] [-od OUT] PORT, listening when this returns. */
+static void spawn(struct scp *s, const char *name, const char *prog,
+		  const char *const args[], int od)
 {
 	pathf(s->out, "%s/%s-in", dir, name);
 	pathf(s->log, "%s/%s.log", dir, name);
@@ -190,11 +191,13 @@ static void scp_start(struct scp *s, const char *name, const char *const args[])
 
 		s->port = free_port();
 		snprintf(port, sizeof(port), "%d", s->port);
-		argv[n++] = "storescp";
+		argv[n++] = prog;
 		for (size_t i = 0; args && args[i]; i++)
 			argv[n++] = args[i];
-		argv[n++] = "-od";
-		argv[n++] = s->out;
+		if (od) {
+			argv[n++] = "-od";
+			argv[n++] = s->out;
+		}
 		argv[n++] = port;
 		argv[n] = NULL;
 		s->pid = fork();
@@ -206,7 +209,7 @@ static void scp_start(struct scp *s, const char *name, const char *const args[])
 				dup2(fd, 1);
 				dup2(fd, 2);
 			}
-			execvp("storescp", (char *const *)argv);
+			execvp(prog, (char *const *)argv);
 			_exit(127);
 		}
 		track(s->pid, 0);
@@ -220,7 +223,12 @@ static void scp_start(struct scp *s, const char *name, const char *const args[])
 		}
 		scp_kill(s);
 	}
-	fail_msg("storescp did not start (see %s)", s->log);
+	fail_msg("%s did not start (see %s)", prog, s->log);
+}
+
+static void scp_start(struct scp *s, const char *name, const char *const args[])
+{
+	spawn(s, name, "storescp", args, 1);
 }
 
 /* The file storescp stored for this SOP Instance UID, waited for. */
@@ -263,6 +271,16 @@ static int scp_count(const struct scp *s)
 }
 
 /* ---- files and items ---- */
+
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	assert_int_equal(fclose(f), 0);
+}
+
 
 struct batch {
 	struct delivery_item items[8];
@@ -493,6 +511,44 @@ static void test_association_refused(void **state)
 	scp_kill(&s);
 }
 
+/* A peer that checks the called AE title (storescp does not: DCMTK's
+ * dcmqrscp does) refuses the association: the batch is retried. */
+static void test_wrong_called_ae(void **state)
+{
+	char cfg[PATH_MAX], text[2 * PATH_MAX];
+	const char *args[] = { "-c", cfg, NULL };
+	struct scp s = { 0 };
+	struct batch b = { 0 };
+	struct dimse_peer p;
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	pathf(cfg, "%s/dcmqrscp.cfg", dir);
+	pathf(s.out, "%s/qr-in", dir);
+	assert_true(mkdir(s.out, 0700) == 0 || errno == EEXIST);
+	snprintf(text, sizeof(text),
+		 "NetworkTCPPort = 104\nMaxPDUSize = 16384\n"
+		 "MaxAssociations = 4\nHostTable BEGIN\nHostTable END\n"
+		 "VendorTable BEGIN\nVendorTable END\nAETable BEGIN\n"
+		 "PACS %s RW (10, 64mb) ANY\nAETable END\n", s.out);
+	write_text(cfg, text);
+	spawn(&s, "qr", "dcmqrscp", args, 0);
+	add(&b, CT, EXPLICIT_LE);
+	p = peer_at(s.port);
+	p.called_ae = "NOT-THE-PACS";
+	assert_int_equal(dimse_send(&p, b.items, b.n, &err), -1);
+	assert_int_equal(err.kind, ERROR_TRANSIENT);
+	assert_non_null(strstr(err.msg, "association rejected"));
+	assert_non_null(strstr(err.msg, "Called AE Title Not Recognized"));
+	assert_int_equal(b.items[0].result, DELIVERY_PENDING);
+	error_clear(&err);
+	assert_int_equal(dimse_echo(&p, &err), -1);
+	/* The right one: the same peer answers. */
+	p.called_ae = "PACS";
+	assert_int_equal(dimse_echo(&p, &err), 0);
+	scp_kill(&s);
+}
+
 /* The peer aborts after the first C-STORE request: the batch is retried
  * (and the process survives the write to a closed socket). */
 static void test_peer_aborts(void **state)
@@ -514,15 +570,6 @@ static void test_peer_aborts(void **state)
 	assert_int_equal(b.items[1].result, DELIVERY_PENDING);
 	no_phi(err.msg);
 	scp_kill(&s);
-}
-
-static void write_text(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	assert_non_null(f);
-	fputs(text, f);
-	assert_int_equal(fclose(f), 0);
 }
 
 /* A peer configured for CT only: the MR is rejected with its reason,
@@ -918,6 +965,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_silent_peers, kill_all),
 		cmocka_unit_test_teardown(test_dimse_timeout, kill_all),
 		cmocka_unit_test_teardown(test_association_refused, kill_all),
+		cmocka_unit_test_teardown(test_wrong_called_ae, kill_all),
 		cmocka_unit_test_teardown(test_peer_aborts, kill_all),
 		cmocka_unit_test_teardown(test_sop_class_rejected, kill_all),
 		cmocka_unit_test_teardown(test_conversion, kill_all),

@@ -580,7 +580,8 @@ void fill_from_file(struct delivery_item *item)
 	cond = ff.loadFile(item->path, EXS_Unknown, EGL_noChange, 256,
 			   ERM_fileOnly);
 	if (cond.bad()) {
-		set_reason(item, "the file could not be read (%s)", cond.text());
+		set_reason(item, "the file could not be read (%s)",
+			   one_line(cond.text()).c_str());
 		item->result = DELIVERY_REJECTED;
 		return;
 	}
@@ -717,7 +718,8 @@ enum sent send_one(const struct dimse_peer *peer, association &a,
 	cond = ff.loadFile(item->path, EXS_Unknown, EGL_noChange,
 			   DCM_MaxReadLength, ERM_fileOnly);
 	if (cond.bad()) {
-		set_reason(item, "the file could not be read (%s)", cond.text());
+		set_reason(item, "the file could not be read (%s)",
+			   one_line(cond.text()).c_str());
 		item->result = DELIVERY_REJECTED;
 		item->status = 0;
 		return SENT;

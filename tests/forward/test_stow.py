@@ -261,6 +261,37 @@ def test_token_file_0600_is_sent(orthanc, dicom_files, tmp_path):
     assert r.rc == 0, r.stderr
 
 
+# ---- TLS ----
+
+@pytest.fixture
+def tls_front(orthanc, tmp_path):
+    front = orthanc_mod.TlsFront(tmp_path / "tls", orthanc.http_port)
+    front.start()
+    yield front
+    front.close()
+
+
+def test_tls_verified_by_default(orthanc, tls_front, dicom_files):
+    """HTTPS (a TLS front for Orthanc) with a self-signed certificate:
+    refused as a setup error until its CA is given, then delivered;
+    --insecure also gets through."""
+    peer = orthanc
+    url = tls_front.url("/dicom-web/studies")
+    files = dicom_files(2)
+    r = run_stow(url, files)
+    assert r.rc == 1 and r.error[0] == ERROR_SETUP, r.stderr
+    assert {res for res, *_ in r.items} == {"RETRY"}
+    assert peer.instance_ids() == []
+    assert "certificate" in r.error[1], r.error
+    r = run_stow(url, files, "--ca", tls_front.ca_file)
+    assert r.rc == 0, r.stderr
+    assert_arrived(peer, files)
+    r = run_stow(url, files, "--insecure")
+    assert r.rc == 0, r.stderr
+    assert run_stow(url, (), "--ca", tls_front.ca_file, probe=True).rc == 0
+    assert run_stow(url, (), probe=True).rc == 1
+
+
 # ---- the probe ----
 
 def test_probe(orthanc_auth, tmp_path):

@@ -117,6 +117,16 @@ def test_200_files_in_one_request(orthanc, dicom_files):
                    "%.0f ms" % (size / 1e6, r.elapsed_ms))
 
 
+def test_parallel_requests_from_threads(orthanc, dicom_files):
+    """Four requests at once from four threads of one process, as the
+    forwarder's parallel connections send: each keeps its own state."""
+    files = dicom_files(40)
+    r = run_stow(orthanc.stow_url, files, "--parallel", 4, timeout=300)
+    assert r.rc == 0, r.stderr
+    assert [res for res, *_ in r.items] == ["DONE"] * 40
+    assert_arrived(orthanc, files)
+
+
 def test_resend_is_idempotent(orthanc, dicom_files):
     files = dicom_files(3)
     assert run_stow(orthanc.stow_url, files).rc == 0

@@ -23,6 +23,7 @@
 
 #include "dicomsort/correlation.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/forward.h"
 #include "dicomsort/fsutil.h"
 #include "dicomsort/pipeline.h"
 #include "dicomsort/log.h"
@@ -89,6 +90,7 @@ struct daemon {
 	struct workers *workers;
 	struct deid_secret *secret;
 	struct records *records;
+	struct forward *forward;	/* NULL without destinations */
 	struct disposal *disposals;	/* loop thread only */
 	unsigned long next_job_id;
 	char table_sha256[17];	/* short SHA-256 of the table file */
@@ -106,6 +108,7 @@ struct daemon {
 	bool rewatch_needed;
 	bool cleanup_due;	/* files were finished since the last cleanup */
 	int64_t next_watchdog_ms, next_rescan_ms, next_cleanup_ms;
+	int64_t next_status_ms;	/* forwarding: queues change on their own */
 	int64_t watchdog_ms;
 	size_t max_outstanding;
 };
@@ -246,6 +249,18 @@ static int before_publish(void *ctx, const struct pipeline_result *res,
 	return records_note(job->d->records, job->marker, &rec, out_st, err);
 }
 
+/* false: not queued; the marker stays, so the next start queues it. */
+static bool queue_forward(struct job *job, const struct pipeline_result *res)
+{
+	struct error err = ERROR_INIT;
+
+	if (forward_queue(job->d->forward, res->dest, &err) == 0)
+		return true;
+	log_msg(LOG_ERR, "%s: cannot queue for forwarding (queued at the next "
+		"start): %s", res->dest, err.msg);
+	return false;
+}
+
 /* The output is durable: the audit says so now, whatever happens to the
  * source afterwards; then the marker goes. (A kill in the microseconds
  * between the two would send the record again at start; the marker
@@ -265,6 +280,11 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 
 			nanosleep(&ts, NULL);
 		}
+		/* Queued for forwarding (durable) before the source may go
+		 * and before the marker does: a kill until then leaves the
+		 * marker, whose recovery queues it (outbox.h). */
+		if (job->d->forward != NULL && !queue_forward(job, res))
+			return;
 		rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
 		log_audit(&rec);
 		job->stored_logged = true;
@@ -405,20 +425,24 @@ static void run_job(void *ctx, void *p)
 
 static void status_text(const struct daemon *d, char *buf, size_t len)
 {
+	char fwd[512];
+
+	forward_status(d->forward, fwd, sizeof(fwd));
 	snprintf(buf, len, "stored %lu, duplicates %lu, quarantined %lu, "
-		 "held %lu, queued %zu, retries %lu%s%s%s%s", d->count.stored,
+		 "held %lu, queued %zu, retries %lu%s%s%s%s%s%s", d->count.stored,
 		 d->count.duplicates, d->count.quarantined, d->count.held,
 		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
 		 d->count.retries,
 		 d->output_trouble ? "; output problem, retrying" : "",
 		 d->input_trouble ? "; input problem: sources cannot be "
 		 "removed or moved, retrying" : "",
+		 fwd[0] ? "; " : "", fwd,
 		 d->last_error[0] ? "; last error: " : "", d->last_error);
 }
 
 static void update_status(const struct daemon *d)
 {
-	char status[sizeof(d->last_error) + 256];
+	char status[sizeof(d->last_error) + 1024];
 
 	status_text(d, status, sizeof(status));
 	notify_status(status);
@@ -829,7 +853,7 @@ static void reload(struct daemon *d)
 {
 	struct error err = ERROR_INIT;
 	struct correlation *table;
-	char status[sizeof(d->last_error) + 256];
+	char status[sizeof(d->last_error) + 1024];
 
 	notify_reloading();
 	if (d->cfg->correlation_table == NULL) {
@@ -874,6 +898,9 @@ static void handle_signals(struct daemon *d)
 
 /* ---- timers ---- */
 
+/* How often STATUS shows the forwarding queues, which drain on their own. */
+#define FORWARD_STATUS_MS 2000
+
 static void arm_timer(struct daemon *d, int64_t now)
 {
 	int64_t ready = watch_next_ready_ms(d->watch);
@@ -883,6 +910,7 @@ static void arm_timer(struct daemon *d, int64_t now)
 	at = earliest(at, d->next_watchdog_ms);
 	at = earliest(at, d->next_rescan_ms);
 	at = earliest(at, d->next_cleanup_ms);
+	at = earliest(at, d->next_status_ms);
 	if (d->rewatch_needed)
 		at = earliest(at, now + 1000);
 	if (at >= 0) {
@@ -926,6 +954,10 @@ static void handle_timer(struct daemon *d, int64_t now)
 	if (d->next_cleanup_ms >= 0 && now >= d->next_cleanup_ms) {
 		watch_remove_empty_dirs(d->watch, d->cfg->cleanup.min_age_s);
 		d->next_cleanup_ms = now + 30 * 1000;
+	}
+	if (d->next_status_ms >= 0 && now >= d->next_status_ms) {
+		update_status(d);
+		d->next_status_ms = now + FORWARD_STATUS_MS;
 	}
 }
 
@@ -1104,13 +1136,15 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	*config_error = true;
 	if (dicom_init(err) == -1 || open_folders(d, err) == -1 ||
 	    open_pipeline(d->cfg, false, &d->pipeline, &d->secret, err) == -1 ||
-	    records_open(&d->records, d->cfg->output, err) == -1)
+	    records_open(&d->records, d->cfg->output, err) == -1 ||
+	    forward_start(&d->forward, d->cfg, NULL, err) == -1)
 		return -1;
 	table_digest(d->cfg->correlation_table, d->table_sha256,
 		     sizeof(d->table_sha256));
 	test_delays(d);
 	/* Records a SIGKILL left owed go out before any new file. */
-	if (records_recover(d->records) > 0)
+	if (records_recover_hooked(d->records, d->forward ? forward_recovered :
+				   NULL, d->forward) > 0)
 		log_msg(LOG_NOTICE, "sent the stored records of files stored "
 			"just before the daemon was killed");
 	/* Watches go in before the backlog scan, so nothing that arrives
@@ -1128,6 +1162,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 			    now + d->cfg->rescan.interval_s * 1000 : -1;
 	d->next_cleanup_ms = d->cfg->cleanup.remove_empty_dirs ?
 			     now + 30 * 1000 : -1;
+	d->next_status_ms = d->forward != NULL ? now + FORWARD_STATUS_MS : -1;
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
@@ -1138,6 +1173,8 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 static void teardown(struct daemon *d)
 {
 	workers_free(d->workers, job_free);
+	forward_stop(d->forward, 0);
+	forward_free(d->forward);
 	watch_free(d->watch);
 	while (d->disposals != NULL)
 		forget_disposal(d, d->disposals->path);
@@ -1183,6 +1220,10 @@ static int shut_down(struct daemon *d)
 	rc = workers_stop(d->workers, deadline);
 	if (rc == 0)
 		collect_done(d);
+	/* The senders finish their batch; what they leave stays queued in
+	 * the outbox for the next start. */
+	if (rc == 0 && forward_stop(d->forward, deadline) == -1)
+		rc = -1;
 	rec.reason = rc == 0 ? "all files in flight finished" :
 		     "timed out waiting for files in flight";
 	log_audit(&rec);
@@ -1231,7 +1272,7 @@ int daemon_run(const struct config *cfg)
 	struct daemon d = { .cfg = cfg };
 	struct error err = ERROR_INIT;
 	struct audit_record start = { .event = "start", .priority = LOG_INFO };
-	char status[sizeof(d.last_error) + 256], reason[PATH_MAX * 2];
+	char status[sizeof(d.last_error) + 1024], reason[PATH_MAX * 2];
 
 	bool config_error;
 	int exit_status;

@@ -20,6 +20,7 @@
 #include "deid_rules.h"
 #include "dicomsort/daemon.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/forward.h"
 #include "dicomsort/layout.h"
 
 enum level { NOTE, WARNING, ERROR };
@@ -340,6 +341,50 @@ static void check_readable(struct check *c, const char *key, const char *path)
 	close(fd);
 }
 
+/* A credential file (token_file, basic_auth_file): as the secret, a
+ * regular file nobody else can read, and not empty. */
+static void check_credential(struct check *c, const char *dest,
+			     const char *what, const char *path)
+{
+	struct stat st;
+	int fd;
+
+	if (path == NULL)
+		return;
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1) {
+		report(c, ERROR, "forward", "destination %s: %s %s is not "
+		       "readable by user %s: %s", dest, what, path, c->user,
+		       strerror(errno));
+		return;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
+		report(c, ERROR, "forward", "destination %s: %s %s is not a "
+		       "regular file", dest, what, path);
+	else if ((st.st_mode & 077) != 0)
+		report(c, ERROR, "forward", "destination %s: %s %s is readable "
+		       "by others (mode %04o): chmod 600 it", dest, what, path,
+		       (unsigned)st.st_mode & 07777);
+	else if (st.st_size == 0)
+		report(c, ERROR, "forward", "destination %s: %s %s is empty",
+		       dest, what, path);
+	close(fd);
+}
+
+static void check_forward_files(struct check *c)
+{
+	for (size_t i = 0; i < c->cfg->n_forward; i++) {
+		const struct config_forward *d = &c->cfg->forward[i];
+
+		check_credential(c, d->name, "token_file", d->token_file);
+		check_credential(c, d->name, "basic_auth_file",
+				 d->basic_auth_file);
+		check_credential(c, d->name, "tls_key_file", d->tls_key_file);
+		check_readable(c, "forward", d->tls_ca_file);
+		check_readable(c, "forward", d->tls_cert_file);
+	}
+}
+
 static void file_checks(struct check *c, struct folder *f)
 {
 	for (int i = 0; i < F_COUNT; i++) {
@@ -353,6 +398,7 @@ static void file_checks(struct check *c, struct folder *f)
 	check_rename(c, &f[F_INPUT], &f[F_HOLD]);
 	check_readable(c, "correlation_table", c->cfg->correlation_table);
 	check_readable(c, "deid.secret", c->cfg->deid.secret);
+	check_forward_files(c);
 }
 
 static int become(const struct passwd *pw)
@@ -770,4 +816,32 @@ int checkconf_run(const struct config *cfg, const char *user)
 	else
 		printf("%s: configuration is valid\n", cfg->path);
 	return 0;
+}
+
+int checkconf_probe(const struct config *cfg)
+{
+	int failed = 0;
+
+	for (size_t i = 0; i < cfg->n_forward; i++) {
+		const struct config_forward *d = &cfg->forward[i];
+		struct error err = ERROR_INIT;
+		char peer[PATH_MAX];
+
+		if (d->kind == FORWARD_STOW)
+			snprintf(peer, sizeof(peer), "HTTP OPTIONS %s", d->stow_url);
+		else
+			snprintf(peer, sizeof(peer), "C-ECHO %s@%s:%ld%s",
+				 d->called_ae, d->host, d->port,
+				 d->tls ? " (TLS)" : "");
+		if (forward_probe(d, &err) == 0) {
+			printf("forward %s: %s: ok\n", d->name, peer);
+			continue;
+		}
+		fprintf(stderr, "%s: forward %s: error: %s: %s\n", cfg->path,
+			d->name, peer, err.msg);
+		failed++;
+	}
+	if (cfg->n_forward == 0)
+		printf("%s: no destinations to probe\n", cfg->path);
+	return failed ? 2 : 0;
 }

@@ -26,6 +26,7 @@ struct entry {
 	char name[OUTBOX_NAME_MAX];
 	time_t since;
 	bool busy;
+	bool gone;	/* its file left the outbox behind our back */
 };
 
 struct dest {
@@ -211,8 +212,9 @@ static void prepare(struct dest *d, struct batch *b)
 		snprintf(it->reason, sizeof(it->reason), "%s", err.msg);
 		it->result = err.kind == ERROR_INPUT ? DELIVERY_REJECTED :
 			     DELIVERY_RETRY;
-		if (err.errnum == ENOENT)	/* removed by hand: nothing owed */
-			it->result = DELIVERY_DONE;
+		/* Removed by hand: nothing to send, nothing to record as
+		 * sent. */
+		b->entries[i]->gone = err.errnum == ENOENT;
 	}
 }
 
@@ -224,7 +226,8 @@ static void send_batch(struct dest *d, struct batch *b)
 	int rc;
 
 	for (size_t i = 0; i < b->n; i++)
-		pending += b->items[i].result == DELIVERY_PENDING;
+		pending += b->items[i].result == DELIVERY_PENDING &&
+			   !b->entries[i]->gone;
 	if (pending == 0)
 		return;
 	/* Items already settled keep their result: the transports skip
@@ -279,6 +282,11 @@ static void settle(struct dest *d, struct batch *b)
 		const char *name = b->entries[i]->name;
 		struct error err = ERROR_INIT;
 
+		if (b->entries[i]->gone) {
+			log_msg(LOG_WARNING, "forward %s: outbox entry %s was "
+				"removed before it was sent", d->cf->name, name);
+			continue;
+		}
 		switch (it->result) {
 		case DELIVERY_DONE:
 			record(d, "forwarded", LOG_INFO, name, it, it->reason);
@@ -309,6 +317,10 @@ static void settle(struct dest *d, struct batch *b)
 	}
 	pthread_mutex_lock(&d->mu);
 	for (size_t i = 0; i < b->n; i++) {
+		if (b->entries[i]->gone) {
+			unlink_entry(d, b->entries[i]);
+			continue;
+		}
 		switch (b->items[i].result) {
 		case DELIVERY_DONE:
 			d->forwarded++;
@@ -536,9 +548,13 @@ int forward_queue(struct forward *f, const char *rel, struct error *err)
 	char name[OUTBOX_NAME_MAX];
 
 	for (size_t i = 0; f != NULL && i < f->n; i++) {
-		if (outbox_add(f->dests[i].ob, rel, name, sizeof(name), err) == -1)
+		int rc = outbox_add(f->dests[i].ob, rel, name, sizeof(name), err);
+
+		if (rc == -1)
 			return -1;
-		if (enqueue(&f->dests[i], name, time(NULL), false) == -1)
+		/* An entry already there may be queued already (a rerun's
+		 * duplicate, a recovery): never twice in memory. */
+		if (enqueue(&f->dests[i], name, time(NULL), rc == 1) == -1)
 			return error_set(err, ERROR_TRANSIENT, ENOMEM,
 					 "forward queue");
 	}
@@ -553,7 +569,7 @@ void forward_recovered(void *ctx, const char *rel)
 
 	for (size_t i = 0; f != NULL && i < f->n; i++) {
 		if (outbox_add(f->dests[i].ob, rel, name, sizeof(name),
-			       &err) == -1 ||
+			       &err) < 0 ||
 		    enqueue(&f->dests[i], name, time(NULL), true) == -1)
 			log_msg(LOG_ERR, "forward %s: cannot queue a file "
 				"stored before a kill: %s", f->dests[i].cf->name,

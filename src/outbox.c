@@ -170,6 +170,7 @@ int outbox_add(struct outbox *ob, const char *rel, char *name, size_t len,
 {
 	char path[PATH_MAX * 2], ref[NAME_MAX + 8], text[PATH_MAX + 2];
 	int dirfd, rc = 0;
+	bool existed = false;
 
 	if (outbox_name_of(ob->output, rel, name, len, err) == -1)
 		return -1;
@@ -185,8 +186,10 @@ int outbox_add(struct outbox *ob, const char *rel, char *name, size_t len,
 		close(dirfd);
 		return -1;
 	}
-	if (linkat(AT_FDCWD, path, dirfd, name, 0) == -1 && errno != EEXIST) {
-		if (errno == EXDEV || errno == EPERM || errno == EMLINK)
+	if (linkat(AT_FDCWD, path, dirfd, name, 0) == -1) {
+		if (errno == EEXIST)
+			existed = true;
+		else if (errno == EXDEV || errno == EPERM || errno == EMLINK)
 			rc = copy_in(dirfd, path, name, err);
 		else
 			rc = error_set(err, error_kind_for_output_errno(errno),
@@ -196,7 +199,7 @@ int outbox_add(struct outbox *ob, const char *rel, char *name, size_t len,
 	if (rc == 0)
 		rc = fsutil_fsync(dirfd, "outbox folder", err);
 	close(dirfd);
-	return rc;
+	return rc == 0 && existed ? 1 : rc;
 }
 
 static bool has_suffix(const char *name, const char *suffix)

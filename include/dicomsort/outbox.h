@@ -57,8 +57,8 @@ int outbox_name_of(const char *output_dir, const char *rel, char *name,
 		   size_t len, struct error *err);
 
 /** Queue output file rel: link (or copy) it in under its name, write its
- *  .ref and fsync the folder. Adding an entry that exists changes
- *  nothing and returns 0. name gets the entry's name. */
+ *  .ref and fsync the folder: 0. Adding an entry that exists changes
+ *  nothing and returns 1. name gets the entry's name. */
 int outbox_add(struct outbox *ob, const char *rel, char *name, size_t len,
 	       struct error *err);
 

@@ -255,3 +255,53 @@ def test_without_destinations_there_is_no_outbox(tmp_path, dicom_files):
     d.wait_stored(2, timeout=60)
     assert d.stop()[0] == 0
     assert not (d.output / ".dicomsortd-state" / "outbox").exists()
+
+
+def run_batch(tmp_path, dests, name, src, out, *extra):
+    import json
+    import os
+    import subprocess
+    cfg = daemon_helpers.base_config(tmp_path)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    conf = tmp_path / "batch.conf"
+    from fwdlib import forward_text
+    conf.write_text(daemon_helpers.conf_text(cfg) + forward_text(dests))
+    argv = [os.environ["DICOMSORT_BIN"], "--dicomin", str(src), "--dicomout",
+            str(out), "--json", "--forward", name, "-c", str(conf)] + \
+        list(extra)
+    p = subprocess.run(argv, capture_output=True, text=True,
+                       timeout=300 * SLOW)
+    return p.returncode, json.loads(p.stdout) if p.stdout else None, p.stderr
+
+
+def test_batch_forward_waits_for_the_queue_and_resumes(tmp_path, orthanc,
+                                                       dicom_files):
+    src = tmp_path / "src"
+    dicom_files(10, out=src)
+    out = tmp_path / "sorted"
+    down = [dimse_dest("pacs", closed_port(), orthanc.aet)]
+    rc, js, err = run_batch(tmp_path, down, "pacs", src, out,
+                            "--forward-timeout", "2")
+    assert rc == 1, err
+    assert js["stored"] == 10
+    assert js["forward"][0]["queued"] == 10, js["forward"]
+    assert "not yet delivered" in err
+    assert len(outbox_entries(out, "pacs")) == 10
+    # The next run, peer up: the identical outputs are duplicates, the
+    # queue left by the first run is sent, nothing is left.
+    up = [dimse_dest("pacs", orthanc.dicom_port, orthanc.aet)]
+    rc, js, err = run_batch(tmp_path, up, "pacs", src, out)
+    assert rc == 0, err
+    assert js["duplicates"] == 10
+    assert js["forward"][0]["queued"] == 0
+    assert not outbox_entries(out, "pacs")
+    assert orthanc.instances() == identities(stored_files(out))
+
+
+def test_batch_forward_flags_go_together(tmp_path):
+    import os
+    import subprocess
+    p = subprocess.run([os.environ["DICOMSORT_BIN"], "--dicomin", str(tmp_path),
+                        "--dicomout", str(tmp_path / "o"), "--forward", "x"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "go together" in p.stderr

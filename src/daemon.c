@@ -74,9 +74,19 @@ struct job {
 	char owner[96];		/* "uid(name)" of the source */
 	char marker[64];	/* its pending `stored` record */
 	bool stored_logged;
+	bool unqueued;		/* stored, but not queued for forwarding */
 	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
 	struct stat read_st;
+};
+
+/* A stored file whose forwarding entries could not be made (ENOSPC...):
+ * retried from the loop's timer; its pending marker stays until then, so
+ * a restart queues it too (records.h, outbox.h). */
+struct unqueued {
+	struct unqueued *next;
+	char dest[PATH_MAX + NAME_MAX + 2];
+	char marker[64];
 };
 
 struct counters {
@@ -92,6 +102,7 @@ struct daemon {
 	struct records *records;
 	struct forward *forward;	/* NULL without destinations */
 	struct disposal *disposals;	/* loop thread only */
+	struct unqueued *unqueued;	/* loop thread only */
 	unsigned long next_job_id;
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
@@ -249,15 +260,16 @@ static int before_publish(void *ctx, const struct pipeline_result *res,
 	return records_note(job->d->records, job->marker, &rec, out_st, err);
 }
 
-/* false: not queued; the marker stays, so the next start queues it. */
+/* false: not queued; the marker stays (the loop retries, and a restart
+ * queues it). */
 static bool queue_forward(struct job *job, const struct pipeline_result *res)
 {
 	struct error err = ERROR_INIT;
 
 	if (forward_queue(job->d->forward, res->dest, &err) == 0)
 		return true;
-	log_msg(LOG_ERR, "%s: cannot queue for forwarding (queued at the next "
-		"start): %s", res->dest, err.msg);
+	log_msg(LOG_ERR, "%s: cannot queue for forwarding (retried): %s",
+		res->dest, err.msg);
 	return false;
 }
 
@@ -284,12 +296,13 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 		 * and before the marker does: a kill until then leaves the
 		 * marker, whose recovery queues it (outbox.h). */
 		if (job->d->forward != NULL && !queue_forward(job, res))
-			return;
+			job->unqueued = true;
 		rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
 		log_audit(&rec);
 		job->stored_logged = true;
 	}
-	records_done(job->d->records, job->marker);
+	if (!job->unqueued)
+		records_done(job->d->records, job->marker);
 }
 
 static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
@@ -580,9 +593,43 @@ static void report_disposal(struct daemon *d, struct job *job)
 
 static void release_held(struct daemon *d);
 
+static void remember_unqueued(struct daemon *d, const struct job *job)
+{
+	struct unqueued *u = calloc(1, sizeof(*u));
+
+	if (u == NULL)
+		abort();
+	snprintf(u->dest, sizeof(u->dest), "%s", job->result.dest);
+	snprintf(u->marker, sizeof(u->marker), "%s", job->marker);
+	u->next = d->unqueued;
+	d->unqueued = u;
+}
+
+/* On the status tick: queue what could not be queued before. */
+static void retry_unqueued(struct daemon *d)
+{
+	struct unqueued **p = &d->unqueued;
+
+	while (*p != NULL) {
+		struct unqueued *u = *p;
+		struct error err = ERROR_INIT;
+
+		if (forward_queue(d->forward, u->dest, &err) == -1) {
+			p = &u->next;
+			continue;
+		}
+		records_done(d->records, u->marker);
+		*p = u->next;
+		free(u);
+	}
+}
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
+
+	if (job->unqueued)
+		remember_unqueued(d, job);
 
 	/* A new delivery under the name of a source awaiting disposal:
 	 * that source is gone, and so is what we owed it. */
@@ -956,6 +1003,7 @@ static void handle_timer(struct daemon *d, int64_t now)
 		d->next_cleanup_ms = now + 30 * 1000;
 	}
 	if (d->next_status_ms >= 0 && now >= d->next_status_ms) {
+		retry_unqueued(d);
 		update_status(d);
 		d->next_status_ms = now + FORWARD_STATUS_MS;
 	}
@@ -1178,6 +1226,12 @@ static void teardown(struct daemon *d)
 	watch_free(d->watch);
 	while (d->disposals != NULL)
 		forget_disposal(d, d->disposals->path);
+	while (d->unqueued != NULL) {	/* their markers stay: next start */
+		struct unqueued *u = d->unqueued;
+
+		d->unqueued = u->next;
+		free(u);
+	}
 	records_free(d->records);
 	pipeline_free(d->pipeline);
 	deid_secret_free(d->secret);

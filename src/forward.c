@@ -132,7 +132,9 @@ struct batch {
 static void peer_status(const struct dest *d, const struct delivery_item *it,
 			char *buf, size_t len)
 {
-	if (it->status == 0)
+	/* 0x0000 is C-STORE success; otherwise 0 means no answer. */
+	if (it->status == 0 && !(it->result == DELIVERY_DONE &&
+				 d->cf->kind == FORWARD_DIMSE))
 		snprintf(buf, len, "none");
 	else if (d->cf->kind == FORWARD_STOW)
 		snprintf(buf, len, "HTTP %u", it->status);

@@ -11,6 +11,14 @@
     peer.instances()             # {SOPInstanceUID: pixel-data sha256}
     peer.close()                 # stop for good (the fixture calls it)
 
+    front = TlsFront(dir, peer.http_port)   # HTTPS in front of it
+    front.start(); front.url("/dicom-web/studies"); front.ca_file
+
+Orthanc's own HTTPS (SslEnabled) is not used: Debian 12's Orthanc 1.10.1
+dies of SIGSEGV on the first HTTPS request (CivetWeb with OpenSSL 3). Sites
+put a TLS proxy in front of Orthanc anyway; TlsFront is that proxy, a
+real TLS server (Python's ssl, OpenSSL) relaying to Orthanc's HTTP port.
+
 Orthanc 1.10.1 (Debian 12, package `orthanc`) with the DICOMweb plugin
 (package `orthanc-dicomweb`). Everything lives in the directory given: the
 generated orthanc.json, the SQLite index and storage, orthanc.log.
@@ -32,9 +40,12 @@ import io
 import json
 import os
 import pathlib
+import select
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -120,7 +131,10 @@ class Orthanc:
     aet: its DICOM AE title. auth: (user, password) turns HTTP basic
     authentication on. check_called_aet: refuse associations whose called
     AE is not aet. lua: text of a Lua script (e.g. a ReceivedInstanceFilter
-    that refuses some instances). extra: more orthanc.json keys."""
+    that refuses some instances; note that Orthanc 1.10 still answers such
+    an instance with C-STORE success and lists it in STOW-RS's
+    ReferencedSOPSequence).
+    extra: more orthanc.json keys."""
 
     def __init__(self, workdir, aet="ORTHANC", auth=None,
                  check_called_aet=True, lua=None, extra=None):
@@ -410,3 +424,101 @@ def file_identity(path):
     import pydicom
     ds = pydicom.dcmread(str(path))
     return str(ds.SOPInstanceUID), hashlib.sha256(ds.PixelData).hexdigest()
+
+
+class TlsFront:
+    """An HTTPS front for a loopback HTTP port: a self-signed certificate
+    for IP 127.0.0.1 (ca_file), each TLS connection relayed to
+    127.0.0.1:target_port. Idle connections close after IDLE seconds."""
+
+    IDLE = 120
+
+    def __init__(self, workdir, target_port):
+        self.dir = pathlib.Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.target_port = target_port
+        self.port = None
+        self.ca_file = str(self.dir / "cert.pem")
+        self._key = str(self.dir / "key.pem")
+        self._listener = None
+        self._threads = []
+        self._stopping = threading.Event()
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+             "-keyout", self._key, "-out", self.ca_file, "-days", "2",
+             "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60)
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(self.ca_file, self._key)
+
+    def url(self, path="/"):
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def start(self):
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.5)
+        self.port = self._listener.getsockname()[1]
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,),
+                                 daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn):
+        conn.settimeout(30)
+        try:
+            tls = self._ctx.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()	# e.g. the client did not trust us
+            return
+        try:
+            plain = socket.create_connection(("127.0.0.1",
+                                              self.target_port), timeout=30)
+        except OSError:
+            tls.close()
+            return
+        try:
+            self._pump(tls, plain)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            tls.close()
+            plain.close()
+
+    def _pump(self, tls, plain):
+        tls.settimeout(None)
+        plain.settimeout(None)
+        while not self._stopping.is_set():
+            if tls.pending():
+                ready = [tls]
+            else:
+                ready, _, _ = select.select([tls, plain], [], [], self.IDLE)
+            if not ready:
+                return
+            for s in ready:
+                other = plain if s is tls else tls
+                data = s.recv(65536)
+                if not data:
+                    return
+                other.sendall(data)
+
+    def close(self):
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        for t in self._threads:
+            t.join(timeout=5)

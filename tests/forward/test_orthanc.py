@@ -1,6 +1,7 @@
 """The Orthanc fixture itself: a real peer on loopback only, restartable
 with its data, reachable through REST and DICOMweb."""
 
+import json
 import urllib.request
 
 import orthanc as orthanc_mod
@@ -51,3 +52,23 @@ def test_auth_refuses_without_credentials(orthanc_auth):
     except urllib.error.HTTPError as e:
         assert e.code == 401
     assert "Version" in orthanc_auth.json("/system")
+
+
+def test_lua_filter_is_reported_as_stored(make_orthanc, dicom_files):
+    """A quirk of Orthanc 1.10.1 + DICOMweb 1.7 that forwarding tests must
+    know: an instance its ReceivedInstanceFilter refuses is not stored, yet
+    STOW-RS lists it in ReferencedSOPSequence (and C-STORE answers it with
+    success). So a peer that "rejects some SOP classes" cannot be built
+    with a Lua filter. If this fails, Orthanc changed: update the note in
+    orthanc.py."""
+    lua = ('function ReceivedInstanceFilter(dicom, origin, info)\n'
+           '  return dicom.Modality ~= "MR"\n'
+           'end\n')
+    peer = make_orthanc(lua=lua)
+    mr = dicom_files(1, modality="MR")
+    answer = json.loads(_stow(peer, mr))
+    uid, _ = orthanc_mod.file_identity(mr[0])
+    listed = [i["00081155"]["Value"][0]
+              for i in answer["00081199"].get("Value", [])]
+    assert listed == [uid]
+    assert peer.instance_ids() == []

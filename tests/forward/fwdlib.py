@@ -125,12 +125,14 @@ class StoreSCP:
     file. config: (file text, profile) for -xf (accepted SOP classes)."""
 
     def __init__(self, workdir, aet="STORESCP", config=None, tls=None):
+        """tls: storescp's TLS arguments, e.g. ["+tls", key, cert, "+cf",
+        ca, "-rc"] (a client certificate signed by ca is required)."""
         self.dir = pathlib.Path(workdir)
         self.store = self.dir / "received"
         self.store.mkdir(parents=True, exist_ok=True)
         self.aet = aet
         self.config = config
-        self.tls = tls		# (key, cert) or None
+        self.tls = tls
         self.port = None
         self.proc = None
         self.log_path = self.dir / "storescp.log"
@@ -148,7 +150,7 @@ class StoreSCP:
             cfg.write_text(self.config[0])
             argv += ["-xf", str(cfg), self.config[1]]
         if self.tls is not None:
-            argv += ["+tls", str(self.tls[0]), str(self.tls[1]), "-ic"]
+            argv += [str(a) for a in self.tls]
         argv.append(str(self.port))
         env = dict(os.environ)
         env["LD_PRELOAD"] = shim
@@ -205,3 +207,28 @@ def closed_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def make_pki(folder):
+    """A test CA, a server certificate for 127.0.0.1 and a client
+    certificate, with openssl(1); keys mode 0600. Returns a dict of paths."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    script = (
+        "set -e\n"
+        "req() { openssl req -newkey rsa:2048 -nodes -keyout $1.key "
+        "-out $1.csr -subj /CN=$2; }\n"
+        "sign() { printf '%s\\n' \"$2\" >$1.ext; openssl x509 -req "
+        "-in $1.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+        "-out $1.pem -extfile $1.ext; }\n"
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key "
+        "-out ca.pem -days 2 -subj /CN=test-ca\n"
+        "req srv 127.0.0.1; sign srv subjectAltName=IP:127.0.0.1\n"
+        "req cli dicomsortd; sign cli extendedKeyUsage=clientAuth\n"
+        "chmod 600 *.key\n")
+    r = subprocess.run(["sh", "-c", script], cwd=folder, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return {k: folder / v for k, v in (
+        ("ca", "ca.pem"), ("srv_key", "srv.key"), ("srv_pem", "srv.pem"),
+        ("cli_key", "cli.key"), ("cli_pem", "cli.pem"))}

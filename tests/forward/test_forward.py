@@ -12,7 +12,8 @@ import pytest
 
 import orthanc as orthanc_mod
 from fwdlib import (SLOW, StoreSCP, closed_port, daemon_helpers, dimse_dest,
-                    events, field, make_daemon, outbox, outbox_entries,
+                    events, field, make_daemon, make_pki, outbox,
+                    outbox_entries,
                     rejected_entries, stored_files, stow_dest, uids_of,
                     wait_until)
 
@@ -105,6 +106,24 @@ def test_dimse_to_storescp_in_parallel(tmp_path, storescp, dicom_files):
     got = peer.received()
     assert dict(got) == want
     assert len(got) == len(want), "an instance arrived twice"
+    assert d.stop()[0] == 0
+
+
+def test_dimse_over_tls_to_storescp(tmp_path, storescp, dicom_files):
+    pki = make_pki(tmp_path / "pki")
+    peer = storescp(tls=["+tls", pki["srv_key"], pki["srv_pem"],
+                         "+cf", pki["ca"], "-rc"])
+    peer.start()
+    files = dicom_files(6, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [dimse_dest(
+        "tls", peer.port, peer.aet, tls=True, tls_ca_file=str(pki["ca"]),
+        tls_cert_file=str(pki["cli_pem"]),
+        tls_key_file=str(pki["cli_key"]))])
+    drop(files, d.input)
+    d.wait_stored(6, timeout=60)
+    wait_outbox_empty(d, "tls")
+    want = identities(stored_files(d.output))
+    assert dict(peer.received()) == want
     assert d.stop()[0] == 0
 
 
@@ -305,3 +324,36 @@ def test_batch_forward_flags_go_together(tmp_path):
                         "--dicomout", str(tmp_path / "o"), "--forward", "x"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "go together" in p.stderr
+
+
+def test_deidentified_forwarding_leaks_no_identity(tmp_path, orthanc,
+                                                  dicom_files):
+    """profile basic: outbox names, .ref files, rejected sidecars and the
+    forwarding records hold nothing of the patient's ID or name."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"0123456789abcdef0123456789abcdef")
+    secret.chmod(0o600)
+    files = dicom_files(6, out=tmp_path / "src", patient_id="SECRETPID77",
+                        patient_name="Geheim^Hannelore")
+    d = make_daemon(tmp_path, [
+        dimse_dest("pacs", orthanc.dicom_port, orthanc.aet),
+        dimse_dest("down", closed_port(), "NOBODY")],
+        profile="basic", deid={"secret": secret})
+    drop(files, d.input)
+    d.wait_stored(6, timeout=60)
+    wait_outbox_empty(d, "pacs")
+    wait_until(lambda: events(d, "forward-retry", "down"), 30,
+               what="a retry record")
+    state = d.output / ".dicomsortd-state"
+    texts = [d.log()]
+    for p in state.rglob("*"):
+        texts.append(str(p.relative_to(d.output)))
+        if p.is_file() and not p.name.endswith(".dcm"):
+            texts.append(p.read_text(errors="replace"))
+    blob = "\n".join(texts)
+    for secret_word in ("SECRETPID77", "Geheim", "Hannelore"):
+        assert secret_word not in blob
+    assert len(outbox_entries(d.output, "down")) == 6
+    assert set(orthanc.sop_instance_uids()) == set(
+        identities(stored_files(d.output)))
+    assert d.stop()[0] == 0

@@ -158,6 +158,38 @@ def test_peer_down_then_back_delivers_everything_once(tmp_path, storescp,
     assert d.stop()[0] == 0
 
 
+def test_peer_stopped_mid_stream_and_restarted(tmp_path, orthanc,
+                                               dicom_files):
+    """Orthanc goes away after the first files and comes back (same ports,
+    same storage): the rest queue up and all arrive, over DICOM and
+    DICOMweb alike."""
+    files = dicom_files(16, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [
+        dimse_dest("pacs", orthanc.dicom_port, orthanc.aet,
+                   files_per_association=4),
+        stow_dest("web", orthanc.stow_url, files_per_association=4)])
+    drop(files[:8], d.input)
+    d.wait_stored(8, timeout=60)
+    wait_outbox_empty(d, "pacs")
+    wait_outbox_empty(d, "web")
+    orthanc.stop()
+    drop(files[8:], d.input)
+    d.wait_stored(16, timeout=60)
+    wait_until(lambda: events(d, "forward-retry", "pacs") and
+               events(d, "forward-retry", "web"), 30,
+               what="retry records of both destinations")
+    assert len(outbox_entries(d.output, "pacs")) == 8
+    orthanc.start()
+    wait_outbox_empty(d, "pacs")
+    wait_outbox_empty(d, "web")
+    want = identities(stored_files(d.output))
+    assert orthanc.instances() == want
+    # Each destination confirmed each instance exactly once.
+    for name in ("pacs", "web"):
+        assert sorted(uids_of(events(d, "forwarded", name))) == sorted(want)
+    assert d.stop()[0] == 0
+
+
 def test_sigkill_while_forwarding_loses_nothing(tmp_path, orthanc,
                                                 dicom_files):
     """20 SIGKILLs at random moments while files are stored and sent;

@@ -94,6 +94,10 @@ struct unit_info {
 	char user[64];
 	char *rw[UNIT_RW_MAX];	/* ReadWritePaths= entries, prefixes cut */
 	size_t nrw;
+	bool private_network;	/* PrivateNetwork=yes */
+	bool inet;		/* RestrictAddressFamilies= lets AF_INET in */
+	bool families_set;	/* ... and that list is restricted at all */
+	char allow[1024];	/* IPAddressAllow= entries, space-separated */
 };
 
 static void unit_rw_reset(struct unit_info *u)
@@ -121,6 +125,35 @@ static void unit_rw_add(struct unit_info *u, char *value)
 	}
 }
 
+/* The settings that decide whether forwarding can reach its peers. The
+ * lists accumulate over the unit and its drop-ins; an empty assignment
+ * resets them. */
+static void unit_net(struct unit_info *u, const char *p)
+{
+	size_t used = strlen(u->allow);
+
+	if (strncmp(p, "PrivateNetwork=", 15) == 0) {
+		u->private_network = strcmp(p + 15, "yes") == 0 ||
+				     strcmp(p + 15, "true") == 0 ||
+				     strcmp(p + 15, "1") == 0;
+	} else if (strncmp(p, "RestrictAddressFamilies=", 24) == 0) {
+		p += 24;
+		u->families_set = *p != '\0';
+		if (*p == '\0')
+			u->inet = false;
+		else if (*p == '~')	/* a deny list: AF_INET unless named */
+			u->inet = strstr(p, "AF_INET") == NULL;
+		else if (strstr(p, "AF_INET") != NULL)
+			u->inet = true;
+	} else if (strncmp(p, "IPAddressAllow=", 15) == 0) {
+		if (p[15] == '\0')
+			u->allow[0] = '\0';
+		else if (used + strlen(p + 15) + 2 < sizeof(u->allow))
+			snprintf(u->allow + used, sizeof(u->allow) - used, " %s",
+				 p + 15);
+	}
+}
+
 static void unit_read(struct unit_info *u, const char *path)
 {
 	char *line = NULL;
@@ -137,6 +170,8 @@ static void unit_read(struct unit_info *u, const char *path)
 			snprintf(u->user, sizeof(u->user), "%s", p + 5);
 		else if (strncmp(p, "ReadWritePaths=", 15) == 0)
 			unit_rw_add(u, p + 15);
+		else
+			unit_net(u, p);
 	}
 	fclose(f);
 	free(line);
@@ -554,6 +589,56 @@ static void check_sandbox(struct check *c, const struct folder *f,
 	}
 }
 
+/* Whether the unit's IPAddressAllow= names host (an address as written
+ * in the configuration, alone or with a /prefix) or allows everything. */
+static bool allowed(const struct unit_info *u, const char *host)
+{
+	const char *p = u->allow;
+	size_t n = strlen(host);
+
+	while ((p = strstr(p, host)) != NULL) {
+		if ((p == u->allow || p[-1] == ' ') &&
+		    (p[n] == '\0' || p[n] == ' ' || p[n] == '/'))
+			return true;
+		p += n;
+	}
+	return strstr(u->allow, " any") != NULL;
+}
+
+static bool is_address(const char *host)
+{
+	return strspn(host, "0123456789.:abcdefABCDEF") == strlen(host) &&
+	       (strchr(host, '.') != NULL || strchr(host, ':') != NULL);
+}
+
+/* Forwarding under the installed unit: without the drop-in of
+ * forward.conf.example the unit has no network at all. */
+static void check_forward_sandbox(struct check *c, const struct unit_info *u)
+{
+	if (u->path[0] == '\0' || c->cfg->n_forward == 0)
+		return;
+	if (u->private_network || (u->families_set && !u->inet)) {
+		report(c, WARNING, "forward", "the unit %s has no network (%s): "
+		       "no destination can be reached; install the drop-in "
+		       "/usr/share/doc/dicomsortd/examples/forward.conf.example "
+		       "with the peers' addresses in IPAddressAllow=", u->path,
+		       u->private_network ? "PrivateNetwork=yes" :
+		       "RestrictAddressFamilies= without AF_INET");
+		return;
+	}
+	for (size_t i = 0; i < c->cfg->n_forward; i++) {
+		const struct config_forward *d = &c->cfg->forward[i];
+
+		/* Only an address can be compared; a host name or URL is
+		 * left to --probe. */
+		if (d->kind == FORWARD_DIMSE && is_address(d->host) &&
+		    !allowed(u, d->host))
+			report(c, WARNING, "forward", "destination %s: %s is not "
+			       "in the unit's IPAddressAllow=: the kernel will "
+			       "drop its packets", d->name, d->host);
+	}
+}
+
 /* ---- templates ---- */
 
 /* Which options would keep the value, for the hint. */
@@ -779,6 +864,7 @@ int checkconf_run(const struct config *cfg, const char *user)
 		report(&c, ERROR, NULL, "%s", err.msg);
 	unit_load(&unit);
 	check_sandbox(&c, f, &unit);
+	check_forward_sandbox(&c, &unit);
 	service_user = user ? user : unit.user;
 	if (geteuid() == 0 && user == NULL && unit.path[0] == '\0' &&
 	    getpwnam(service_user) == NULL) {

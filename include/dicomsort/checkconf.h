@@ -20,6 +20,9 @@
  *   - forward: credential files (token_file, basic_auth_file,
  *     tls_key_file) are regular, not empty, readable by no one else;
  *     TLS CA and certificate files are readable;
+ *   - forward under the installed unit: no network (PrivateNetwork=yes
+ *     or no AF_INET: the drop-in is missing), a peer's address not in
+ *     IPAddressAllow= (warnings);
  *   - under the installed unit (and its drop-ins): a folder no
  *     ReadWritePaths= entry covers (warning), input and a move target in
  *     separate entries, i.e. separate mounts, so moves copy (note).

@@ -2,6 +2,7 @@
 --check-config --probe against real peers on loopback (issue 13 item 1)."""
 
 import os
+import pathlib
 import subprocess
 
 import pytest
@@ -114,3 +115,42 @@ def test_probe_without_check_config_is_a_usage_error(tmp_path):
     p = subprocess.run([daemon_helpers.daemon_bin(), "--probe"],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 2 and "--check-config" in p.stderr
+
+
+def test_check_config_warns_when_the_unit_has_no_network(tmp_path):
+    """Under the shipped unit (PrivateNetwork=yes) a destination cannot be
+    reached: a warning names the drop-in; with the drop-in and the peer in
+    IPAddressAllow= there is none, and a peer missing there is named."""
+    import shutil
+    repo = pathlib.Path(os.environ["DICOMSORT_SOURCE_DIR"])
+    unit = tmp_path / "dicomsortd.service"
+    shutil.copy(repo / "systemd" / "dicomsortd.service", unit)
+    cfg = base_config(tmp_path)
+    (tmp_path / "in").mkdir(exist_ok=True)
+    conf = tmp_path / "dicomsortd.conf"
+    conf.write_text(daemon_helpers.conf_text(cfg) + forward_text(
+        [dimse_dest("pacs", 104, "PACS", host="192.0.2.10")]))
+    env = dict(os.environ, DICOMSORTD_CHECK_UNIT=str(unit))
+
+    def run():
+        p = subprocess.run([daemon_helpers.daemon_bin(), "-c", str(conf),
+                            "--check-config"], capture_output=True,
+                           text=True, timeout=60, env=env)
+        return p.stdout + p.stderr
+    out = run()
+    assert "has no network (PrivateNetwork=yes)" in out, out
+    assert "forward.conf.example" in out
+    dropins = tmp_path / "dicomsortd.service.d"
+    dropins.mkdir()
+    shutil.copy(repo / "systemd" / "forward.conf.example",
+                dropins / "forward.conf")
+    out = run()
+    assert "has no network" not in out, out
+    assert "destination pacs: 192.0.2.10 is not in the unit's " \
+        "IPAddressAllow=" not in out, out
+    text = (dropins / "forward.conf").read_text().replace(
+        "192.0.2.10", "192.0.2.99")
+    (dropins / "forward.conf").write_text(text)
+    out = run()
+    assert "destination pacs: 192.0.2.10 is not in the unit's " \
+        "IPAddressAllow=" in out, out

@@ -274,7 +274,21 @@ static void send_batch(struct dest *d, struct batch *b)
 	free(map);
 }
 
-/* Settle each item: the outbox first, then the record, then the queue. */
+/* Into rejected/, the peer's status leading the reason. */
+static int reject(struct dest *d, const char *name,
+		  const struct delivery_item *it, struct error *err)
+{
+	char status[32], reason[DELIVERY_REASON_MAX + 64];
+
+	peer_status(d, it, status, sizeof(status));
+	snprintf(reason, sizeof(reason), "peer status %s: %s", status,
+		 it->reason[0] ? it->reason : "refused");
+	return outbox_reject(d->ob, name, reason, err);
+}
+
+/* Settle each item: the record, then the outbox, then the queue. A kill
+ * between record and outbox sends the entry again at the next start,
+ * and the audit then shows both sends. */
 static void settle(struct dest *d, struct batch *b)
 {
 	bool retry = false, done = false;
@@ -300,7 +314,7 @@ static void settle(struct dest *d, struct batch *b)
 		case DELIVERY_REJECTED:
 			record(d, "forward-rejected", LOG_WARNING, name, it,
 			       it->reason);
-			if (outbox_reject(d->ob, name, it->reason, &err) == -1) {
+			if (reject(d, name, it, &err) == -1) {
 				/* Kept in the queue: sent (and refused) again
 				 * after the backoff, never lost. */
 				log_msg(LOG_ERR, "forward %s: %s", d->cf->name,

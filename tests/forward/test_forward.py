@@ -257,7 +257,7 @@ def test_peer_refusing_a_sop_class_sends_it_to_rejected(tmp_path, storescp,
     assert set(identities(rejected)) == mr_uids
     for p in rejected:
         reason = p.with_name(p.name + ".reason").read_text()
-        assert "reason: " in reason and "output: " in reason
+        assert "reason: peer status " in reason and "output: " in reason
     rec = events(d, "forward-rejected", "scp")
     assert set(uids_of(rec)) == mr_uids
     assert peer.received_uids() == set(identities(ct))

@@ -52,6 +52,7 @@ struct forward {
 	const struct config *cfg;
 	struct dest *dests;
 	size_t n;
+	long delay_forwarded_ms;	/* DICOMSORT_TEST_DELAY=forwarded:MS */
 };
 
 static int64_t now_ms(void)
@@ -274,6 +275,29 @@ static void send_batch(struct dest *d, struct batch *b)
 	free(map);
 }
 
+/*
+ * DICOMSORT_TEST_DELAY=forwarded:MS (test-only, as daemon.c's): sleep MS
+ * ms between a peer's confirmation (its record logged) and the removal of
+ * the entry, so a test can SIGKILL the daemon exactly there. Unset, nothing
+ * changes.
+ */
+static long test_delay_ms(void)
+{
+	const char *v = getenv("DICOMSORT_TEST_DELAY");
+
+	if (v != NULL && strncmp(v, "forwarded:", 10) == 0)
+		return strtol(v + 10, NULL, 10);
+	return 0;
+}
+
+static void test_delay(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+
+	if (ms > 0)
+		nanosleep(&ts, NULL);
+}
+
 /* Into rejected/, the peer's status leading the reason. */
 static int reject(struct dest *d, const char *name,
 		  const struct delivery_item *it, struct error *err)
@@ -306,6 +330,7 @@ static void settle(struct dest *d, struct batch *b)
 		switch (it->result) {
 		case DELIVERY_DONE:
 			record(d, "forwarded", LOG_INFO, name, it, it->reason);
+			test_delay(d->f->delay_forwarded_ms);
 			if (outbox_done(d->ob, name, &err) == -1)
 				log_msg(LOG_ERR, "forward %s: %s", d->cf->name,
 					err.msg);
@@ -537,6 +562,7 @@ int forward_start(struct forward **out, const struct config *cfg,
 		return error_set(err, ERROR_SETUP, ENOMEM, "forward");
 	}
 	f->cfg = cfg;
+	f->delay_forwarded_ms = test_delay_ms();
 	for (size_t i = 0; i < cfg->n_forward; i++) {
 		if (only != NULL && strcmp(cfg->forward[i].name, only) != 0)
 			continue;

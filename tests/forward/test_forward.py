@@ -190,6 +190,31 @@ def test_peer_stopped_mid_stream_and_restarted(tmp_path, orthanc,
     assert d.stop()[0] == 0
 
 
+def test_kill_after_the_peer_confirmed_resends_and_says_so(
+        tmp_path, storescp, dicom_files):
+    """A SIGKILL after the peer confirmed a file but before its entry went:
+    the next start sends it again, and the audit shows both sends - the
+    only way an instance reaches the peer twice."""
+    peer = storescp()
+    peer.start()
+    files = dicom_files(1, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [dimse_dest("scp", peer.port, peer.aet)],
+                    env={"DICOMSORT_TEST_DELAY": "forwarded:60000"})
+    drop(files, d.input)
+    wait_until(lambda: events(d, "forwarded", "scp"), 60,
+               what="the first forwarded record")
+    d.kill()
+    assert len(outbox_entries(d.output, "scp")) == 1
+    d.env.pop("DICOMSORT_TEST_DELAY")
+    d.start()
+    wait_outbox_empty(d, "scp")
+    (uid, _), = identities(stored_files(d.output)).items()
+    got = [u for u, _ in peer.received()]
+    assert got == [uid, uid]
+    assert uids_of(events(d, "forwarded", "scp")) == [uid, uid]
+    assert d.stop()[0] == 0
+
+
 def test_sigkill_while_forwarding_loses_nothing(tmp_path, orthanc,
                                                 dicom_files):
     """20 SIGKILLs at random moments while files are stored and sent;

@@ -190,6 +190,31 @@ def test_peer_stopped_mid_stream_and_restarted(tmp_path, orthanc,
     assert d.stop()[0] == 0
 
 
+def test_kill_between_storing_and_queueing_is_queued_at_start(
+        tmp_path, orthanc, dicom_files):
+    """A SIGKILL after the output is published but before its outbox entry
+    is made (DICOMSORT_TEST_DELAY=published holds that window): the pending
+    record's recovery queues it at the next start, and it arrives."""
+    files = dicom_files(1, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [dimse_dest("pacs", orthanc.dicom_port,
+                                          orthanc.aet)],
+                    env={"DICOMSORT_TEST_DELAY": "published:60000"})
+    drop(files, d.input)
+    wait_until(lambda: len(stored_files(d.output)) == 1, 60,
+               what="the published output")
+    d.kill()
+    assert outbox_entries(d.output, "pacs") == []
+    d.env.pop("DICOMSORT_TEST_DELAY")
+    d.start()
+    wait_outbox_empty(d, "pacs")
+    d.wait_input_empty(timeout=60)
+    want = identities(stored_files(d.output))
+    assert len(want) == 1
+    assert orthanc.wait_for(want, timeout=60) == set()
+    assert orthanc.instances() == want
+    assert d.stop()[0] == 0
+
+
 def test_kill_after_the_peer_confirmed_resends_and_says_so(
         tmp_path, storescp, dicom_files):
     """A SIGKILL after the peer confirmed a file but before its entry went:

@@ -32,6 +32,7 @@
 #include <dcmtk/dcmjpls/djdecode.h>
 #include <dcmtk/dcmjpls/djencode.h>
 #include <dcmtk/dcmnet/assoc.h>
+#include <dcmtk/dcmnet/dcmtrans.h>
 #include <dcmtk/dcmnet/dimse.h>
 #include <dcmtk/dcmnet/diutil.h>
 #include <dcmtk/dcmnet/dul.h>
@@ -52,6 +53,8 @@
 #include <map>
 #include <memory>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string>
@@ -425,6 +428,34 @@ int request_failed(association &a, T_ASC_Parameters *params,
 			 a.peer.c_str(), called, why.c_str());
 }
 
+/*
+ * Each C-STORE is a few small writes and a wait for the answer: with
+ * Nagle's algorithm against the peer's delayed ACK that costs ~40 ms a
+ * file on loopback. DCMTK turns Nagle off only when the environment says
+ * TCP_NODELAY (read per connection, process-wide): do it on our socket.
+ */
+struct socket_of : DcmTransportConnection {
+	/* getSocket() is protected: a derived class may name it. */
+	static DcmNativeSocketType get(DcmTransportConnection *conn)
+	{
+		DcmNativeSocketType (DcmTransportConnection::*fn)() =
+			&socket_of::getSocket;
+
+		return (conn->*fn)();
+	}
+};
+
+void no_delay(T_ASC_Association *assoc)
+{
+	DcmTransportConnection *conn =
+		DUL_getTransportConnection(assoc->DULassociation);
+	int one = 1;
+	int fd = conn ? socket_of::get(conn) : -1;
+
+	if (fd >= 0)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 /* Connect, negotiate props; 0 or -1 with err (the batch is retried). */
 int open_association(const struct dimse_peer *peer,
 		     const std::vector<proposal> &props, association &a,
@@ -472,6 +503,7 @@ int open_association(const struct dimse_peer *peer,
 	if (cond.bad())
 		return request_failed(a, params, cond, peer->called_ae, err);
 	a.established = true;
+	no_delay(a.assoc);
 	return 0;
 }
 
@@ -548,7 +580,8 @@ void fill_from_file(struct delivery_item *item)
 	cond = ff.loadFile(item->path, EXS_Unknown, EGL_noChange, 256,
 			   ERM_fileOnly);
 	if (cond.bad()) {
-		set_reason(item, "the file could not be read (%s)", cond.text());
+		set_reason(item, "the file could not be read (%s)",
+			   one_line(cond.text()).c_str());
 		item->result = DELIVERY_REJECTED;
 		return;
 	}
@@ -644,7 +677,7 @@ void no_context(const struct dimse_peer *peer, T_ASC_Association *assoc,
 	std::string as = accepted_as(assoc, item->sop_class_uid, ts_refused);
 	const char *ts = DcmXfer(own).getXferID();
 	const char *conversion = peer->allow_conversion ?
-		"it cannot be converted without loss" : "conversion is not allowed";
+		"no lossless conversion to it is possible" : "conversion is not allowed";
 
 	item->result = DELIVERY_REJECTED;
 	item->status = 0;
@@ -685,7 +718,8 @@ enum sent send_one(const struct dimse_peer *peer, association &a,
 	cond = ff.loadFile(item->path, EXS_Unknown, EGL_noChange,
 			   DCM_MaxReadLength, ERM_fileOnly);
 	if (cond.bad()) {
-		set_reason(item, "the file could not be read (%s)", cond.text());
+		set_reason(item, "the file could not be read (%s)",
+			   one_line(cond.text()).c_str());
 		item->result = DELIVERY_REJECTED;
 		item->status = 0;
 		return SENT;
@@ -731,6 +765,9 @@ int send_round(const struct dimse_peer *peer, struct delivery_item *items,
 	association a;
 
 	plan_round(peer, items, n, round, props);
+	if (round.empty())	/* cannot happen: one item needs 2 contexts */
+		return error_set(err, ERROR_SETUP, 0, "peer %s:%d: no item fits "
+				 "an association", peer->host, peer->port);
 	if (open_association(peer, props, a, err) == -1)
 		return -1;
 	for (size_t i : round) {

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -175,8 +176,9 @@ static int kill_all(void **state)
 	return 0;
 }
 
-/* storescp [args...] -od OUT PORT, listening when this returns. */
-static void scp_start(struct scp *s, const char *name, const char *const args[])
+/* PROG [args...] [-od OUT] PORT, listening when this returns. */
+static void spawn(struct scp *s, const char *name, const char *prog,
+		  const char *const args[], int od)
 {
 	pathf(s->out, "%s/%s-in", dir, name);
 	pathf(s->log, "%s/%s.log", dir, name);
@@ -189,11 +191,13 @@ static void scp_start(struct scp *s, const char *name, const char *const args[])
 
 		s->port = free_port();
 		snprintf(port, sizeof(port), "%d", s->port);
-		argv[n++] = "storescp";
+		argv[n++] = prog;
 		for (size_t i = 0; args && args[i]; i++)
 			argv[n++] = args[i];
-		argv[n++] = "-od";
-		argv[n++] = s->out;
+		if (od) {
+			argv[n++] = "-od";
+			argv[n++] = s->out;
+		}
 		argv[n++] = port;
 		argv[n] = NULL;
 		s->pid = fork();
@@ -205,7 +209,7 @@ static void scp_start(struct scp *s, const char *name, const char *const args[])
 				dup2(fd, 1);
 				dup2(fd, 2);
 			}
-			execvp("storescp", (char *const *)argv);
+			execvp(prog, (char *const *)argv);
 			_exit(127);
 		}
 		track(s->pid, 0);
@@ -219,7 +223,12 @@ static void scp_start(struct scp *s, const char *name, const char *const args[])
 		}
 		scp_kill(s);
 	}
-	fail_msg("storescp did not start (see %s)", s->log);
+	fail_msg("%s did not start (see %s)", prog, s->log);
+}
+
+static void scp_start(struct scp *s, const char *name, const char *const args[])
+{
+	spawn(s, name, "storescp", args, 1);
 }
 
 /* The file storescp stored for this SOP Instance UID, waited for. */
@@ -262,6 +271,16 @@ static int scp_count(const struct scp *s)
 }
 
 /* ---- files and items ---- */
+
+static void write_text(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+
+	assert_non_null(f);
+	fputs(text, f);
+	assert_int_equal(fclose(f), 0);
+}
+
 
 struct batch {
 	struct delivery_item items[8];
@@ -492,6 +511,44 @@ static void test_association_refused(void **state)
 	scp_kill(&s);
 }
 
+/* A peer that checks the called AE title (storescp does not: DCMTK's
+ * dcmqrscp does) refuses the association: the batch is retried. */
+static void test_wrong_called_ae(void **state)
+{
+	char cfg[PATH_MAX], text[2 * PATH_MAX];
+	const char *args[] = { "-c", cfg, NULL };
+	struct scp s = { 0 };
+	struct batch b = { 0 };
+	struct dimse_peer p;
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	pathf(cfg, "%s/dcmqrscp.cfg", dir);
+	pathf(s.out, "%s/qr-in", dir);
+	assert_true(mkdir(s.out, 0700) == 0 || errno == EEXIST);
+	snprintf(text, sizeof(text),
+		 "NetworkTCPPort = 104\nMaxPDUSize = 16384\n"
+		 "MaxAssociations = 4\nHostTable BEGIN\nHostTable END\n"
+		 "VendorTable BEGIN\nVendorTable END\nAETable BEGIN\n"
+		 "PACS %s RW (10, 64mb) ANY\nAETable END\n", s.out);
+	write_text(cfg, text);
+	spawn(&s, "qr", "dcmqrscp", args, 0);
+	add(&b, CT, EXPLICIT_LE);
+	p = peer_at(s.port);
+	p.called_ae = "NOT-THE-PACS";
+	assert_int_equal(dimse_send(&p, b.items, b.n, &err), -1);
+	assert_int_equal(err.kind, ERROR_TRANSIENT);
+	assert_non_null(strstr(err.msg, "association rejected"));
+	assert_non_null(strstr(err.msg, "Called AE Title Not Recognized"));
+	assert_int_equal(b.items[0].result, DELIVERY_PENDING);
+	error_clear(&err);
+	assert_int_equal(dimse_echo(&p, &err), -1);
+	/* The right one: the same peer answers. */
+	p.called_ae = "PACS";
+	assert_int_equal(dimse_echo(&p, &err), 0);
+	scp_kill(&s);
+}
+
 /* The peer aborts after the first C-STORE request: the batch is retried
  * (and the process survives the write to a closed socket). */
 static void test_peer_aborts(void **state)
@@ -513,15 +570,6 @@ static void test_peer_aborts(void **state)
 	assert_int_equal(b.items[1].result, DELIVERY_PENDING);
 	no_phi(err.msg);
 	scp_kill(&s);
-}
-
-static void write_text(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-
-	assert_non_null(f);
-	fputs(text, f);
-	assert_int_equal(fclose(f), 0);
 }
 
 /* A peer configured for CT only: the MR is rejected with its reason,
@@ -689,6 +737,93 @@ static void test_bad_files(void **state)
 	scp_kill(&s);
 }
 
+/* More SOP classes than one association has contexts for (2 each, 128 at
+ * most): sent over as many associations as needed, all delivered. */
+static void test_many_sop_classes(void **state)
+{
+	static const char *const args[] = { "-pm", NULL };
+	enum { N = 70 };
+	struct scp s = { 0 };
+	struct delivery_item *items = calloc(N, sizeof(*items));
+	char (*paths)[PATH_MAX] = calloc(N, PATH_MAX);
+	struct dimse_peer p;
+	struct error err = ERROR_INIT;
+
+	(void)state;
+	assert_non_null(items);
+	assert_non_null(paths);
+	scp_start(&s, "many", args);
+	for (int i = 0; i < N; i++) {
+		pathf(paths[i], "%s/many-%d.dcm", dir, i);
+		snprintf(items[i].sop_class_uid, DELIVERY_UID_MAX,
+			 UID_ROOT "88.%d", i);
+		snprintf(items[i].sop_instance_uid, DELIVERY_UID_MAX,
+			 UID_ROOT "89.%d.%d", (int)getpid(), i);
+		snprintf(items[i].transfer_syntax_uid, DELIVERY_UID_MAX,
+			 EXPLICIT_LE);
+		assert_int_equal(fixture_make(paths[i], items[i].sop_class_uid,
+					      items[i].sop_instance_uid,
+					      EXPLICIT_LE, i, 8, 8), 0);
+		items[i].path = paths[i];
+	}
+	p = peer_at(s.port);
+	assert_int_equal(dimse_send(&p, items, N, &err), 0);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(items[i].result, DELIVERY_DONE);
+	assert_int_equal(scp_count(&s), N);
+	scp_kill(&s);
+	free(items);
+	free(paths);
+}
+
+/* Calls on several threads at once, each its own association. */
+struct job {
+	struct dimse_peer peer;
+	struct batch b;
+	int rc;
+};
+
+static void *send_job(void *arg)
+{
+	struct job *j = arg;
+	struct error err = ERROR_INIT;
+
+	j->rc = dimse_send(&j->peer, j->b.items, j->b.n, &err);
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	static const char *const args[] = { "--fork", "+xa", NULL };
+	enum { T = 4 };
+	struct scp s = { 0 };
+	struct job *jobs = calloc(T, sizeof(*jobs));
+	pthread_t tid[T];
+
+	(void)state;
+	assert_non_null(jobs);
+	scp_start(&s, "threads", args);
+	for (int t = 0; t < T; t++) {
+		jobs[t].peer = peer_at(s.port);
+		add(&jobs[t].b, CT, EXPLICIT_LE);
+		add(&jobs[t].b, MR, RLE);
+		add(&jobs[t].b, CT, IMPLICIT_LE);
+	}
+	for (int t = 0; t < T; t++)
+		assert_int_equal(pthread_create(&tid[t], NULL, send_job, &jobs[t]), 0);
+	for (int t = 0; t < T; t++)
+		pthread_join(tid[t], NULL);
+	for (int t = 0; t < T; t++) {
+		assert_int_equal(jobs[t].rc, 0);
+		for (size_t i = 0; i < jobs[t].b.n; i++) {
+			assert_int_equal(jobs[t].b.items[i].result, DELIVERY_DONE);
+			arrived_same(&s, &jobs[t].b.items[i]);
+		}
+	}
+	scp_kill(&s);
+	free(jobs);
+}
+
 /* ---- TLS ---- */
 
 static char ca[PATH_MAX], srv_key[PATH_MAX], srv_pem[PATH_MAX],
@@ -830,12 +965,15 @@ int main(void)
 		cmocka_unit_test_teardown(test_silent_peers, kill_all),
 		cmocka_unit_test_teardown(test_dimse_timeout, kill_all),
 		cmocka_unit_test_teardown(test_association_refused, kill_all),
+		cmocka_unit_test_teardown(test_wrong_called_ae, kill_all),
 		cmocka_unit_test_teardown(test_peer_aborts, kill_all),
 		cmocka_unit_test_teardown(test_sop_class_rejected, kill_all),
 		cmocka_unit_test_teardown(test_conversion, kill_all),
 		cmocka_unit_test_teardown(test_out_of_resources, kill_all),
 		cmocka_unit_test_teardown(test_data_set_error, kill_all),
 		cmocka_unit_test_teardown(test_bad_files, kill_all),
+		cmocka_unit_test_teardown(test_many_sop_classes, kill_all),
+		cmocka_unit_test_teardown(test_threads, kill_all),
 		cmocka_unit_test_teardown(test_tls, kill_all),
 		cmocka_unit_test_teardown(test_bad_peer_config, kill_all),
 	};

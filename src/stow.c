@@ -11,10 +11,16 @@
  *   in FailedSOPSequence (0008,1198)            REJECTED, status FailureReason
  *   in neither, answer 2xx                      RETRY (the peer did not say)
  *   in neither, answer 4xx naming the data      REJECTED, status the HTTP one
+ *     (400, 409, 413 for one file, 422...)
  * and for the whole request:
  *   no connection, timeout, 5xx, 3xx            -1 (retry the batch)
  *   401/403 (credentials), 408/429 (rate)       -1, the text says which
  *   413 for a batch of more than one file       -1: fewer files per request
+ *   404/405/406/411/414/415/431: the endpoint,  -1: a wrong stow_url must
+ *     not the data, is wrong                    not reject every file
+ * err->kind is ERROR_SETUP when only an admin can fix the cause (a
+ * credential file's rules, TLS trust, a wrong URL), else ERROR_TRANSIENT;
+ * either way the batch is to be retried.
  * Credentials are read from files with the rules of the de-identification
  * secret (deid_secret_load: a regular file, not a symlink, no access for
  * group or others) plus one more: owned by the user we run as, since a
@@ -596,6 +602,10 @@ static int map_status(struct body *b, long http, const char *peer,
 	else if (http == 413 && b->nparts > 1)
 		why = "request too large for the peer; lower the files per "
 		      "request";
+	else if (http == 404 || http == 405 || http == 406 || http == 411 ||
+		 http == 414 || http == 415 || http == 431)
+		why = "the URL does not take STOW-RS requests (is stow_url "
+		      "the .../studies endpoint?)";
 	else if (http >= 500)
 		why = "peer error; retrying later";
 	else if (http < 200 || (http >= 300 && http < 400))
@@ -603,8 +613,10 @@ static int map_status(struct body *b, long http, const char *peer,
 		      "stow_url)";
 	if (why != NULL) {
 		rest_of_batch(b, DELIVERY_RETRY, http, why);
-		return error_set(err, ERROR_TRANSIENT, 0, "STOW-RS to %s: HTTP "
-				 "%ld: %s", peer, http, why);
+		return error_set(err, http < 500 && http != 401 && http != 403 &&
+				 http != 408 && http != 429 && http != 413 ?
+				 ERROR_SETUP : ERROR_TRANSIENT, 0,
+				 "STOW-RS to %s: HTTP %ld: %s", peer, http, why);
 	}
 	if (http < 300)
 		rest_of_batch(b, DELIVERY_RETRY, http, parsed ?

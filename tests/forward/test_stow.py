@@ -6,6 +6,7 @@ Orthanc's REST API by SOPInstanceUID and pixel-data hash (pydicom).
 Every request goes to 127.0.0.1; every wait is bounded.
 """
 
+import base64
 import http.server
 import os
 import pathlib
@@ -114,6 +115,16 @@ def test_200_files_in_one_request(orthanc, dicom_files):
     assert_arrived(orthanc, files)
     FIGURES.append("STOW-RS, 200 files (%.1f MB) in one request to Orthanc: "
                    "%.0f ms" % (size / 1e6, r.elapsed_ms))
+
+
+def test_parallel_requests_from_threads(orthanc, dicom_files):
+    """Four requests at once from four threads of one process, as the
+    forwarder's parallel connections send: each keeps its own state."""
+    files = dicom_files(40)
+    r = run_stow(orthanc.stow_url, files, "--parallel", 4, timeout=300)
+    assert r.rc == 0, r.stderr
+    assert [res for res, *_ in r.items] == ["DONE"] * 40
+    assert_arrived(orthanc, files)
 
 
 def test_resend_is_idempotent(orthanc, dicom_files):
@@ -313,14 +324,18 @@ def test_probe(orthanc_auth, tmp_path):
 class _Peer(http.server.BaseHTTPRequestHandler):
     answer = (200, "application/dicom+json", b"{}")
     extra = {}
+    seen = None		# [(method, headers, body)], set per fixture
 
     def do_POST(self):  # noqa: N802
         left = int(self.headers.get("Content-Length", "0"))
+        body = b""
         while left > 0:
             chunk = self.rfile.read(min(left, 65536))
             if not chunk:
                 break
+            body += chunk
             left -= len(chunk)
+        self.seen.append(("POST", dict(self.headers), body))
         code, ctype, body = self.answer
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -336,7 +351,7 @@ class _Peer(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def odd_peer():
-    handler = type("Handler", (_Peer,), {})
+    handler = type("Handler", (_Peer,), {"seen": []})
     srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -355,7 +370,10 @@ def odd_peer():
     (429, "text/plain", b"slow down", 1, "RETRY"),
     (302, "text/plain", b"", 1, "RETRY"),
     (413, "text/plain", b"", 1, "RETRY"),
-    (415, "text/plain", b"", 0, "REJECTED"),
+    (404, "text/plain", b"", 1, "RETRY"),     # a wrong stow_url
+    (415, "text/plain", b"", 1, "RETRY"),     # not a STOW-RS endpoint
+    (400, "text/plain", b"bad", 0, "REJECTED"),
+    (409, "application/dicom+json", b"{}", 0, "REJECTED"),
 ])
 def test_odd_answers(odd_peer, dicom_files, code, ctype, body, rc, result):
     handler, url = odd_peer
@@ -367,6 +385,42 @@ def test_odd_answers(odd_peer, dicom_files, code, ctype, body, rc, result):
     assert r.rc == rc, r.stderr
     assert {res for res, *_ in r.items} == {result}
     assert {int(st) for _, st, *_ in r.items} <= {code, 0}
+
+
+def test_request_as_stow_rs_wants_it(odd_peer, dicom_files, tmp_path):
+    """The request itself: a multipart/related body with a Content-Length
+    (not chunked) whose parts are the files, byte for byte, and the bearer
+    token or basic credentials as configured."""
+    handler, url = odd_peer
+    files = dicom_files(3)
+    tok = private_file(tmp_path / "token", "abc.DEF-123_456\n")
+    run_stow(url, files, "--token", tok)
+    _, headers, body = handler.seen[-1]
+    assert headers["Authorization"] == "Bearer abc.DEF-123_456"
+    assert "Transfer-Encoding" not in headers
+    assert int(headers["Content-Length"]) == len(body)
+    assert headers["Accept"] == "application/dicom+json"
+    ctype = headers["Content-Type"]
+    assert ctype.startswith('multipart/related; type="application/dicom"; '
+                            'boundary=')
+    boundary = ctype.split("boundary=")[1].encode()
+    parts = body.split(b"--" + boundary)
+    assert parts[0] == b"" and parts[-1] == b"--\r\n"
+    for part, path in zip(parts[1:-1], files):
+        head, data = part.split(b"\r\n\r\n", 1)
+        assert head == b"\r\nContent-Type: application/dicom"
+        assert data == path.read_bytes() + b"\r\n"
+    assert len(parts) == len(files) + 2
+
+    basic = private_file(tmp_path / "basic", "user:pa:ss\n")
+    run_stow(url, files, "--basic", basic)
+    _, headers, _ = handler.seen[-1]
+    assert headers["Authorization"] == "Basic " + base64.b64encode(
+        b"user:pa:ss").decode()
+
+    r = run_stow(url, files, "--basic", basic, "--token", tok)
+    assert r.rc == 1 and r.error[0] == ERROR_SETUP
+    assert len(handler.seen) == 2
 
 
 def test_figures():

@@ -5,7 +5,9 @@
  *   stow_tool [options] URL < manifest     send one batch
  *   stow_tool --probe [options] URL        probe the peer
  * options: --token FILE, --basic FILE, --insecure (no TLS verification),
- *          --ca FILE, --connect-timeout S, --timeout S
+ *          --ca FILE, --connect-timeout S, --timeout S, --parallel K (split
+ *          the batch into K requests sent at once from K threads, as the
+ *          forwarder's parallel connections do; exit 1 if any returned -1)
  * manifest: one item a line, "path<TAB>SOPClassUID<TAB>SOPInstanceUID<TAB>
  *           TransferSyntaxUID" (the test reads the UIDs with pydicom).
  * Output: one line per item, "RESULT<TAB>status<TAB>SOPInstanceUID<TAB>
@@ -13,6 +15,7 @@
  * returned 0, 1 when it returned -1 ("error<TAB>kind<TAB>message" on
  * stderr), 2 on bad usage.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +71,58 @@ static long read_items(struct delivery_item **out)
 	return (long)n;
 }
 
+struct slice {
+	const struct stow_peer *peer;
+	struct delivery_item *items;
+	size_t n;
+	int rc;
+	struct error err;
+};
+
+static void *send_slice(void *arg)
+{
+	struct slice *s = arg;
+
+	s->rc = stow_send(s->peer, s->items, s->n, &s->err);
+	return NULL;
+}
+
+/* Send items in k slices from k threads; -1 if any slice returned -1
+ * (err: the first such error). */
+static int send_parallel(const struct stow_peer *peer,
+			 struct delivery_item *items, size_t n, int k,
+			 struct error *err)
+{
+	struct slice s[16];
+	pthread_t t[16];
+	size_t per, off = 0;
+	int i, rc = 0;
+
+	if (k < 1 || k > 16)
+		k = 1;
+	per = (n + (size_t)k - 1) / (size_t)k;
+	for (i = 0; i < k; i++) {
+		s[i].peer = peer;
+		s[i].items = items + off;
+		s[i].n = off + per <= n ? per : n - off;
+		off += s[i].n;
+		error_clear(&s[i].err);
+		if (pthread_create(&t[i], NULL, send_slice, &s[i]) != 0) {
+			send_slice(&s[i]);	/* no thread: send it here */
+			t[i] = pthread_self();
+		}
+	}
+	for (i = 0; i < k; i++) {
+		if (!pthread_equal(t[i], pthread_self()))
+			pthread_join(t[i], NULL);
+		if (s[i].rc == -1 && rc == 0) {
+			*err = s[i].err;
+			rc = -1;
+		}
+	}
+	return rc;
+}
+
 static double now_ms(void)
 {
 	struct timespec ts;
@@ -96,7 +151,7 @@ int main(int argc, char **argv)
 	struct stow_peer peer = { .tls_verify = 1 };
 	struct error err = ERROR_INIT;
 	struct delivery_item *items = NULL;
-	int probe = 0, rc, i;
+	int probe = 0, parallel = 1, rc, i;
 	long n, k;
 	double t0;
 
@@ -115,13 +170,15 @@ int main(int argc, char **argv)
 			peer.connect_timeout_s = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--timeout") == 0)
 			peer.timeout_s = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--parallel") == 0)
+			parallel = atoi(argv[++i]);
 		else
 			break;
 	}
 	if (i != argc - 1) {
 		fprintf(stderr, "usage: stow_tool [--probe] [--token F] "
 			"[--basic F] [--insecure] [--ca F] [--connect-timeout S] "
-			"[--timeout S] URL < manifest\n");
+			"[--timeout S] [--parallel K] URL < manifest\n");
 		return 2;
 	}
 	peer.url = argv[i];
@@ -131,7 +188,9 @@ int main(int argc, char **argv)
 		n = 0;
 	} else {
 		n = read_items(&items);
-		rc = stow_send(&peer, items, (size_t)n, &err);
+		rc = parallel > 1 ?
+		     send_parallel(&peer, items, (size_t)n, parallel, &err) :
+		     stow_send(&peer, items, (size_t)n, &err);
 	}
 	for (k = 0; k < n; k++) {
 		printf("%s\t%u\t%s\t%s\n", result_name(items[k].result),

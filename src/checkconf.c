@@ -20,6 +20,7 @@
 #include "deid_rules.h"
 #include "dicomsort/daemon.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/forward.h"
 #include "dicomsort/layout.h"
 
 enum level { NOTE, WARNING, ERROR };
@@ -93,6 +94,10 @@ struct unit_info {
 	char user[64];
 	char *rw[UNIT_RW_MAX];	/* ReadWritePaths= entries, prefixes cut */
 	size_t nrw;
+	bool private_network;	/* PrivateNetwork=yes */
+	bool inet;		/* RestrictAddressFamilies= lets AF_INET in */
+	bool families_set;	/* ... and that list is restricted at all */
+	char allow[1024];	/* IPAddressAllow= entries, space-separated */
 };
 
 static void unit_rw_reset(struct unit_info *u)
@@ -120,6 +125,35 @@ static void unit_rw_add(struct unit_info *u, char *value)
 	}
 }
 
+/* The settings that decide whether forwarding can reach its peers. The
+ * lists accumulate over the unit and its drop-ins; an empty assignment
+ * resets them. */
+static void unit_net(struct unit_info *u, const char *p)
+{
+	size_t used = strlen(u->allow);
+
+	if (strncmp(p, "PrivateNetwork=", 15) == 0) {
+		u->private_network = strcmp(p + 15, "yes") == 0 ||
+				     strcmp(p + 15, "true") == 0 ||
+				     strcmp(p + 15, "1") == 0;
+	} else if (strncmp(p, "RestrictAddressFamilies=", 24) == 0) {
+		p += 24;
+		u->families_set = *p != '\0';
+		if (*p == '\0')
+			u->inet = false;
+		else if (*p == '~')	/* a deny list: AF_INET unless named */
+			u->inet = strstr(p, "AF_INET") == NULL;
+		else if (strstr(p, "AF_INET") != NULL)
+			u->inet = true;
+	} else if (strncmp(p, "IPAddressAllow=", 15) == 0) {
+		if (p[15] == '\0')
+			u->allow[0] = '\0';
+		else if (used + strlen(p + 15) + 2 < sizeof(u->allow))
+			snprintf(u->allow + used, sizeof(u->allow) - used, " %s",
+				 p + 15);
+	}
+}
+
 static void unit_read(struct unit_info *u, const char *path)
 {
 	char *line = NULL;
@@ -136,6 +170,8 @@ static void unit_read(struct unit_info *u, const char *path)
 			snprintf(u->user, sizeof(u->user), "%s", p + 5);
 		else if (strncmp(p, "ReadWritePaths=", 15) == 0)
 			unit_rw_add(u, p + 15);
+		else
+			unit_net(u, p);
 	}
 	fclose(f);
 	free(line);
@@ -373,6 +409,50 @@ static void check_metrics(struct check *c)
 	}
 }
 
+/* A credential file (token_file, basic_auth_file): as the secret, a
+ * regular file nobody else can read, and not empty. */
+static void check_credential(struct check *c, const char *dest,
+			     const char *what, const char *path)
+{
+	struct stat st;
+	int fd;
+
+	if (path == NULL)
+		return;
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1) {
+		report(c, ERROR, "forward", "destination %s: %s %s is not "
+		       "readable by user %s: %s", dest, what, path, c->user,
+		       strerror(errno));
+		return;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
+		report(c, ERROR, "forward", "destination %s: %s %s is not a "
+		       "regular file", dest, what, path);
+	else if ((st.st_mode & 077) != 0)
+		report(c, ERROR, "forward", "destination %s: %s %s is readable "
+		       "by others (mode %04o): chmod 600 it", dest, what, path,
+		       (unsigned)st.st_mode & 07777);
+	else if (st.st_size == 0)
+		report(c, ERROR, "forward", "destination %s: %s %s is empty",
+		       dest, what, path);
+	close(fd);
+}
+
+static void check_forward_files(struct check *c)
+{
+	for (size_t i = 0; i < c->cfg->n_forward; i++) {
+		const struct config_forward *d = &c->cfg->forward[i];
+
+		check_credential(c, d->name, "token_file", d->token_file);
+		check_credential(c, d->name, "basic_auth_file",
+				 d->basic_auth_file);
+		check_credential(c, d->name, "tls_key_file", d->tls_key_file);
+		check_readable(c, "forward", d->tls_ca_file);
+		check_readable(c, "forward", d->tls_cert_file);
+	}
+}
+
 static void file_checks(struct check *c, struct folder *f)
 {
 	for (int i = 0; i < F_COUNT; i++) {
@@ -387,6 +467,7 @@ static void file_checks(struct check *c, struct folder *f)
 	check_readable(c, "correlation_table", c->cfg->correlation_table);
 	check_readable(c, "deid.secret", c->cfg->deid.secret);
 	check_metrics(c);
+	check_forward_files(c);
 }
 
 static int become(const struct passwd *pw)
@@ -539,6 +620,56 @@ static void check_sandbox(struct check *c, const struct folder *f,
 		       "will copy; one parent entry keeps them renames",
 		       f[F_INPUT].path, f[i].path, u->rw[entry[F_INPUT]],
 		       u->rw[entry[i]], f[i].key);
+	}
+}
+
+/* Whether the unit's IPAddressAllow= names host (an address as written
+ * in the configuration, alone or with a /prefix) or allows everything. */
+static bool allowed(const struct unit_info *u, const char *host)
+{
+	const char *p = u->allow;
+	size_t n = strlen(host);
+
+	while ((p = strstr(p, host)) != NULL) {
+		if ((p == u->allow || p[-1] == ' ') &&
+		    (p[n] == '\0' || p[n] == ' ' || p[n] == '/'))
+			return true;
+		p += n;
+	}
+	return strstr(u->allow, " any") != NULL;
+}
+
+static bool is_address(const char *host)
+{
+	return strspn(host, "0123456789.:abcdefABCDEF") == strlen(host) &&
+	       (strchr(host, '.') != NULL || strchr(host, ':') != NULL);
+}
+
+/* Forwarding under the installed unit: without the drop-in of
+ * forward.conf.example the unit has no network at all. */
+static void check_forward_sandbox(struct check *c, const struct unit_info *u)
+{
+	if (u->path[0] == '\0' || c->cfg->n_forward == 0)
+		return;
+	if (u->private_network || (u->families_set && !u->inet)) {
+		report(c, WARNING, "forward", "the unit %s has no network (%s): "
+		       "no destination can be reached; install the drop-in "
+		       "/usr/share/doc/dicomsortd/examples/forward.conf.example "
+		       "with the peers' addresses in IPAddressAllow=", u->path,
+		       u->private_network ? "PrivateNetwork=yes" :
+		       "RestrictAddressFamilies= without AF_INET");
+		return;
+	}
+	for (size_t i = 0; i < c->cfg->n_forward; i++) {
+		const struct config_forward *d = &c->cfg->forward[i];
+
+		/* Only an address can be compared; a host name or URL is
+		 * left to --probe. */
+		if (d->kind == FORWARD_DIMSE && is_address(d->host) &&
+		    !allowed(u, d->host))
+			report(c, WARNING, "forward", "destination %s: %s is not "
+			       "in the unit's IPAddressAllow=: the kernel will "
+			       "drop its packets", d->name, d->host);
 	}
 }
 
@@ -767,6 +898,7 @@ int checkconf_run(const struct config *cfg, const char *user)
 		report(&c, ERROR, NULL, "%s", err.msg);
 	unit_load(&unit);
 	check_sandbox(&c, f, &unit);
+	check_forward_sandbox(&c, &unit);
 	service_user = user ? user : unit.user;
 	if (geteuid() == 0 && user == NULL && unit.path[0] == '\0' &&
 	    getpwnam(service_user) == NULL) {
@@ -804,4 +936,32 @@ int checkconf_run(const struct config *cfg, const char *user)
 	else
 		printf("%s: configuration is valid\n", cfg->path);
 	return 0;
+}
+
+int checkconf_probe(const struct config *cfg)
+{
+	int failed = 0;
+
+	for (size_t i = 0; i < cfg->n_forward; i++) {
+		const struct config_forward *d = &cfg->forward[i];
+		struct error err = ERROR_INIT;
+		char peer[PATH_MAX];
+
+		if (d->kind == FORWARD_STOW)
+			snprintf(peer, sizeof(peer), "HTTP OPTIONS %s", d->stow_url);
+		else
+			snprintf(peer, sizeof(peer), "C-ECHO %s@%s:%ld%s",
+				 d->called_ae, d->host, d->port,
+				 d->tls ? " (TLS)" : "");
+		if (forward_probe(d, &err) == 0) {
+			printf("forward %s: %s: ok\n", d->name, peer);
+			continue;
+		}
+		fprintf(stderr, "%s: forward %s: error: %s: %s\n", cfg->path,
+			d->name, peer, err.msg);
+		failed++;
+	}
+	if (cfg->n_forward == 0)
+		printf("%s: no destinations to probe\n", cfg->path);
+	return failed ? 2 : 0;
 }

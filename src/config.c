@@ -23,6 +23,7 @@ enum key_kind {
 	KEY_STRINGS,	/* a list or array of strings */
 	KEY_GROUP,
 	KEY_STRING_OR_GROUP,	/* a string, or a group of members */
+	KEY_GROUPS,	/* a list of groups, each of members */
 };
 
 struct key {
@@ -88,6 +89,32 @@ static const struct key deid_keys[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct key forward_keys[] = {
+	{ "name", KEY_STRING, NULL },
+	{ "host", KEY_STRING, NULL },
+	{ "port", KEY_INT, NULL },
+	{ "called_ae", KEY_STRING, NULL },
+	{ "calling_ae", KEY_STRING, NULL },
+	{ "tls", KEY_BOOL, NULL },
+	{ "tls_ca_file", KEY_STRING, NULL },
+	{ "tls_cert_file", KEY_STRING, NULL },
+	{ "tls_key_file", KEY_STRING, NULL },
+	{ "tls_verify", KEY_BOOL, NULL },
+	{ "allow_conversion", KEY_BOOL, NULL },
+	{ "stow_url", KEY_STRING, NULL },
+	{ "token_file", KEY_STRING, NULL },
+	{ "basic_auth_file", KEY_STRING, NULL },
+	{ "associations", KEY_INT, NULL },
+	{ "files_per_association", KEY_INT, NULL },
+	{ "connect_timeout_s", KEY_INT, NULL },
+	{ "acse_timeout_s", KEY_INT, NULL },
+	{ "dimse_timeout_s", KEY_INT, NULL },
+	{ "timeout_s", KEY_INT, NULL },
+	{ "retry_min_ms", KEY_INT, NULL },
+	{ "retry_max_ms", KEY_INT, NULL },
+	{ NULL, 0, NULL },
+};
+
 static const struct key root_keys[] = {
 	{ "input", KEY_STRING, NULL },
 	{ "output", KEY_STRING, NULL },
@@ -113,6 +140,7 @@ static const struct key root_keys[] = {
 	{ "watch", KEY_GROUP, watch_keys },
 	{ "limits", KEY_GROUP, limits_keys },
 	{ "deid", KEY_GROUP, deid_keys },
+	{ "forward", KEY_GROUPS, forward_keys },
 	{ NULL, 0, NULL },
 };
 
@@ -138,6 +166,7 @@ static const char *kind_name(enum key_kind kind)
 	case KEY_STRINGS: return "a list of strings";
 	case KEY_GROUP: return "a group { ... }";
 	case KEY_STRING_OR_GROUP: return "a string or a group { ... }";
+	case KEY_GROUPS: return "a list of groups ( { ... }, ... )";
 	}
 	return "?";
 }
@@ -153,6 +182,14 @@ static bool has_kind(const config_setting_t *s, enum key_kind kind)
 	case KEY_GROUP: return type == CONFIG_TYPE_GROUP;
 	case KEY_STRING_OR_GROUP:
 		return type == CONFIG_TYPE_STRING || type == CONFIG_TYPE_GROUP;
+	case KEY_GROUPS:
+		if (type != CONFIG_TYPE_LIST)
+			return false;
+		for (int i = 0; i < config_setting_length(s); i++)
+			if (config_setting_type(config_setting_get_elem(s, i)) !=
+			    CONFIG_TYPE_GROUP)
+				return false;
+		return true;
 	case KEY_STRINGS:
 		if (type != CONFIG_TYPE_LIST && type != CONFIG_TYPE_ARRAY)
 			return false;
@@ -202,6 +239,11 @@ static int check_group(const struct config *cfg, const config_setting_t *group,
 		     config_setting_type(s) == CONFIG_TYPE_GROUP)) &&
 		    check_group(cfg, s, k->members, err) == -1)
 			return -1;
+		for (int j = 0; k->kind == KEY_GROUPS &&
+		     j < config_setting_length(s); j++)
+			if (check_group(cfg, config_setting_get_elem(s, j),
+					k->members, err) == -1)
+				return -1;
 	}
 	return 0;
 }
@@ -237,6 +279,7 @@ static char *dir_of(const char *path)
 struct reader {
 	struct config *cfg;
 	config_t *lc;
+	config_setting_t *scope;	/* a `forward` group, or NULL: root */
 	const char *base_dir;
 	struct error *err;
 	bool out_of_memory;
@@ -244,6 +287,8 @@ struct reader {
 
 static const config_setting_t *lookup(struct reader *r, const char *path)
 {
+	if (r->scope != NULL)
+		return config_setting_lookup(r->scope, path);
 	return config_lookup(r->lc, path);
 }
 
@@ -576,6 +621,190 @@ static int read_deid(struct reader *r)
 	return 0;
 }
 
+/* ---- forward = ( { ... }, ... ) ---- */
+
+/* A destination's name names its outbox folder and appears in records:
+ * nothing that could climb out of the folder or need quoting. */
+static bool good_name(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len == 0 || len > CONFIG_FORWARD_NAME_MAX || name[0] == '.')
+		return false;
+	return strspn(name, "abcdefghijklmnopqrstuvwxyz"
+		      "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == len;
+}
+
+/* PS3.8 9.3.1.1: an AE title is 1-16 characters of the default
+ * repertoire, no backslash or control character, not only spaces. */
+static bool good_ae(const char *ae)
+{
+	size_t len = strlen(ae);
+
+	if (len == 0 || len > 16 || strspn(ae, " ") == len)
+		return false;
+	for (const char *p = ae; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e ||
+		    *p == '\\')
+			return false;
+	return true;
+}
+
+static int dest_error(struct reader *r, const char *key, const char *what)
+{
+	const config_setting_t *s = config_setting_lookup(r->scope, key);
+
+	return setting_error(r->cfg, s ? s : r->scope, r->err, "", what);
+}
+
+static void forward_defaults(struct config_forward *f)
+{
+	f->tls_verify = true;
+	f->associations = 1;
+	f->files_per_association = 50;
+	f->connect_timeout_s = 10;
+	f->acse_timeout_s = 30;
+	f->dimse_timeout_s = 60;
+	f->timeout_s = 300;
+	f->retry_min_ms = 1000;
+	f->retry_max_ms = 300000;
+}
+
+static int read_dest_values(struct reader *r, struct config_forward *f)
+{
+	if (read_string(r, "name", &f->name, false) == -1 ||
+	    read_string(r, "host", &f->host, false) == -1 ||
+	    read_long(r, "port", &f->port, 1, 65535) == -1 ||
+	    read_string(r, "called_ae", &f->called_ae, false) == -1 ||
+	    read_string(r, "calling_ae", &f->calling_ae, false) == -1 ||
+	    read_string(r, "tls_ca_file", &f->tls_ca_file, true) == -1 ||
+	    read_string(r, "tls_cert_file", &f->tls_cert_file, true) == -1 ||
+	    read_string(r, "tls_key_file", &f->tls_key_file, true) == -1 ||
+	    read_string(r, "stow_url", &f->stow_url, false) == -1 ||
+	    read_string(r, "token_file", &f->token_file, true) == -1 ||
+	    read_string(r, "basic_auth_file", &f->basic_auth_file, true) == -1 ||
+	    read_long(r, "associations", &f->associations, 1, 64) == -1 ||
+	    read_long(r, "files_per_association", &f->files_per_association,
+		      1, 10000) == -1 ||
+	    read_long(r, "connect_timeout_s", &f->connect_timeout_s, 1,
+		      3600) == -1 ||
+	    read_long(r, "acse_timeout_s", &f->acse_timeout_s, 1, 3600) == -1 ||
+	    read_long(r, "dimse_timeout_s", &f->dimse_timeout_s, 1, 3600) == -1 ||
+	    read_long(r, "timeout_s", &f->timeout_s, 1, 86400) == -1 ||
+	    read_long(r, "retry_min_ms", &f->retry_min_ms, 10, 3600000) == -1 ||
+	    read_long(r, "retry_max_ms", &f->retry_max_ms, 10, 86400000) == -1)
+		return -1;
+	read_bool(r, "tls", &f->tls);
+	read_bool(r, "tls_verify", &f->tls_verify);
+	read_bool(r, "allow_conversion", &f->allow_conversion);
+	return 0;
+}
+
+/* A DICOM destination needs its address and both AE titles; DICOMweb
+ * keys make no sense on it, and the other way round. */
+static int check_dimse_dest(struct reader *r, const struct config_forward *f)
+{
+	static const char *const dimse_only[] = { "token_file",
+		"basic_auth_file", NULL };
+
+	for (int i = 0; dimse_only[i]; i++)
+		if (config_setting_lookup(r->scope, dimse_only[i]))
+			return dest_error(r, dimse_only[i], "only a DICOMweb "
+					  "destination (stow_url) takes this");
+	if (f->host == NULL || f->host[0] == '\0')
+		return dest_error(r, "host", "a DICOM destination needs 'host'");
+	if (config_setting_lookup(r->scope, "port") == NULL)
+		return dest_error(r, "name", "a DICOM destination needs 'port'");
+	if (f->called_ae == NULL || !good_ae(f->called_ae))
+		return dest_error(r, "called_ae", "'called_ae' must be an AE "
+				  "title: 1-16 printable characters, no '\\'");
+	if (f->calling_ae == NULL || !good_ae(f->calling_ae))
+		return dest_error(r, "calling_ae", "'calling_ae' must be an AE "
+				  "title: 1-16 printable characters, no '\\'");
+	if (!f->tls && (f->tls_ca_file || f->tls_cert_file || f->tls_key_file))
+		return dest_error(r, f->tls_ca_file ? "tls_ca_file" :
+				  f->tls_cert_file ? "tls_cert_file" :
+				  "tls_key_file", "TLS files need 'tls = true'");
+	if ((f->tls_cert_file == NULL) != (f->tls_key_file == NULL))
+		return dest_error(r, f->tls_cert_file ? "tls_cert_file" :
+				  "tls_key_file", "'tls_cert_file' and "
+				  "'tls_key_file' go together");
+	if (f->tls && f->tls_verify && f->tls_ca_file == NULL)
+		return dest_error(r, "tls", "'tls_verify' needs 'tls_ca_file' "
+				  "(the CA that signed the peer's certificate)");
+	return 0;
+}
+
+static int check_stow_dest(struct reader *r, const struct config_forward *f)
+{
+	static const char *const stow_not[] = { "host", "port", "called_ae",
+		"calling_ae", "tls", "tls_cert_file", "tls_key_file",
+		"allow_conversion", "acse_timeout_s", "dimse_timeout_s", NULL };
+
+	for (int i = 0; stow_not[i]; i++)
+		if (config_setting_lookup(r->scope, stow_not[i]))
+			return dest_error(r, stow_not[i], "a DICOMweb destination "
+					  "(stow_url) does not take this");
+	if (strncmp(f->stow_url, "https://", 8) != 0 &&
+	    strncmp(f->stow_url, "http://", 7) != 0)
+		return dest_error(r, "stow_url", "'stow_url' must start with "
+				  "http:// or https://");
+	if (strpbrk(f->stow_url, " \t\r\n") != NULL)
+		return dest_error(r, "stow_url", "'stow_url' must not hold "
+				  "white space");
+	if (f->token_file && f->basic_auth_file)
+		return dest_error(r, "basic_auth_file", "'token_file' and "
+				  "'basic_auth_file' exclude each other");
+	return 0;
+}
+
+static int read_dest(struct reader *r, struct config_forward *f, size_t index)
+{
+	forward_defaults(f);
+	if (read_dest_values(r, f) == -1)
+		return -1;
+	if (r->out_of_memory)
+		return 0;
+	if (f->name == NULL || !good_name(f->name))
+		return dest_error(r, "name", "each destination needs a 'name' of "
+				  "1-64 letters, digits, '.', '_' or '-', not "
+				  "starting with '.'");
+	for (size_t i = 0; i < index; i++)
+		if (strcmp(r->cfg->forward[i].name, f->name) == 0)
+			return dest_error(r, "name", "two destinations have "
+					  "this name");
+	if (f->retry_max_ms < f->retry_min_ms)
+		return dest_error(r, "retry_max_ms", "'retry_max_ms' is less "
+				  "than 'retry_min_ms'");
+	if ((f->host != NULL) == (f->stow_url != NULL))
+		return dest_error(r, "name", "a destination needs either 'host' "
+				  "(DICOM) or 'stow_url' (DICOMweb), not both");
+	f->kind = f->stow_url ? FORWARD_STOW : FORWARD_DIMSE;
+	return f->kind == FORWARD_STOW ? check_stow_dest(r, f) :
+	       check_dimse_dest(r, f);
+}
+
+static int read_forward(struct reader *r)
+{
+	config_setting_t *list = config_lookup(r->lc, "forward");
+	int n, rc = 0;
+
+	if (list == NULL || (n = config_setting_length(list)) == 0)
+		return 0;
+	r->cfg->forward = calloc((size_t)n, sizeof(*r->cfg->forward));
+	if (r->cfg->forward == NULL) {
+		r->out_of_memory = true;
+		return 0;
+	}
+	for (int i = 0; i < n && rc == 0; i++) {
+		r->scope = config_setting_get_elem(list, (unsigned)i);
+		r->cfg->n_forward = (size_t)i + 1;
+		rc = read_dest(r, &r->cfg->forward[i], (size_t)i);
+	}
+	r->scope = NULL;
+	return rc;
+}
+
 /* Whether path is dir or below it, by name (the folders may not exist
  * yet, so this cannot resolve symlinks). */
 static bool inside(const char *path, const char *dir)
@@ -765,7 +994,7 @@ int config_load(struct config *cfg, const char *path, struct error *err)
 	    check_group(cfg, config_root_setting(&lc), root_keys, err) == 0 &&
 	    read_folders(&r) == 0 && read_processing(&r) == 0 &&
 	    read_groups(&r) == 0 && read_deid(&r) == 0 &&
-	    read_metrics(&r) == 0) {
+	    read_metrics(&r) == 0 && read_forward(&r) == 0) {
 		if (r.out_of_memory)
 			error_set(err, ERROR_SETUP, ENOMEM, "%s", path);
 		else if (check_consistency(cfg, err) == 0)
@@ -802,6 +1031,21 @@ void config_release(struct config *cfg)
 	free(cfg->deid.patient_name);
 	free_strings(cfg->deid.burned_in_modalities);
 	free_strings(cfg->deid.burned_in_sop_classes);
+	for (size_t i = 0; i < cfg->n_forward; i++) {
+		struct config_forward *f = &cfg->forward[i];
+
+		free(f->name);
+		free(f->host);
+		free(f->called_ae);
+		free(f->calling_ae);
+		free(f->tls_ca_file);
+		free(f->tls_cert_file);
+		free(f->tls_key_file);
+		free(f->stow_url);
+		free(f->token_file);
+		free(f->basic_auth_file);
+	}
+	free(cfg->forward);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -851,4 +1095,13 @@ void config_stem(const struct config *cfg, char *out, size_t len)
 	if (n == 0)
 		base = "dicomsortd", n = strlen(base);
 	snprintf(out, len, "%.*s", (int)n, base);
+}
+
+const struct config_forward *config_forward_find(const struct config *cfg,
+						 const char *name)
+{
+	for (size_t i = 0; i < cfg->n_forward; i++)
+		if (strcmp(cfg->forward[i].name, name) == 0)
+			return &cfg->forward[i];
+	return NULL;
 }

@@ -23,6 +23,7 @@
 
 #include "dicomsort/correlation.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/forward.h"
 #include "dicomsort/fsutil.h"
 #include "dicomsort/pipeline.h"
 #include "dicomsort/log.h"
@@ -74,9 +75,19 @@ struct job {
 	char owner[96];		/* "uid(name)" of the source */
 	char marker[64];	/* its pending `stored` record */
 	bool stored_logged;
+	bool unqueued;		/* stored, but not queued for forwarding */
 	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
 	struct stat read_st;
+};
+
+/* A stored file whose forwarding entries could not be made (ENOSPC...):
+ * retried from the loop's timer; its pending marker stays until then, so
+ * a restart queues it too (records.h, outbox.h). */
+struct unqueued {
+	struct unqueued *next;
+	char dest[PATH_MAX + NAME_MAX + 2];
+	char marker[64];
 };
 
 struct counters {
@@ -90,7 +101,9 @@ struct daemon {
 	struct workers *workers;
 	struct deid_secret *secret;
 	struct records *records;
+	struct forward *forward;	/* NULL without destinations */
 	struct disposal *disposals;	/* loop thread only */
+	struct unqueued *unqueued;	/* loop thread only */
 	unsigned long next_job_id;
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
@@ -118,6 +131,7 @@ struct daemon {
 	bool cleanup_due;	/* files were finished since the last cleanup */
 	int64_t next_watchdog_ms, next_rescan_ms, next_cleanup_ms;
 	int64_t next_unwatched_ms;	/* rescan for folders beyond inotify */
+	int64_t next_status_ms;	/* forwarding: queues change on their own */
 	int64_t watchdog_ms;
 	size_t max_outstanding;
 };
@@ -258,6 +272,19 @@ static int before_publish(void *ctx, const struct pipeline_result *res,
 	return records_note(job->d->records, job->marker, &rec, out_st, err);
 }
 
+/* false: not queued; the marker stays (the loop retries, and a restart
+ * queues it). */
+static bool queue_forward(struct job *job, const struct pipeline_result *res)
+{
+	struct error err = ERROR_INIT;
+
+	if (forward_queue(job->d->forward, res->dest, &err) == 0)
+		return true;
+	log_msg(LOG_ERR, "%s: cannot queue for forwarding (retried): %s",
+		res->dest, err.msg);
+	return false;
+}
+
 /* The output is durable: the audit says so now, whatever happens to the
  * source afterwards; then the marker goes. (A kill in the microseconds
  * between the two would send the record again at start; the marker
@@ -277,11 +304,17 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 
 			nanosleep(&ts, NULL);
 		}
+		/* Queued for forwarding (durable) before the source may go
+		 * and before the marker does: a kill until then leaves the
+		 * marker, whose recovery queues it (outbox.h). */
+		if (job->d->forward != NULL && !queue_forward(job, res))
+			job->unqueued = true;
 		rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
 		log_audit(&rec);
 		job->stored_logged = true;
 	}
-	records_done(job->d->records, job->marker);
+	if (!job->unqueued)
+		records_done(job->d->records, job->marker);
 }
 
 static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
@@ -434,8 +467,12 @@ static void status_text(const struct daemon *d, char *buf, size_t len)
 	char degraded[256];
 
 	unwatched_text(d, degraded, sizeof(degraded));
+	char fwd[512];
+
+	forward_status(d->forward, fwd, sizeof(fwd));
 	snprintf(buf, len, "stored %lu, duplicates %lu, quarantined %lu, "
-		 "held %lu, queued %zu, retries %lu%s%s%s%s%s%s", d->count.stored,
+		 "held %lu, queued %zu, retries %lu%s%s%s%s%s%s%s%s",
+		 d->count.stored,
 		 d->count.duplicates, d->count.quarantined, d->count.held,
 		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
 		 d->count.retries, degraded,
@@ -444,12 +481,13 @@ static void status_text(const struct daemon *d, char *buf, size_t len)
 		 d->output_trouble ? "; output problem, retrying" : "",
 		 d->input_trouble ? "; input problem: sources cannot be "
 		 "removed or moved, retrying" : "",
+		 fwd[0] ? "; " : "", fwd,
 		 d->last_error[0] ? "; last error: " : "", d->last_error);
 }
 
 static void update_status(const struct daemon *d)
 {
-	char status[sizeof(d->last_error) + 512];
+	char status[sizeof(d->last_error) + 1024];
 
 	status_text(d, status, sizeof(status));
 	notify_status(status);
@@ -604,9 +642,43 @@ static void note_stored(struct daemon *d, const struct job *job)
 		       (unsigned long long)st->st_size : 0, latency, now.tv_sec);
 }
 
+static void remember_unqueued(struct daemon *d, const struct job *job)
+{
+	struct unqueued *u = calloc(1, sizeof(*u));
+
+	if (u == NULL)
+		abort();
+	snprintf(u->dest, sizeof(u->dest), "%s", job->result.dest);
+	snprintf(u->marker, sizeof(u->marker), "%s", job->marker);
+	u->next = d->unqueued;
+	d->unqueued = u;
+}
+
+/* On the status tick: queue what could not be queued before. */
+static void retry_unqueued(struct daemon *d)
+{
+	struct unqueued **p = &d->unqueued;
+
+	while (*p != NULL) {
+		struct unqueued *u = *p;
+		struct error err = ERROR_INIT;
+
+		if (forward_queue(d->forward, u->dest, &err) == -1) {
+			p = &u->next;
+			continue;
+		}
+		records_done(d->records, u->marker);
+		*p = u->next;
+		free(u);
+	}
+}
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
+
+	if (job->unqueued)
+		remember_unqueued(d, job);
 
 	/* A new delivery under the name of a source awaiting disposal:
 	 * that source is gone, and so is what we owed it. */
@@ -906,7 +978,7 @@ static void reload(struct daemon *d)
 {
 	struct error err = ERROR_INIT;
 	struct correlation *table;
-	char status[sizeof(d->last_error) + 512];
+	char status[sizeof(d->last_error) + 1024];
 
 	/* Before READY (the backlog walk) there is nothing to reload from
 	 * systemd's point of view: the table is just replaced. */
@@ -1065,6 +1137,9 @@ static void purge_quarantine(struct daemon *d)
 
 /* ---- timers ---- */
 
+/* How often STATUS shows the forwarding queues, which drain on their own. */
+#define FORWARD_STATUS_MS 2000
+
 static void arm_timer(struct daemon *d, int64_t now)
 {
 	int64_t ready = watch_next_ready_ms(d->watch);
@@ -1077,6 +1152,7 @@ static void arm_timer(struct daemon *d, int64_t now)
 	at = earliest(at, d->next_unwatched_ms);
 	at = earliest(at, d->next_metrics_ms);
 	at = earliest(at, d->next_purge_ms);
+	at = earliest(at, d->next_status_ms);
 	if (d->rewatch_needed)
 		at = earliest(at, now + 1000);
 	if (at >= 0) {
@@ -1126,7 +1202,7 @@ static void rewatch(struct daemon *d, const char *why)
 static void announce_start(struct daemon *d)
 {
 	struct audit_record start = { .event = "start", .priority = LOG_INFO };
-	char status[sizeof(d->last_error) + 512], reason[PATH_MAX * 2];
+	char status[sizeof(d->last_error) + 1024], reason[PATH_MAX * 2];
 
 	d->started = true;
 	snprintf(reason, sizeof(reason), "watching %s, sorting into %s, "
@@ -1237,6 +1313,11 @@ static void handle_timer(struct daemon *d, int64_t now)
 	if (d->next_purge_ms >= 0 && now >= d->next_purge_ms) {
 		purge_quarantine(d);
 		d->next_purge_ms = now + DAEMON_PURGE_INTERVAL_MS;
+	}
+	if (d->next_status_ms >= 0 && now >= d->next_status_ms) {
+		retry_unqueued(d);
+		update_status(d);
+		d->next_status_ms = now + FORWARD_STATUS_MS;
 	}
 }
 
@@ -1488,13 +1569,15 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	*config_error = true;
 	if (dicom_init(err) == -1 || open_folders(d, err) == -1 ||
 	    open_pipeline(d->cfg, false, &d->pipeline, &d->secret, err) == -1 ||
-	    records_open(&d->records, d->cfg->output, err) == -1)
+	    records_open(&d->records, d->cfg->output, err) == -1 ||
+	    forward_start(&d->forward, d->cfg, NULL, err) == -1)
 		return -1;
 	table_digest(d->cfg->correlation_table, d->table_sha256,
 		     sizeof(d->table_sha256));
 	test_delays(d);
 	/* Records a SIGKILL left owed go out before any new file. */
-	if (records_recover(d->records) > 0)
+	if (records_recover_hooked(d->records, d->forward ? forward_recovered :
+				   NULL, d->forward) > 0)
 		log_msg(LOG_NOTICE, "sent the stored records of files stored "
 			"just before the daemon was killed");
 	/* Watches go in before the backlog scan, so nothing that arrives
@@ -1514,6 +1597,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 			     now + 30 * 1000 : -1;
 	d->next_unwatched_ms = -1;
 	setup_metrics(d, now);
+	d->next_status_ms = d->forward != NULL ? now + FORWARD_STATUS_MS : -1;
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
@@ -1524,9 +1608,17 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 static void teardown(struct daemon *d)
 {
 	workers_free(d->workers, job_free);
+	forward_stop(d->forward, 0);
+	forward_free(d->forward);
 	watch_free(d->watch);
 	while (d->disposals != NULL)
 		forget_disposal(d, d->disposals->path);
+	while (d->unqueued != NULL) {	/* their markers stay: next start */
+		struct unqueued *u = d->unqueued;
+
+		d->unqueued = u->next;
+		free(u);
+	}
 	records_free(d->records);
 	pipeline_free(d->pipeline);
 	deid_secret_free(d->secret);
@@ -1569,6 +1661,10 @@ static int shut_down(struct daemon *d)
 	rc = workers_stop(d->workers, deadline);
 	if (rc == 0)
 		collect_done(d);
+	/* The senders finish their batch; what they leave stays queued in
+	 * the outbox for the next start. */
+	if (rc == 0 && forward_stop(d->forward, deadline) == -1)
+		rc = -1;
 	write_metrics(d);
 	rec.reason = rc == 0 ? "all files in flight finished" :
 		     "timed out waiting for files in flight";

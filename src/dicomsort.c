@@ -21,9 +21,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dicomsort/config.h"
 #include "dicomsort/correlation.h"
 #include "dicomsort/dicom.h"
+#include "dicomsort/forward.h"
 #include "dicomsort/fsutil.h"
+#include "dicomsort/log.h"
 #include "dicomsort/pipeline.h"
 
 enum exit_code { EXIT_ALL_FINE = 0, EXIT_SOME_REJECTED = 1, EXIT_USAGE = 2 };
@@ -66,6 +69,9 @@ struct options {
 	bool keep_unlisted;
 	const char *safe_private[64];	/* NULL-terminated */
 	size_t safe_private_count;
+	const char *forward;		/* --forward NAME */
+	const char *config_path;	/* -c CONF: where NAME is */
+	long forward_timeout_s;
 };
 
 struct run {
@@ -73,6 +79,8 @@ struct run {
 	size_t count;
 	struct pipeline *pipeline;
 	bool keep_dest;		/* --json lists each destination */
+	struct forward *forward;	/* --forward: queues what is stored */
+	atomic_size_t queue_failed;
 	atomic_size_t next;
 	atomic_size_t done;
 };
@@ -103,6 +111,11 @@ static const char usage_text[] =
 "  --quiet                print only errors\n"
 "  --missing-ids-log PATH where unmapped PatientIDs go, mode 0600\n"
 "                         (default: ./missing_patient_ids.log)\n"
+"  --forward NAME -c CONF send every file stored (or found stored) on to the\n"
+"                         destination NAME of dicomsortd.conf CONF, through\n"
+"                         the outbox in DIR/.dicomsortd-state (as the daemon)\n"
+"  --forward-timeout S    wait at most S s for the peer (default 600); what\n"
+"                         is left stays queued for the next run (exit 1)\n"
 "\n"
 "De-identification (see README):\n"
 "  --profile none|seed|basic  seed = --anonymize; basic = DICOM PS3.15 Basic\n"
@@ -123,7 +136,8 @@ static const char usage_text[] =
 "                         names are emptied or removed (default), or kept\n"
 "  --help, --version\n"
 "\n"
-"Exit status: 0 all fine, 1 some inputs rejected, 2 usage or setup error.\n"
+"Exit status: 0 all fine, 1 some inputs rejected (or, with --forward, not\n"
+"delivered or refused by the peer), 2 usage or setup error.\n"
 "\n"
 "Under every profile, stderr, --json and the missing-IDs log name sources by\n"
 "the paths given to --dicomin and hold original PatientIDs: they are the\n"
@@ -163,7 +177,8 @@ static void parse_args(int argc, char **argv, struct options *o)
 	       OPT_JSON, OPT_QUIET, OPT_MISSING, OPT_HELP, OPT_VERSION,
 	       OPT_IN, OPT_OUT, OPT_ANON, OPT_TABLE, OPT_PROFILE, OPT_SECRET,
 	       OPT_UNKNOWN_ID, OPT_PREFIX, OPT_PATIENT_NAME, OPT_SHIFT,
-	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_UNLISTED, OPT_DEID_OPTION };
+	       OPT_BURNED_IN, OPT_SAFE_PRIVATE, OPT_UNLISTED, OPT_FORWARD,
+	       OPT_FORWARD_TIMEOUT, OPT_DEID_OPTION };
 	static const struct option longopts[] = {
 		{ "dicomin", required_argument, NULL, OPT_IN },
 		{ "dicomout", required_argument, NULL, OPT_OUT },
@@ -186,6 +201,9 @@ static void parse_args(int argc, char **argv, struct options *o)
 		{ "allow-burned-in", no_argument, NULL, OPT_BURNED_IN },
 		{ "safe-private", required_argument, NULL, OPT_SAFE_PRIVATE },
 		{ "unlisted", required_argument, NULL, OPT_UNLISTED },
+		{ "forward", required_argument, NULL, OPT_FORWARD },
+		{ "forward-timeout", required_argument, NULL, OPT_FORWARD_TIMEOUT },
+		{ "config", required_argument, NULL, 'c' },
 		/* One flag per PS3.15 option, in deid_option_name() order. */
 		{ "retain-safe-private", no_argument, NULL, OPT_DEID_OPTION + 0 },
 		{ "retain-uids", no_argument, NULL, OPT_DEID_OPTION + 1 },
@@ -204,8 +222,12 @@ static void parse_args(int argc, char **argv, struct options *o)
 	int c;
 
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":c:", longopts, NULL)) != -1) {
 		switch (c) {
+		case 'c': o->config_path = optarg; break;
+		case OPT_FORWARD: o->forward = optarg; break;
+		case OPT_FORWARD_TIMEOUT: o->forward_timeout_s = parse_number(
+					optarg, "--forward-timeout", 0, 86400 * 7); break;
 		case OPT_IN: o->dicomin = optarg; break;
 		case OPT_OUT: o->dicomout = optarg; break;
 		case OPT_ANON: o->anonymize = true; break;
@@ -254,6 +276,10 @@ static void parse_args(int argc, char **argv, struct options *o)
 		usage_error("unexpected argument '%s'", argv[optind]);
 	if (o->dicomin == NULL || o->dicomout == NULL)
 		usage_error("%s", "--dicomin and --dicomout are required");
+	if ((o->forward == NULL) != (o->config_path == NULL))
+		usage_error("%s", "--forward NAME and -c CONF go together");
+	if (o->forward != NULL && o->dry_run)
+		usage_error("%s", "--forward sends nothing under --dry-run");
 }
 
 /* ---- collecting the input ---- */
@@ -366,6 +392,28 @@ static int collect(struct run *r, const char *dicomin, const char *dicomout)
 
 /* ---- processing ---- */
 
+/*
+ * --forward: where an output became durable (or an identical one was
+ * found), before the source may go, the file is queued in the outbox.
+ * A duplicate is queued too: a run killed before its queue was made
+ * finds its outputs as duplicates, and the peer takes a resend as the
+ * same instance (SOPInstanceUID).
+ */
+static void queue_stored(void *ctx, const struct pipeline_result *res,
+			 bool published)
+{
+	struct run *r = ctx;
+	struct error err = ERROR_INIT;
+
+	if (!published && res->status != PIPELINE_DUPLICATE)
+		return;
+	if (forward_queue(r->forward, res->dest, &err) == -1) {
+		fprintf(stderr, "dicomsort: %s: not queued for forwarding: %s\n",
+			res->dest, err.msg);
+		atomic_fetch_add(&r->queue_failed, 1);
+	}
+}
+
 static void *worker(void *arg)
 {
 	struct run *r = arg;
@@ -376,11 +424,13 @@ static void *worker(void *arg)
 
 		if (f->status == FILE_PENDING) {
 			struct pipeline_result res;
+			struct pipeline_hooks hooks = { NULL, queue_stored, r };
 			struct outcome *o = calloc(1, sizeof(*o));
 
 			if (o == NULL)
 				abort();
-			pipeline_file(r->pipeline, f->path, f->rel, &res);
+			pipeline_file_hooked(r->pipeline, f->path, f->rel,
+					     r->forward ? &hooks : NULL, &res);
 			/* --move: stored, but the source stays; a later run
 			 * finds the output and removes it. */
 			if (res.dispose_failed) {
@@ -541,7 +591,8 @@ static void json_string(FILE *out, const char *s)
 }
 
 static void print_json(const struct run *r, const struct tally *t,
-		       double elapsed, size_t unmapped)
+		       double elapsed, size_t unmapped,
+		       const struct forward_stat *fwd)
 {
 	fprintf(stdout, "{\"stored\":%zu,\"duplicates\":%zu,\"skipped\":%zu,"
 		"\"rejected\":%zu,\"failed\":%zu,\"elapsed_s\":%.3f,"
@@ -562,7 +613,16 @@ static void print_json(const struct run *r, const struct tally *t,
 		json_string(stdout, res && !ok ? res->reason : NULL);
 		fputc('}', stdout);
 	}
-	fputs("]}\n", stdout);
+	fputs("]", stdout);
+	if (fwd != NULL) {
+		fputs(",\"forward\":[{\"name\":", stdout);
+		json_string(stdout, fwd->name);
+		fprintf(stdout, ",\"queued\":%zu,\"oldest_s\":%ld,"
+			"\"forwarded\":%lu,\"rejected\":%lu,\"retries\":%lu}]",
+			fwd->queued, fwd->oldest_s, fwd->forwarded,
+			fwd->rejected, fwd->retries);
+	}
+	fputs("}\n", stdout);
 }
 
 static int compare_strings(const void *a, const void *b)
@@ -704,7 +764,7 @@ static struct pipeline *setup_pipeline(const struct options *o,
 		.sync = o->move ? PIPELINE_SYNC_DISPOSAL : PIPELINE_SYNC_NONE,
 		.disposal = o->move ? PIPELINE_DELETE_SOURCE : PIPELINE_KEEP_SOURCE,
 		/* Like mv: on one file system an unchanged file is renamed. */
-		.rename_unchanged = o->move,
+		.rename_unchanged = o->move && o->forward == NULL,
 		.dry_run = o->dry_run,
 	};
 	struct pipeline *pipeline;
@@ -716,9 +776,71 @@ static struct pipeline *setup_pipeline(const struct options *o,
 	return pipeline;
 }
 
+/* ---- --forward ---- */
+
+/* The destination from the daemon's configuration; the outbox goes
+ * below --dicomout, the tree this run writes. */
+static struct forward *start_forward(const struct options *o,
+				     struct config *cfg)
+{
+	struct error err = ERROR_INIT;
+	struct forward *f = NULL;
+
+	if (config_load(cfg, o->config_path, &err) == -1) {
+		fprintf(stderr, "dicomsort: %s\n", err.msg);
+		exit(EXIT_USAGE);
+	}
+	if (config_forward_find(cfg, o->forward) == NULL) {
+		fprintf(stderr, "dicomsort: %s: no destination named '%s' in "
+			"'forward'\n", o->config_path, o->forward);
+		config_release(cfg);
+		exit(EXIT_USAGE);
+	}
+	free(cfg->output);
+	cfg->output = strdup(o->dicomout);
+	log_open("dicomsort", LOG_TARGET_STDERR, 0);
+	if (cfg->output == NULL ||
+	    forward_start(&f, cfg, o->forward, &err) == -1) {
+		fprintf(stderr, "dicomsort: %s\n", err.msg);
+		config_release(cfg);
+		exit(EXIT_USAGE);
+	}
+	return f;
+}
+
+/* Wait (bounded) for the queue to drain; what is left stays in the
+ * outbox for the next run. Returns the entries left plus those the
+ * peer refused. */
+static size_t finish_forward(const struct options *o, struct forward *f,
+			     struct forward_stat *st)
+{
+	double deadline = now_seconds() + (double)o->forward_timeout_s;
+	size_t left;
+
+	while ((left = forward_queued(f)) > 0 && now_seconds() < deadline)
+		nanosleep(&(struct timespec){ 0, 100 * 1000 * 1000 }, NULL);
+	forward_stats(f, st, 1);
+	if (forward_stop(f, 0) == 0)
+		forward_free(f);
+	if (left > 0 && !o->quiet)
+		fprintf(stderr, "dicomsort: %zu files not yet delivered to %s; "
+			"they stay queued in %s/.dicomsortd-state/outbox/%s for "
+			"the next run\n", left, o->forward, o->dicomout,
+			o->forward);
+	if (st->rejected > 0 && !o->quiet)
+		fprintf(stderr, "dicomsort: %s refused %lu files: see %s/"
+			".dicomsortd-state/outbox/%s/rejected/\n", o->forward,
+			st->rejected, o->dicomout, o->forward);
+	return left + st->rejected;
+}
+
 int main(int argc, char **argv)
 {
-	struct options o = { .missing_log = "missing_patient_ids.log" };
+	struct options o = { .missing_log = "missing_patient_ids.log",
+			     .forward_timeout_s = 600 };
+	struct config cfg = { 0 };
+	struct forward_stat fst = { 0 };
+	size_t undelivered = 0;
 	struct error err = ERROR_INIT;
 	struct run r = { 0 };
 	struct correlation *table;
@@ -745,6 +867,8 @@ int main(int argc, char **argv)
 	secret = load_secret(o.secret_path);
 	r.pipeline = setup_pipeline(&o, table, secret);
 	r.keep_dest = o.json;
+	if (o.forward != NULL)
+		r.forward = start_forward(&o, &cfg);
 	started = now_seconds();
 	/* A --move killed midway may have left sources claimed (renamed to
 	 * a private name before deletion): they get their names back and
@@ -767,18 +891,25 @@ int main(int argc, char **argv)
 			err.msg);
 		unsynced = true;
 	}
+	if (r.forward != NULL)
+		undelivered = finish_forward(&o, r.forward, &fst) +
+			      atomic_load(&r.queue_failed);
 	elapsed = now_seconds() - started;
 	report_problems(&r);
 	if (table != NULL && !o.dry_run)
 		unmapped = write_missing_ids(&r, o.missing_log, o.quiet || o.json);
 	tally_files(&r, &t);
 	if (o.json)
-		print_json(&r, &t, elapsed, unmapped);
+		print_json(&r, &t, elapsed, unmapped,
+			   o.forward != NULL ? &fst : NULL);
 	else if (!o.quiet)
 		printf("stored %zu, duplicates %zu, skipped %zu, rejected %zu, "
 		       "failed %zu in %.2f s (%.0f files/s)\n", t.stored,
 		       t.duplicates, t.skipped, t.rejected, t.failed, elapsed,
 		       (double)r.count / (elapsed > 0 ? elapsed : 1e-9));
+	if (o.forward != NULL && !o.quiet && !o.json)
+		printf("forward %s: delivered %lu, refused %lu, left %zu\n",
+		       o.forward, fst.forwarded, fst.rejected, fst.queued);
 	for (size_t i = 0; i < r.count; i++) {
 		free(r.files[i].path);
 		free(r.files[i].rel);
@@ -793,6 +924,7 @@ int main(int argc, char **argv)
 	pipeline_free(r.pipeline);
 	correlation_unref(table);
 	deid_secret_free(secret);
-	return t.rejected || t.failed || unsynced ? EXIT_SOME_REJECTED :
-						    EXIT_ALL_FINE;
+	config_release(&cfg);
+	return t.rejected || t.failed || unsynced || undelivered ?
+	       EXIT_SOME_REJECTED : EXIT_ALL_FINE;
 }

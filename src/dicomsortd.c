@@ -15,7 +15,7 @@
 #include "dicomsort/ops.h"
 
 static const char usage_text[] =
-"usage: dicomsortd [-c FILE] [--check-config [--user USER]]\n"
+"usage: dicomsortd [-c FILE] [--check-config [--user USER] [--probe]]\n"
 "                  [--log-target auto|journal|stderr] [--debug] [--help] [--version]\n"
 "       dicomsortd status -c FILE [--json]\n"
 "       dicomsortd quarantine list -c FILE [--json]\n"
@@ -27,6 +27,8 @@ static const char usage_text[] =
 "                      (warnings may be printed), 2 errors. Run as root,\n"
 "                      folders are checked as the unit's User=\n"
 "  --user USER         with --check-config: check as USER instead\n"
+"  --probe             with --check-config: also C-ECHO (DICOM) or HTTP\n"
+"                      OPTIONS (DICOMweb) each forward destination\n"
 "  --log-target T      auto (journald under systemd, else stderr), journal, stderr\n"
 "  --debug             also log debug messages\n"
 "\n"
@@ -38,17 +40,19 @@ struct flags {
 	const char *log_target;
 	const char *check_user;
 	int check_only;
+	int probe;
 	int debug;
 };
 
 static void parse_flags(int argc, char **argv, struct flags *f)
 {
 	enum { OPT_CHECK = 256, OPT_USER, OPT_LOG, OPT_DEBUG, OPT_HELP,
-	       OPT_VERSION };
+	       OPT_VERSION, OPT_PROBE };
 	static const struct option longopts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, OPT_CHECK },
 		{ "user", required_argument, NULL, OPT_USER },
+		{ "probe", no_argument, NULL, OPT_PROBE },
 		{ "log-target", required_argument, NULL, OPT_LOG },
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, OPT_HELP },
@@ -62,6 +66,7 @@ static void parse_flags(int argc, char **argv, struct flags *f)
 		case 'c': f->config_path = optarg; break;
 		case OPT_CHECK: f->check_only = 1; break;
 		case OPT_USER: f->check_user = optarg; break;
+		case OPT_PROBE: f->probe = 1; break;
 		case OPT_LOG: f->log_target = optarg; break;
 		case OPT_DEBUG: f->debug = 1; break;
 		case OPT_HELP: fputs(usage_text, stdout); exit(0);
@@ -69,8 +74,9 @@ static void parse_flags(int argc, char **argv, struct flags *f)
 		default: fputs(usage_text, stderr); exit(2);
 		}
 	}
-	if (f->check_user != NULL && !f->check_only) {
-		fputs("dicomsortd: --user goes with --check-config\n", stderr);
+	if ((f->check_user != NULL || f->probe) && !f->check_only) {
+		fputs("dicomsortd: --user and --probe go with --check-config\n",
+		      stderr);
 		exit(2);
 	}
 	if (optind < argc) {
@@ -143,6 +149,8 @@ int main(int argc, char **argv)
 	if (f.check_only) {
 		sigprocmask(SIG_SETMASK, &old_mask, NULL);
 		rc = checkconf_run(&cfg, f.check_user);
+		if (f.probe && checkconf_probe(&cfg) != 0)
+			rc = 2;
 		config_release(&cfg);
 		return rc;
 	}

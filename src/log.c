@@ -153,8 +153,8 @@ static void add_iov(struct iovec *iov, int *n, char *buf, size_t len,
 static int journal_audit(const struct audit_record *rec, const char *message)
 {
 	static const size_t len = 4200;
-	char *bufs = malloc(16 * len), prio[4];
-	struct iovec iov[16];
+	char *bufs = malloc(18 * len), prio[4];
+	struct iovec iov[18];
 	int n = 0;
 
 	if (bufs == NULL)
@@ -185,6 +185,10 @@ static int journal_audit(const struct audit_record *rec, const char *message)
 		rec->disposal);
 	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_RECOVERED",
 		rec->recovered ? "1" : NULL);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_DESTINATION",
+		rec->destination);
+	add_iov(iov, &n, bufs + n * len, len, "DICOMSORTD_PEER_STATUS",
+		rec->peer_status);
 	int rc = sd_journal_sendv(iov, n);
 
 	free(bufs);
@@ -215,5 +219,7 @@ void log_audit(const struct audit_record *rec)
 	append_field(line, sizeof(line), "source_owner", rec->source_owner);
 	append_field(line, sizeof(line), "disposal", rec->disposal);
 	append_field(line, sizeof(line), "recovered", rec->recovered ? "1" : NULL);
+	append_field(line, sizeof(line), "destination", rec->destination);
+	append_field(line, sizeof(line), "peer_status", rec->peer_status);
 	stderr_line(line);
 }

@@ -193,7 +193,7 @@ static const char *or_null(const char *s)
 
 /* Send the record of one marker if its output is there as published. */
 static int recover_one(struct records *r, int state_fd, const char *name,
-		       char *buf)
+		       char *buf, void (*owed)(void *, const char *), void *ctx)
 {
 	const char *f[F_COUNT];
 	char mtime[48];
@@ -224,10 +224,19 @@ static int recover_one(struct records *r, int state_fd, const char *name,
 	rec.reason = "record recovered at start: the daemon was killed "
 		     "between storing the file and logging it";
 	log_audit(&rec);
+	if (owed != NULL)
+		owed(ctx, f[F_DEST]);
 	return 1;
 }
 
 long records_recover(struct records *r)
+{
+	return records_recover_hooked(r, NULL, NULL);
+}
+
+long records_recover_hooked(struct records *r,
+			    void (*owed)(void *ctx, const char *dest),
+			    void *ctx)
 {
 	int fd = open_state(r, false, NULL);
 	char *buf;
@@ -252,7 +261,7 @@ long records_recover(struct records *r)
 
 		if (len <= slen || strcmp(de->d_name + len - slen, MARKER_SUFFIX))
 			continue;
-		sent += recover_one(r, dirfd(dir), de->d_name, buf);
+		sent += recover_one(r, dirfd(dir), de->d_name, buf, owed, ctx);
 		unlinkat(dirfd(dir), de->d_name, 0);
 	}
 	closedir(dir);

@@ -17,6 +17,12 @@
  *   - template keywords are standard dictionary entries ("did you mean");
  *   - two old IDs mapped to one new ID (warning, naming both lines);
  *   - profile basic with a layout keyword basic empties (warning);
+ *   - forward: credential files (token_file, basic_auth_file,
+ *     tls_key_file) are regular, not empty, readable by no one else;
+ *     TLS CA and certificate files are readable;
+ *   - forward under the installed unit: no network (PrivateNetwork=yes
+ *     or no AF_INET: the drop-in is missing), a peer's address not in
+ *     IPAddressAllow= (warnings);
  *   - under the installed unit (and its drop-ins): a folder no
  *     ReadWritePaths= entry covers (warning), input and a move target in
  *     separate entries, i.e. separate mounts, so moves copy (note).
@@ -43,5 +49,12 @@
  * notes may have been printed), 2 at least one error.
  */
 int checkconf_run(const struct config *cfg, const char *user);
+
+/**
+ * --check-config --probe: a C-ECHO (DICOM) or an HTTP OPTIONS (DICOMweb)
+ * to each `forward` destination, one line each ("ok" on stdout, the error
+ * on stderr). 0 when all answered, 2 otherwise.
+ */
+int checkconf_probe(const struct config *cfg);
 
 #endif

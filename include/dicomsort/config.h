@@ -48,6 +48,21 @@
  *              pseudonym_prefix; patient_name; max_date_shift_days;
  *              allow_burned_in; burned_in_modalities = [...];
  *              burned_in_sop_classes = [...]; }
+ * List:
+ *   forward = ( { ... }, ... )   destinations every stored file goes on to
+ *     (forward.h); one group each:
+ *     name                         [A-Za-z0-9._-], unique, required
+ *     DICOM (C-STORE):  host, port, called_ae, calling_ae (required);
+ *                       tls (false), tls_ca_file, tls_cert_file,
+ *                       tls_key_file, tls_verify (true),
+ *                       allow_conversion (false)
+ *     DICOMweb (STOW-RS): stow_url (http:// or https://, required);
+ *                       token_file | basic_auth_file (0600, optional),
+ *                       tls_verify (true), tls_ca_file
+ *     either:  associations (1), files_per_association (50),
+ *              connect_timeout_s (10), acse_timeout_s (30),
+ *              dimse_timeout_s (60), timeout_s (300: one STOW request),
+ *              retry_min_ms (1000), retry_max_ms (300000)
  */
 #ifndef DICOMSORT_CONFIG_H
 #define DICOMSORT_CONFIG_H
@@ -73,6 +88,32 @@ enum log_target {
 	LOG_TARGET_AUTO,	/* journald when under systemd, else stderr */
 	LOG_TARGET_JOURNAL,
 	LOG_TARGET_STDERR,
+};
+
+enum forward_kind {
+	FORWARD_DIMSE,
+	FORWARD_STOW,
+};
+
+#define CONFIG_FORWARD_NAME_MAX 64
+
+/* One destination of `forward`; paths resolved like the others. */
+struct config_forward {
+	char *name;
+	enum forward_kind kind;
+	char *host;			/* DIMSE */
+	long port;
+	char *called_ae, *calling_ae;
+	bool tls;
+	char *tls_ca_file, *tls_cert_file, *tls_key_file;
+	bool tls_verify;		/* both kinds */
+	bool allow_conversion;
+	char *stow_url;			/* STOW */
+	char *token_file, *basic_auth_file;
+	long associations;		/* parallel associations/connections */
+	long files_per_association;	/* or per STOW request */
+	long connect_timeout_s, acse_timeout_s, dimse_timeout_s, timeout_s;
+	long retry_min_ms, retry_max_ms;	/* backoff on DELIVERY_RETRY */
 };
 
 struct config {
@@ -134,6 +175,8 @@ struct config {
 		char **burned_in_modalities;	/* NULL: deid's default list */
 		char **burned_in_sop_classes;	/* NULL: deid's default list */
 	} deid;
+	struct config_forward *forward;	/* n_forward destinations */
+	size_t n_forward;
 };
 
 /**
@@ -159,6 +202,10 @@ unsigned long long config_max_file_size(const struct config *cfg);
  *  dicomsortd.conf, "research" for research.conf): names the instance in
  *  metrics labels and the default metrics file. */
 void config_stem(const struct config *cfg, char *out, size_t len);
+
+/** The destination named name, or NULL. */
+const struct config_forward *config_forward_find(const struct config *cfg,
+						 const char *name);
 
 /** Whether base name matches one of cfg->ignore's globs (fnmatch). */
 bool config_ignored(const struct config *cfg, const char *base_name);

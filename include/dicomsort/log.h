@@ -10,6 +10,7 @@
  * DICOMSORTD_SOP_INSTANCE_UID and DICOMSORTD_REASON, and for files
  * DICOMSORTD_PROFILE, DICOMSORTD_TABLE_SHA256, DICOMSORTD_SOURCE_SHA256,
  * DICOMSORTD_SOURCE_OWNER, DICOMSORTD_DISPOSAL and DICOMSORTD_RECOVERED,
+ * and for forwarding DICOMSORTD_DESTINATION and DICOMSORTD_PEER_STATUS,
  * so an admin can ask `journalctl DICOMSORTD_EVENT=quarantined`. Callers must pass only values
  * that may be logged: when de-identifying, never a name, birth date or
  * original patient ID (the daemon passes de-identified values only).
@@ -36,6 +37,9 @@ struct audit_record {
 	const char *disposal;		/* deleted, or where it was moved */
 	int recovered;			/* 1: sent at start for an output a
 					   SIGKILL left without its record */
+	/* Forwarding (issue 13); NULL to leave out. */
+	const char *destination;	/* the `forward` destination's name */
+	const char *peer_status;	/* "0x0000", "HTTP 200", "none" */
 };
 
 /** Choose the target: LOG_TARGET_AUTO means journald when stderr is

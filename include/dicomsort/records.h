@@ -46,4 +46,10 @@ void records_done(struct records *r, const char *name);
  *  remove every marker. Returns how many records were sent. */
 long records_recover(struct records *r);
 
+/** records_recover(), and owed(ctx, dest) for each output found there as
+ *  published (its forwarding entries may be owed too: forward.h). */
+long records_recover_hooked(struct records *r,
+			    void (*owed)(void *ctx, const char *dest),
+			    void *ctx);
+
 #endif

@@ -164,6 +164,39 @@ def test_unit_exposure_is_low(unit_copy, tmp_path):
     assert exposure <= EXPOSURE_MAX
 
 
+def test_unit_with_the_forward_drop_in(unit_copy, tmp_path):
+    """Issue 13: the documented drop-in opens Internet sockets to the peers
+    only, and keeps the exposure within EXPOSURE_MAX; without it the unit
+    has no network at all."""
+    analyze = need("systemd-analyze")
+    dropin = REPO / "systemd" / "forward.conf.example"
+    text = dropin.read_text()
+    assert re.search(r"(?m)^PrivateNetwork=no$", text)
+    assert re.search(r"(?m)^RestrictAddressFamilies=AF_INET AF_INET6$", text)
+    assert re.search(r"(?m)^IPAddressAllow=\S", text)
+    # The base unit denies everything; the drop-in must not undo that.
+    assert not re.search(r"(?m)^IPAddressDeny=", text)
+    unit = UNIT.read_text()
+    assert re.search(r"(?m)^PrivateNetwork=yes$", unit)
+    assert re.search(r"(?m)^RestrictAddressFamilies=AF_UNIX$", unit)
+    assert re.search(r"(?m)^IPAddressDeny=any$", unit)
+    d = tmp_path / "dicomsortd.service.d"
+    d.mkdir()
+    shutil.copy(dropin, d / "forward.conf")
+    threshold = int(EXPOSURE_MAX * 10)
+    r = run([analyze, "security", "--offline=true",
+             f"--threshold={threshold}", unit_copy], cwd=tmp_path)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    exposure = float(m.group(1))
+    print(f"systemd-analyze security exposure with forwarding: {exposure}")
+    # Proof that the drop-in was read: the network is now the host's.
+    assert re.search(r"PrivateNetwork=\s+Service has access to the host's "
+                     r"network", r.stdout), r.stdout
+    assert r.returncode == 0, f"exposure {exposure} > {EXPOSURE_MAX}"
+    assert exposure <= EXPOSURE_MAX
+
+
 # ---- (c) the .deb -----------------------------------------------------------
 
 def cpack_value(build, name):
@@ -223,6 +256,7 @@ def test_deb_contains_everything(deb):
         "/usr/share/man/man5/dicomsortd.conf.5.gz",
         "/usr/share/man/man8/dicomsortd.8.gz",
         "/usr/share/doc/dicomsortd/README.md",
+        "/usr/share/doc/dicomsortd/examples/forward.conf.example",
     ]
     if daemon_binary():
         expect.append("/usr/sbin/dicomsortd")

@@ -76,6 +76,14 @@ struct job {
 	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
 	struct stat read_st;
+	/* Loop thread only: the in-flight set, keyed by the inode the path
+	 * named at dispatch. A sender renaming the file meanwhile gives
+	 * moved_to (its newest name), which the job's result then follows:
+	 * one inode, one output, one record. */
+	struct job *fly_prev, *fly_next;
+	dev_t dev;
+	ino_t ino;
+	char *moved_to;
 };
 
 struct counters {
@@ -90,10 +98,13 @@ struct daemon {
 	struct deid_secret *secret;
 	struct records *records;
 	struct disposal *disposals;	/* loop thread only */
+	struct job *flying;		/* loop thread only: jobs submitted */
 	unsigned long next_job_id;
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
 	long delay_held_ms;		/* DICOMSORT_TEST_DELAY=held:MS */
+	long delay_parsed_ms;		/* DICOMSORT_TEST_DELAY=parsed:MS */
+	long delay_durable_ms;		/* DICOMSORT_TEST_DELAY=durable:MS */
 	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
@@ -114,8 +125,10 @@ static void job_free(void *p)
 {
 	struct job *job = p;
 
-	if (job != NULL)
+	if (job != NULL) {
 		free(job->path);
+		free(job->moved_to);
+	}
 	free(job);
 }
 
@@ -272,6 +285,26 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 	records_done(job->d->records, job->marker);
 }
 
+static void test_sleep(long ms, const char *where)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+
+	log_msg(LOG_INFO, "test delay: %ld ms %s", ms, where);
+	nanosleep(&ts, NULL);
+}
+
+/* Test-only windows (DICOMSORT_TEST_DELAY) at the pipeline's points. */
+static void checkpoint(void *ctx, enum pipeline_point point)
+{
+	struct job *job = ctx;
+
+	if (point == PIPELINE_AT_PARSED && job->d->delay_parsed_ms > 0)
+		test_sleep(job->d->delay_parsed_ms, "after parsing");
+	if (point == PIPELINE_AT_DURABLE && job->d->delay_durable_ms > 0)
+		test_sleep(job->d->delay_durable_ms,
+			   "after the output is durable");
+}
+
 static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
 {
 	struct quarantine_entry entry = {
@@ -336,6 +369,8 @@ static bool same_file(const struct stat *a, const struct stat *b)
 static int dispose_job(struct daemon *d, struct job *job)
 {
 	struct pipeline_result *res = &job->result;
+	struct pipeline_read read = { .st = job->read_st };
+	bool changed = false;
 	struct stat st;
 
 	if (lstat(job->path, &st) == -1) {
@@ -345,12 +380,15 @@ static int dispose_job(struct daemon *d, struct job *job)
 	if (!same_file(&st, &job->read_st))
 		return 1;
 	res->source_st = job->read_st;
-	if (pipeline_dispose(d->pipeline, job->path, job->rel, &job->read_st,
+	memcpy(read.sha256, res->source_sha256, sizeof(read.sha256));
+	if (pipeline_dispose(d->pipeline, job->path, job->rel, &read,
 			     res->disposed_as, sizeof(res->disposed_as),
-			     &res->dispose_err) == 0) {
+			     &changed, &res->dispose_err) == 0) {
 		job->outcome = OUTCOME_DISPOSED;
 		return 0;
 	}
+	if (changed)
+		return 1;	/* another version now: a delivery of its own */
 	explain_input_side(d, job, &res->dispose_err);
 	res->dispose_failed = true;
 	job->outcome = vanished(job) ? OUTCOME_VANISHED : OUTCOME_DISPOSE_RETRY;
@@ -361,7 +399,8 @@ static void run_job(void *ctx, void *p)
 {
 	struct daemon *d = ctx;
 	struct job *job = p;
-	struct pipeline_hooks hooks = { before_publish, after_publish, job };
+	struct pipeline_hooks hooks = { before_publish, after_publish,
+					checkpoint, job };
 
 	if (job->dispose_only && dispose_job(d, job) == 0)
 		return;
@@ -535,6 +574,16 @@ static void report_disposal(struct daemon *d, struct job *job)
 		watch_done(d->watch, job->path);
 		return;
 	}
+	if (res->source_changed) {
+		/* Not the version stored: it stays and is processed again
+		 * as a delivery of its own once it has settled. */
+		forget_disposal(d, job->path);
+		audit_job(job, "changed", LOG_NOTICE, res->dest,
+			  "source changed after it was read; kept, to be "
+			  "processed again");
+		watch_retry(d->watch, job->path, d->cfg->settle_ms);
+		return;
+	}
 	d->input_trouble = true;
 	remember_error(d, job, &res->dispose_err);
 	audit_job(job, "dispose-failed", LOG_ERR, res->dest, res->dispose_err.msg);
@@ -556,9 +605,65 @@ static void report_disposal(struct daemon *d, struct job *job)
 
 static void release_held(struct daemon *d);
 
+static void land(struct daemon *d, struct job *job)
+{
+	if (job->fly_prev != NULL)
+		job->fly_prev->fly_next = job->fly_next;
+	else if (d->flying == job)
+		d->flying = job->fly_next;
+	if (job->fly_next != NULL)
+		job->fly_next->fly_prev = job->fly_prev;
+	job->fly_prev = job->fly_next = NULL;
+}
+
+static void set_job_path(struct daemon *d, struct job *job, char *path)
+{
+	size_t rootlen = strlen(d->cfg->input);
+
+	free(job->path);
+	job->path = path;
+	job->rel = path;
+	if (strncmp(path, d->cfg->input, rootlen) == 0 && path[rootlen] == '/')
+		job->rel = path + rootlen + 1;
+}
+
+/*
+ * The sender renamed the file while it was in flight: what was decided
+ * about the inode (stored, its disposal owed; or a retry) goes to its
+ * new name, and the old name is done. Where both names still exist (a
+ * hard link) the new one is left to be processed as a file of its own.
+ */
+static void follow_rename(struct daemon *d, struct job *job)
+{
+	struct stat st;
+	char *to = job->moved_to;
+
+	job->moved_to = NULL;
+	if (lstat(job->path, &st) == 0 || errno != ENOENT) {
+		watch_retry(d->watch, to, d->cfg->settle_ms);
+		free(to);
+		return;
+	}
+	log_msg(LOG_INFO, "%s was renamed while it was processed; following "
+		"it to its new name", job->logged_source[0] ?
+		job->logged_source : job->rel);
+	forget_disposal(d, job->path);
+	watch_done(d->watch, job->path);
+	set_job_path(d, job, to);
+	/* Not found under its old name is no longer a failure of ours. */
+	if (job->outcome == OUTCOME_VANISHED) {
+		job->outcome = OUTCOME_RETRY_INPUT;
+		job->attempt = 0;
+	}
+}
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
+
+	land(d, job);
+	if (job->moved_to != NULL)
+		follow_rename(d, job);
 
 	/* A new delivery under the name of a source awaiting disposal:
 	 * that source is gone, and so is what we owed it. */
@@ -731,6 +836,48 @@ static struct job *job_new(struct daemon *d, char *path)
 	return job;
 }
 
+/* The job in flight for the inode st, under another name. */
+static struct job *flying_as(struct daemon *d, const struct stat *st,
+			     const char *path)
+{
+	for (struct job *j = d->flying; j != NULL; j = j->fly_next)
+		if (j->ino == st->st_ino && j->dev == st->st_dev &&
+		    strcmp(j->path, path) != 0)
+			return j;
+	return NULL;
+}
+
+/*
+ * One path to a worker - unless it names an inode already in flight
+ * under another name: the sender renamed it, and the job in flight
+ * answers for it (see follow_rename()); the path stays in flight with it.
+ */
+static void submit(struct daemon *d, char *path)
+{
+	struct stat st;
+	struct job *job, *owner;
+
+	memset(&st, 0, sizeof(st));
+	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (owner = flying_as(d, &st, path)) != NULL) {
+		if (owner->moved_to != NULL)
+			watch_done(d->watch, owner->moved_to);
+		free(owner->moved_to);
+		owner->moved_to = path;
+		return;
+	}
+	job = job_new(d, path);
+	if (S_ISREG(st.st_mode)) {
+		job->dev = st.st_dev;
+		job->ino = st.st_ino;
+	}
+	job->fly_next = d->flying;
+	if (d->flying != NULL)
+		d->flying->fly_prev = job;
+	d->flying = job;
+	workers_submit(d->workers, job);
+}
+
 /* Keep the pool a little ahead of the threads, no more: files left in the
  * watch still get their events (a late write pushes them back). */
 static void dispatch(struct daemon *d)
@@ -748,7 +895,7 @@ static void dispatch(struct daemon *d)
 		if (n == 0)
 			return;
 		for (size_t i = 0; i < n; i++)
-			workers_submit(d->workers, job_new(d, paths[i]));
+			submit(d, paths[i]);
 	}
 }
 
@@ -1067,8 +1214,11 @@ static int setup_watch(struct daemon *d, struct error *err)
  * publication and its `stored` record, so a test can SIGKILL the daemon
  * exactly there. DICOMSORT_TEST_DELAY=held:MS sleeps MS ms (and says so)
  * between the decision to hold a file and its move into hold, so a test
- * can reload the table in that window. Without the variable nothing
- * changes.
+ * can reload the table in that window. parsed:MS and durable:MS sleep
+ * (and say so) after a source's snapshot is parsed, and after its output
+ * is durable and before the source is checked and disposed of: windows
+ * for a test to rewrite or rename the source. Without the variable
+ * nothing changes.
  */
 static void test_delays(struct daemon *d)
 {
@@ -1078,6 +1228,10 @@ static void test_delays(struct daemon *d)
 		d->delay_published_ms = strtol(v + 10, NULL, 10);
 	if (v != NULL && strncmp(v, "held:", 5) == 0)
 		d->delay_held_ms = strtol(v + 5, NULL, 10);
+	if (v != NULL && strncmp(v, "parsed:", 7) == 0)
+		d->delay_parsed_ms = strtol(v + 7, NULL, 10);
+	if (v != NULL && strncmp(v, "durable:", 8) == 0)
+		d->delay_durable_ms = strtol(v + 8, NULL, 10);
 }
 
 /*

@@ -386,6 +386,9 @@ static void *worker(void *arg)
 			if (res.dispose_failed) {
 				res.status = PIPELINE_FAILED;
 				snprintf(res.err.msg, sizeof(res.err.msg),
+					 res.source_changed ?
+					 "stored, but the source changed after "
+					 "it was read and stays: %.400s" :
 					 "stored, but the source stays: %.400s",
 					 res.dispose_err.msg);
 			}

@@ -405,17 +405,15 @@ static void note_touched(struct watch *w, const char *path, int64_t now)
 		set_due(w, e, e->closed, now + w->settle_ms);
 }
 
-/* Deleted or moved away. A file in flight stays until watch_done(); what
- * was written to it meanwhile went with it. */
+/* Deleted or moved away. A file in flight stays until watch_done(), and
+ * keeps what was written to it meanwhile: the name may be back already
+ * (our own claim of it, given back because it changed; a sender's
+ * replace), and a forgotten write would let that version go unprocessed. */
 static void note_gone(struct watch *w, const char *path)
 {
 	struct entry *e = lookup(w, path);
 
-	if (e == NULL)
-		return;
-	if (e->state == ENTRY_IN_FLIGHT)
-		e->dirty = false;
-	else
+	if (e != NULL && e->state != ENTRY_IN_FLIGHT)
 		drop(w, e);
 }
 

@@ -15,7 +15,8 @@
  * Large values (pixel data) are loaded lazily: DCMTK keeps only an offset and
  * re-opens the *path* given to dicom_load() when it saves. The caller must keep
  * that path pointing at unchanged bytes until dicom_save_fd() returned; pipeline
- * passes "/proc/self/fd/N" of a descriptor it holds open for exactly that.
+ * passes "/proc/self/fd/N" of its private snapshot of the source (a file
+ * nobody else writes), or parses a small one in memory (dicom_load_mem()).
  *
  * Tags are uint32_t: group << 16 | element.
  * Return convention: 0 on success, -1 with *err filled (see error.h), except
@@ -92,6 +93,14 @@ int dicom_load(struct dicom_file **out, const char *path, struct error *err);
  */
 int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 		  const char *path, struct error *err);
+
+/**
+ * dicom_load() of a file's size bytes at bytes (copied): the whole file
+ * in memory, so nothing is ever re-read from anywhere (pipeline's private
+ * snapshot of a small source).
+ */
+int dicom_load_mem(struct dicom_file **out, const void *bytes, size_t size,
+		   struct error *err);
 
 void dicom_free(struct dicom_file *file);
 

@@ -57,6 +57,10 @@ struct disposal {
 	struct stat read_st;	/* the file that was read */
 	char dest[PATH_MAX + NAME_MAX + 2];
 	char sop_instance_uid[65], source_sha256[65], owner[96];
+	/* Its source vanished from path (watch time, 0: still owed there):
+	 * kept a while, by inode, for the sender's rename - the file turns
+	 * up under its new name once that has settled (see submit()). */
+	int64_t lost_ms;
 };
 
 struct job {
@@ -531,16 +535,95 @@ static struct disposal **find_disposal(struct daemon *d, const char *path)
 	return p;
 }
 
-static void forget_disposal(struct daemon *d, const char *path)
+/* Some source whose output is stored still waits to be removed. */
+static bool disposals_owed(const struct daemon *d)
 {
-	struct disposal **p = find_disposal(d, path), *gone = *p;
+	for (const struct disposal *p = d->disposals; p != NULL; p = p->next)
+		if (p->lost_ms == 0)
+			return true;
+	return false;
+}
 
-	if (gone == NULL)
-		return;
+static void unlink_disposal(struct daemon *d, struct disposal **p)
+{
+	struct disposal *gone = *p;
+
 	*p = gone->next;
 	free(gone->path);
 	free(gone);
-	d->input_trouble = d->disposals != NULL;
+	d->input_trouble = disposals_owed(d);
+}
+
+static void forget_disposal(struct daemon *d, const char *path)
+{
+	struct disposal **p = find_disposal(d, path);
+
+	if (*p != NULL)
+		unlink_disposal(d, p);
+}
+
+/* How long a lost source's disposal waits for its new name: its rename
+ * is seen as a new file, taken once settled. */
+static int64_t lost_grace_ms(const struct daemon *d)
+{
+	return 4 * (int64_t)d->cfg->settle_ms + 30000;
+}
+
+/* The source vanished from its name: keep what is owed, by inode. */
+static void lose_disposal(struct daemon *d, const char *path)
+{
+	struct disposal *p = *find_disposal(d, path);
+
+	if (p == NULL)
+		return;
+	p->lost_ms = watch_now_ms();
+	d->input_trouble = disposals_owed(d);
+}
+
+/*
+ * A new name for the inode of a lost disposal (same inode, size and
+ * mtime): the sender renamed the stored file's source before we could
+ * remove it. The disposal moves to the new name (its job is then a
+ * disposal only, checked by fsutil's claim like any other); lost ones
+ * past their grace are forgotten here.
+ */
+static bool lost_as(const struct disposal *e, const struct stat *st)
+{
+	return e->lost_ms != 0 && e->read_st.st_dev == st->st_dev &&
+	       e->read_st.st_ino == st->st_ino &&
+	       e->read_st.st_size == st->st_size &&
+	       e->read_st.st_mtim.tv_sec == st->st_mtim.tv_sec &&
+	       e->read_st.st_mtim.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+static void find_lost_disposal(struct daemon *d, const struct stat *st,
+			       const char *path)
+{
+	int64_t now = watch_now_ms();
+	struct disposal **p = &d->disposals, *found = NULL;
+	char *copy;
+
+	while (*p != NULL) {
+		if ((*p)->lost_ms != 0 && now - (*p)->lost_ms > lost_grace_ms(d)) {
+			unlink_disposal(d, p);
+			continue;
+		}
+		if (found == NULL && lost_as(*p, st))
+			found = *p;
+		p = &(*p)->next;
+	}
+	if (found == NULL || (copy = strdup(path)) == NULL)
+		return;
+	free(found->path);
+	found->path = copy;
+	found->lost_ms = 0;
+	/* Another entry under this name is stale now: the first wins. */
+	for (p = &d->disposals; *p != NULL; p = &(*p)->next)
+		if (*p != found && strcmp((*p)->path, path) == 0) {
+			unlink_disposal(d, p);
+			break;
+		}
+	d->input_trouble = true;
 }
 
 static void log_disposed(const struct daemon *d, const struct job *job)
@@ -669,7 +752,8 @@ static void finish_job(struct daemon *d, struct job *job)
 	 * that source is gone, and so is what we owed it. */
 	if (job->outcome != OUTCOME_DISPOSED &&
 	    job->outcome != OUTCOME_DISPOSE_RETRY &&
-	    job->outcome != OUTCOME_STORED && job->outcome != OUTCOME_DUPLICATE)
+	    job->outcome != OUTCOME_STORED && job->outcome != OUTCOME_DUPLICATE &&
+	    job->outcome != OUTCOME_VANISHED)
 		forget_disposal(d, job->path);
 	switch (job->outcome) {
 	case OUTCOME_STORED:
@@ -695,7 +779,7 @@ static void finish_job(struct daemon *d, struct job *job)
 		break;
 	case OUTCOME_HELD:
 		d->count.held++;
-		d->input_trouble = d->disposals != NULL;
+		d->input_trouble = disposals_owed(d);
 		audit_job(job, "held", LOG_NOTICE,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
 			  "PatientID not in the correlation table yet; "
@@ -710,12 +794,12 @@ static void finish_job(struct daemon *d, struct job *job)
 	case OUTCOME_VANISHED:
 		log_msg(LOG_DEBUG, "%s vanished before it was processed",
 			job->logged_source[0] ? job->logged_source : job->rel);
-		forget_disposal(d, job->path);
+		lose_disposal(d, job->path);
 		watch_done(d->watch, job->path);
 		break;
 	case OUTCOME_QUARANTINED:
 		d->count.quarantined++;
-		d->input_trouble = d->disposals != NULL;
+		d->input_trouble = disposals_owed(d);
 		remember_error(d, job, &job->result.err);
 		audit_job(job, "quarantined", LOG_WARNING,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
@@ -858,8 +942,9 @@ static void submit(struct daemon *d, char *path)
 	struct job *job, *owner;
 
 	memset(&st, 0, sizeof(st));
-	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) &&
-	    (owner = flying_as(d, &st, path)) != NULL) {
+	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && d->disposals != NULL)
+		find_lost_disposal(d, &st, path);
+	if (S_ISREG(st.st_mode) && (owner = flying_as(d, &st, path)) != NULL) {
 		if (owner->moved_to != NULL)
 			watch_done(d->watch, owner->moved_to);
 		free(owner->moved_to);

@@ -166,3 +166,26 @@ def test_rename_while_processing_gives_one_output(daemon, window):
     assert d.stop()[0] == 0
     check_exactly_once(d, [a])
     assert len(d.events("disposed")) == 1, d.log()[-3000:]
+
+
+def test_rename_seen_after_the_job_ended_gives_one_output(daemon):
+    """Item 4, the usual timing: the job ends (its source gone from the
+    old name) well before the renamed file has settled under its new
+    one. The stored file's disposal waits for the inode, by inode, and
+    the new name is disposed of, never stored a second time."""
+    d = daemon(env={"DICOMSORT_TEST_DELAY": "parsed:400"}, workers=1,
+               settle_ms=2000)
+    a, _ = same_size_pair("late-rename")
+    src = d.input / "upload.incoming"
+    src.write_bytes(a)
+    wait_until(lambda: delays_logged(d, "after parsing") >= 1, 30 * SLOW,
+               what="the worker in its window")
+    os.rename(src, d.input / "upload.dcm")
+    wait_until(lambda: d.events("stored"), 30 * SLOW, what="stored")
+    wait_until(lambda: not files_below(d.input), 60 * SLOW,
+               what=lambda: "the renamed source disposed of (log:\n%s)"
+               % d.log()[-3000:])
+    wait_until(lambda: d.events("disposed"), 30 * SLOW, what="disposed")
+    assert d.stop()[0] == 0
+    check_exactly_once(d, [a])
+    assert len(d.events("disposed")) == 1, d.log()[-3000:]

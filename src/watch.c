@@ -1096,9 +1096,12 @@ void watch_done(struct watch *w, const char *path)
 {
 	struct entry *e = lookup(w, path);
 
+	struct stat st;
+
 	if (e == NULL || e->state != ENTRY_IN_FLIGHT)
 		return;
-	if (!e->dirty) {
+	/* Written meanwhile, but nothing under the name now: nothing to do. */
+	if (!e->dirty || (lstat(e->path, &st) == -1 && errno == ENOENT)) {
 		drop(w, e);
 		return;
 	}

@@ -730,7 +730,18 @@ static void follow_rename(struct daemon *d, struct job *job)
 	log_msg(LOG_INFO, "%s was renamed while it was processed; following "
 		"it to its new name", job->logged_source[0] ?
 		job->logged_source : job->rel);
-	forget_disposal(d, job->path);
+	/* What is owed to the stored file's source goes with it. */
+	if (*find_disposal(d, job->path) != NULL) {
+		struct disposal *owed = *find_disposal(d, job->path);
+		char *copy = strdup(to);
+
+		if (copy == NULL)
+			abort();
+		forget_disposal(d, to);	/* a stale one under the new name */
+		free(owed->path);
+		owed->path = copy;
+		owed->lost_ms = 0;
+	}
 	watch_done(d->watch, job->path);
 	set_job_path(d, job, to);
 	/* Not found under its old name is no longer a failure of ours. */

@@ -90,14 +90,20 @@ def check_exactly_once(d, inputs, patient_of=None):
     assert len(stored) == len(outputs(d.output)), "\n".join(stored)
 
 
-@pytest.mark.parametrize("size", [64, 768], ids=["in-memory", "large"])
-def test_rewrite_after_durable_is_kept_and_processed_again(daemon, size):
+@pytest.mark.parametrize("size,after", [(64, "delete"), (768, "delete"),
+                                        (64, "move")],
+                         ids=["in-memory", "large", "moved-to-processed"])
+def test_rewrite_after_durable_is_kept_and_processed_again(daemon, tmp_path,
+                                                           size, after):
     """Item 2: a same-size rewrite with mtime set back, after the output
-    is durable and before the source goes: the source is not deleted (it
-    is another version now), it is processed again, and both versions
-    are stored once each."""
+    is durable and before the source goes: the source is not deleted (or
+    moved to processed: it is another version now), it is processed
+    again, and both versions are stored once each."""
+    extra = {}
+    if after == "move":
+        extra = {"after_success": "move", "processed": tmp_path / "processed"}
     d = daemon(env={"DICOMSORT_TEST_DELAY": "durable:%d" % WINDOW_MS},
-               workers=1)
+               workers=1, **extra)
     a, b = same_size_pair("durable%d" % size, size)
     src = d.input / "img.dcm"
     src.write_bytes(a)
@@ -109,6 +115,11 @@ def test_rewrite_after_durable_is_kept_and_processed_again(daemon, size):
                % d.log()[-3000:])
     assert d.events("changed"), d.log()[-3000:]
     check_exactly_once(d, [a, b])
+    if after == "move":
+        # The sender overwrote A: what is left of the source, B, is
+        # moved once, after B itself was stored.
+        kept = [p.read_bytes() for p in files_below(tmp_path / "processed")]
+        assert kept == [b]
     assert d.stop()[0] == 0
 
 

@@ -568,11 +568,14 @@ static int changed(struct fsutil_move *mv, struct error *err, const char *what)
  */
 static int hold_source(struct fsutil_move *mv)
 {
+	struct stat st;
+
 	mv->lease_fd = openat(mv->src_dirfd, mv->src_base, O_RDONLY | O_NOFOLLOW |
 			      O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (mv->lease_fd == -1)
 		return 0;
-	if (fcntl(mv->lease_fd, F_SETSIG, SIGURG) == -1)
+	if (fstat(mv->lease_fd, &st) == -1 || !S_ISREG(st.st_mode) ||
+	    fcntl(mv->lease_fd, F_SETSIG, SIGURG) == -1)
 		return 0;
 	if (fcntl(mv->lease_fd, F_SETLEASE, F_RDLCK) == 0)
 		return 1;
@@ -639,7 +642,11 @@ static int claim(struct fsutil_move *mv, struct error *err)
 	if (mv->src_dirfd == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot open the source's folder");
-	if (mv->expect != NULL && S_ISREG(mv->expect->st_mode)) {
+	/* Only a regular file is opened for the lease: opening a device a
+	 * sender swapped in could have effects of its own. */
+	if (mv->expect != NULL && S_ISREG(mv->expect->st_mode) &&
+	    fstatat(mv->src_dirfd, mv->src_base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode)) {
 		held = hold_source(mv);
 		if (held == -1)
 			return changed(mv, err, "source is open for writing");

@@ -867,13 +867,14 @@ static int load_mem(struct dicom_file **out, std::string &mem,
 		f = new dicom_file;
 		f->mem.swap(mem);
 		f->path = path;
+		/* The bytes stay, parsed by DCMTK or not: they are what
+		 * dicom_file_bytes() gives a caller copying them unchanged. */
 		if (!index_light(f)) {
 			part10_free(&f->index);
 			if (load(f, path, &f->mem, err) == -1) {
 				delete f;
 				return -1;
 			}
-			std::string().swap(f->mem);
 		}
 		*out = f;
 		return 0;
@@ -913,16 +914,44 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 	}
 }
 
-extern "C" int dicom_load_mem(struct dicom_file **out, const void *bytes,
-			      size_t size, struct error *err)
+struct dicom_bytes {
+	std::string mem;
+};
+
+extern "C" unsigned char *dicom_bytes_new(struct dicom_bytes **out, size_t size)
 {
 	try {
-		std::string mem(static_cast<const char *>(bytes), size);
+		*out = new dicom_bytes;
+		(*out)->mem.resize(size);
+		return reinterpret_cast<unsigned char *>(&(*out)->mem[0]);
+	} catch (...) {
+		delete *out;
+		*out = nullptr;
+		return nullptr;
+	}
+}
 
-		return load_mem(out, mem, "(snapshot)", err);
+extern "C" void dicom_bytes_free(struct dicom_bytes *bytes)
+{
+	delete bytes;
+}
+
+extern "C" int dicom_load_bytes(struct dicom_file **out,
+				struct dicom_bytes *bytes, struct error *err)
+{
+	try {
+		return load_mem(out, bytes->mem, "(snapshot)", err);
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
 	}
+}
+
+extern "C" const unsigned char *dicom_file_bytes(const struct dicom_file *file,
+						 size_t *len)
+{
+	*len = file->mem.size();
+	return file->mem.empty() ? nullptr :
+	       reinterpret_cast<const unsigned char *>(file->mem.data());
 }
 
 extern "C" void dicom_free(struct dicom_file *file)

@@ -59,6 +59,7 @@ struct job {
 	 * the output (rename_unchanged): then nothing is read from it after
 	 * the version check that follows the last read. */
 	bool snapshot;
+	struct dicom_bytes *snap_bytes;	/* owns snap_mem until parsed */
 	unsigned char *snap_mem;
 	int snap_fd;
 	char snap_name[64];
@@ -210,7 +211,7 @@ static void job_release(struct job *job)
 		close(job->snap_fd);
 		fsutil_discard_tmp(job->pipeline->output_fd, job->snap_name);
 	}
-	free(job->snap_mem);
+	dicom_bytes_free(job->snap_bytes);
 	for (size_t i = 0; i < MAX_PLACEHOLDERS; i++)
 		free(job->values[i]);
 	dicom_free(job->file);
@@ -364,7 +365,8 @@ static int take_snapshot(struct job *job, struct error *err)
 			       EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1))
 		rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
 	if (rc == 0 && job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) {
-		job->snap_mem = malloc((size_t)job->source_st.st_size);
+		job->snap_mem = dicom_bytes_new(&job->snap_bytes,
+						(size_t)job->source_st.st_size);
 		if (job->snap_mem == NULL)
 			rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "snapshot");
 	} else if (rc == 0) {
@@ -394,9 +396,10 @@ static int load_source(struct job *job, struct error *err)
 	int fd = job->snapshot && job->snap_fd != -1 ? job->snap_fd :
 		 job->source_fd;
 
-	if (job->snap_mem != NULL)
-		return dicom_load_mem(&job->file, job->snap_mem,
-				      (size_t)job->source_st.st_size, err);
+	if (job->snap_mem != NULL) {
+		job->snap_mem = NULL;	/* the parsed file's bytes now */
+		return dicom_load_bytes(&job->file, job->snap_bytes, err);
+	}
 	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
 	if (dicom_load_fd(&job->file, fd, job->source_st.st_size, proc_path,
 			  err) == -1)
@@ -467,10 +470,14 @@ static bool reuse_source_bytes(struct job *job)
 	char magic[4];
 	int fd = job->snap_fd != -1 ? job->snap_fd : job->source_fd;
 
+	const unsigned char *mem;
+	size_t len;
+
 	if (!dicom_bytes_reusable(job->file) || job->source_st.st_size < 132)
 		return false;
-	if (job->snap_mem != NULL)
-		return memcmp(job->snap_mem + 128, "DICM", 4) == 0;
+	mem = dicom_file_bytes(job->file, &len);
+	if (mem != NULL)
+		return len >= 132 && memcmp(mem + 128, "DICM", 4) == 0;
 	return pread(fd, magic, sizeof(magic), 128) == 4 &&
 	       memcmp(magic, "DICM", 4) == 0;
 }
@@ -551,9 +558,13 @@ static bool same_mount(int a, int b)
 static int fill_temp(struct job *job, struct error *err)
 {
 	off_t size = job->source_st.st_size;
+	const unsigned char *mem;
+	size_t len;
 
-	if (job->copy_bytes && job->snap_mem != NULL) {
-		if (write_all(job->tmp_fd, job->snap_mem, (size_t)size, 0) == -1)
+	/* Parsed from memory: the very bytes parsed. */
+	if (job->copy_bytes && job->snapshot &&
+	    (mem = dicom_file_bytes(job->file, &len)) != NULL) {
+		if (write_all(job->tmp_fd, mem, len, 0) == -1)
 			return error_set(err, error_kind_for_output_errno(errno),
 					 errno, "cannot write");
 		return 0;

@@ -710,6 +710,22 @@ static void set_job_path(struct daemon *d, struct job *job, char *path)
 		job->rel = path + rootlen + 1;
 }
 
+static bool source_left(const struct job *job)
+{
+	switch (job->outcome) {
+	case OUTCOME_STORED:
+	case OUTCOME_DUPLICATE:
+	case OUTCOME_DISPOSED:
+	case OUTCOME_DISPOSE_RETRY:
+		return job->result.dispose_failed && !job->result.source_changed;
+	case OUTCOME_QUARANTINED:
+	case OUTCOME_HELD:
+		return false;
+	default:
+		return true;
+	}
+}
+
 /*
  * The sender renamed the file while it was in flight: what was decided
  * about the inode (stored, its disposal owed; or a retry) goes to its
@@ -722,7 +738,11 @@ static void follow_rename(struct daemon *d, struct job *job)
 	char *to = job->moved_to;
 
 	job->moved_to = NULL;
-	if (lstat(job->path, &st) == 0 || errno != ENOENT) {
+	/* Only a source we did not take away can have moved: one stored
+	 * and disposed of, quarantined or held is gone by our hand, and an
+	 * inode number met again is then another file (the number reused). */
+	if (!source_left(job) ||
+	    lstat(job->path, &st) == 0 || errno != ENOENT) {
 		watch_retry(d->watch, to, d->cfg->settle_ms);
 		free(to);
 		return;

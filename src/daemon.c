@@ -59,6 +59,10 @@ struct disposal {
 	struct stat read_st;	/* the file that was read */
 	char dest[PATH_MAX + NAME_MAX + 2];
 	char sop_instance_uid[65], source_sha256[65], owner[96];
+	/* Its source vanished from path (watch time, 0: still owed there):
+	 * kept a while, by inode, for the sender's rename - the file turns
+	 * up under its new name once that has settled (see submit()). */
+	int64_t lost_ms;
 };
 
 struct job {
@@ -79,6 +83,14 @@ struct job {
 	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
 	struct stat read_st;
+	/* Loop thread only: the in-flight set, keyed by the inode the path
+	 * named at dispatch. A sender renaming the file meanwhile gives
+	 * moved_to (its newest name), which the job's result then follows:
+	 * one inode, one output, one record. */
+	struct job *fly_prev, *fly_next;
+	dev_t dev;
+	ino_t ino;
+	char *moved_to;
 };
 
 /* A stored file whose forwarding entries could not be made (ENOSPC...):
@@ -104,12 +116,15 @@ struct daemon {
 	struct forward *forward;	/* NULL without destinations */
 	struct disposal *disposals;	/* loop thread only */
 	struct unqueued *unqueued;	/* loop thread only */
+	struct job *flying;		/* loop thread only: jobs submitted */
 	unsigned long next_job_id;
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
 	long delay_held_ms;		/* DICOMSORT_TEST_DELAY=held:MS */
 	long delay_scan_entry_ms;	/* DICOMSORT_TEST_DELAY=scan-entry:MS */
 	long delay_release_ms;		/* DICOMSORT_TEST_DELAY=release-entry:MS */
+	long delay_parsed_ms;		/* DICOMSORT_TEST_DELAY=parsed:MS */
+	long delay_durable_ms;		/* DICOMSORT_TEST_DELAY=durable:MS */
 	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
@@ -140,8 +155,10 @@ static void job_free(void *p)
 {
 	struct job *job = p;
 
-	if (job != NULL)
+	if (job != NULL) {
 		free(job->path);
+		free(job->moved_to);
+	}
 	free(job);
 }
 
@@ -317,6 +334,26 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 		records_done(job->d->records, job->marker);
 }
 
+static void test_sleep(long ms, const char *where)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000 };
+
+	log_msg(LOG_INFO, "test delay: %ld ms %s", ms, where);
+	nanosleep(&ts, NULL);
+}
+
+/* Test-only windows (DICOMSORT_TEST_DELAY) at the pipeline's points. */
+static void checkpoint(void *ctx, enum pipeline_point point)
+{
+	struct job *job = ctx;
+
+	if (point == PIPELINE_AT_PARSED && job->d->delay_parsed_ms > 0)
+		test_sleep(job->d->delay_parsed_ms, "after parsing");
+	if (point == PIPELINE_AT_DURABLE && job->d->delay_durable_ms > 0)
+		test_sleep(job->d->delay_durable_ms,
+			   "after the output is durable");
+}
+
 static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
 {
 	struct quarantine_entry entry = {
@@ -381,6 +418,8 @@ static bool same_file(const struct stat *a, const struct stat *b)
 static int dispose_job(struct daemon *d, struct job *job)
 {
 	struct pipeline_result *res = &job->result;
+	struct pipeline_read read = { .st = job->read_st };
+	bool changed = false;
 	struct stat st;
 
 	if (lstat(job->path, &st) == -1) {
@@ -390,12 +429,15 @@ static int dispose_job(struct daemon *d, struct job *job)
 	if (!same_file(&st, &job->read_st))
 		return 1;
 	res->source_st = job->read_st;
-	if (pipeline_dispose(d->pipeline, job->path, job->rel, &job->read_st,
+	memcpy(read.sha256, res->source_sha256, sizeof(read.sha256));
+	if (pipeline_dispose(d->pipeline, job->path, job->rel, &read,
 			     res->disposed_as, sizeof(res->disposed_as),
-			     &res->dispose_err) == 0) {
+			     &changed, &res->dispose_err) == 0) {
 		job->outcome = OUTCOME_DISPOSED;
 		return 0;
 	}
+	if (changed)
+		return 1;	/* another version now: a delivery of its own */
 	explain_input_side(d, job, &res->dispose_err);
 	res->dispose_failed = true;
 	job->outcome = vanished(job) ? OUTCOME_VANISHED : OUTCOME_DISPOSE_RETRY;
@@ -406,7 +448,8 @@ static void run_job(void *ctx, void *p)
 {
 	struct daemon *d = ctx;
 	struct job *job = p;
-	struct pipeline_hooks hooks = { before_publish, after_publish, job };
+	struct pipeline_hooks hooks = { before_publish, after_publish,
+					checkpoint, job };
 
 	if (job->dispose_only && dispose_job(d, job) == 0)
 		return;
@@ -562,16 +605,95 @@ static struct disposal **find_disposal(struct daemon *d, const char *path)
 	return p;
 }
 
-static void forget_disposal(struct daemon *d, const char *path)
+/* Some source whose output is stored still waits to be removed. */
+static bool disposals_owed(const struct daemon *d)
 {
-	struct disposal **p = find_disposal(d, path), *gone = *p;
+	for (const struct disposal *p = d->disposals; p != NULL; p = p->next)
+		if (p->lost_ms == 0)
+			return true;
+	return false;
+}
 
-	if (gone == NULL)
-		return;
+static void unlink_disposal(struct daemon *d, struct disposal **p)
+{
+	struct disposal *gone = *p;
+
 	*p = gone->next;
 	free(gone->path);
 	free(gone);
-	d->input_trouble = d->disposals != NULL;
+	d->input_trouble = disposals_owed(d);
+}
+
+static void forget_disposal(struct daemon *d, const char *path)
+{
+	struct disposal **p = find_disposal(d, path);
+
+	if (*p != NULL)
+		unlink_disposal(d, p);
+}
+
+/* How long a lost source's disposal waits for its new name: its rename
+ * is seen as a new file, taken once settled. */
+static int64_t lost_grace_ms(const struct daemon *d)
+{
+	return 4 * (int64_t)d->cfg->settle_ms + 30000;
+}
+
+/* The source vanished from its name: keep what is owed, by inode. */
+static void lose_disposal(struct daemon *d, const char *path)
+{
+	struct disposal *p = *find_disposal(d, path);
+
+	if (p == NULL)
+		return;
+	p->lost_ms = watch_now_ms();
+	d->input_trouble = disposals_owed(d);
+}
+
+/*
+ * A new name for the inode of a lost disposal (same inode, size and
+ * mtime): the sender renamed the stored file's source before we could
+ * remove it. The disposal moves to the new name (its job is then a
+ * disposal only, checked by fsutil's claim like any other); lost ones
+ * past their grace are forgotten here.
+ */
+static bool lost_as(const struct disposal *e, const struct stat *st)
+{
+	return e->lost_ms != 0 && e->read_st.st_dev == st->st_dev &&
+	       e->read_st.st_ino == st->st_ino &&
+	       e->read_st.st_size == st->st_size &&
+	       e->read_st.st_mtim.tv_sec == st->st_mtim.tv_sec &&
+	       e->read_st.st_mtim.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+static void find_lost_disposal(struct daemon *d, const struct stat *st,
+			       const char *path)
+{
+	int64_t now = watch_now_ms();
+	struct disposal **p = &d->disposals, *found = NULL;
+	char *copy;
+
+	while (*p != NULL) {
+		if ((*p)->lost_ms != 0 && now - (*p)->lost_ms > lost_grace_ms(d)) {
+			unlink_disposal(d, p);
+			continue;
+		}
+		if (found == NULL && lost_as(*p, st))
+			found = *p;
+		p = &(*p)->next;
+	}
+	if (found == NULL || (copy = strdup(path)) == NULL)
+		return;
+	free(found->path);
+	found->path = copy;
+	found->lost_ms = 0;
+	/* Another entry under this name is stale now: the first wins. */
+	for (p = &d->disposals; *p != NULL; p = &(*p)->next)
+		if (*p != found && strcmp((*p)->path, path) == 0) {
+			unlink_disposal(d, p);
+			break;
+		}
+	d->input_trouble = true;
 }
 
 static void log_disposed(const struct daemon *d, const struct job *job)
@@ -603,6 +725,16 @@ static void report_disposal(struct daemon *d, struct job *job)
 		log_disposed(d, job);
 		forget_disposal(d, job->path);
 		watch_done(d->watch, job->path);
+		return;
+	}
+	if (res->source_changed) {
+		/* Not the version stored: it stays and is processed again
+		 * as a delivery of its own once it has settled. */
+		forget_disposal(d, job->path);
+		audit_job(job, "changed", LOG_NOTICE, res->dest,
+			  "source changed after it was read; kept, to be "
+			  "processed again");
+		watch_retry(d->watch, job->path, d->cfg->settle_ms);
 		return;
 	}
 	d->input_trouble = true;
@@ -673,10 +805,96 @@ static void retry_unqueued(struct daemon *d)
 	}
 }
 
+static void land(struct daemon *d, struct job *job)
+{
+	if (job->fly_prev != NULL)
+		job->fly_prev->fly_next = job->fly_next;
+	else if (d->flying == job)
+		d->flying = job->fly_next;
+	if (job->fly_next != NULL)
+		job->fly_next->fly_prev = job->fly_prev;
+	job->fly_prev = job->fly_next = NULL;
+}
+
+static void set_job_path(struct daemon *d, struct job *job, char *path)
+{
+	size_t rootlen = strlen(d->cfg->input);
+
+	free(job->path);
+	job->path = path;
+	job->rel = path;
+	if (strncmp(path, d->cfg->input, rootlen) == 0 && path[rootlen] == '/')
+		job->rel = path + rootlen + 1;
+}
+
+static bool source_left(const struct job *job)
+{
+	switch (job->outcome) {
+	case OUTCOME_STORED:
+	case OUTCOME_DUPLICATE:
+	case OUTCOME_DISPOSED:
+	case OUTCOME_DISPOSE_RETRY:
+		return job->result.dispose_failed && !job->result.source_changed;
+	case OUTCOME_QUARANTINED:
+	case OUTCOME_HELD:
+		return false;
+	default:
+		return true;
+	}
+}
+
+/*
+ * The sender renamed the file while it was in flight: what was decided
+ * about the inode (stored, its disposal owed; or a retry) goes to its
+ * new name, and the old name is done. Where both names still exist (a
+ * hard link) the new one is left to be processed as a file of its own.
+ */
+static void follow_rename(struct daemon *d, struct job *job)
+{
+	struct stat st;
+	char *to = job->moved_to;
+
+	job->moved_to = NULL;
+	/* Only a source we did not take away can have moved: one stored
+	 * and disposed of, quarantined or held is gone by our hand, and an
+	 * inode number met again is then another file (the number reused). */
+	if (!source_left(job) ||
+	    lstat(job->path, &st) == 0 || errno != ENOENT) {
+		watch_retry(d->watch, to, d->cfg->settle_ms);
+		free(to);
+		return;
+	}
+	log_msg(LOG_INFO, "%s was renamed while it was processed; following "
+		"it to its new name", job->logged_source[0] ?
+		job->logged_source : job->rel);
+	/* What is owed to the stored file's source goes with it. */
+	if (*find_disposal(d, job->path) != NULL) {
+		struct disposal *owed = *find_disposal(d, job->path);
+		char *copy = strdup(to);
+
+		if (copy == NULL)
+			abort();
+		forget_disposal(d, to);	/* a stale one under the new name */
+		free(owed->path);
+		owed->path = copy;
+		owed->lost_ms = 0;
+	}
+	watch_done(d->watch, job->path);
+	set_job_path(d, job, to);
+	/* Not found under its old name is no longer a failure of ours. */
+	if (job->outcome == OUTCOME_VANISHED) {
+		job->outcome = OUTCOME_RETRY_INPUT;
+		job->attempt = 0;
+	}
+}
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
 
+	land(d, job);
+	if (job->moved_to != NULL)
+		follow_rename(d, job);
 	if (job->unqueued)
 		remember_unqueued(d, job);
 
@@ -684,7 +902,8 @@ static void finish_job(struct daemon *d, struct job *job)
 	 * that source is gone, and so is what we owed it. */
 	if (job->outcome != OUTCOME_DISPOSED &&
 	    job->outcome != OUTCOME_DISPOSE_RETRY &&
-	    job->outcome != OUTCOME_STORED && job->outcome != OUTCOME_DUPLICATE)
+	    job->outcome != OUTCOME_STORED && job->outcome != OUTCOME_DUPLICATE &&
+	    job->outcome != OUTCOME_VANISHED)
 		forget_disposal(d, job->path);
 	switch (job->outcome) {
 	case OUTCOME_STORED:
@@ -711,7 +930,7 @@ static void finish_job(struct daemon *d, struct job *job)
 		break;
 	case OUTCOME_HELD:
 		d->count.held++;
-		d->input_trouble = d->disposals != NULL;
+		d->input_trouble = disposals_owed(d);
 		audit_job(job, "held", LOG_NOTICE,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
 			  "PatientID not in the correlation table yet; "
@@ -726,12 +945,12 @@ static void finish_job(struct daemon *d, struct job *job)
 	case OUTCOME_VANISHED:
 		log_msg(LOG_DEBUG, "%s vanished before it was processed",
 			job->logged_source[0] ? job->logged_source : job->rel);
-		forget_disposal(d, job->path);
+		lose_disposal(d, job->path);
 		watch_done(d->watch, job->path);
 		break;
 	case OUTCOME_QUARANTINED:
 		d->count.quarantined++;
-		d->input_trouble = d->disposals != NULL;
+		d->input_trouble = disposals_owed(d);
 		remember_error(d, job, &job->result.err);
 		audit_job(job, "quarantined", LOG_WARNING,
 			  job->logged_source[0] ? NULL : job->quarantined_as,
@@ -852,6 +1071,49 @@ static struct job *job_new(struct daemon *d, char *path)
 	return job;
 }
 
+/* The job in flight for the inode st, under another name. */
+static struct job *flying_as(struct daemon *d, const struct stat *st,
+			     const char *path)
+{
+	for (struct job *j = d->flying; j != NULL; j = j->fly_next)
+		if (j->ino == st->st_ino && j->dev == st->st_dev &&
+		    strcmp(j->path, path) != 0)
+			return j;
+	return NULL;
+}
+
+/*
+ * One path to a worker - unless it names an inode already in flight
+ * under another name: the sender renamed it, and the job in flight
+ * answers for it (see follow_rename()); the path stays in flight with it.
+ */
+static void submit(struct daemon *d, char *path)
+{
+	struct stat st;
+	struct job *job, *owner;
+
+	memset(&st, 0, sizeof(st));
+	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && d->disposals != NULL)
+		find_lost_disposal(d, &st, path);
+	if (S_ISREG(st.st_mode) && (owner = flying_as(d, &st, path)) != NULL) {
+		if (owner->moved_to != NULL)
+			watch_done(d->watch, owner->moved_to);
+		free(owner->moved_to);
+		owner->moved_to = path;
+		return;
+	}
+	job = job_new(d, path);
+	if (S_ISREG(st.st_mode)) {
+		job->dev = st.st_dev;
+		job->ino = st.st_ino;
+	}
+	job->fly_next = d->flying;
+	if (d->flying != NULL)
+		d->flying->fly_prev = job;
+	d->flying = job;
+	workers_submit(d->workers, job);
+}
+
 /* Keep the pool a little ahead of the threads, no more: files left in the
  * watch still get their events (a late write pushes them back). */
 static void dispatch(struct daemon *d)
@@ -869,7 +1131,7 @@ static void dispatch(struct daemon *d)
 		if (n == 0)
 			return;
 		for (size_t i = 0; i < n; i++)
-			workers_submit(d->workers, job_new(d, paths[i]));
+			submit(d, paths[i]);
 	}
 }
 
@@ -1512,8 +1774,11 @@ static int setup_watch(struct daemon *d, struct error *err)
  * sleeps MS ms per folder entry the walk of the input tree looks at, so a
  * test can signal the daemon in the middle of a long scan;
  * DICOMSORT_TEST_DELAY=release-entry:MS sleeps MS ms per held file a reload
- * releases, for a SIGTERM in the middle of a release. Without the
- * variable nothing changes.
+ * releases, for a SIGTERM in the middle of a release.
+ * DICOMSORT_TEST_DELAY=parsed:MS and durable:MS sleep (and say so) after a
+ * source's snapshot is parsed, and after its output is durable and before
+ * the source is checked and disposed of: windows for a test to rewrite or
+ * rename the source. Without the variable nothing changes.
  */
 static void test_delays(struct daemon *d)
 {
@@ -1523,6 +1788,10 @@ static void test_delays(struct daemon *d)
 		d->delay_published_ms = strtol(v + 10, NULL, 10);
 	if (v != NULL && strncmp(v, "held:", 5) == 0)
 		d->delay_held_ms = strtol(v + 5, NULL, 10);
+	if (v != NULL && strncmp(v, "parsed:", 7) == 0)
+		d->delay_parsed_ms = strtol(v + 7, NULL, 10);
+	if (v != NULL && strncmp(v, "durable:", 8) == 0)
+		d->delay_durable_ms = strtol(v + 8, NULL, 10);
 	if (v != NULL && strncmp(v, "release-entry:", 14) == 0) {
 		d->delay_release_ms = strtol(v + 14, NULL, 10);
 		log_msg(LOG_INFO, "test delay: %ld ms per held file released",

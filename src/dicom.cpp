@@ -122,9 +122,17 @@ extern "C" int dicom_init(struct error *err)
 
 /* ---- loading ---- */
 
-/* Up to len bytes from the start of path; 0 if it cannot be read. */
-static size_t read_head(const char *path, unsigned char *buf, size_t len)
+/* Up to len bytes from the start of path (or of mem, the file's bytes
+ * when they are in memory); 0 if it cannot be read. */
+static size_t read_head(const char *path, const std::string *mem,
+			unsigned char *buf, size_t len)
 {
+	if (mem != nullptr) {
+		size_t n = std::min(len, mem->size());
+
+		memcpy(buf, mem->data(), n);
+		return n;
+	}
 	FILE *f = fopen(path, "rb");
 	size_t n;
 
@@ -137,11 +145,11 @@ static size_t read_head(const char *path, unsigned char *buf, size_t len)
 
 /* Something that starts like a bare dataset: a tag of group 0008 (or
  * 0002/0010, rarer) in either byte order. */
-static bool looks_like_dataset(const char *path)
+static bool looks_like_dataset(const char *path, const std::string *mem)
 {
 	unsigned char b[4];
 
-	if (read_head(path, b, sizeof(b)) < sizeof(b))
+	if (read_head(path, mem, b, sizeof(b)) < sizeof(b))
 		return false;
 	unsigned le = b[0] | (b[1] << 8), be = (b[0] << 8) | b[1];
 	return le == 0x0008 || be == 0x0008 || le == 0x0002 || le == 0x0010;
@@ -150,10 +158,10 @@ static bool looks_like_dataset(const char *path)
 /* The start of a Part 10 file: "DICM" after the preamble, or a meta
  * header (group 0002) written without the preamble; or a file cut inside
  * the usual all-zero preamble. */
-static bool looks_like_part10(const char *path)
+static bool looks_like_part10(const char *path, const std::string *mem)
 {
 	unsigned char b[132];
-	size_t n = read_head(path, b, sizeof(b));
+	size_t n = read_head(path, mem, b, sizeof(b));
 
 	if (n >= 2 && b[0] == 0x02 && b[1] == 0x00)
 		return true;
@@ -173,10 +181,12 @@ static bool has_value(DcmDataset *ds, const DcmTagKey &key)
 	return ds->findAndGetOFString(key, v).good() && !v.empty();
 }
 
-static long long file_size(const char *path)
+static long long file_size(const char *path, const std::string *mem)
 {
 	struct stat st;
 
+	if (mem != nullptr)
+		return (long long)mem->size();
 	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
 }
 
@@ -226,10 +236,10 @@ static bool values_within(DcmItem *item, long long size)
 	return true;
 }
 
-static int classify_load_error(const char *path, const OFCondition &cond,
-			       struct error *err)
+static int classify_load_error(const char *path, const std::string *mem,
+			       const OFCondition &cond, struct error *err)
 {
-	long long size = file_size(path);
+	long long size = file_size(path, mem);
 
 	if (size == 0)
 		return error_set(err, ERROR_INPUT, 0, "empty file");
@@ -237,7 +247,7 @@ static int classify_load_error(const char *path, const OFCondition &cond,
 		return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
 	/* A short text file ends the stream early too: only what starts like
 	 * DICOM can be "truncated". */
-	if (!looks_like_part10(path) && !looks_like_dataset(path))
+	if (!looks_like_part10(path, mem) && !looks_like_dataset(path, mem))
 		return error_set(err, ERROR_INPUT, 0, "not a DICOM file");
 	if (cond == EC_StreamNotifyClient || cond == EC_InvalidStream ||
 	    cond == EC_EndOfStream || cond == EC_PrematureSequDelimitationItem ||
@@ -606,11 +616,11 @@ static int load(struct dicom_file *f, const char *path, const std::string *mem,
 				   DCM_MaxReadLength, ERM_fileOnly);
 
 	if (cond == EC_FileMetaInfoHeaderMissing) {
-		if (file_size(path) > 0 && file_size(path) < 132 &&
-		    looks_like_part10(path))
+		if (file_size(path, mem) > 0 && file_size(path, mem) < 132 &&
+		    looks_like_part10(path, mem))
 			return error_set(err, ERROR_INPUT, 0, "truncated DICOM "
 					 "file (ends inside the preamble)");
-		if (!looks_like_dataset(path))
+		if (!looks_like_dataset(path, mem))
 			return error_set(err, ERROR_INPUT, 0, "not a DICOM file");
 		f->format.clear();
 		cond = mem ? read_mem(f, *mem, ERM_dataset) :
@@ -618,16 +628,16 @@ static int load(struct dicom_file *f, const char *path, const std::string *mem,
 					   DCM_MaxReadLength, ERM_dataset);
 	}
 	if (cond.bad())
-		return classify_load_error(path, cond, err);
+		return classify_load_error(path, mem, cond, err);
 	f->dataset = f->format.getDataset();
 	if (!has_value(f->dataset, DCM_SOPInstanceUID) ||
 	    !has_value(f->dataset, DCM_SOPClassUID))
-		return error_set(err, ERROR_INPUT, 0, file_size(path) > 0 ?
+		return error_set(err, ERROR_INPUT, 0, file_size(path, mem) > 0 ?
 				 "not a DICOM file (no SOPClassUID/SOPInstanceUID)"
 				 : "empty file");
 	/* A deflated stream inflates beyond the file's size. */
 	if (f->dataset->getOriginalXfer() != EXS_DeflatedLittleEndianExplicit &&
-	    !values_within(f->dataset, mem ? (long long)mem->size() : file_size(path)))
+	    !values_within(f->dataset, file_size(path, mem)))
 		return error_set(err, ERROR_INPUT, 0, "truncated DICOM file (a "
 				 "value is longer than the file)");
 	return 0;
@@ -847,11 +857,36 @@ extern "C" int dicom_load(struct dicom_file **out, const char *path,
 	}
 }
 
-extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
-			   const char *path, struct error *err)
+/* Parse the file's bytes in mem (taken), labelled path in messages. */
+static int load_mem(struct dicom_file **out, std::string &mem,
+		    const char *path, struct error *err)
 {
 	struct dicom_file *f = nullptr;
 
+	try {
+		f = new dicom_file;
+		f->mem.swap(mem);
+		f->path = path;
+		/* The bytes stay, parsed by DCMTK or not: they are what
+		 * dicom_file_bytes() gives a caller copying them unchanged. */
+		if (!index_light(f)) {
+			part10_free(&f->index);
+			if (load(f, path, &f->mem, err) == -1) {
+				delete f;
+				return -1;
+			}
+		}
+		*out = f;
+		return 0;
+	} catch (...) {
+		delete f;
+		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
+	}
+}
+
+extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
+			   const char *path, struct error *err)
+{
 	if (size <= 0 || size > DICOM_LOAD_IN_MEMORY)
 		return dicom_load(out, path, err);
 	try {
@@ -873,23 +908,50 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 		if (got != mem.size())
 			return error_set(err, ERROR_TRANSIENT, 0, "source changed "
 					 "while it was read");
-		f = new dicom_file;
-		f->mem.swap(mem);
-		f->path = path;
-		if (!index_light(f)) {
-			part10_free(&f->index);
-			if (load(f, path, &f->mem, err) == -1) {
-				delete f;
-				return -1;
-			}
-			std::string().swap(f->mem);
-		}
-		*out = f;
-		return 0;
+		return load_mem(out, mem, path, err);
 	} catch (...) {
-		delete f;
 		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
 	}
+}
+
+struct dicom_bytes {
+	std::string mem;
+};
+
+extern "C" unsigned char *dicom_bytes_new(struct dicom_bytes **out, size_t size)
+{
+	try {
+		*out = new dicom_bytes;
+		(*out)->mem.resize(size);
+		return reinterpret_cast<unsigned char *>(&(*out)->mem[0]);
+	} catch (...) {
+		delete *out;
+		*out = nullptr;
+		return nullptr;
+	}
+}
+
+extern "C" void dicom_bytes_free(struct dicom_bytes *bytes)
+{
+	delete bytes;
+}
+
+extern "C" int dicom_load_bytes(struct dicom_file **out,
+				struct dicom_bytes *bytes, struct error *err)
+{
+	try {
+		return load_mem(out, bytes->mem, "(snapshot)", err);
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
+	}
+}
+
+extern "C" const unsigned char *dicom_file_bytes(const struct dicom_file *file,
+						 size_t *len)
+{
+	*len = file->mem.size();
+	return file->mem.empty() ? nullptr :
+	       reinterpret_cast<const unsigned char *>(file->mem.data());
 }
 
 extern "C" void dicom_free(struct dicom_file *file)

@@ -424,7 +424,7 @@ static void *worker(void *arg)
 
 		if (f->status == FILE_PENDING) {
 			struct pipeline_result res;
-			struct pipeline_hooks hooks = { NULL, queue_stored, r };
+			struct pipeline_hooks hooks = { .after_publish = queue_stored, .ctx = r };
 			struct outcome *o = calloc(1, sizeof(*o));
 
 			if (o == NULL)
@@ -436,6 +436,9 @@ static void *worker(void *arg)
 			if (res.dispose_failed) {
 				res.status = PIPELINE_FAILED;
 				snprintf(res.err.msg, sizeof(res.err.msg),
+					 res.source_changed ?
+					 "stored, but the source changed after "
+					 "it was read and stays: %.400s" :
 					 "stored, but the source stays: %.400s",
 					 res.dispose_err.msg);
 			}

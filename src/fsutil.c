@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <fts.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -397,9 +398,10 @@ int fsutil_clash_name(const char *base, unsigned n, const char *hash,
 	return suffixed_name(base, suffix, out, len);
 }
 
-int fsutil_hash_fd(int fd, char *hex, struct error *err)
+/* hex gets the first digits hex digits of the SHA-256 of fd's bytes. */
+static int sha256_fd(int fd, char *hex, unsigned digits, struct error *err)
 {
-	unsigned char buf[16384], md[EVP_MAX_MD_SIZE];
+	unsigned char buf[65536], md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	off_t off = 0;
@@ -420,8 +422,8 @@ int fsutil_hash_fd(int fd, char *hex, struct error *err)
 		EVP_DigestUpdate(ctx, buf, (size_t)n);
 		off += n;
 	}
-	if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen >= 8) {
-		for (unsigned i = 0; i < 8; i++)
+	if (EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen * 2 >= digits) {
+		for (unsigned i = 0; i < digits / 2; i++)
 			snprintf(hex + 2 * i, 3, "%02x", md[i]);
 		rc = 0;
 	} else {
@@ -430,6 +432,16 @@ int fsutil_hash_fd(int fd, char *hex, struct error *err)
 out:
 	EVP_MD_CTX_free(ctx);
 	return rc;
+}
+
+int fsutil_hash_fd(int fd, char *hex, struct error *err)
+{
+	return sha256_fd(fd, hex, 16, err);
+}
+
+int fsutil_sha256_fd(int fd, char *hex, struct error *err)
+{
+	return sha256_fd(fd, hex, 64, err);
 }
 
 /* ---- one safe move ---- */
@@ -503,12 +515,21 @@ static int unclaim(int dirfd, const char *claim, const char *base)
 	return -1;
 }
 
+/* Same inode, size and mtime: what a writer can keep (rsync --inplace
+ * -t, cp -p set mtime back). */
 static bool same_identity(const struct stat *a, const struct stat *b)
 {
 	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
 	       a->st_size == b->st_size &&
 	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
 	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+bool fsutil_same_version(const struct stat *a, const struct stat *b)
+{
+	return same_identity(a, b) &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec &&
+	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
 /* Split path into its folder (opened) and base name. */
@@ -528,40 +549,151 @@ static int open_parent(const char *path, char *base, size_t baselen)
 	return open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
+/* The source is not the version that was read: it is processed again,
+ * never disposed of. */
+static int changed(struct fsutil_move *mv, struct error *err, const char *what)
+{
+	mv->changed = true;
+	return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT, 0, what);
+}
+
+/*
+ * Hold the source still while we check and claim it: a read lease
+ * (fcntl(2) F_SETLEASE) is refused while anyone has the file open for
+ * writing, and makes a writer opening it meanwhile wait until we let go
+ * (its break comes as SIGURG, ignored, not SIGIO, which would end us).
+ * Granted only to the owner or with CAP_LEASE: without it (0) the checks
+ * still run, with a window of a few system calls for a writer that had
+ * the file open already. 1 held, 0 not available, -1 open for writing.
+ */
+static int hold_source(struct fsutil_move *mv)
+{
+	struct stat st;
+
+	mv->lease_fd = openat(mv->src_dirfd, mv->src_base, O_RDONLY | O_NOFOLLOW |
+			      O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (mv->lease_fd == -1)
+		return 0;
+	if (fstat(mv->lease_fd, &st) == -1 || !S_ISREG(st.st_mode) ||
+	    fcntl(mv->lease_fd, F_SETSIG, SIGURG) == -1)
+		return 0;
+	if (fcntl(mv->lease_fd, F_SETLEASE, F_RDLCK) == 0)
+		return 1;
+	return errno == EAGAIN ? -1 : 0;
+}
+
+/* The lease was broken (a writer is waiting to open the file). */
+static bool hold_broken(const struct fsutil_move *mv)
+{
+	return mv->leased && fcntl(mv->lease_fd, F_GETLEASE) != F_RDLCK;
+}
+
+static void let_go(struct fsutil_move *mv)
+{
+	if (mv->lease_fd != -1)
+		close(mv->lease_fd);	/* ends the lease */
+	mv->lease_fd = -1;
+	mv->leased = false;
+}
+
+/* 1 when the claimed file's bytes hash to mv->expect_sha256. */
+static int content_matches(struct fsutil_move *mv, struct error *err)
+{
+	char hex[65];
+	int fd = mv->lease_fd;
+	int rc;
+
+	if (fd == -1)
+		fd = openat(mv->src_dirfd, mv->claim, O_RDONLY | O_NOFOLLOW |
+			    O_NONBLOCK | O_CLOEXEC);
+	if (fd == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot read the claimed source");
+	rc = sha256_fd(fd, hex, 64, err);
+	if (fd != mv->lease_fd)
+		close(fd);
+	if (rc == -1)
+		return -1;
+	return strcmp(hex, mv->expect_sha256) == 0;
+}
+
 /*
  * Claim mv->source: check it is still the file the caller read, then
  * rename it to its private claim name in its own folder. From here on a
  * sender re-delivering under the original name writes a new file that
  * nothing of ours touches. What was renamed is checked again: a file
  * swapped in between the check and the rename goes back.
+ *
+ * "The file read" (expect) is its inode, size, mtime and ctime: a writer
+ * can set mtime back, never ctime. A ctime that moved while size and mtime
+ * did not (a rename, chmod, a same-size rewrite with mtime set back) is
+ * the same version only if its bytes still hash to expect_sha256 (checked
+ * once claimed); without a hash it is a change. A change is never
+ * disposed of: mv->changed, process it again.
  */
 static int claim(struct fsutil_move *mv, struct error *err)
 {
 	struct stat st, now;
+	bool check_content = false;
+	int held = 0;
 
 	mv->src_dirfd = open_parent(mv->source, mv->src_base,
 				    sizeof(mv->src_base));
 	if (mv->src_dirfd == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot open the source's folder");
+	/* Only a regular file is opened for the lease: opening a device a
+	 * sender swapped in could have effects of its own. */
+	if (mv->expect != NULL && S_ISREG(mv->expect->st_mode) &&
+	    fstatat(mv->src_dirfd, mv->src_base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode)) {
+		held = hold_source(mv);
+		if (held == -1)
+			return changed(mv, err, "source is open for writing");
+		mv->leased = held == 1;
+	}
 	if (fstatat(mv->src_dirfd, mv->src_base, &st, AT_SYMLINK_NOFOLLOW) == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot find the source");
-	if (mv->expect != NULL && !same_identity(&st, mv->expect))
-		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT, 0,
-				 "source was replaced while it was processed");
+	if (mv->expect != NULL) {
+		struct stat lst;
+
+		if (!same_identity(&st, mv->expect) ||
+		    (mv->lease_fd != -1 && (fstat(mv->lease_fd, &lst) == -1 ||
+					    lst.st_ino != st.st_ino)))
+			return changed(mv, err, "source changed after it was read");
+		if (!fsutil_same_version(&st, mv->expect)) {
+			if (mv->expect_sha256 == NULL)
+				return changed(mv, err, "source changed after "
+					       "it was read");
+			check_content = true;
+		}
+	}
 	claim_name(mv->src_base, st.st_ino, mv->claim, sizeof(mv->claim));
 	if (rename_noreplace(mv->src_dirfd, mv->src_base, mv->src_dirfd,
-			     mv->claim) == -1)
+			     mv->claim) == -1) {
+		mv->claim[0] = '\0';
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot claim the source in its folder");
+	}
 	if (fstatat(mv->src_dirfd, mv->claim, &now, AT_SYMLINK_NOFOLLOW) == -1 ||
-	    now.st_ino != st.st_ino || now.st_dev != st.st_dev) {
-		unclaim(mv->src_dirfd, mv->claim, mv->src_base);
-		mv->claim[0] = '\0';
+	    now.st_ino != st.st_ino || now.st_dev != st.st_dev)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT, 0,
 				 "source was replaced while it was processed");
+	/* Once more, claimed: a writer that had it open may have written
+	 * between the check and the rename (our rename moved ctime). */
+	if (mv->expect != NULL && !same_identity(&now, mv->expect))
+		return changed(mv, err, "source changed after it was read");
+	if (check_content) {
+		int same = content_matches(mv, err);
+
+		if (same == -1)
+			return -1;
+		if (same == 0)
+			return changed(mv, err, "source changed after it was read");
 	}
+	if (hold_broken(mv))
+		return changed(mv, err, "source is being opened for writing");
 	mv->src_st = now;
 	return 0;
 }
@@ -747,6 +879,8 @@ static int try_name(struct fsutil_move *mv, const char *cand, struct error *err)
 		if (rc != 0)
 			return rc;
 	}
+	if (hold_broken(mv))
+		return changed(mv, err, "source is being opened for writing");
 	rc = place_at(mv, cand, err);
 	if (!mv->placed && mv->before_place != NULL && mv->companion != NULL) {
 		snprintf(companion, sizeof(companion), "%s%s", cand, mv->companion);
@@ -859,7 +993,9 @@ int fsutil_move(struct fsutil_move *mv, struct error *err)
 	mv->src_dirfd = -1;
 	mv->tmp_fd = -1;
 	mv->tmp[0] = mv->claim[0] = mv->final[0] = '\0';
-	mv->copied = mv->existed = mv->placed = false;
+	mv->copied = mv->existed = mv->placed = mv->changed = false;
+	mv->leased = false;
+	mv->lease_fd = -1;
 	mv->side = FSUTIL_SIDE_NONE;
 	rc = claim(mv, err);
 	if (rc == 0)
@@ -869,6 +1005,7 @@ int fsutil_move(struct fsutil_move *mv, struct error *err)
 	 * retry finds it where the sender left it. */
 	if (mv->claim[0] != '\0')
 		unclaim(mv->src_dirfd, mv->claim, mv->src_base);
+	let_go(mv);
 	if (mv->src_dirfd != -1)
 		close(mv->src_dirfd);
 	mv->src_dirfd = -1;
@@ -878,22 +1015,40 @@ int fsutil_move(struct fsutil_move *mv, struct error *err)
 int fsutil_remove(const char *source, const struct stat *expect,
 		  enum fsutil_side *side, struct error *err)
 {
-	struct fsutil_move mv = { .source = source, .expect = expect,
+	struct fsutil_remove_args args = { .source = source, .expect = expect };
+	int rc = fsutil_remove_checked(&args, err);
+
+	if (side != NULL)
+		*side = args.side;
+	return rc;
+}
+
+int fsutil_remove_checked(struct fsutil_remove_args *a, struct error *err)
+{
+	struct fsutil_move mv = { .source = a->source, .expect = a->expect,
+				  .expect_sha256 = a->expect_sha256,
 				  .dest_dirfd = -1 };
 	int rc;
 
 	mv.src_dirfd = -1;
+	mv.lease_fd = -1;
 	mv.claim[0] = '\0';
 	rc = claim(&mv, err);
-	if (rc == 0 && unlinkat(mv.src_dirfd, mv.claim, 0) == -1) {
+	/* Last look before the bytes go: a writer waiting to open it. */
+	if (rc == 0 && hold_broken(&mv))
+		rc = changed(&mv, err, "source is being opened for writing");
+	if (rc == 0 && unlinkat(mv.src_dirfd, mv.claim, 0) == -1)
 		rc = move_fail(&mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 			       errno, "cannot delete the source");
+	else if (rc == 0)
+		mv.claim[0] = '\0';
+	if (mv.claim[0] != '\0')
 		unclaim(mv.src_dirfd, mv.claim, mv.src_base);
-	}
+	let_go(&mv);
 	if (mv.src_dirfd != -1)
 		close(mv.src_dirfd);
-	if (side != NULL)
-		*side = mv.side;
+	a->side = mv.side;
+	a->changed = mv.changed;
 	return rc;
 }
 

@@ -52,6 +52,18 @@ struct job {
 	const struct compiled_layout *layout;	/* during expansion */
 	int source_fd;
 	struct stat source_st;
+	/* The private snapshot every output byte comes from (issue 12): the
+	 * source read once, hashed as it is read; a small one in memory
+	 * (snap_mem), a larger one in an anonymous file on the output's
+	 * file system (snap_fd). Neither when the source itself may become
+	 * the output (rename_unchanged): then nothing is read from it after
+	 * the version check that follows the last read. */
+	bool snapshot;
+	struct dicom_bytes *snap_bytes;	/* owns snap_mem until parsed */
+	unsigned char *snap_mem;
+	int snap_fd;
+	char snap_name[64];
+	char sha256[65];		/* of the snapshot; "" unless hashed */
 	struct dicom_file *file;
 	bool copy_bytes;		/* output = the source's bytes */
 	struct correlation *table;
@@ -183,6 +195,8 @@ static struct correlation *current_table(struct pipeline *in)
 	return t;
 }
 
+static void reopen_output_if_removed(struct pipeline *in);
+
 static void job_release(struct job *job)
 {
 	if (job->tmp_fd != -1) {
@@ -193,6 +207,11 @@ static void job_release(struct job *job)
 		close(job->dir_fd);
 	if (job->source_fd != -1)
 		close(job->source_fd);
+	if (job->snap_fd != -1) {
+		close(job->snap_fd);
+		fsutil_discard_tmp(job->pipeline->output_fd, job->snap_name);
+	}
+	dicom_bytes_free(job->snap_bytes);
 	for (size_t i = 0; i < MAX_PLACEHOLDERS; i++)
 		free(job->values[i]);
 	dicom_free(job->file);
@@ -229,68 +248,163 @@ static int open_source(struct job *job, const char *path, struct error *err)
 	return 0;
 }
 
-/* SHA-256 of the source bytes: the one reference to the source a
- * de-identified audit record may carry (it outlives the file and reveals
- * nothing). Read through the descriptor we parse, so it is these bytes. */
-static int hash_source(struct job *job, char *hex, struct error *err)
-{
-	unsigned char md[EVP_MAX_MD_SIZE], *buf = malloc(64 * 1024);
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned int mdlen = 0;
-	off_t off = 0;
-	int rc = 0;
-
-	if (buf == NULL || ctx == NULL ||
-	    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
-		rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
-	while (rc == 0 && off < job->source_st.st_size) {
-		ssize_t n = pread(job->source_fd, buf, 64 * 1024, off);
-
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			rc = error_set(err, ERROR_TRANSIENT, n ? errno : 0,
-				       "cannot read source");
-		else if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1)
-			rc = error_set(err, ERROR_TRANSIENT, 0, "sha256");
-		else
-			off += n;
-	}
-	if (rc == 0 && EVP_DigestFinal_ex(ctx, md, &mdlen) != 1)
-		rc = error_set(err, ERROR_TRANSIENT, 0, "sha256");
-	for (unsigned i = 0; rc == 0 && i < mdlen; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-	EVP_MD_CTX_free(ctx);
-	free(buf);
-	return rc;
-}
-
-/* A small file is read through the descriptor at once; for a large one
- * DCMTK re-opens the path at save time to stream large values, and the
- * descriptor's /proc path keeps it reading the very inode we checked. */
-static int load_source(struct job *job, struct error *err)
-{
-	char proc_path[64];
-
-	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", job->source_fd);
-	return dicom_load_fd(&job->file, job->source_fd, job->source_st.st_size,
-			     proc_path, err);
-}
-
-/* A writer that is still busy, or a file replaced under us, must not be
- * published: the lazily loaded pixel data would come from changed bytes. */
-static int check_source_unchanged(struct job *job, struct error *err)
+/* The source is still the version opened: a writer can set mtime back
+ * (rsync --inplace -t, cp -p), never ctime. */
+static int check_source_version(struct job *job, struct error *err)
 {
 	struct stat now;
 
 	if (fstat(job->source_fd, &now) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
-	if (now.st_size != job->source_st.st_size ||
-	    now.st_mtim.tv_sec != job->source_st.st_mtim.tv_sec ||
-	    now.st_mtim.tv_nsec != job->source_st.st_mtim.tv_nsec)
+	if (!fsutil_same_version(&now, &job->source_st))
 		return error_set(err, ERROR_TRANSIENT, 0,
-				 "source changed while it was processed");
+				 "source changed while it was read");
 	return 0;
+}
+
+static void hex_digest(EVP_MD_CTX *ctx, char *hex)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0;
+
+	hex[0] = '\0';
+	if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1)
+		return;
+	for (unsigned i = 0; i < mdlen && i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+#define SNAPSHOT_CHUNK (256 * 1024)
+
+/* All of buf at off, or -1 with errno (a short write is retried, so the
+ * error reported is the real one, ENOSPC). */
+static int write_all(int fd, const unsigned char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pwrite(fd, buf + done, len - done, off + (off_t)done);
+
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/* Bytes [0, size) of the source into dst (memory) or out (a file), one
+ * pass, hashed when ctx; one byte more would mean it grew meanwhile. */
+static int read_source_once(struct job *job, unsigned char *dst, int out,
+			    EVP_MD_CTX *ctx, struct error *err)
+{
+	off_t size = job->source_st.st_size, off = 0;
+	unsigned char *buf = dst ? NULL : malloc(SNAPSHOT_CHUNK);
+	int rc = 0;
+
+	if (dst == NULL && buf == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "snapshot");
+	while (rc == 0 && off <= size) {
+		unsigned char extra, *at = dst ? dst + off : buf;
+		size_t want = dst ? (size_t)(size - off) :
+			      (size - off < SNAPSHOT_CHUNK ? (size_t)(size - off) :
+			       SNAPSHOT_CHUNK);
+		ssize_t n;
+
+		if (off == size) {
+			at = &extra;
+			want = 1;
+		}
+		n = pread(job->source_fd, at, want, off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			rc = error_set(err, ERROR_TRANSIENT, errno, "cannot read source");
+		else if (off == size && n == 0)
+			break;
+		else if (n == 0 || off == size)
+			rc = error_set(err, ERROR_TRANSIENT, 0,
+				       "source changed while it was read");
+		else if (ctx != NULL && EVP_DigestUpdate(ctx, at, (size_t)n) != 1)
+			rc = error_set(err, ERROR_TRANSIENT, 0, "sha256");
+		else if (out != -1 && write_all(out, at, (size_t)n, off) == -1)
+			rc = error_set(err, error_kind_for_output_errno(errno),
+				       errno, "cannot write snapshot");
+		else
+			off += n;
+	}
+	free(buf);
+	return rc;
+}
+
+/* The hash serves the audit (source_sha256: the one reference to the
+ * source a de-identified record may carry) and the disposal check. */
+static bool wants_hash(const struct pipeline *in)
+{
+	return in->opts.hash_source || in->opts.disposal != PIPELINE_KEEP_SOURCE;
+}
+
+/*
+ * Read the source exactly once into the private snapshot, hashing as it
+ * goes, and check it was one version throughout: DCMTK re-reads large
+ * values from its path when it saves, so it must be given a path nobody
+ * else writes (the snapshot's /proc/self/fd path); and a sort copies the
+ * snapshot, never the source again.
+ */
+static int take_snapshot(struct job *job, struct error *err)
+{
+	struct pipeline *in = job->pipeline;
+	EVP_MD_CTX *ctx = wants_hash(in) ? EVP_MD_CTX_new() : NULL;
+	int rc = 0;
+
+	if (wants_hash(in) && (ctx == NULL ||
+			       EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1))
+		rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
+	if (rc == 0 && job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) {
+		job->snap_mem = dicom_bytes_new(&job->snap_bytes,
+						(size_t)job->source_st.st_size);
+		if (job->snap_mem == NULL)
+			rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "snapshot");
+	} else if (rc == 0) {
+		reopen_output_if_removed(in);
+		job->snap_fd = fsutil_anon_tmpfile_at(in->output_fd, job->snap_name,
+						      sizeof(job->snap_name), err);
+		if (job->snap_fd == -1)
+			rc = -1;
+	}
+	if (rc == 0)
+		rc = read_source_once(job, job->snap_mem, job->snap_fd, ctx, err);
+	if (rc == 0)
+		rc = check_source_version(job, err);
+	if (rc == 0 && ctx != NULL)
+		hex_digest(ctx, job->sha256);
+	EVP_MD_CTX_free(ctx);
+	job->snapshot = rc == 0;
+	return rc;
+}
+
+/* Parse the snapshot (or, with no snapshot, the descriptor opened: a
+ * large value is then re-read through its /proc path, the same inode,
+ * and the version is checked after the last read). */
+static int load_source(struct job *job, struct error *err)
+{
+	char proc_path[64];
+	int fd = job->snapshot && job->snap_fd != -1 ? job->snap_fd :
+		 job->source_fd;
+
+	if (job->snap_mem != NULL) {
+		job->snap_mem = NULL;	/* the parsed file's bytes now */
+		return dicom_load_bytes(&job->file, job->snap_bytes, err);
+	}
+	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
+	if (dicom_load_fd(&job->file, fd, job->source_st.st_size, proc_path,
+			  err) == -1)
+		return -1;
+	return job->snapshot ? 0 : check_source_version(job, err);
 }
 
 /* ---- step 2: where it goes ---- */
@@ -354,9 +468,17 @@ static bool sync_each(const struct pipeline *in)
 static bool reuse_source_bytes(struct job *job)
 {
 	char magic[4];
+	int fd = job->snap_fd != -1 ? job->snap_fd : job->source_fd;
 
-	return dicom_bytes_reusable(job->file) &&
-	       pread(job->source_fd, magic, sizeof(magic), 128) == 4 &&
+	const unsigned char *mem;
+	size_t len;
+
+	if (!dicom_bytes_reusable(job->file) || job->source_st.st_size < 132)
+		return false;
+	mem = dicom_file_bytes(job->file, &len);
+	if (mem != NULL)
+		return len >= 132 && memcmp(mem + 128, "DICM", 4) == 0;
+	return pread(fd, magic, sizeof(magic), 128) == 4 &&
 	       memcmp(magic, "DICM", 4) == 0;
 }
 
@@ -416,25 +538,67 @@ static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err
 	return fd;
 }
 
+/* Whether the anonymous snapshot can be linked into dirfd: linkat()
+ * works only within one mount (a bind mount inside the output tree is
+ * another). */
+static bool same_mount(int a, int b)
+{
+	struct statx sa, sb;
+
+	return statx(a, "", AT_EMPTY_PATH, STATX_MNT_ID, &sa) == 0 &&
+	       statx(b, "", AT_EMPTY_PATH, STATX_MNT_ID, &sb) == 0 &&
+	       (sa.stx_mask & STATX_MNT_ID) && (sb.stx_mask & STATX_MNT_ID) &&
+	       sa.stx_mnt_id == sb.stx_mnt_id;
+}
+
+/* The output's bytes: the snapshot's own (in memory, or the snapshot
+ * file itself, which then becomes the output), or what DCMTK writes from
+ * the parsed snapshot. Without a snapshot (rename candidates), whatever
+ * was read from the source is checked to be one version afterwards. */
+static int fill_temp(struct job *job, struct error *err)
+{
+	off_t size = job->source_st.st_size;
+	const unsigned char *mem;
+	size_t len;
+
+	/* Parsed from memory: the very bytes parsed. */
+	if (job->copy_bytes && job->snapshot &&
+	    (mem = dicom_file_bytes(job->file, &len)) != NULL) {
+		if (write_all(job->tmp_fd, mem, len, 0) == -1)
+			return error_set(err, error_kind_for_output_errno(errno),
+					 errno, "cannot write");
+		return 0;
+	}
+	if (job->copy_bytes && job->snap_fd != -1)
+		return fsutil_copy_fd(job->snap_fd, job->tmp_fd, size, err);
+	if ((job->copy_bytes ?
+	     fsutil_copy_fd(job->source_fd, job->tmp_fd, size, err) :
+	     dicom_save_fd(job->file, job->tmp_fd, err)) == -1)
+		return -1;
+	return job->snapshot ? 0 : check_source_version(job, err);
+}
+
 static int write_temp(struct job *job, const char *dir, struct error *err)
 {
 	if (job->dir_fd == -1)
 		job->dir_fd = mkdirs_output(job->pipeline, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
-	/* Anonymous until published: a crash leaves no temp file behind. */
-	job->tmp_fd = fsutil_anon_tmpfile_at(job->dir_fd, job->tmp_name,
-					     sizeof(job->tmp_name), err);
-	if (job->tmp_fd == -1)
-		return -1;
-	if ((job->copy_bytes ?
-	     fsutil_copy_fd(job->source_fd, job->tmp_fd, job->source_st.st_size, err) :
-	     dicom_save_fd(job->file, job->tmp_fd, err)) == -1)
-		return -1;
+	if (job->copy_bytes && job->snap_fd != -1 && job->snap_name[0] == '/' &&
+	    same_mount(job->snap_fd, job->dir_fd)) {
+		/* The snapshot is the output: no byte is written twice. */
+		job->tmp_fd = job->snap_fd;
+		memcpy(job->tmp_name, job->snap_name, sizeof(job->tmp_name));
+		job->snap_fd = -1;
+	} else {
+		/* Anonymous until published: a crash leaves no temp file. */
+		job->tmp_fd = fsutil_anon_tmpfile_at(job->dir_fd, job->tmp_name,
+						     sizeof(job->tmp_name), err);
+		if (job->tmp_fd == -1 || fill_temp(job, err) == -1)
+			return -1;
+	}
 	if (fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
-	if (check_source_unchanged(job, err) == -1)
-		return -1;
 	if (sync_each(job->pipeline))
 		return fsutil_fsync(job->tmp_fd, "output file", err);
 	return 0;
@@ -524,12 +688,14 @@ static int publish(struct job *job, const char *dir, const char *name,
 
 /* The processed folder keeps the source under its relative path; a later
  * source of the same name gets a numbered name, never the earlier's. */
-static int move_source(struct pipeline *in, const struct stat *read_st,
+static int move_source(struct pipeline *in, const struct pipeline_read *read,
 		       const char *path, const char *rel, char *disposed_as,
-		       size_t len, struct error *err)
+		       size_t len, bool *changed, struct error *err)
 {
 	char relcopy[PATH_MAX], basecopy[PATH_MAX];
-	struct fsutil_move mv = { .source = path, .expect = read_st };
+	struct fsutil_move mv = { .source = path, .expect = &read->st,
+				  .expect_sha256 = read->sha256[0] ?
+						   read->sha256 : NULL };
 	const char *subdir;
 	int rc;
 
@@ -541,6 +707,7 @@ static int move_source(struct pipeline *in, const struct stat *read_st,
 		return -1;
 	mv.name = basename(basecopy);
 	rc = fsutil_move(&mv, err);
+	*changed = mv.changed;
 	if (rc == -1 && mv.side == FSUTIL_SIDE_DEST)
 		snprintf(err->msg, sizeof(err->msg), "%s",
 			 "cannot move the source to the processed folder");
@@ -549,6 +716,19 @@ static int move_source(struct pipeline *in, const struct stat *read_st,
 			 mv.final);
 	close(mv.dest_dirfd);
 	return rc;
+}
+
+/* dicomsort --move of a file that may become the output itself: no
+ * snapshot is taken (the inode is the output, checked at its claim). */
+static bool rename_candidate(const struct job *job)
+{
+	const struct pipeline *in = job->pipeline;
+
+	return in->opts.rename_unchanged &&
+	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
+	       job->source_st.st_dev == in->output_dev &&
+	       job->source_st.st_nlink == 1 &&
+	       (job->source_st.st_uid == geteuid() || geteuid() == 0);
 }
 
 /*
@@ -580,8 +760,6 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	job->dir_fd = mkdirs_output(in, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
-	if (check_source_unchanged(job, err) == -1)
-		return -1;
 	mv.dest_dirfd = job->dir_fd;
 	if (fsutil_move(&mv, err) == -1)
 		return -1;
@@ -599,28 +777,47 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 }
 
 int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
-		     const struct stat *read_st, char *disposed_as, size_t len,
-		     struct error *err)
+		     const struct pipeline_read *read, char *disposed_as,
+		     size_t len, bool *changed, struct error *err)
 {
+	struct fsutil_remove_args rm = { .source = path, .expect = &read->st,
+					 .expect_sha256 = read->sha256[0] ?
+							  read->sha256 : NULL };
+	int rc = 0;
+
 	disposed_as[0] = '\0';
+	*changed = false;
 	switch (in->opts.disposal) {
 	case PIPELINE_KEEP_SOURCE:
-		return 0;
+		break;
 	case PIPELINE_DELETE_SOURCE:
-		return fsutil_remove(path, read_st, NULL, err);
+		rc = fsutil_remove_checked(&rm, err);
+		*changed = rm.changed;
+		break;
 	case PIPELINE_MOVE_SOURCE:
-		return move_source(in, read_st, path, rel, disposed_as, len, err);
+		rc = move_source(in, read, path, rel, disposed_as, len, changed,
+				 err);
+		break;
 	}
-	return 0;
+	return rc;
 }
 
 /* The output is durable: what happens to the source now is a fact of
- * its own, reported beside the result, never turning it into a failure. */
+ * its own, reported beside the result, never turning it into a failure.
+ * It goes only if it is still the version read (the check comes now,
+ * right before it goes, not when the output was written); a source
+ * changed meanwhile stays, to be processed again (source_changed). */
 static void dispose_source(struct job *job, const char *path, const char *rel,
 			   struct pipeline_result *res)
 {
-	if (pipeline_dispose(job->pipeline, path, rel, &job->source_st,
-			     res->disposed_as, sizeof(res->disposed_as),
+	const struct pipeline_hooks *h = job->hooks;
+	struct pipeline_read read = { .st = job->source_st };
+
+	if (h != NULL && h->checkpoint != NULL)
+		h->checkpoint(h->ctx, PIPELINE_AT_DURABLE);
+	memcpy(read.sha256, job->sha256, sizeof(read.sha256));
+	if (pipeline_dispose(job->pipeline, path, rel, &read, res->disposed_as,
+			     sizeof(res->disposed_as), &res->source_changed,
 			     &res->dispose_err) == -1)
 		res->dispose_failed = true;
 }
@@ -636,11 +833,16 @@ static int run(struct job *job, const char *path, const char *rel,
 	if (open_source(job, path, err) == -1)
 		return -1;
 	res->source_st = job->source_st;
-	if (job->pipeline->opts.hash_source &&
-	    hash_source(job, res->source_sha256, err) == -1)
+	/* A dry run writes nothing and disposes of nothing: no snapshot. */
+	if (!job->pipeline->opts.dry_run && !rename_candidate(job) &&
+	    take_snapshot(job, err) == -1)
 		return -1;
+	if (job->pipeline->opts.hash_source)
+		memcpy(res->source_sha256, job->sha256, sizeof(res->source_sha256));
 	if (load_source(job, err) == -1)
 		return -1;
+	if (job->hooks != NULL && job->hooks->checkpoint != NULL)
+		job->hooks->checkpoint(job->hooks->ctx, PIPELINE_AT_PARSED);
 	job->table = current_table(job->pipeline);
 	deid.table = job->table;
 	if (deid_apply(&deid, job->file, &res->deid, err) == -1) {
@@ -663,9 +865,7 @@ static int run(struct job *job, const char *path, const char *rel,
 		return 0;
 	}
 	job->copy_bytes = reuse_source_bytes(job);
-	if (job->copy_bytes && job->pipeline->opts.rename_unchanged &&
-	    job->pipeline->opts.disposal == PIPELINE_DELETE_SOURCE &&
-	    job->source_st.st_dev == job->pipeline->output_dev) {
+	if (job->copy_bytes && rename_candidate(job)) {
 		int rc = rename_source(job, path, dir, name, final, sizeof(final),
 				       res);
 
@@ -695,7 +895,7 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 			 struct pipeline_result *res)
 {
 	struct job job = { .pipeline = in, .source_fd = -1, .dir_fd = -1,
-			   .tmp_fd = -1, .hooks = hooks };
+			   .tmp_fd = -1, .snap_fd = -1, .hooks = hooks };
 	int rc;
 
 	memset(res, 0, sizeof(*res));

@@ -432,17 +432,15 @@ static void note_touched(struct watch *w, const char *path, int64_t now)
 		set_due(w, e, e->closed, now + w->settle_ms);
 }
 
-/* Deleted or moved away. A file in flight stays until watch_done(); what
- * was written to it meanwhile went with it. */
+/* Deleted or moved away. A file in flight stays until watch_done(), and
+ * keeps what was written to it meanwhile: the name may be back already
+ * (our own claim of it, given back because it changed; a sender's
+ * replace), and a forgotten write would let that version go unprocessed. */
 static void note_gone(struct watch *w, const char *path)
 {
 	struct entry *e = lookup(w, path);
 
-	if (e == NULL)
-		return;
-	if (e->state == ENTRY_IN_FLIGHT)
-		e->dirty = false;
-	else
+	if (e != NULL && e->state != ENTRY_IN_FLIGHT)
 		drop(w, e);
 }
 
@@ -1346,9 +1344,12 @@ void watch_done(struct watch *w, const char *path)
 {
 	struct entry *e = lookup(w, path);
 
+	struct stat st;
+
 	if (e == NULL || e->state != ENTRY_IN_FLIGHT)
 		return;
-	if (!e->dirty) {
+	/* Written meanwhile, but nothing under the name now: nothing to do. */
+	if (!e->dirty || (lstat(e->path, &st) == -1 && errno == ENOENT)) {
 		drop(w, e);
 		return;
 	}

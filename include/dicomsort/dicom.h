@@ -15,7 +15,8 @@
  * Large values (pixel data) are loaded lazily: DCMTK keeps only an offset and
  * re-opens the *path* given to dicom_load() when it saves. The caller must keep
  * that path pointing at unchanged bytes until dicom_save_fd() returned; pipeline
- * passes "/proc/self/fd/N" of a descriptor it holds open for exactly that.
+ * passes "/proc/self/fd/N" of its private snapshot of the source (a file
+ * nobody else writes), or parses a small one in memory (dicom_load_bytes()).
  *
  * Tags are uint32_t: group << 16 | element.
  * Return convention: 0 on success, -1 with *err filled (see error.h), except
@@ -92,6 +93,24 @@ int dicom_load(struct dicom_file **out, const char *path, struct error *err);
  */
 int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 		  const char *path, struct error *err);
+
+/*
+ * A file's bytes read by the caller straight into memory the adapter then
+ * parses without a copy: dicom_bytes_new() gives size writable bytes (NULL
+ * when out of memory; *out is then NULL too), dicom_load_bytes() parses
+ * them as dicom_load() would - all in memory, nothing ever re-read from
+ * anywhere (pipeline's private snapshot of a small source) - taking them
+ * over (the buffer is left empty, still to be freed).
+ */
+struct dicom_bytes;
+unsigned char *dicom_bytes_new(struct dicom_bytes **out, size_t size);
+void dicom_bytes_free(struct dicom_bytes *bytes);
+int dicom_load_bytes(struct dicom_file **out, struct dicom_bytes *bytes,
+		     struct error *err);
+
+/** The bytes a file loaded from memory (dicom_load_bytes(), or
+ *  dicom_load_fd() of a small file) was parsed from; NULL otherwise. */
+const unsigned char *dicom_file_bytes(const struct dicom_file *file, size_t *len);
 
 void dicom_free(struct dicom_file *file);
 

@@ -100,6 +100,13 @@ int fsutil_clash_name(const char *base, unsigned n, const char *hash,
  *  bytes, read with pread from offset 0. */
 int fsutil_hash_fd(int fd, char *hex, struct error *err);
 
+/** hex (65 bytes) gets the SHA-256 of fd's bytes, read from offset 0. */
+int fsutil_sha256_fd(int fd, char *hex, struct error *err);
+
+/** Whether a and b are the same version of a file: inode, size, mtime
+ *  and ctime (a writer can set mtime back, never ctime). */
+bool fsutil_same_version(const struct stat *a, const struct stat *b);
+
 enum fsutil_side {
 	FSUTIL_SIDE_NONE,
 	FSUTIL_SIDE_SOURCE,	/* the source or its folder failed */
@@ -109,9 +116,15 @@ enum fsutil_side {
 /*
  * One safe move, used wherever a file moves (processed, quarantine, hold,
  * out of hold, dicomsort --move). In order:
- *   1. claim: the source must still be expect (dev, ino, size, mtime) if
- *      given; it is renamed to its claim name in its own folder, so a
- *      sender re-delivering under the original name is never touched;
+ *   1. claim: the source must still be expect if given - the version read:
+ *      dev, ino, size, mtime and ctime, or, when only ctime moved (a
+ *      rename, chmod), bytes that still hash to expect_sha256 - held by a
+ *      read lease where one is granted (a file open for writing is refused;
+ *      a writer opening it meanwhile waits); it is renamed to its claim
+ *      name in its own folder, so a sender re-delivering under the
+ *      original name is never touched, and checked again once claimed.
+ *      Any difference sets changed: process the source again, never
+ *      dispose of it;
  *   2. a file with identical content already under a candidate name is
  *      taken as our own earlier copy (a retry, a crash): the source is
  *      removed and nothing is copied twice (existed);
@@ -128,6 +141,7 @@ enum fsutil_side {
 struct fsutil_move {
 	const char *source;		/* path of the file */
 	const struct stat *expect;	/* NULL, or the file read */
+	const char *expect_sha256;	/* NULL, or hex SHA-256 of its bytes */
 	int dest_dirfd;
 	const char *name;		/* wanted name in dest_dirfd */
 	const char *companion;		/* NULL, or a sidecar suffix */
@@ -144,10 +158,11 @@ struct fsutil_move {
 	char final[NAME_MAX + 1];	/* the name it got */
 	bool copied;
 	bool existed;
+	bool changed;			/* not the version read: keep it */
 	enum fsutil_side side;
 	/* private */
-	bool placed;
-	int src_dirfd, tmp_fd;
+	bool placed, leased;
+	int src_dirfd, tmp_fd, lease_fd;
 	struct stat src_st;
 	char src_base[NAME_MAX + 1], claim[NAME_MAX + 1], tmp[64];
 };
@@ -158,6 +173,18 @@ int fsutil_move(struct fsutil_move *mv, struct error *err);
  *  (see fsutil_move()); *side (may be NULL) says which side failed. */
 int fsutil_remove(const char *source, const struct stat *expect,
 		  enum fsutil_side *side, struct error *err);
+
+/** fsutil_remove() with the content check of fsutil_move() (1.). */
+struct fsutil_remove_args {
+	const char *source;
+	const struct stat *expect;
+	const char *expect_sha256;	/* NULL, or hex SHA-256 */
+	/* out */
+	enum fsutil_side side;
+	bool changed;			/* not the version read: kept */
+};
+
+int fsutil_remove_checked(struct fsutil_remove_args *args, struct error *err);
 
 /** Give every claim name below root its original name back (numbered if
  *  taken): run at start, before files are taken. Returns how many. */

@@ -98,6 +98,9 @@ struct pipeline_result {
 	/* Disposal of the source is a step of its own: the output may be
 	 * STORED (or DUPLICATE) while the source could not be removed. */
 	bool dispose_failed;
+	bool source_changed;		/* dispose_failed because the source
+					   is no longer the version read:
+					   it stays, to be processed again */
 	struct error dispose_err;
 	char disposed_as[PATH_MAX];	/* MOVE: relative to processed_dir */
 };
@@ -111,12 +114,27 @@ struct pipeline_result {
  * appear (durable: file and folder synced). before_publish() returning
  * -1 (err filled) abandons the publication.
  */
+enum pipeline_point {
+	PIPELINE_AT_PARSED,	/* the snapshot is taken and parsed */
+	PIPELINE_AT_DURABLE,	/* the output is durable, the source not
+				   yet checked and disposed of */
+};
+
 struct pipeline_hooks {
 	int (*before_publish)(void *ctx, const struct pipeline_result *res,
 			      const struct stat *out_st, struct error *err);
 	void (*after_publish)(void *ctx, const struct pipeline_result *res,
 			      bool published);
+	/* NULL, or told when a file passes each point (test delays). */
+	void (*checkpoint)(void *ctx, enum pipeline_point point);
 	void *ctx;
+};
+
+/* The version of a source that was read: its stat (inode, size, mtime,
+ * ctime) and the SHA-256 of its bytes ("" if not hashed). */
+struct pipeline_read {
+	struct stat st;
+	char sha256[65];
 };
 
 struct pipeline;
@@ -151,12 +169,14 @@ int pipeline_file_hooked(struct pipeline *pipeline, const char *source_path,
 /**
  * Dispose of a source whose output is stored already (a retry after
  * result.dispose_failed): delete it, or move it to the processed folder
- * (disposed_as gets where), only if it is still read_st. Never stores
- * anything.
+ * (disposed_as gets where), only if it is still the version read (see
+ * fsutil_move()); otherwise *changed: keep it and process it again.
+ * Never stores anything.
  */
 int pipeline_dispose(struct pipeline *pipeline, const char *source_path,
-		     const char *source_rel, const struct stat *read_st,
-		     char *disposed_as, size_t len, struct error *err);
+		     const char *source_rel, const struct pipeline_read *read,
+		     char *disposed_as, size_t len, bool *changed,
+		     struct error *err);
 
 /** Make everything written so far durable (syncfs of the output). */
 int pipeline_sync_all(struct pipeline *pipeline, struct error *err);

@@ -342,6 +342,106 @@ static void move_refuses_a_replaced_source(void **state)
 	assert_int_equal(ours, 0);
 }
 
+/* Issue 12 item 2: rewritten in place with the same size and its mtime
+ * set back (rsync --inplace -t), then a delete: only ctime tells, and the
+ * file is another version - kept, and said to have changed. */
+static void remove_keeps_a_same_size_rewrite(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct stat read_st;
+	struct timespec times[2];
+	char src[PATH_MAX], sha[65];
+	struct fsutil_remove_args rm = { 0 };
+	int fd, ours;
+
+	(void)state;
+	make_dir("in");
+	put("in/a.dcm", "version A");
+	snprintf(src, sizeof(src), "%s", at("in/a.dcm"));
+	assert_int_equal(stat(src, &read_st), 0);
+	fd = open(src, O_RDONLY);
+	assert_int_equal(fsutil_sha256_fd(fd, sha, &err), 0);
+	close(fd);
+	usleep(20000);	/* past the file system's timestamp granularity */
+	fd = open(src, O_WRONLY);
+	assert_int_equal(pwrite(fd, "version B", 9, 0), 9);
+	times[0] = read_st.st_atim;
+	times[1] = read_st.st_mtim;
+	assert_int_equal(futimens(fd, times), 0);
+	close(fd);
+	rm.source = src;
+	rm.expect = &read_st;
+	rm.expect_sha256 = sha;
+	assert_int_equal(fsutil_remove_checked(&rm, &err), -1);
+	assert_true(rm.changed);
+	assert_string_equal(slurp("in/a.dcm"), "version B");
+	/* The old check (inode, size, mtime) would have passed: */
+	assert_int_equal(fsutil_remove(src, &read_st, NULL, &err), -1);
+	assert_string_equal(slurp("in/a.dcm"), "version B");
+	assert_int_equal(count_entries("in", &ours), 1);
+	assert_int_equal(ours, 0);
+}
+
+/* A rename (or chmod) moves ctime too: the bytes decide, and the same
+ * bytes are the same version. */
+static void remove_takes_a_renamed_source_by_its_bytes(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct stat read_st;
+	char src[PATH_MAX], from[PATH_MAX], sha[65];
+	struct fsutil_remove_args rm = { 0 };
+	int fd, ours;
+
+	(void)state;
+	make_dir("in");
+	put("in/a.dcm", "version A");
+	assert_int_equal(stat(at("in/a.dcm"), &read_st), 0);
+	fd = open(at("in/a.dcm"), O_RDONLY);
+	assert_int_equal(fsutil_sha256_fd(fd, sha, &err), 0);
+	close(fd);
+	usleep(20000);
+	snprintf(from, sizeof(from), "%s", at("in/a.dcm"));
+	snprintf(src, sizeof(src), "%s", at("in/b.dcm"));
+	assert_int_equal(rename(from, src), 0);
+	/* Without the bytes' hash a moved ctime is a change. */
+	assert_int_equal(fsutil_remove(src, &read_st, NULL, &err), -1);
+	assert_true(exists("in/b.dcm"));
+	rm.source = src;
+	rm.expect = &read_st;
+	rm.expect_sha256 = sha;
+	assert_int_equal(fsutil_remove_checked(&rm, &err), 0);
+	assert_false(rm.changed);
+	assert_int_equal(count_entries("in", &ours), 0);
+	assert_int_equal(ours, 0);
+}
+
+/* A file someone holds open for writing is not the version read: the
+ * lease that tells it is ours to take (we own the file). */
+static void remove_keeps_a_file_open_for_writing(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct stat read_st;
+	char src[PATH_MAX];
+	struct fsutil_remove_args rm = { 0 };
+	int writer;
+
+	(void)state;
+	make_dir("in");
+	put("in/a.dcm", "version A");
+	snprintf(src, sizeof(src), "%s", at("in/a.dcm"));
+	assert_int_equal(stat(src, &read_st), 0);
+	writer = open(src, O_WRONLY);
+	assert_true(writer >= 0);
+	rm.source = src;
+	rm.expect = &read_st;
+	assert_int_equal(fsutil_remove_checked(&rm, &err), -1);
+	assert_true(rm.changed);
+	assert_true(exists("in/a.dcm"));
+	close(writer);
+	assert_int_equal(fsutil_remove_checked(&rm, &err), 0);
+	assert_false(exists("in/a.dcm"));
+}
+
 static void move_skips_a_name_with_a_companion(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -473,6 +573,14 @@ int main(void)
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_recognises_its_earlier_copy,
 						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(remove_keeps_a_same_size_rewrite,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			remove_takes_a_renamed_source_by_its_bytes,
+			make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			remove_keeps_a_file_open_for_writing,
+			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_refuses_a_replaced_source,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_skips_a_name_with_a_companion,

@@ -986,6 +986,33 @@ static void deferred_walk_goes_in_slices(void **state)
 	assert_int_equal(watch_pending_count(w), 3001);
 }
 
+/* Issue 12 item 2: written while in flight, then its name deleted and
+ * linked again (no write event for the new link): the delete must not
+ * make the watch forget the write - the version under the name now is
+ * pending once the job is done. */
+static void write_in_flight_survives_a_delete(void **state)
+{
+	char path[PATH_MAX], keep[PATH_MAX];
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s", in(root, "g.dcm"));
+	snprintf(keep, sizeof(keep), "%s", in(root, ".keep"));
+	write_file(path, "DICM", O_TRUNC);
+	expect_ready(path, 2000);
+	write_file(path, "version B", O_TRUNC);
+	pump(20);
+	assert_int_equal(link(path, keep), 0);
+	assert_int_equal(unlink(path), 0);
+	pump(20);
+	assert_int_equal(link(keep, path), 0);
+	assert_int_equal(unlink(keep), 0);
+	pump(20);
+	watch_done(w, path);
+	assert_int_equal(watch_pending_count(w), 1);
+	expect_ready(path, 2000);
+	watch_done(w, path);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, make_dirs_and_watch, drop_dirs)
 #define T0(f) cmocka_unit_test_setup_teardown(f, make_dirs, drop_dirs)
 
@@ -1000,6 +1027,7 @@ int main(void)
 		T(new_folders_are_watched_and_scanned),
 		T0(backlog_is_found_by_scan),
 		T(file_in_flight_is_not_handed_out_twice),
+		T(write_in_flight_survives_a_delete),
 		T(retry_offers_again_after_the_delay),
 		T(deleted_pending_file_is_forgotten),
 		T(rewatch_rescans_and_keeps_watching),

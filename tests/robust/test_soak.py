@@ -385,11 +385,6 @@ OPEN_ITEMS = {
     "item 1": "a file a writer opens again after it was taken is read "
               "mid-write and published torn (the lease is probed when the "
               "file is taken, not held while the worker reads it)",
-    "item 2": "an in-place rewrite while the file is published is deleted "
-              "(identity by size and mtime; disposal after a change)",
-    "item 3": "a same-size rewrite with its mtime kept, during processing: "
-              "the output mixes versions or is filed under the other "
-              "version's patient",
     "item 4": "a source renamed while it is processed is stored twice",
 }
 

@@ -117,9 +117,6 @@ def published(d, n=1):
                       what="an output published")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 12 item 2: an in-place rewrite while the "
-                   "file is published is deleted without a message")
 def test_rewrite_in_place_while_published_is_not_lost(daemon):
     d = daemon(workers=1, env={"DICOMSORT_TEST_DELAY":
                                "published:%d" % DELAY_MS})
@@ -139,9 +136,6 @@ def test_rewrite_in_place_while_published_is_not_lost(daemon):
     assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 12 item 4: a source renamed while it is "
-                   "processed gives a second output copy")
 def test_rename_while_published_stores_once(daemon):
     d = daemon(workers=1, env={"DICOMSORT_TEST_DELAY":
                                "published:%d" % DELAY_MS})
@@ -219,11 +213,6 @@ def in_delayed_openat(pid, nr=OPENAT):
     return False
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 12 item 3: a same-size rewrite "
-                   "with its mtime kept, between parse and copy, is filed "
-                   "under the first version's patient and recorded with the "
-                   "first version's hash")
 def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
     need_strace()
     it = new_input(3)
@@ -255,11 +244,6 @@ def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
     assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="issue 12 item 4: a source renamed between its "
-                   "stored record and its claim for disposal is stored "
-                   "again under its new name (in main, and in pipe12 at "
-                   "562e942, whose own rename tests pass)")
 def test_rename_before_the_claim_stores_once(daemon, tmp_path):
     """The claim's renameat2 in the source's folder is held: the sender
     renames the source then, after it is stored and recorded."""

@@ -131,10 +131,11 @@ int generator_rw_paths(const char *const *folders, int n, char **out)
 		bool covered = false;
 
 		for (int j = 0; j < n && !covered; j++) {
-			size_t lj = strlen(out[j]);
+			size_t lj;
 
 			if (j == i || out[j] == NULL)
 				continue;
+			lj = strlen(out[j]);
 			covered = strncmp(out[i], out[j], lj) == 0 &&
 				(out[i][lj] == '/' || (out[i][lj] == '\0' && j < i));
 		}
@@ -265,6 +266,17 @@ static int write_dropin(const char *unit_dir, const char *name,
 		folders[n++] = cfg->hold;
 	if ((n_rw = generator_rw_paths(folders, n, rw)) == -1)
 		return error_set(err, ERROR_SETUP, ENOMEM, "%s", cfg->path);
+	/* A folder that is itself "/" or a system folder: opening it would
+	 * hand the instance the whole of it, a typo away from /var/lib. */
+	for (int i = 0; i < n_rw; i++) {
+		if (is_too_broad(rw[i])) {
+			error_set(err, ERROR_SETUP, 0, "%s: the folder %s is a "
+				  "system folder; give the instance a folder "
+				  "of its own", cfg->path, rw[i]);
+			free_paths(rw, n_rw);
+			return -1;
+		}
+	}
 	snprintf(dir, sizeof(dir), "%s/dicomsortd@%s.service.d", unit_dir, name);
 	snprintf(file, sizeof(file), "%s/" GENERATOR_DROPIN, dir);
 	if (mkdir(dir, 0755) == -1 && errno != EEXIST) {

@@ -150,6 +150,9 @@ def test_bad_configurations_get_nothing_and_the_rest_goes_on(tmp_path):
         "missing.conf": conf({"input": "/srv/dicom/m/in"}),
         "typo.conf": conf(A, "setle_ms = 5;\n"),
         "bad name.conf": conf(A),
+        # a folder that is a whole system folder: never opened
+        "broad.conf": conf({"input": "/srv/x/in", "output": "/var/lib/",
+                            "quarantine": "/srv/x/q"}),
         "dicomsortd.conf": conf(A),   # the plain unit's, no instance
         "notes.txt": "not a configuration",
     }
@@ -160,8 +163,11 @@ def test_bad_configurations_get_nothing_and_the_rest_goes_on(tmp_path):
         assert re.search(r"dicomsortd@%s\.service gets no folders: \S*%s"
                          r"\.conf" % (name, name), err), err
     assert "bad name.conf: no unit for it" in err
+    assert re.search(r"dicomsortd@broad\.service gets no folders: \S*"
+                     r"broad\.conf: the folder /var/lib is a system folder",
+                     err), err
     assert "dicomsortd@dicomsortd" not in err + "".join(dropins(out))
-    assert len(err.splitlines()) == 4, err
+    assert len(err.splitlines()) == 5, err
 
 
 def test_no_configuration_folder_is_no_error(tmp_path):

@@ -257,12 +257,16 @@ def test_deb_contains_everything(deb):
         "/usr/share/man/man8/dicomsortd.8.gz",
         "/usr/share/doc/dicomsortd/README.md",
         "/usr/share/doc/dicomsortd/examples/forward.conf.example",
+        # issue 15: one instance per /etc/dicomsortd/NAME.conf
+        "/lib/systemd/system/dicomsortd@.service",
+        "/lib/systemd/system-generators/dicomsortd-generator",
     ]
     if daemon_binary():
         expect.append("/usr/sbin/dicomsortd")
     for path in expect:
         assert path in files, f"{path} missing from {deb.name}"
-    for path in ("/usr/bin/dicomsort", "/usr/sbin/dicomsortd"):
+    for path in ("/usr/bin/dicomsort", "/usr/sbin/dicomsortd",
+                 "/lib/systemd/system-generators/dicomsortd-generator"):
         if path in files:
             assert files[path] == "-rwxr-xr-x", path
     assert not [p for p in files if p.startswith("/usr/local")]
@@ -271,6 +275,8 @@ def test_deb_contains_everything(deb):
 def test_deb_ships_the_repository_files(deb):
     assert deb_member(deb, "/lib/systemd/system/dicomsortd.service") == \
         UNIT.read_bytes()
+    assert deb_member(deb, "/lib/systemd/system/dicomsortd@.service") == \
+        (REPO / "systemd" / "dicomsortd@.service").read_bytes()
     assert deb_member(deb, "/usr/lib/sysusers.d/dicomsortd.conf") == \
         SYSUSERS.read_bytes()
     assert deb_member(deb, "/usr/lib/tmpfiles.d/dicomsortd.conf") == \
@@ -783,7 +789,8 @@ def test_deb_binaries_stripped_and_hardened(deb, tmp_path):
     tar = subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)],
                          capture_output=True)
     assert tar.returncode == 0, tar.stderr
-    for rel in ("usr/bin/dicomsort", "usr/sbin/dicomsortd"):
+    for rel in ("usr/bin/dicomsort", "usr/sbin/dicomsortd",
+                "lib/systemd/system-generators/dicomsortd-generator"):
         path = tmp_path / rel
         if not path.exists():
             continue

@@ -23,7 +23,15 @@ The scenario:
                           processed; files of an unknown patient held, then
                           released by `systemctl reload` after the table
                           gains the ID; a truncated file; 4 more SIGKILLs
-  end                     `systemctl stop`, then the checks.
+  end                     `systemctl stop`
+  phase 3 (instances)     issue 15: /etc/dicomsortd/a.conf (profile seed,
+                          a table) and b.conf (profile none), each with its
+                          own folders below /srv/dicom/inst-a|b;
+                          `systemctl daemon-reload` runs the generator,
+                          dicomsortd@a and dicomsortd@b run at once and
+                          each sorts its own drop folder; `systemctl
+                          reload dicomsortd@a` reaches a only; both stop.
+  then                    the checks.
 
 Every wait is a condition with a generous timeout. A wait that times out is
 recorded, the scenario goes on, and test_queue_drained reports it: one run
@@ -132,6 +140,32 @@ class Expect:
         self.phase = phase
         self.rel = rel
         self.who = who
+
+
+# Phase 3: two instances of dicomsortd@.service (issue 15 item 1).
+INSTANCES = {
+    # name: (profile, PatientID dropped, PatientID stored)
+    "a": ("seed", "INSTA1", "ANONIA"),
+    "b": ("none", "INSTB2", "INSTB2"),
+}
+INSTANCE_FILES = 6
+GENERATED = "/run/systemd/generator/dicomsortd@%s.service.d/50-folders.conf"
+
+
+def inst_dir(name, sub=""):
+    return "/srv/dicom/inst-%s%s" % (name, "/" + sub if sub else "")
+
+
+def instance_conf(name):
+    profile, pid_in, pid_out = INSTANCES[name]
+    text = ('input = "%s";\noutput = "%s";\nquarantine = "%s";\n'
+            'layout = "{PatientID}/{StudyDate}/{SeriesNumber}_'
+            '{SeriesDescription}/";\nsettle_ms = %d;\nprofile = "%s";\n'
+            % (inst_dir(name, "incoming"), inst_dir(name, "sorted"),
+               inst_dir(name, "quarantine"), SETTLE_MS, profile))
+    if profile == "seed":
+        text += 'correlation_table = "/etc/dicomsortd/%s.csv";\n' % name
+    return text
 
 
 class World:
@@ -573,6 +607,133 @@ class World:
                               "NRestarts": u.get("NRestarts")}
         log("systemctl stop: %s" % self.facts["stop"])
 
+    # ---- phase 3: dicomsortd@a and dicomsortd@b ----
+
+    def inst_unit(self, name):
+        r = self.machine.sh("systemctl show dicomsortd@%s.service -p "
+                            "ActiveState -p SubState -p MainPID -p Result "
+                            "-p StatusText -p ReadWritePaths -p "
+                            "RequiresMountsFor" % name, check=False,
+                            timeout=60)
+        return dict(line.split("=", 1) for line in r.stdout.splitlines()
+                    if "=" in line)
+
+    def inst_journal(self, name, *matches):
+        self.machine.sh("journalctl --sync", check=False)
+        r = self.machine.sh("journalctl -u dicomsortd@%s -o json --no-pager "
+                            "%s" % (name, " ".join(matches)), timeout=120)
+        return [json.loads(line) for line in r.stdout.splitlines()
+                if line.startswith("{")]
+
+    def instances(self):
+        f = self.facts["instances"] = {"expected": {}, "sorted": {}}
+        for name, (profile, pid_in, pid_out) in INSTANCES.items():
+            self.machine.sh(
+                "install -d -o dicomsortd -g dicomsortd -m 0750 %s %s %s && "
+                "install -d -o dicomsortd -g dicomsortd -m 2770 %s" % (
+                    inst_dir(name), inst_dir(name, "sorted"),
+                    inst_dir(name, "quarantine"),
+                    inst_dir(name, "incoming")))
+            self.host("/etc/dicomsortd/%s.conf" % name).write_text(
+                instance_conf(name))
+            if profile == "seed":
+                table = self.host("/etc/dicomsortd/%s.csv" % name)
+                table.write_text("%s,%s\n" % (pid_in, pid_out))
+                table.chmod(0o644)
+        # The generator runs at daemon-reload; nothing else writes these.
+        self.machine.sh("systemctl daemon-reload", timeout=120)
+        for name in INSTANCES:
+            r = self.machine.sh("cat %s" % (GENERATED % name), check=False)
+            f["dropin_" + name] = r.stdout if r.returncode == 0 else None
+            self.machine.sh("dicomsortd --check-config -c "
+                            "/etc/dicomsortd/%s.conf" % name)
+        r = self.machine.sh("systemctl start dicomsortd@a dicomsortd@b",
+                            check=False, timeout=180)
+        if r.returncode != 0:
+            raise ContainerError("systemctl start dicomsortd@a dicomsortd@b: "
+                                 "%s\n%s" % (r.stderr, self.machine.sh(
+                                     "journalctl -u 'dicomsortd@*' -n 60 "
+                                     "--no-pager", check=False).stdout))
+        for name in INSTANCES:
+            f["unit_" + name] = self.inst_unit(name)
+        pids = {n: f["unit_" + n].get("MainPID") for n in INSTANCES}
+        # a's sandbox: b's folders are read-only in it.
+        r = self.machine.sh("nsenter -t %s -m touch %s/.probe"
+                            % (pids["a"], inst_dir("b", "sorted")),
+                            check=False)
+        f["a_writes_b"] = (r.returncode, r.stderr.strip())
+        # Both at once: each writer drops into its instance's folder.
+        writers = []
+        for name, (profile, pid_in, pid_out) in INSTANCES.items():
+            files = []
+            for i in range(INSTANCE_FILES):
+                self.counter += 1
+                ds = gendicom.make_dataset(
+                    patient_id=pid_in, patient_name="Doe^Inst%d"
+                    % self.counter, charset="ascii", study_index=3,
+                    series_number=1, instance_number=i + 1, rows=16,
+                    cols=16, seed=7)
+                stage = "i%05d.dcm" % self.counter
+                gendicom.write(ds, str(self.stage / stage))
+                f["expected"][str(ds.SOPInstanceUID)] = name
+                files.append((stage, "s%d/IM%04d.dcm" % (self.counter, i)))
+            script = self.drop_script(files, MEMBER[1]).replace(
+                "cd %s" % INCOMING, "cd %s" % inst_dir(name, "incoming"))
+            writers.append(self.machine.popen(
+                script, user=MEMBER[0], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE))
+        for w in writers:
+            _, err = w.communicate(timeout=300)
+            if w.returncode != 0:
+                raise ContainerError("an instance's writer failed: %s" % err)
+        for name in INSTANCES:
+            self.wait(lambda n=name: len(self.files_below(
+                inst_dir(n, "sorted"))) >= INSTANCE_FILES and not
+                self.files_below(inst_dir(n, "incoming")), 180,
+                "dicomsortd@%s sorted its %d files" % (name, INSTANCE_FILES))
+        for name in INSTANCES:
+            got = f["sorted"][name] = []
+            for rel in self.files_below(inst_dir(name, "sorted")):
+                if rel.startswith(".") or "/." in rel:
+                    continue  # the state folder
+                ds = pydicom.dcmread(str(self.host(
+                    inst_dir(name, "sorted") + "/" + rel)))
+                got.append((rel, str(ds.SOPInstanceUID),
+                            str(ds.PatientID), str(ds.PatientName)))
+            f["incoming_left_" + name] = self.files_below(
+                inst_dir(name, "incoming"))
+            f["quarantine_" + name] = self.files_below(
+                inst_dir(name, "quarantine"))
+        # Reload a, and only a.
+        self.machine.sh("systemctl reload dicomsortd@a", timeout=120)
+        self.wait(lambda: self.inst_journal("a", "DICOMSORTD_EVENT=reload"),
+                  60, "dicomsortd@a recorded its reload")
+        time.sleep(2)  # room for a wrong record at b to show (not asserted on)
+        f["reload_a"] = [(r.get("_PID"), r.get("MESSAGE")) for r in
+                         self.inst_journal("a", "DICOMSORTD_EVENT=reload")]
+        f["reload_b"] = [(r.get("_PID"), r.get("MESSAGE")) for r in
+                         self.inst_journal("b", "DICOMSORTD_EVENT=reload")]
+        f["reloading_b"] = [r.get("MESSAGE") for r in self.inst_journal(
+            "b") if "reload" in str(r.get("MESSAGE", "")).lower()]
+        f["pids_before"] = pids
+        f["pids_after"] = {n: self.inst_unit(n).get("MainPID")
+                           for n in INSTANCES}
+        f["status_files"] = self.machine.sh(
+            "ls /run/dicomsortd", check=False).stdout.split()
+        t = time.monotonic()
+        r = self.machine.sh("systemctl stop dicomsortd@a dicomsortd@b",
+                            check=False, timeout=120)
+        f["stop"] = {"rc": r.returncode, "stderr": r.stderr,
+                     "seconds": round(time.monotonic() - t, 1)}
+        for name in INSTANCES:
+            u = self.inst_unit(name)
+            f["stop_" + name] = (u.get("ActiveState"), u.get("Result"))
+        f["status_files_after_stop"] = self.machine.sh(
+            "ls /run/dicomsortd", check=False).stdout.split()
+        log("instances: %s" % json.dumps(
+            {k: v for k, v in f.items() if k.startswith(("stop", "reload",
+                                                         "pids"))}))
+
     # ---- what is left ----
 
     def collect(self):
@@ -675,6 +836,7 @@ def world():
             w.phase1()
             w.phase2()
             w.stop()
+            w.instances()
         except Exception:  # noqa: BLE001 - every test reports it
             w.aborted = traceback.format_exc()
             log("scenario aborted:\n" + w.aborted)
@@ -830,3 +992,68 @@ def test_kills_and_clean_stop(world):
     assert stop["rc"] == 0, stop
     assert stop["ActiveState"] == "inactive", stop
     assert stop["Result"] == "success", stop
+
+
+# ---- phase 3: dicomsortd@.service (issue 15 item 1) ----
+
+def test_instances_get_their_sandbox_from_the_generator(world):
+    completed(world)
+    f = world.facts["instances"]
+    for name in INSTANCES:
+        dropin = f["dropin_" + name]
+        assert dropin is not None, (
+            "%s not there after systemctl daemon-reload" % (GENERATED % name))
+        assert 'ReadWritePaths="-%s"' % inst_dir(name) in dropin, dropin
+        other = inst_dir("b" if name == "a" else "a")
+        assert other not in dropin, dropin
+        # systemd read it: the unit's own view of its sandbox.
+        u = f["unit_" + name]
+        assert inst_dir(name) in u.get("ReadWritePaths", ""), u
+        assert inst_dir(name, "incoming") in u.get("RequiresMountsFor",
+                                                    ""), u
+    code, err = f["a_writes_b"]
+    assert code != 0 and "Read-only file system" in err, f["a_writes_b"]
+
+
+def test_two_instances_sort_their_own_folders(world):
+    completed(world)
+    f = world.facts["instances"]
+    for name in INSTANCES:
+        assert f["unit_" + name].get("ActiveState") == "active", \
+            f["unit_" + name]
+        assert f["incoming_left_" + name] == []
+        assert f["quarantine_" + name] == []
+    for name, (profile, pid_in, pid_out) in INSTANCES.items():
+        got = f["sorted"][name]
+        want = sorted(s for s, n in f["expected"].items() if n == name)
+        assert sorted(g[1] for g in got) == want, got
+        for rel, sop, pid, pname in got:
+            assert pid == pid_out and rel.startswith(pid_out + "/"), got
+            # The profile is the instance's own: seed at a, none at b.
+            if profile == "seed":
+                assert pname == "ANONYMIZED", got
+            else:
+                assert pname.startswith("Doe^Inst"), got
+
+
+def test_reload_reaches_that_instance_only(world):
+    completed(world)
+    f = world.facts["instances"]
+    before, after = f["pids_before"], f["pids_after"]
+    assert before == after, (before, after)  # a reload, not a restart
+    assert f["reload_a"], "no reload record from dicomsortd@a"
+    assert {pid for pid, _ in f["reload_a"]} == {before["a"]}, f["reload_a"]
+    assert f["reload_b"] == [], f["reload_b"]
+    assert f["reloading_b"] == [], f["reloading_b"]
+
+
+def test_instances_keep_their_own_status_and_stop_cleanly(world):
+    completed(world)
+    f = world.facts["instances"]
+    for name in INSTANCES:
+        assert "%s.status" % name in f["status_files"], f["status_files"]
+        # RuntimeDirectoryPreserve=yes: a stop removes no one's status.
+        assert "%s.status" % name in f["status_files_after_stop"], \
+            f["status_files_after_stop"]
+        assert f["stop_" + name] == ("inactive", "success"), f
+    assert f["stop"]["rc"] == 0, f["stop"]

@@ -254,7 +254,7 @@ static int write_dropin(const char *unit_dir, const char *name,
 	const char *folders[MAX_FOLDERS];
 	char *rw[MAX_FOLDERS];
 	char dir[4096], file[4200];
-	int n = 0, n_rw, rc;
+	int n = 0, n_rw, rc, failed;
 	FILE *f;
 
 	folders[n++] = cfg->input;
@@ -289,7 +289,10 @@ static int write_dropin(const char *unit_dir, const char *name,
 	}
 	rc = write_body(f, cfg, rw, n_rw, folders, n);
 	free_paths(rw, n_rw);
-	if (ferror(f) | (fclose(f) != 0) || rc != 0) {
+	failed = ferror(f);	/* fclose() runs whatever ferror() says */
+	if (fclose(f) != 0)
+		failed = 1;
+	if (failed || rc != 0) {
 		/* No half drop-in: without one the start fails, loudly. */
 		int saved = errno;
 

@@ -242,3 +242,21 @@ def test_template_with_the_dropins_verifies(tmp_path):
         exposure[unit] = float(m.group(1))
     print("exposure: %s" % exposure)
     assert exposure["dicomsortd@a.service"] <= exposure[str(PLAIN)]
+
+
+def test_unwritable_unit_folder_is_logged_never_fatal(tmp_path):
+    """systemd's generator folder is a fresh tmpfs; should writing fail
+    anyway, the boot goes on: a log line per instance, exit status 0."""
+    cdir = tmp_path / "etc-dicomsortd"
+    cdir.mkdir()
+    (cdir / "a.conf").write_text(conf(A))
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    env = dict(os.environ, DICOMSORTD_GENERATOR_CONF_DIR=str(cdir))
+    env.pop("SYSTEMD_SCOPE", None)
+    r = subprocess.run([generator_bin(), str(not_a_dir), str(not_a_dir),
+                        str(not_a_dir)], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^dicomsortd-generator: dicomsortd@a\.service gets no "
+                     r"folders: \S+: Not a directory$", r.stderr), r.stderr

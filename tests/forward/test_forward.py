@@ -3,9 +3,11 @@ outbox and delivers to real peers started on loopback - Orthanc (DICOM and
 DICOMweb STOW-RS) and DCMTK's storescp - through the real transports.
 Every wait is bounded; no traffic leaves 127.0.0.1."""
 
+import json
 import random
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -346,6 +348,71 @@ def test_status_shows_each_queue_and_its_age(tmp_path, dicom_files,
                            for t in notify_socket.texts()), 30,
                what=lambda: "STATUS with the queue: %s"
                % notify_socket.texts()[-3:])
+    assert d.stop()[0] == 0
+
+
+def test_metrics_and_status_show_each_destination(tmp_path, orthanc,
+                                                  dicom_files):
+    """issue 15 item 2: per destination, queue length and oldest entry in
+    the metrics file (read by promtool and prometheus_client's parser)
+    and in `dicomsortd status` (human and --json)."""
+    prom_parser = pytest.importorskip("prometheus_client.parser")
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) not installed")
+    files = dicom_files(6, out=tmp_path / "src")
+    metrics = tmp_path / "dicomsortd.prom"
+    (tmp_path / "run").mkdir()
+    d = make_daemon(tmp_path, [
+        dimse_dest("down", closed_port(), "NOBODY"),
+        dimse_dest("up", orthanc.dicom_port, orthanc.aet)],
+        metrics_file=metrics, metrics_interval_s=1,
+        status_file=tmp_path / "run" / "dicomsortd.status")
+    drop(files, d.input)
+    d.wait_stored(6, timeout=60)
+    wait_outbox_empty(d, "up", timeout=60)
+
+    def per_destination():
+        if not metrics.exists():
+            return None
+        got = {}
+        for fam in prom_parser.text_string_to_metric_families(
+                metrics.read_text()):
+            for smp in fam.samples:
+                if smp.name.startswith("dicomsortd_destination_"):
+                    got[(smp.name, smp.labels["destination"])] = smp.value
+        ok = (got.get(("dicomsortd_destination_queue_files", "down")) == 6
+              and got.get(("dicomsortd_destination_queue_files", "up")) == 0
+              and got.get(("dicomsortd_destination_oldest_age_seconds",
+                           "down"), 0) > 0)
+        return got if ok else None
+    got = wait_until(per_destination, 60, what=lambda: "per-destination "
+                     "metrics: %s" % (metrics.read_text()
+                                      if metrics.exists() else "none"))
+    assert got[("dicomsortd_destination_oldest_age_seconds", "up")] == 0
+    with open(metrics, "rb") as f:
+        r = subprocess.run([promtool, "check", "metrics"], stdin=f,
+                           capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    status = [daemon_helpers.daemon_bin(), "status", "-c", str(d.conf_path)]
+
+    def status_json():
+        r = subprocess.run(status + ["--json"], capture_output=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        by = {x["name"]: x for x in st["destinations"]}
+        return by if by.get("down", {}).get("queue_files") == 6 and \
+            by["down"]["oldest_age_s"] > 0 else None
+    by = wait_until(status_json, 30, what="status --json per destination")
+    assert by["up"] == {"name": "up", "queue_files": 0, "oldest_age_s": 0}
+    h = subprocess.run(status, capture_output=True, timeout=60, text=True)
+    assert h.returncode == 0, h.stderr
+    lines = h.stdout.splitlines()
+    assert any(ln.startswith("Forwarding:  down: 6 files queued, oldest ")
+               for ln in lines), h.stdout
+    assert any(ln.strip() == "up: 0 files queued" for ln in lines), h.stdout
     assert d.stop()[0] == 0
 
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import orthanc as orthanc_mod
+from hostile_scp import HostileSCP
 from fwdlib import (SLOW, StoreSCP, closed_port, daemon_helpers, dimse_dest,
                     events, field, make_daemon, make_pki, outbox,
                     outbox_entries,
@@ -505,4 +506,69 @@ def test_deidentified_forwarding_leaks_no_identity(tmp_path, orthanc,
     assert len(outbox_entries(d.output, "down")) == 6
     assert set(orthanc.sop_instance_uids()) == set(
         identities(stored_files(d.output)))
+    assert d.stop()[0] == 0
+
+
+# ---- a hostile DICOM peer (raw PDUs on loopback: hostile_scp.py) ----
+
+@pytest.fixture
+def hostile():
+    made = []
+
+    def make(mode):
+        peer = HostileSCP(mode)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        peer.stop()
+
+
+def hostile_dest(peer, **kw):
+    return dimse_dest("hostile", peer.port, "ANY", connect_timeout_s=3,
+                      acse_timeout_s=3, dimse_timeout_s=5, **kw)
+
+
+def test_peer_that_never_answers_the_release(tmp_path, hostile, dicom_files):
+    """Every C-STORE confirmed, then silence after A-RELEASE-RQ: the files
+    count as delivered, the sender gives the association up within the
+    ACSE timeout and goes on with the next batch; the daemon stops."""
+    peer = hostile("hang_release")
+    files = dicom_files(6, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [hostile_dest(peer, files_per_association=2)])
+    drop(files, d.input)
+    d.wait_stored(6, timeout=60)
+    wait_outbox_empty(d, "hostile", timeout=120)
+    assert sorted(uids_of(events(d, "forwarded", "hostile"))) == \
+        sorted(peer.stored)
+    assert len(peer.stored) == 6 and peer.releases >= 3
+    assert d.stop()[0] == 0
+
+
+@pytest.mark.parametrize("mode", ["garbage", "huge_pdu"])
+def test_peer_that_answers_garbage(tmp_path, hostile, dicom_files, mode):
+    """Bytes that are no PDU after a C-STORE, or an A-ASSOCIATE-AC that
+    claims ~4 GiB: a retry (nothing is delivered, nothing rejected), the
+    entries stay, the daemon neither crashes nor grows, and stops."""
+    peer = hostile(mode)
+    files = dicom_files(2, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [hostile_dest(peer)])
+    drop(files, d.input)
+    d.wait_stored(2, timeout=60)
+    wait_until(lambda: len(events(d, "forward-retry", "hostile")) >= 4, 90,
+               what=lambda: "retries against the %s peer (log tail:\n%s)" % (
+                   mode, "\n".join(d.log_lines()[-20:])))
+    assert not events(d, "forwarded", "hostile")
+    assert not events(d, "forward-rejected", "hostile")
+    assert len(outbox_entries(d.output, "hostile")) == 2
+    assert not rejected_entries(d.output, "hostile")
+    rss = [ln for ln in open("/proc/%d/status" % d.pid)
+           if ln.startswith("VmRSS:")]
+    assert int(rss[0].split()[1]) < 300 * 1024, rss
+    for line in events(d, "forward-retry", "hostile"):
+        assert "\\xde" not in line and "\xde" not in line, line
+        assert {"garbage": "C-STORE failed",
+                "huge_pdu": "association failed"}[mode] in field(
+                    line, "reason"), line
     assert d.stop()[0] == 0

@@ -9,6 +9,7 @@
  * application/dicom+json) is mapped item by item:
  *   in ReferencedSOPSequence (0008,1199)        DONE (a WarningReason too)
  *   in FailedSOPSequence (0008,1198)            REJECTED, status FailureReason
+ *     with FailureReason A7xx or FE00           RETRY (out of resources)
  *   in neither, answer 2xx                      RETRY (the peer did not say)
  *   in neither, answer 4xx naming the data      REJECTED, status the HTTP one
  *     (400, 409, 413 for one file, 422...)
@@ -536,6 +537,16 @@ static void mark(struct body *b, const char *uid, enum delivery_result r,
 	}
 }
 
+/* A FailureReason as DICOM means it (PS3.4 B.2.3, as for a C-STORE):
+ * out of resources (A7xx) or cancelled (FE00) is the peer's state, not
+ * the data set's, so it is retried; the rest are the data set's. */
+static enum delivery_result failure_result(long reason)
+{
+	if ((reason & 0xFF00) == 0xA700 || reason == 0xFE00)
+		return DELIVERY_RETRY;
+	return DELIVERY_REJECTED;
+}
+
 /* Apply one sequence of the answer: tag "00081199" or "00081198". */
 static void apply_sequence(struct body *b, struct json_object *root,
 			   const char *tag, bool failed)
@@ -553,7 +564,8 @@ static void apply_sequence(struct body *b, struct json_object *root,
 		if ((uid = elem_string(item, "00081155")) == NULL)
 			continue;
 		if (failed)
-			mark(b, uid, DELIVERY_REJECTED,
+			mark(b, uid, failure_result(elem_number(item,
+								"00081197")),
 			     elem_number(item, "00081197"),
 			     "in FailedSOPSequence, FailureReason");
 		else if (elem_number(item, "00081196") >= 0)

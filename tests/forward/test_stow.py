@@ -411,6 +411,27 @@ def test_answer_with_thousands_of_entries(odd_peer, dicom_files):
         u: "DONE" for u in ours}
 
 
+def test_out_of_resources_in_failed_sequence_is_retried(odd_peer,
+                                                        dicom_files):
+    """FailedSOPSequence with FailureReason A700H (out of resources) is the
+    peer's state, not the data set's: retried, as a C-STORE's A7xx is;
+    A900H (data set does not match the SOP class) is rejected."""
+    handler, url = odd_peer
+    files = dicom_files(2)
+    ours = [str(pydicom.dcmread(str(p), stop_before_pixels=True)
+                .SOPInstanceUID) for p in files]
+    handler.answer = (200, "application/dicom+json", json.dumps(
+        {"00081198": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": [u]},
+             "00081197": {"vr": "US", "Value": [reason]}}
+            for u, reason in zip(ours, (0xA700, 0xA900))]}}).encode())
+    r = run_stow(url, files)
+    assert r.rc == 0, r.stderr
+    got = r.results()
+    assert got[ours[0]][:2] == ("RETRY", 0xA700), got
+    assert got[ours[1]][:2] == ("REJECTED", 0xA900), got
+
+
 def test_huge_answer_is_not_held(odd_peer, dicom_files):
     """A peer that answers tens of megabytes for two files (here a valid
     answer naming them, padded with 400,000 others) could make every

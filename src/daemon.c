@@ -1412,6 +1412,8 @@ static void purge_quarantine(struct daemon *d)
 	if (quarantine_walk(d->cfg->quarantine, purge_one, d, &err) < 0)
 		log_msg(LOG_ERR, "quarantine purge: %s", err.msg);
 	close(lock);
+	/* What forwarding peers refused is kept as long, no longer. */
+	forward_purge_rejected(d->forward, d->cfg->quarantine_max_age_days);
 }
 
 /* ---- timers ---- */

@@ -4,6 +4,7 @@ DICOMweb STOW-RS) and DCMTK's storescp - through the real transports.
 Every wait is bounded; no traffic leaves 127.0.0.1."""
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -571,4 +572,36 @@ def test_peer_that_answers_garbage(tmp_path, hostile, dicom_files, mode):
         assert {"garbage": "C-STORE failed",
                 "huge_pdu": "association failed"}[mode] in field(
                     line, "reason"), line
+    assert d.stop()[0] == 0
+
+
+def test_rejected_entries_are_purged_with_the_quarantine(tmp_path,
+                                                        dicom_files):
+    """rejected/ holds PHI as the quarantine does: what a peer refused
+    more than quarantine.max_age_days ago goes, with a `purged` record
+    naming the destination; what it refused lately stays."""
+    files = dicom_files(1, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [dimse_dest("down", closed_port(), "NOBODY")],
+                    start=False,
+                    quarantine={"folder": tmp_path / "quarantine",
+                                "max_age_days": 2})
+    rej = outbox(d.output, "down") / "rejected"
+    rej.mkdir(parents=True)
+    old = time.time() - 3 * 86400
+    for name, when in (("1a-1.0.dcm", old), ("2b-2.0.dcm", None)):
+        shutil.copyfile(files[0], rej / name)
+        (rej / (name + ".reason")).write_text("reason: peer status 0xA900\n")
+        (rej / (name + ".ref")).write_text("P/20240101/1_CT/%s\n" % name)
+        if when:
+            os.utime(rej / (name + ".reason"), (when, when))
+    d.start()
+    wait_until(lambda: events(d, "purged", "down"), 30,
+               what=lambda: "a purged record (log tail:\n%s)"
+               % "\n".join(d.log_lines()[-20:]))
+    line = events(d, "purged", "down")[0]
+    assert field(line, "dest") == "P/20240101/1_CT/1a-1.0.dcm", line
+    assert "rejected/1a-1.0.dcm" in field(line, "reason"), line
+    assert sorted(p.name for p in rej.iterdir()) == [
+        "2b-2.0.dcm", "2b-2.0.dcm.reason", "2b-2.0.dcm.ref"]
+    assert len(events(d, "purged", "down")) == 1
     assert d.stop()[0] == 0

@@ -36,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t part_item[4] = { 0, 1, 2, 3 };
 	off_t part_size[4] = { 0 };
 	struct error err = ERROR_INIT;
-	struct answer a = { NULL, 0, 0, false };
+	struct answer a = { NULL, 0, 0, answer_max(4), false };
 	struct body b;
 	long http;
 	size_t i;

@@ -1294,6 +1294,22 @@ static void handle_signals(struct daemon *d)
 /* The quarantine's age limit is in days: once an hour is soon enough. */
 #define DAEMON_PURGE_INTERVAL_MS (3600L * 1000)
 
+/* Each destination's outbox, as the forwarder sees it right now. */
+static void sample_destinations(struct daemon *d, struct metrics *m)
+{
+	struct forward_stat st[METRICS_DESTINATIONS_MAX];
+	size_t n = forward_stats(d->forward, st, METRICS_DESTINATIONS_MAX);
+
+	m->ndestinations = n < METRICS_DESTINATIONS_MAX ? n :
+			   METRICS_DESTINATIONS_MAX;
+	for (size_t i = 0; i < m->ndestinations; i++) {
+		snprintf(m->destinations[i].name,
+			 sizeof(m->destinations[i].name), "%s", st[i].name);
+		m->destinations[i].queued = st[i].queued;
+		m->destinations[i].oldest_age_s = (double)st[i].oldest_s;
+	}
+}
+
 static void sample_metrics(struct daemon *d)
 {
 	int64_t oldest = watch_oldest_ms(d->watch);
@@ -1307,6 +1323,7 @@ static void sample_metrics(struct daemon *d)
 	m->queued = watch_pending_count(d->watch) +
 		    watch_in_flight_count(d->watch);
 	m->oldest_queued_s = oldest < 0 ? 0 : (double)oldest / 1000.0;
+	sample_destinations(d, m);
 	/* Errors a job did not report (a reload, a release). */
 	if (d->last_error[0] != '\0' && (m->nerrors == 0 ||
 	    strncmp(m->errors[0].text, d->last_error,
@@ -1395,6 +1412,8 @@ static void purge_quarantine(struct daemon *d)
 	if (quarantine_walk(d->cfg->quarantine, purge_one, d, &err) < 0)
 		log_msg(LOG_ERR, "quarantine purge: %s", err.msg);
 	close(lock);
+	/* What forwarding peers refused is kept as long, no longer. */
+	forward_purge_rejected(d->forward, d->cfg->quarantine_max_age_days);
 }
 
 /* ---- timers ---- */

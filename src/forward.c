@@ -680,6 +680,42 @@ void forward_status(struct forward *f, char *buf, size_t len)
 	}
 }
 
+struct purge_ctx {
+	const struct dest *d;
+	long days;
+};
+
+static void purged(void *arg, const char *name, const char *ref)
+{
+	const struct purge_ctx *p = arg;
+	char reason[128];
+	struct audit_record rec = {
+		.event = "purged",
+		.priority = LOG_INFO,
+		.dest = ref[0] ? ref : NULL,
+		.reason = reason,
+		.destination = p->d->cf->name,
+	};
+
+	snprintf(reason, sizeof(reason), "%s/%s refused by the peer more "
+		 "than %ld days ago (quarantine.max_age_days)", OUTBOX_REJECTED,
+		 name, p->days);
+	log_audit(&rec);
+}
+
+void forward_purge_rejected(struct forward *f, long days)
+{
+	for (size_t i = 0; f != NULL && days > 0 && i < f->n; i++) {
+		struct purge_ctx p = { &f->dests[i], days };
+		struct error err = ERROR_INIT;
+
+		if (outbox_purge_rejected(f->dests[i].ob, time(NULL) -
+					  days * 86400, purged, &p, &err) < 0)
+			log_msg(LOG_ERR, "forward %s: purge of %s/: %s",
+				f->dests[i].cf->name, OUTBOX_REJECTED, err.msg);
+	}
+}
+
 int forward_stop(struct forward *f, int64_t deadline_ms)
 {
 	int rc = 0;

@@ -222,6 +222,13 @@ int metrics_format_state(const struct metrics *m, time_t now, FILE *f)
 		put_escaped(f, e->text);
 		fputc('\n', f);
 	}
+	for (size_t i = 0; i < m->ndestinations; i++) {
+		const struct metrics_destination *d = &m->destinations[i];
+
+		fprintf(f, "destination %lu %.3f ", d->queued, d->oldest_age_s);
+		put_escaped(f, d->name);
+		fputc('\n', f);
+	}
 	return ferror(f) ? -1 : 0;
 }
 
@@ -230,6 +237,7 @@ static void read_state_line(struct metrics *m, char *line, time_t *updated)
 	char *value = strchr(line, ' ');
 	long long a, b;
 	unsigned long n;
+	double age;
 	int used = 0;
 
 	if (value == NULL)
@@ -261,6 +269,15 @@ static void read_state_line(struct metrics *m, char *line, time_t *updated)
 		e->last = (time_t)b;
 		e->count = n;
 		quarantine_unescape(value + used, e->text, sizeof(e->text));
+	} else if (strcmp(line, "destination") == 0 &&
+		   m->ndestinations < METRICS_DESTINATIONS_MAX &&
+		   sscanf(value, "%lu %lf %n", &n, &age, &used) == 2) {
+		struct metrics_destination *d =
+			&m->destinations[m->ndestinations++];
+
+		d->queued = n;
+		d->oldest_age_s = age;
+		quarantine_unescape(value + used, d->name, sizeof(d->name));
 	}
 #undef NUM
 }

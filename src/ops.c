@@ -374,6 +374,14 @@ static void status_json(const struct status *s)
 		json_str(stdout, m->errors[i].text);
 		printf("}");
 	}
+	printf("],\"destinations\":[");
+	for (size_t i = 0; i < m->ndestinations; i++) {
+		printf("%s{\"name\":", i ? "," : "");
+		json_str(stdout, m->destinations[i].name);
+		printf(",\"queue_files\":%lu,\"oldest_age_s\":%.3f}",
+		       m->destinations[i].queued,
+		       m->destinations[i].oldest_age_s);
+	}
 	printf("],\"quarantine\":{\"folder\":");
 	json_str(stdout, s->cfg->quarantine);
 	printf(",\"files\":%lu,\"bytes\":%llu,\"max_age_days\":%ld,"
@@ -417,6 +425,22 @@ static void status_service_line(const struct status *s)
 	}
 }
 
+/* One line per forwarding destination: its outbox and oldest entry. */
+static void status_destinations(const struct metrics *m)
+{
+	char a[32];
+
+	for (size_t i = 0; i < m->ndestinations; i++) {
+		const struct metrics_destination *d = &m->destinations[i];
+
+		age_text(d->oldest_age_s, a, sizeof(a));
+		printf("%s", i == 0 ? "Forwarding:  " : "             ");
+		put_text(stdout, d->name, 0);
+		printf(": %lu files queued%s%s\n", d->queued,
+		       d->queued ? ", oldest " : "", d->queued ? a : "");
+	}
+}
+
 static void status_human(const struct status *s)
 {
 	const struct metrics *m = &s->m;
@@ -428,6 +452,7 @@ static void status_human(const struct status *s)
 		age_text(m->oldest_queued_s, a, sizeof(a));
 		printf("Queue:       %lu files%s%s\n", m->queued,
 		       m->queued ? ", oldest " : "", m->queued ? a : "");
+		status_destinations(m);
 		time_text(m->started, t, sizeof(t));
 		size_text(m->bytes, b, sizeof(b));
 		printf("Since start: %s: stored %lu (%s), duplicates %lu, "

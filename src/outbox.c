@@ -386,3 +386,87 @@ int outbox_reject(struct outbox *ob, const char *name, const char *reason,
 	free(text);
 	return rc;
 }
+
+/* When name (in rejected/) was refused: its sidecar's mtime, written
+ * then; the entry's ctime (its rename) without one. */
+static bool rejected_before(int rejfd, const char *name, time_t limit)
+{
+	char side[NAME_MAX + 16];
+	struct stat st;
+
+	snprintf(side, sizeof(side), "%s" REASON_SUFFIX, name);
+	if (fstatat(rejfd, side, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		return st.st_mtim.tv_sec < limit;
+	return fstatat(rejfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       st.st_ctim.tv_sec < limit;
+}
+
+static void read_ref_at(int rejfd, const char *name, char *buf, size_t len)
+{
+	char ref[NAME_MAX + 16];
+	ssize_t n;
+	int fd;
+
+	buf[0] = '\0';
+	snprintf(ref, sizeof(ref), "%s" REF_SUFFIX, name);
+	fd = openat(rejfd, ref, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd == -1)
+		return;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+}
+
+long outbox_purge_rejected(struct outbox *ob, time_t limit,
+			   void (*fn)(void *ctx, const char *name,
+				      const char *ref),
+			   void *ctx, struct error *err)
+{
+	char ref[PATH_MAX], side[NAME_MAX + 16];
+	int boxfd = open_outbox(ob, err), rejfd;
+	long n = 0;
+	struct dirent *de;
+	struct stat st;
+	DIR *dir;
+
+	if (boxfd == -1)
+		return -1;
+	rejfd = openat(boxfd, OUTBOX_REJECTED, O_RDONLY | O_DIRECTORY |
+		       O_NOFOLLOW | O_CLOEXEC);
+	close(boxfd);
+	if (rejfd == -1)
+		return errno == ENOENT ? 0 : error_set(err, ERROR_TRANSIENT,
+						       errno, "%s/" OUTBOX_REJECTED,
+						       ob->dir);
+	dir = fdopendir(rejfd);
+	if (dir == NULL) {
+		close(rejfd);
+		return error_set(err, ERROR_TRANSIENT, errno, "%s", ob->dir);
+	}
+	while ((de = readdir(dir)) != NULL) {
+		const char *name = de->d_name;
+
+		if (name[0] == '.' || has_suffix(name, REF_SUFFIX) ||
+		    has_suffix(name, REASON_SUFFIX) ||
+		    fstatat(rejfd, name, &st, AT_SYMLINK_NOFOLLOW) == -1 ||
+		    !S_ISREG(st.st_mode) ||
+		    !rejected_before(rejfd, name, limit))
+			continue;
+		read_ref_at(rejfd, name, ref, sizeof(ref));
+		fn(ctx, name, ref);
+		if (unlinkat(rejfd, name, 0) == -1 && errno != ENOENT) {
+			error_set(err, ERROR_TRANSIENT, errno, "cannot remove "
+				  "%s/" OUTBOX_REJECTED "/%s", ob->dir, name);
+			closedir(dir);
+			return -1;
+		}
+		snprintf(side, sizeof(side), "%s" REASON_SUFFIX, name);
+		unlinkat(rejfd, side, 0);
+		snprintf(side, sizeof(side), "%s" REF_SUFFIX, name);
+		unlinkat(rejfd, side, 0);
+		n++;
+	}
+	closedir(dir);
+	return n;
+}

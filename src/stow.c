@@ -9,6 +9,7 @@
  * application/dicom+json) is mapped item by item:
  *   in ReferencedSOPSequence (0008,1199)        DONE (a WarningReason too)
  *   in FailedSOPSequence (0008,1198)            REJECTED, status FailureReason
+ *     with FailureReason A7xx or FE00           RETRY (out of resources)
  *   in neither, answer 2xx                      RETRY (the peer did not say)
  *   in neither, answer 4xx naming the data      REJECTED, status the HTTP one
  *     (400, 409, 413 for one file, 422...)
@@ -48,7 +49,17 @@
 #define STOW_CONNECT_TIMEOUT_S 10
 #define STOW_TIMEOUT_S 600
 #define STOW_STALL_S 60			/* no byte moved for this long */
-#define STOW_ANSWER_MAX (64u << 20)	/* a larger answer is hostile */
+/*
+ * The answer is held whole and parsed by json-c, whose objects take ten
+ * times or more the text's size, on each of a destination's threads: a
+ * peer that answers megabytes for a few files could take the daemon's
+ * memory. A real answer (PS3.18 10.5.3) is under 1 KiB per instance, so
+ * the cap grows with the batch: 256 KiB + 16 KiB per file, 64 MiB at most
+ * (for the probe, which discards). A larger answer retries the batch.
+ */
+#define STOW_ANSWER_MAX (64u << 20)
+#define STOW_ANSWER_BASE (256u << 10)
+#define STOW_ANSWER_PER_FILE (16u << 10)
 #define STOW_CRED_MAX 4096
 #define STOW_PART_HEAD_MAX 128
 
@@ -72,6 +83,7 @@ struct body {
 struct answer {
 	char *buf;
 	size_t len, cap;
+	size_t max;		/* bytes kept at most (see STOW_ANSWER_BASE) */
 	bool too_big;
 };
 
@@ -242,13 +254,20 @@ static void peer_name(const char *url, char *buf, size_t len)
 
 /* ---- the answer ---- */
 
+static size_t answer_max(size_t nparts)
+{
+	if (nparts >= (STOW_ANSWER_MAX - STOW_ANSWER_BASE) / STOW_ANSWER_PER_FILE)
+		return STOW_ANSWER_MAX;
+	return STOW_ANSWER_BASE + nparts * STOW_ANSWER_PER_FILE;
+}
+
 static size_t answer_write(char *data, size_t size, size_t nmemb, void *arg)
 {
 	struct answer *a = arg;
 	size_t n = size * nmemb;
 	char *p;
 
-	if (a->len + n + 1 > STOW_ANSWER_MAX) {
+	if (a->len + n + 1 > a->max) {
 		a->too_big = true;
 		return 0;	/* aborts the transfer */
 	}
@@ -518,6 +537,16 @@ static void mark(struct body *b, const char *uid, enum delivery_result r,
 	}
 }
 
+/* A FailureReason as DICOM means it (PS3.4 B.2.3, as for a C-STORE):
+ * out of resources (A7xx) or cancelled (FE00) is the peer's state, not
+ * the data set's, so it is retried; the rest are the data set's. */
+static enum delivery_result failure_result(long reason)
+{
+	if ((reason & 0xFF00) == 0xA700 || reason == 0xFE00)
+		return DELIVERY_RETRY;
+	return DELIVERY_REJECTED;
+}
+
 /* Apply one sequence of the answer: tag "00081199" or "00081198". */
 static void apply_sequence(struct body *b, struct json_object *root,
 			   const char *tag, bool failed)
@@ -535,7 +564,8 @@ static void apply_sequence(struct body *b, struct json_object *root,
 		if ((uid = elem_string(item, "00081155")) == NULL)
 			continue;
 		if (failed)
-			mark(b, uid, DELIVERY_REJECTED,
+			mark(b, uid, failure_result(elem_number(item,
+								"00081197")),
 			     elem_number(item, "00081197"),
 			     "in FailedSOPSequence, FailureReason");
 		else if (elem_number(item, "00081196") >= 0)
@@ -639,8 +669,8 @@ static int curl_failure(struct body *b, CURLcode rc, const char *curl_err,
 	rest_of_batch(b, DELIVERY_RETRY, 0, "no answer from the peer");
 	if (a->too_big)
 		return error_set(err, ERROR_TRANSIENT, 0, "STOW-RS to %s: "
-				 "answer larger than %u bytes", peer,
-				 STOW_ANSWER_MAX);
+				 "answer larger than %zu bytes for %zu files",
+				 peer, a->max, b->nparts);
 	if (b->failed_errno != 0)
 		return error_set(err, ERROR_TRANSIENT, b->failed_errno,
 				 "STOW-RS to %s: a file changed or could not "
@@ -659,7 +689,7 @@ static int send_body(const struct stow_peer *peer, struct body *b,
 {
 	char curl_err[CURL_ERROR_SIZE] = "", ctype[160], peer_txt[300];
 	struct curl_slist *hdrs = NULL, *l;
-	struct answer a = { NULL, 0, 0, false };
+	struct answer a = { NULL, 0, 0, answer_max(b->nparts), false };
 	long http = 0;
 	CURLcode rc;
 	CURL *h;

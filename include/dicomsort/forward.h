@@ -61,6 +61,11 @@ size_t forward_stats(struct forward *f, struct forward_stat *out, size_t max);
 /** "forward pacs 3 queued (oldest 12 s), cloud 0 queued" into buf. */
 void forward_status(struct forward *f, char *buf, size_t len);
 
+/** Retention (quarantine.max_age_days): remove what each destination's
+ *  peer refused more than days ago from its rejected/, which holds PHI
+ *  like the quarantine does; a `purged` record each. */
+void forward_purge_rejected(struct forward *f, long days);
+
 /** Stop the threads: each finishes its batch. -1 if some were still busy
  *  at deadline_ms (watch_now_ms() clock): then do not free; the outbox
  *  keeps what they were sending. */

@@ -35,7 +35,7 @@
 #define METRICS_LATENCY_BUCKETS 12
 #define METRICS_ERRORS 8
 #define METRICS_ERROR_MAX 512
-/* Hook for forwarding (issue 15): one entry per destination. */
+/* Forwarding's destinations (issue 15): one entry each, the rest unseen. */
 #define METRICS_DESTINATIONS_MAX 16
 
 struct metrics_error {
@@ -46,7 +46,7 @@ struct metrics_error {
 
 /* A forwarding destination's queue (filled by the forwarder's owner). */
 struct metrics_destination {
-	char name[64];		/* label value: no PHI, a configured name */
+	char name[72];		/* label value: a configured name (<= 64) */
 	unsigned long queued;
 	double oldest_age_s;	/* 0 when empty */
 };
@@ -86,7 +86,8 @@ int metrics_format_prometheus(const struct metrics *m, time_t now, FILE *f);
 
 /** The state file's text: "key value" lines, errors as
  *  "error FIRST LAST COUNT TEXT" with TEXT escaped as in quarantine
- *  sidecars (\n, \\, \xHH). */
+ *  sidecars (\n, \\, \xHH); each destination as
+ *  "destination QUEUED OLDEST_S NAME", NAME escaped the same way. */
 int metrics_format_state(const struct metrics *m, time_t now, FILE *f);
 
 /** Read a state file back (for `status`); -1 if absent or unreadable. */

@@ -84,4 +84,13 @@ int outbox_done(struct outbox *ob, const char *name, struct error *err);
 int outbox_reject(struct outbox *ob, const char *name, const char *reason,
 		  struct error *err);
 
+/** Remove each entry of rejected/ refused before limit (its .reason's
+ *  mtime; the entry's ctime without one) with its .reason and .ref; fn
+ *  gets its name and output path (ref, "" if unknown) first. The number
+ *  removed, or -1 with err. */
+long outbox_purge_rejected(struct outbox *ob, time_t limit,
+			   void (*fn)(void *ctx, const char *name,
+				      const char *ref),
+			   void *ctx, struct error *err);
+
 #endif

@@ -305,7 +305,8 @@ def test_deb_control(deb):
 
     assert field("Package") == "dicomsortd"
     depends = [d.split()[0] for d in field("Depends").split(", ")]
-    need_libs = ["libdcmtk17", "procps"]
+    # dcmnet and dcmtls are in libdcmtk17; STOW-RS links curl and json-c.
+    need_libs = ["libdcmtk17", "procps", "libcurl4", "libjson-c5"]
     if daemon_binary():
         need_libs += ["libconfig9", "libinotifytools0", "libsystemd0"]
     for lib in need_libs:

@@ -3,14 +3,18 @@ outbox and delivers to real peers started on loopback - Orthanc (DICOM and
 DICOMweb STOW-RS) and DCMTK's storescp - through the real transports.
 Every wait is bounded; no traffic leaves 127.0.0.1."""
 
+import json
+import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
 
 import orthanc as orthanc_mod
+from hostile_scp import HostileSCP
 from fwdlib import (SLOW, StoreSCP, closed_port, daemon_helpers, dimse_dest,
                     events, field, make_daemon, make_pki, outbox,
                     outbox_entries,
@@ -349,6 +353,71 @@ def test_status_shows_each_queue_and_its_age(tmp_path, dicom_files,
     assert d.stop()[0] == 0
 
 
+def test_metrics_and_status_show_each_destination(tmp_path, orthanc,
+                                                  dicom_files):
+    """issue 15 item 2: per destination, queue length and oldest entry in
+    the metrics file (read by promtool and prometheus_client's parser)
+    and in `dicomsortd status` (human and --json)."""
+    prom_parser = pytest.importorskip("prometheus_client.parser")
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) not installed")
+    files = dicom_files(6, out=tmp_path / "src")
+    metrics = tmp_path / "dicomsortd.prom"
+    (tmp_path / "run").mkdir()
+    d = make_daemon(tmp_path, [
+        dimse_dest("down", closed_port(), "NOBODY"),
+        dimse_dest("up", orthanc.dicom_port, orthanc.aet)],
+        metrics_file=metrics, metrics_interval_s=1,
+        status_file=tmp_path / "run" / "dicomsortd.status")
+    drop(files, d.input)
+    d.wait_stored(6, timeout=60)
+    wait_outbox_empty(d, "up", timeout=60)
+
+    def per_destination():
+        if not metrics.exists():
+            return None
+        got = {}
+        for fam in prom_parser.text_string_to_metric_families(
+                metrics.read_text()):
+            for smp in fam.samples:
+                if smp.name.startswith("dicomsortd_destination_"):
+                    got[(smp.name, smp.labels["destination"])] = smp.value
+        ok = (got.get(("dicomsortd_destination_queue_files", "down")) == 6
+              and got.get(("dicomsortd_destination_queue_files", "up")) == 0
+              and got.get(("dicomsortd_destination_oldest_age_seconds",
+                           "down"), 0) > 0)
+        return got if ok else None
+    got = wait_until(per_destination, 60, what=lambda: "per-destination "
+                     "metrics: %s" % (metrics.read_text()
+                                      if metrics.exists() else "none"))
+    assert got[("dicomsortd_destination_oldest_age_seconds", "up")] == 0
+    with open(metrics, "rb") as f:
+        r = subprocess.run([promtool, "check", "metrics"], stdin=f,
+                           capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    status = [daemon_helpers.daemon_bin(), "status", "-c", str(d.conf_path)]
+
+    def status_json():
+        r = subprocess.run(status + ["--json"], capture_output=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        by = {x["name"]: x for x in st["destinations"]}
+        return by if by.get("down", {}).get("queue_files") == 6 and \
+            by["down"]["oldest_age_s"] > 0 else None
+    by = wait_until(status_json, 30, what="status --json per destination")
+    assert by["up"] == {"name": "up", "queue_files": 0, "oldest_age_s": 0}
+    h = subprocess.run(status, capture_output=True, timeout=60, text=True)
+    assert h.returncode == 0, h.stderr
+    lines = h.stdout.splitlines()
+    assert any(ln.startswith("Forwarding:  down: 6 files queued, oldest ")
+               for ln in lines), h.stdout
+    assert any(ln.strip() == "up: 0 files queued" for ln in lines), h.stdout
+    assert d.stop()[0] == 0
+
+
 def test_without_destinations_there_is_no_outbox(tmp_path, dicom_files):
     files = dicom_files(2, out=tmp_path / "src")
     d = daemon_helpers.Daemon(tmp_path, daemon_helpers.base_config(tmp_path))
@@ -438,4 +507,101 @@ def test_deidentified_forwarding_leaks_no_identity(tmp_path, orthanc,
     assert len(outbox_entries(d.output, "down")) == 6
     assert set(orthanc.sop_instance_uids()) == set(
         identities(stored_files(d.output)))
+    assert d.stop()[0] == 0
+
+
+# ---- a hostile DICOM peer (raw PDUs on loopback: hostile_scp.py) ----
+
+@pytest.fixture
+def hostile():
+    made = []
+
+    def make(mode):
+        peer = HostileSCP(mode)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        peer.stop()
+
+
+def hostile_dest(peer, **kw):
+    return dimse_dest("hostile", peer.port, "ANY", connect_timeout_s=3,
+                      acse_timeout_s=3, dimse_timeout_s=5, **kw)
+
+
+def test_peer_that_never_answers_the_release(tmp_path, hostile, dicom_files):
+    """Every C-STORE confirmed, then silence after A-RELEASE-RQ: the files
+    count as delivered, the sender gives the association up within the
+    ACSE timeout and goes on with the next batch; the daemon stops."""
+    peer = hostile("hang_release")
+    files = dicom_files(6, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [hostile_dest(peer, files_per_association=2)])
+    drop(files, d.input)
+    d.wait_stored(6, timeout=60)
+    wait_outbox_empty(d, "hostile", timeout=120)
+    assert sorted(uids_of(events(d, "forwarded", "hostile"))) == \
+        sorted(peer.stored)
+    assert len(peer.stored) == 6 and peer.releases >= 3
+    assert d.stop()[0] == 0
+
+
+@pytest.mark.parametrize("mode", ["garbage", "huge_pdu"])
+def test_peer_that_answers_garbage(tmp_path, hostile, dicom_files, mode):
+    """Bytes that are no PDU after a C-STORE, or an A-ASSOCIATE-AC that
+    claims ~4 GiB: a retry (nothing is delivered, nothing rejected), the
+    entries stay, the daemon neither crashes nor grows, and stops."""
+    peer = hostile(mode)
+    files = dicom_files(2, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [hostile_dest(peer)])
+    drop(files, d.input)
+    d.wait_stored(2, timeout=60)
+    wait_until(lambda: len(events(d, "forward-retry", "hostile")) >= 4, 90,
+               what=lambda: "retries against the %s peer (log tail:\n%s)" % (
+                   mode, "\n".join(d.log_lines()[-20:])))
+    assert not events(d, "forwarded", "hostile")
+    assert not events(d, "forward-rejected", "hostile")
+    assert len(outbox_entries(d.output, "hostile")) == 2
+    assert not rejected_entries(d.output, "hostile")
+    rss = [ln for ln in open("/proc/%d/status" % d.pid)
+           if ln.startswith("VmRSS:")]
+    assert int(rss[0].split()[1]) < 300 * 1024, rss
+    for line in events(d, "forward-retry", "hostile"):
+        assert "\\xde" not in line and "\xde" not in line, line
+        assert {"garbage": "C-STORE failed",
+                "huge_pdu": "association failed"}[mode] in field(
+                    line, "reason"), line
+    assert d.stop()[0] == 0
+
+
+def test_rejected_entries_are_purged_with_the_quarantine(tmp_path,
+                                                        dicom_files):
+    """rejected/ holds PHI as the quarantine does: what a peer refused
+    more than quarantine.max_age_days ago goes, with a `purged` record
+    naming the destination; what it refused lately stays."""
+    files = dicom_files(1, out=tmp_path / "src")
+    d = make_daemon(tmp_path, [dimse_dest("down", closed_port(), "NOBODY")],
+                    start=False,
+                    quarantine={"folder": tmp_path / "quarantine",
+                                "max_age_days": 2})
+    rej = outbox(d.output, "down") / "rejected"
+    rej.mkdir(parents=True)
+    old = time.time() - 3 * 86400
+    for name, when in (("1a-1.0.dcm", old), ("2b-2.0.dcm", None)):
+        shutil.copyfile(files[0], rej / name)
+        (rej / (name + ".reason")).write_text("reason: peer status 0xA900\n")
+        (rej / (name + ".ref")).write_text("P/20240101/1_CT/%s\n" % name)
+        if when:
+            os.utime(rej / (name + ".reason"), (when, when))
+    d.start()
+    wait_until(lambda: events(d, "purged", "down"), 30,
+               what=lambda: "a purged record (log tail:\n%s)"
+               % "\n".join(d.log_lines()[-20:]))
+    line = events(d, "purged", "down")[0]
+    assert field(line, "dest") == "P/20240101/1_CT/1a-1.0.dcm", line
+    assert "rejected/1a-1.0.dcm" in field(line, "reason"), line
+    assert sorted(p.name for p in rej.iterdir()) == [
+        "2b-2.0.dcm", "2b-2.0.dcm.reason", "2b-2.0.dcm.ref"]
+    assert len(events(d, "purged", "down")) == 1
     assert d.stop()[0] == 0

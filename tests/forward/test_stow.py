@@ -8,6 +8,7 @@ Every request goes to 127.0.0.1; every wait is bounded.
 
 import base64
 import http.server
+import json
 import os
 import pathlib
 import socketserver
@@ -385,6 +386,72 @@ def test_odd_answers(odd_peer, dicom_files, code, ctype, body, rc, result):
     assert r.rc == rc, r.stderr
     assert {res for res, *_ in r.items} == {result}
     assert {int(st) for _, st, *_ in r.items} <= {code, 0}
+
+
+def _referenced(uids):
+    """A DICOM JSON STOW-RS answer listing uids in ReferencedSOPSequence."""
+    return json.dumps({"00081199": {"vr": "SQ", "Value": [
+        {"00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+         "00081155": {"vr": "UI", "Value": [u]}} for u in uids]}}).encode()
+
+
+def test_answer_with_thousands_of_entries(odd_peer, dicom_files):
+    """A peer that lists thousands of instances we never sent: ours are
+    found among them, the others are ignored."""
+    handler, url = odd_peer
+    files = dicom_files(2)
+    ours = [str(pydicom.dcmread(str(p), stop_before_pixels=True)
+                .SOPInstanceUID) for p in files]
+    others = ["1.2.3.%d" % i for i in range(2000)]
+    handler.answer = (200, "application/dicom+json",
+                      _referenced(others[:1000] + ours + others[1000:]))
+    r = run_stow(url, files)
+    assert r.rc == 0, r.stderr
+    assert {uid: res for res, _, uid, _ in r.items} == {
+        u: "DONE" for u in ours}
+
+
+def test_out_of_resources_in_failed_sequence_is_retried(odd_peer,
+                                                        dicom_files):
+    """FailedSOPSequence with FailureReason A700H (out of resources) is the
+    peer's state, not the data set's: retried, as a C-STORE's A7xx is;
+    A900H (data set does not match the SOP class) is rejected."""
+    handler, url = odd_peer
+    files = dicom_files(2)
+    ours = [str(pydicom.dcmread(str(p), stop_before_pixels=True)
+                .SOPInstanceUID) for p in files]
+    handler.answer = (200, "application/dicom+json", json.dumps(
+        {"00081198": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": [u]},
+             "00081197": {"vr": "US", "Value": [reason]}}
+            for u, reason in zip(ours, (0xA700, 0xA900))]}}).encode())
+    r = run_stow(url, files)
+    assert r.rc == 0, r.stderr
+    got = r.results()
+    assert got[ours[0]][:2] == ("RETRY", 0xA700), got
+    assert got[ours[1]][:2] == ("REJECTED", 0xA900), got
+
+
+def test_huge_answer_is_not_held(odd_peer, dicom_files):
+    """A peer that answers tens of megabytes for two files (here a valid
+    answer naming them, padded with 400,000 others) could make every
+    sender thread hold the text and json-c's objects for it, many times
+    its size: the answer is capped by the batch's size (256 KiB + 16 KiB
+    a file) and the batch retried."""
+    handler, url = odd_peer
+    files = dicom_files(2)
+    ours = [str(pydicom.dcmread(str(p), stop_before_pixels=True)
+                .SOPInstanceUID) for p in files]
+    body = _referenced(ours + ["1.2.3.%d" % i for i in range(400000)])
+    assert len(body) > 40 << 20
+    handler.answer = (200, "application/dicom+json", body)
+    r = run_stow(url, files)
+    assert r.rc == 1, r.stderr
+    assert {res for res, *_ in r.items} == {"RETRY"}
+    assert r.error[0] == ERROR_TRANSIENT
+    assert "answer larger than 294912 bytes for 2 files" in r.error[1]
+    # Neither the 40 MiB nor its parse: far below them (ASan included).
+    assert r.maxrss_kb is None or r.maxrss_kb < 200 * 1024, r.maxrss_kb
 
 
 def test_request_as_stow_rs_wants_it(odd_peer, dicom_files, tmp_path):

@@ -144,6 +144,13 @@ static void state_round_trip_and_atomic_write(void **state)
 	m.oldest_queued_s = 2.5;
 	metrics_error(&m, "a\nforged line\\ \x01", 200);
 	metrics_error(&m, "second", 300);
+	m.ndestinations = 2;
+	snprintf(m.destinations[0].name, sizeof(m.destinations[0].name), "pacs");
+	m.destinations[0].queued = 0;
+	snprintf(m.destinations[1].name, sizeof(m.destinations[1].name),
+		 "cloud-1.a_b");
+	m.destinations[1].queued = 42;
+	m.destinations[1].oldest_age_s = 17;
 	assert_int_equal(metrics_write_file(path, 0640, metrics_format_state,
 					    &m, 400, &err), 0);
 	assert_int_equal(stat(path, &st), 0);
@@ -158,6 +165,13 @@ static void state_round_trip_and_atomic_write(void **state)
 	assert_int_equal(back.nerrors, 2);
 	assert_string_equal(back.errors[0].text, "second");
 	assert_string_equal(back.errors[1].text, "a\nforged line\\ \x01");
+	assert_int_equal(back.ndestinations, 2);
+	assert_string_equal(back.destinations[0].name, "pacs");
+	assert_int_equal(back.destinations[0].queued, 0);
+	assert_true(back.destinations[0].oldest_age_s == 0);
+	assert_string_equal(back.destinations[1].name, "cloud-1.a_b");
+	assert_int_equal(back.destinations[1].queued, 42);
+	assert_true(back.destinations[1].oldest_age_s == 17);
 	assert_int_equal(entries(dir), 1);	/* no temp file left */
 
 	/* A folder that does not exist: an error, nothing made. */

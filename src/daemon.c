@@ -449,7 +449,7 @@ static void run_job(void *ctx, void *p)
 	struct daemon *d = ctx;
 	struct job *job = p;
 	struct pipeline_hooks hooks = { before_publish, after_publish,
-					checkpoint, job };
+					checkpoint, job, NULL };
 
 	if (job->dispose_only && dispose_job(d, job) == 0)
 		return;
@@ -1686,6 +1686,14 @@ static int open_pipeline(const struct config *cfg, bool dry_run,
 	rc = pipeline_new(pipeline, &opts, err);
 	correlation_unref(table);
 	return rc;
+}
+
+int daemon_dry_pipeline(const struct config *cfg, struct pipeline **pipeline,
+			struct deid_secret **secret, struct error *err)
+{
+	if (dicom_init(err) == -1)
+		return -1;
+	return open_pipeline(cfg, true, pipeline, secret, err);
 }
 
 int daemon_check_config(const struct config *cfg, struct error *err)

@@ -822,6 +822,12 @@ static void dispose_source(struct job *job, const char *path, const char *rel,
 		res->dispose_failed = true;
 }
 
+static void inspect(struct job *job, bool deidentified)
+{
+	if (job->hooks != NULL && job->hooks->inspect != NULL)
+		job->hooks->inspect(job->hooks->ctx, job->file, deidentified);
+}
+
 static int run(struct job *job, const char *path, const char *rel,
 	       struct pipeline_result *res)
 {
@@ -845,10 +851,12 @@ static int run(struct job *job, const char *path, const char *rel,
 		job->hooks->checkpoint(job->hooks->ctx, PIPELINE_AT_PARSED);
 	job->table = current_table(job->pipeline);
 	deid.table = job->table;
+	inspect(job, false);
 	if (deid_apply(&deid, job->file, &res->deid, err) == -1) {
 		res->policy_rejected = err->kind == ERROR_INPUT;
 		return -1;
 	}
+	inspect(job, true);
 	if (res->deid.hold) {
 		res->status = PIPELINE_HELD;
 		return 0;

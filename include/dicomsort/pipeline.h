@@ -128,6 +128,10 @@ struct pipeline_hooks {
 	/* NULL, or told when a file passes each point (test delays). */
 	void (*checkpoint)(void *ctx, enum pipeline_point point);
 	void *ctx;
+	/* NULL, or shown the parsed object just before de-identification
+	 * (deidentified false) and just after it (true): a dry run's report
+	 * of what the profile changes. Must not change the object. */
+	void (*inspect)(void *ctx, struct dicom_file *file, bool deidentified);
 };
 
 /* The version of a source that was read: its stat (inode, size, mtime,

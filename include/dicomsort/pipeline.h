@@ -82,6 +82,12 @@ struct pipeline_result {
 	enum pipeline_status status;
 	char dest[PATH_MAX + NAME_MAX + 2];	/* relative to output_dir */
 	char sop_instance_uid[65];	/* after de-identification */
+	/* The study and series as stored (after de-identification), for
+	 * the study-complete manifests (studies.h); "" when absent. */
+	char study_uid[65];
+	char series_uid[65];
+	char series_number[16];
+	char series_description[256];
 	bool same_uid_conflict;		/* stored beside a different file of
 					   the same name (numbered name) */
 	struct deid_report deid;

@@ -183,3 +183,28 @@ def test_basic_profile_manifest_holds_no_phi(daemon, tmp_path):
     check_against_stored(d, docs)
     rec = " ".join(d.events("study-complete"))
     assert "PHI7731XQ" not in rec and original_study not in rec
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_hostile_study_uid_names_no_path(daemon, tmp_path):
+    """A StudyInstanceUID made to be a path (and to break lines) names
+    neither the state file nor the manifest; the manifest is valid JSON
+    with the value as stored."""
+    d = daemon(study_idle_s=2)
+    it = make_items(1)[0]
+    ds = pydicom.dcmread(io.BytesIO(it.data))
+    ds.StudyInstanceUID = "../../../evil\t1\n2"
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, write_like_original=False)
+    (d.input / "hostile.dcm").write_bytes(buf.getvalue())
+    d.wait_stored(1)
+    docs = wait_manifests(d, 1)
+    assert d.stop()[0] == 0
+    name = manifests(d)[0].name
+    assert "/" not in name and "evil" not in name and name.startswith("h")
+    stored = stored_files(d)
+    assert len(stored) == 1
+    ds = pydicom.dcmread(str(stored[0]), stop_before_pixels=True)
+    assert docs[0]["study_instance_uid"] == ds.StudyInstanceUID
+    assert "evil" in docs[0]["study_instance_uid"]
+    assert list(tmp_path.rglob("*evil*")) == []

@@ -132,6 +132,8 @@ static const struct key root_keys[] = {
 	{ "log_target", KEY_STRING, NULL },
 	{ "metrics_file", KEY_STRING, NULL },
 	{ "metrics_interval_s", KEY_INT, NULL },
+	{ "study_idle_s", KEY_INT, NULL },
+	{ "completed", KEY_STRING, NULL },
 	{ "status_file", KEY_STRING, NULL },
 	{ "retry", KEY_GROUP, retry_keys },
 	{ "rescan", KEY_GROUP, rescan_keys },
@@ -483,7 +485,11 @@ static int read_metrics(struct reader *r)
 	const config_setting_t *s = lookup(r, "metrics_file");
 
 	if (read_long(r, "metrics_interval_s", &r->cfg->metrics_interval_s,
-		      1, 3600) == -1 || read_status_file(r) == -1)
+		      1, 3600) == -1 || read_status_file(r) == -1 ||
+	    read_long(r, "study_idle_s", &r->cfg->study_idle_s, 0,
+		      7 * 24 * 3600) == -1 ||
+	    (lookup(r, "completed") != NULL &&
+	     read_string(r, "completed", &r->cfg->completed, true) == -1))
 		return -1;
 	if (s == NULL) {
 		if (default_metrics_file(r->cfg) == -1)
@@ -1018,6 +1024,7 @@ void config_release(struct config *cfg)
 	free(cfg->output);
 	free(cfg->quarantine);
 	free(cfg->metrics_file);
+	free(cfg->completed);
 	free(cfg->status_file);
 	free(cfg->layout);
 	free(cfg->filename);

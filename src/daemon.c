@@ -31,6 +31,7 @@
 #include "dicomsort/notify.h"
 #include "dicomsort/quarantine.h"
 #include "dicomsort/records.h"
+#include "dicomsort/studies.h"
 #include "dicomsort/watch.h"
 #include "dicomsort/workers.h"
 
@@ -113,6 +114,7 @@ struct daemon {
 	struct workers *workers;
 	struct deid_secret *secret;
 	struct records *records;
+	struct studies *studies;	/* NULL: study_idle_s off */
 	struct forward *forward;	/* NULL without destinations */
 	struct disposal *disposals;	/* loop thread only */
 	struct unqueued *unqueued;	/* loop thread only */
@@ -302,6 +304,17 @@ static bool queue_forward(struct job *job, const struct pipeline_result *res)
 	return false;
 }
 
+/* In its study's state (durable) before the `stored` record: a kill
+ * after the record finds it there; one before it, through the marker. */
+static void note_study(struct job *job, const struct pipeline_result *res)
+{
+	struct error err = ERROR_INIT;
+
+	if (studies_note(job->d->studies, res, &err) == -1)
+		log_msg(LOG_ERR, "%s: not noted for its study's manifest: %s",
+			res->dest, err.msg);
+}
+
 /* The output is durable: the audit says so now, whatever happens to the
  * source afterwards; then the marker goes. (A kill in the microseconds
  * between the two would send the record again at start; the marker
@@ -326,6 +339,7 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 		 * marker, whose recovery queues it (outbox.h). */
 		if (job->d->forward != NULL && !queue_forward(job, res))
 			job->unqueued = true;
+		note_study(job, res);
 		rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
 		log_audit(&rec);
 		job->stored_logged = true;
@@ -449,7 +463,7 @@ static void run_job(void *ctx, void *p)
 	struct daemon *d = ctx;
 	struct job *job = p;
 	struct pipeline_hooks hooks = { before_publish, after_publish,
-					checkpoint, job };
+					checkpoint, job, NULL };
 
 	if (job->dispose_only && dispose_job(d, job) == 0)
 		return;
@@ -1426,6 +1440,7 @@ static void arm_timer(struct daemon *d, int64_t now)
 	int64_t ready = watch_next_ready_ms(d->watch);
 	int64_t at = ready < 0 ? -1 : now + ready;
 	struct itimerspec its = { 0 };
+	int64_t due;
 
 	at = earliest(at, d->next_watchdog_ms);
 	at = earliest(at, d->next_rescan_ms);
@@ -1434,6 +1449,8 @@ static void arm_timer(struct daemon *d, int64_t now)
 	at = earliest(at, d->next_metrics_ms);
 	at = earliest(at, d->next_purge_ms);
 	at = earliest(at, d->next_status_ms);
+	if (d->studies != NULL && (due = studies_due_in_ms(d->studies)) >= 0)
+		at = earliest(at, now + due);
 	if (d->rewatch_needed)
 		at = earliest(at, now + 1000);
 	if (at >= 0) {
@@ -1595,6 +1612,7 @@ static void handle_timer(struct daemon *d, int64_t now)
 		purge_quarantine(d);
 		d->next_purge_ms = now + DAEMON_PURGE_INTERVAL_MS;
 	}
+	studies_complete_due(d->studies);
 	if (d->next_status_ms >= 0 && now >= d->next_status_ms) {
 		retry_unqueued(d);
 		update_status(d);
@@ -1705,6 +1723,14 @@ static int open_pipeline(const struct config *cfg, bool dry_run,
 	rc = pipeline_new(pipeline, &opts, err);
 	correlation_unref(table);
 	return rc;
+}
+
+int daemon_dry_pipeline(const struct config *cfg, struct pipeline **pipeline,
+			struct deid_secret **secret, struct error *err)
+{
+	if (dicom_init(err) == -1)
+		return -1;
+	return open_pipeline(cfg, true, pipeline, secret, err);
 }
 
 int daemon_check_config(const struct config *cfg, struct error *err)
@@ -1833,6 +1859,17 @@ static void setup_metrics(struct daemon *d, int64_t now)
 	d->next_purge_ms = d->cfg->quarantine_max_age_days > 0 ? now : -1;
 }
 
+/* An output a kill left without its record: owed to forwarding and to
+ * its study. */
+static void recovered(void *ctx, const char *dest)
+{
+	struct daemon *d = ctx;
+
+	if (d->forward != NULL)
+		forward_recovered(d->forward, dest);
+	studies_recovered(d->studies, dest);
+}
+
 /*
  * *config_error tells a failure the configuration caused (a folder, the
  * table, the secret, a template: exit 2, restarting will not help) from
@@ -1864,8 +1901,9 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 		     sizeof(d->table_sha256));
 	test_delays(d);
 	/* Records a SIGKILL left owed go out before any new file. */
-	if (records_recover_hooked(d->records, d->forward ? forward_recovered :
-				   NULL, d->forward) > 0)
+	if (studies_open(&d->studies, d->cfg, err) == -1)
+		return -1;
+	if (records_recover_hooked(d->records, recovered, d) > 0)
 		log_msg(LOG_NOTICE, "sent the stored records of files stored "
 			"just before the daemon was killed");
 	/* Watches go in before the backlog scan, so nothing that arrives
@@ -1908,6 +1946,7 @@ static void teardown(struct daemon *d)
 		free(u);
 	}
 	records_free(d->records);
+	studies_free(d->studies);
 	pipeline_free(d->pipeline);
 	deid_secret_free(d->secret);
 	if (d->quarantine_fd != -1)

@@ -11,11 +11,13 @@
 #include "dicomsort/checkconf.h"
 #include "dicomsort/config.h"
 #include "dicomsort/daemon.h"
+#include "dicomsort/dryrun.h"
 #include "dicomsort/log.h"
 #include "dicomsort/ops.h"
 
 static const char usage_text[] =
 "usage: dicomsortd [-c FILE] [--check-config [--user USER] [--probe]]\n"
+"       dicomsortd --check-config -c FILE --sample DIR [--json]\n"
 "                  [--log-target auto|journal|stderr] [--debug] [--help] [--version]\n"
 "       dicomsortd status -c FILE [--json]\n"
 "       dicomsortd quarantine list -c FILE [--json]\n"
@@ -29,6 +31,11 @@ static const char usage_text[] =
 "  --user USER         with --check-config: check as USER instead\n"
 "  --probe             with --check-config: also C-ECHO (DICOM) or HTTP\n"
 "                      OPTIONS (DICOMweb) each forward destination\n"
+"  --sample DIR        with --check-config: print what the daemon would do\n"
+"                      with each file below DIR (destination, quarantine or\n"
+"                      hold reason, ignored, values the profile changes);\n"
+"                      writes nothing\n"
+"  --json              with --sample: one JSON document\n"
 "  --log-target T      auto (journald under systemd, else stderr), journal, stderr\n"
 "  --debug             also log debug messages\n"
 "\n"
@@ -39,6 +46,8 @@ struct flags {
 	const char *config_path;
 	const char *log_target;
 	const char *check_user;
+	const char *sample;
+	int json;
 	int check_only;
 	int probe;
 	int debug;
@@ -47,12 +56,14 @@ struct flags {
 static void parse_flags(int argc, char **argv, struct flags *f)
 {
 	enum { OPT_CHECK = 256, OPT_USER, OPT_LOG, OPT_DEBUG, OPT_HELP,
-	       OPT_VERSION, OPT_PROBE };
+	       OPT_VERSION, OPT_PROBE, OPT_SAMPLE, OPT_JSON };
 	static const struct option longopts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, OPT_CHECK },
 		{ "user", required_argument, NULL, OPT_USER },
 		{ "probe", no_argument, NULL, OPT_PROBE },
+		{ "sample", required_argument, NULL, OPT_SAMPLE },
+		{ "json", no_argument, NULL, OPT_JSON },
 		{ "log-target", required_argument, NULL, OPT_LOG },
 		{ "debug", no_argument, NULL, OPT_DEBUG },
 		{ "help", no_argument, NULL, OPT_HELP },
@@ -67,6 +78,8 @@ static void parse_flags(int argc, char **argv, struct flags *f)
 		case OPT_CHECK: f->check_only = 1; break;
 		case OPT_USER: f->check_user = optarg; break;
 		case OPT_PROBE: f->probe = 1; break;
+		case OPT_SAMPLE: f->sample = optarg; break;
+		case OPT_JSON: f->json = 1; break;
 		case OPT_LOG: f->log_target = optarg; break;
 		case OPT_DEBUG: f->debug = 1; break;
 		case OPT_HELP: fputs(usage_text, stdout); exit(0);
@@ -74,9 +87,16 @@ static void parse_flags(int argc, char **argv, struct flags *f)
 		default: fputs(usage_text, stderr); exit(2);
 		}
 	}
-	if ((f->check_user != NULL || f->probe) && !f->check_only) {
-		fputs("dicomsortd: --user and --probe go with --check-config\n",
-		      stderr);
+	if ((f->check_user != NULL || f->probe || f->sample != NULL) &&
+	    !f->check_only) {
+		fputs("dicomsortd: --user, --probe and --sample go with "
+		      "--check-config\n", stderr);
+		exit(2);
+	}
+	if ((f->json && f->sample == NULL) ||
+	    (f->sample != NULL && (f->check_user != NULL || f->probe))) {
+		fputs("dicomsortd: --json goes with --sample, which runs "
+		      "alone (no --user, --probe)\n", stderr);
 		exit(2);
 	}
 	if (optind < argc) {
@@ -145,6 +165,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dicomsortd: --log-target wants auto, journal or stderr\n");
 		config_release(&cfg);
 		return 2;
+	}
+	if (f.check_only && f.sample != NULL) {
+		/* The dry run only: the folder checks write probe files. */
+		sigprocmask(SIG_SETMASK, &old_mask, NULL);
+		rc = dryrun_run(&cfg, f.sample, f.json);
+		config_release(&cfg);
+		return rc;
 	}
 	if (f.check_only) {
 		sigprocmask(SIG_SETMASK, &old_mask, NULL);

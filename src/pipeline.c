@@ -822,6 +822,24 @@ static void dispose_source(struct job *job, const char *path, const char *rel,
 		res->dispose_failed = true;
 }
 
+/* A value as it will be stored, cut to fit; "" when absent. */
+static void stored_value(struct dicom_file *file, uint32_t tag, char *out,
+			 size_t len)
+{
+	char *v = NULL;
+
+	out[0] = '\0';
+	if (dicom_get_string(file, tag, &v) == 1 && v != NULL)
+		snprintf(out, len, "%s", v);
+	free(v);
+}
+
+static void inspect(struct job *job, bool deidentified)
+{
+	if (job->hooks != NULL && job->hooks->inspect != NULL)
+		job->hooks->inspect(job->hooks->ctx, job->file, deidentified);
+}
+
 static int run(struct job *job, const char *path, const char *rel,
 	       struct pipeline_result *res)
 {
@@ -845,10 +863,12 @@ static int run(struct job *job, const char *path, const char *rel,
 		job->hooks->checkpoint(job->hooks->ctx, PIPELINE_AT_PARSED);
 	job->table = current_table(job->pipeline);
 	deid.table = job->table;
+	inspect(job, false);
 	if (deid_apply(&deid, job->file, &res->deid, err) == -1) {
 		res->policy_rejected = err->kind == ERROR_INPUT;
 		return -1;
 	}
+	inspect(job, true);
 	if (res->deid.hold) {
 		res->status = PIPELINE_HELD;
 		return 0;
@@ -857,6 +877,14 @@ static int run(struct job *job, const char *path, const char *rel,
 		snprintf(res->sop_instance_uid, sizeof(res->sop_instance_uid),
 			 "%s", uid);
 	free(uid);
+	stored_value(job->file, TAG_StudyInstanceUID, res->study_uid,
+		     sizeof(res->study_uid));
+	stored_value(job->file, TAG_SeriesInstanceUID, res->series_uid,
+		     sizeof(res->series_uid));
+	stored_value(job->file, TAG_SeriesNumber, res->series_number,
+		     sizeof(res->series_number));
+	stored_value(job->file, TAG_SeriesDescription, res->series_description,
+		     sizeof(res->series_description));
 	if (destination(job, path, dir, sizeof(dir), name, sizeof(name), err) == -1)
 		return -1;
 	if (job->pipeline->opts.dry_run) {

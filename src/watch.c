@@ -177,24 +177,29 @@ static char *xstrdup(const char *s)
 
 /* ---- ignore globs ---- */
 
-static bool ignored_name(const struct watch *w, const char *name)
+static bool glob_ignored(const char *const *globs, const char *name)
 {
 	/* Our own temp and claim names (fsutil.h), whatever the configured
 	 * globs: a claimed source is being moved or deleted, never new. */
 	if (strncmp(name, FSUTIL_TMP_PREFIX, strlen(FSUTIL_TMP_PREFIX)) == 0)
 		return true;
-	for (char **g = w->ignore; *g != NULL; g++)
-		if (fnmatch(*g, name, 0) == 0)
+	for (; globs != NULL && *globs != NULL; globs++)
+		if (fnmatch(*globs, name, 0) == 0)
 			return true;
 	return false;
 }
 
+static bool ignored_name(const struct watch *w, const char *name)
+{
+	return glob_ignored((const char *const *)w->ignore, name);
+}
+
 /* A file is ignored when its name or any folder between it and root
  * matches: a writer may fill ".incoming/" and rename it when done. */
-static bool ignored_path(const struct watch *w, const char *path)
+bool watch_ignored(const char *const *globs, const char *rel)
 {
 	char name[NAME_MAX + 1];
-	const char *p = path + w->rootlen + 1;
+	const char *p = rel;
 
 	while (*p != '\0') {
 		size_t len = strcspn(p, "/");
@@ -203,12 +208,18 @@ static bool ignored_path(const struct watch *w, const char *path)
 			return true;
 		memcpy(name, p, len);
 		name[len] = '\0';
-		if (ignored_name(w, name))
+		if (glob_ignored(globs, name))
 			return true;
 		p += len;
 		p += strspn(p, "/");
 	}
 	return false;
+}
+
+static bool ignored_path(const struct watch *w, const char *path)
+{
+	return watch_ignored((const char *const *)w->ignore,
+			     path + w->rootlen + 1);
 }
 
 /* ---- the heap of ready-to-be entries ---- */

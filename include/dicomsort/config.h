@@ -30,6 +30,10 @@
  *                                  CONFIG_METRICS_DIR/dicomsortd[-STEM].prom,
  *                                  "" = none (metrics.h)
  *   metrics_interval_s             seconds between writes (5)
+ *   study_idle_s                   a study no file arrived for this long is
+ *                                  complete: manifest (studies.h); 0 = off
+ *   completed                      the manifests' spool folder; default
+ *                                  <output>/.dicomsortd-state/completed
  *   status_file                    what `dicomsortd status` reads; default
  *                                  CONFIG_RUN_DIR/STEM.status, "" = none
  *   quarantine                     "folder", or { folder = "...";
@@ -124,6 +128,8 @@ struct config {
 	long quarantine_max_age_days;	/* 0: no purge */
 	char *metrics_file;		/* NULL: none */
 	long metrics_interval_s;
+	long study_idle_s;		/* 0: no study-complete events */
+	char *completed;		/* NULL: the default below output */
 	char *status_file;		/* NULL: none */
 	char *layout;
 	char *filename;			/* NULL: keep the source's name, or

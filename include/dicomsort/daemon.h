@@ -17,6 +17,14 @@
  *  without touching the folders. -1 ERROR_SETUP. */
 int daemon_check_config(const struct config *cfg, struct error *err);
 
+struct pipeline;
+struct deid_secret;
+
+/** The pipeline a start would build from cfg, in dry-run mode (writes
+ *  nothing; --check-config --sample). Free both, also after -1. */
+int daemon_dry_pipeline(const struct config *cfg, struct pipeline **pipeline,
+			struct deid_secret **secret, struct error *err);
+
 /** Run until SIGTERM/SIGINT. Returns the process exit status. */
 int daemon_run(const struct config *cfg);
 

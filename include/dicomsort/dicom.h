@@ -52,6 +52,7 @@ extern "C" {
 #define TAG_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
 #define TAG_StudyDate DCM_TAG(0x0008, 0x0020)
 #define TAG_StudyInstanceUID DCM_TAG(0x0020, 0x000d)
+#define TAG_SeriesInstanceUID DCM_TAG(0x0020, 0x000e)
 #define TAG_Modality DCM_TAG(0x0008, 0x0060)
 #define TAG_PatientName DCM_TAG(0x0010, 0x0010)
 #define TAG_PatientID DCM_TAG(0x0010, 0x0020)

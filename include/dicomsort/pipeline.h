@@ -82,6 +82,12 @@ struct pipeline_result {
 	enum pipeline_status status;
 	char dest[PATH_MAX + NAME_MAX + 2];	/* relative to output_dir */
 	char sop_instance_uid[65];	/* after de-identification */
+	/* The study and series as stored (after de-identification), for
+	 * the study-complete manifests (studies.h); "" when absent. */
+	char study_uid[65];
+	char series_uid[65];
+	char series_number[16];
+	char series_description[256];
 	bool same_uid_conflict;		/* stored beside a different file of
 					   the same name (numbered name) */
 	struct deid_report deid;
@@ -128,6 +134,10 @@ struct pipeline_hooks {
 	/* NULL, or told when a file passes each point (test delays). */
 	void (*checkpoint)(void *ctx, enum pipeline_point point);
 	void *ctx;
+	/* NULL, or shown the parsed object just before de-identification
+	 * (deidentified false) and just after it (true): a dry run's report
+	 * of what the profile changes. Must not change the object. */
+	void (*inspect)(void *ctx, struct dicom_file *file, bool deidentified);
 };
 
 /* The version of a source that was read: its stat (inode, size, mtime,

@@ -64,6 +64,11 @@ struct watch_options {
 
 int64_t watch_now_ms(void);
 
+/** Whether the file rel (relative to the input root) is ignored: its name
+ *  or a folder's on the way matches one of globs (NULL-terminated, may be
+ *  NULL), or is one of our own temp names. */
+bool watch_ignored(const char *const *globs, const char *rel);
+
 /** Initialize inotify and watch root (and, unless deferred, every folder
  *  below it, one at a time: no descriptor is held per level). Does not
  *  scan: call watch_scan() or watch_scan_begin() for the backlog.

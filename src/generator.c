@@ -264,6 +264,9 @@ static int write_dropin(const char *unit_dir, const char *name,
 		folders[n++] = cfg->processed;
 	if (cfg->hold != NULL)
 		folders[n++] = cfg->hold;
+	/* The manifests' spool (study_idle_s) may sit outside the output. */
+	if (cfg->completed != NULL)
+		folders[n++] = cfg->completed;
 	if ((n_rw = generator_rw_paths(folders, n, rw)) == -1)
 		return error_set(err, ERROR_SETUP, ENOMEM, "%s", cfg->path);
 	/* A folder that is itself "/" or a system folder: opening it would

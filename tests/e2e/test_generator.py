@@ -260,3 +260,17 @@ def test_unwritable_unit_folder_is_logged_never_fatal(tmp_path):
     assert r.returncode == 0, r.stderr
     assert re.search(r"^dicomsortd-generator: dicomsortd@a\.service gets no "
                      r"folders: \S+: Not a directory$", r.stderr), r.stderr
+
+
+def test_completed_spool_elsewhere_is_in_the_sandbox(tmp_path):
+    """study_idle_s manifests go to `completed`; outside the instance's
+    other folders it must be writable too, or no manifest is ever
+    written under the template."""
+    rc, err, out = generate(tmp_path, {"a.conf": conf(A, (
+        'study_idle_s = 60;\ncompleted = "/srv/spool/a-completed";\n'))})
+    assert rc == 0 and err == "", err
+    a = settings(out / "dicomsortd@a.service.d" / DROPIN)
+    paths = [w for v in a["ReadWritePaths"] for w in words(v)]
+    assert any("/srv/spool/a-completed".startswith(p.lstrip("-"))
+               for p in paths), paths
+    assert "/srv/spool/a-completed" in words(a["RequiresMountsFor"][0])

@@ -244,6 +244,36 @@ def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
     assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
 
 
+@pytest.mark.parametrize("charset", ["cyrillic", "ascii"])
+def test_rewrite_after_parse_of_a_promoted_file_is_not_mixed(daemon,
+                                                             charset):
+    """The soak's wrong-folder/record-sha finding: a small source whose
+    folder needs DCMTK (a SeriesDescription that is not plain ASCII
+    promotes the fast-path parse) is rewritten in place, same size, mtime
+    set back, while the worker waits right after parsing its snapshot
+    (DICOMSORT_TEST_DELAY=parsed:MS). The output named by v1 must hold
+    v1's bytes - copied from the snapshot, never from the source again -
+    and v2 is stored once under its own patient. ascii: the same on the
+    fast path (never promoted), for contrast."""
+    d = daemon(workers=1, env={"DICOMSORT_TEST_DELAY":
+                               "parsed:%d" % DELAY_MS})
+    it = new_input(7 if charset == "ascii" else 8, charset=charset)
+    v1 = it.version(patient="SOAKRG1")
+    src = d.input / "p" / "a.dcm"
+    st = write(src, v1)
+    wait_until(lambda: any("test delay:" in ln and "after parsing" in ln
+                           for ln in d.log_lines()), 30,
+               what="the worker in its window after parsing")
+    v2 = it.version(patient="SOAKRG2")
+    rewrite_in_place(src, v2, st)
+    d.wait_input_empty(30 + 2 * DELAY_MS / 1000.0)
+    wait_until(lambda: len(d.events("stored")) >= len(outputs(d)), 30,
+               what="records")
+    problems = check_delivery(d, [v1, v2])
+    d.stop()
+    assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
+
+
 def test_rename_before_the_claim_stores_once(daemon, tmp_path):
     """The claim's renameat2 in the source's folder is held: the sender
     renames the source then, after it is stored and recorded."""

@@ -8,7 +8,10 @@ one sender action at one chosen instant of the daemon's work.
 - The window between parsing a source and copying its bytes is held open
   by strace fault injection: the O_TMPFILE openat() of the output file in
   its destination folder (the only openat whose folder is that one) is
-  delayed (item 3).
+  delayed (item 3). The same window, held by DICOMSORT_TEST_DELAY=parsed,
+  for a small file whose folder needs DCMTK to parse its in-memory
+  snapshot (a non-ASCII SeriesDescription): the soak's wrong-folder and
+  record-sha finding, its output copied from the source (item 3).
 - The claim's renameat2() in the source's folder is held: the sender
   renames the source after its stored record, before its claim (item 4).
 - A rename during publication whose new name settles only after the job

@@ -71,7 +71,7 @@ struct dicom_file {
 	 * replays the edits onto DCMTK's dataset.
 	 */
 	bool light = false;
-	std::string mem;		/* the file's bytes (light only) */
+	std::string mem;		/* the file's bytes, parsed in memory */
 	std::string path;		/* for promotion's error messages */
 	struct part10 index {};
 	std::vector<light_edit> edits;
@@ -787,7 +787,9 @@ static int promote(struct dicom_file *f, struct error *err)
 			return error_set(err, ERROR_INPUT, 0, "cannot set attribute");
 	f->edits.clear();
 	part10_free(&f->index);
-	std::string().swap(f->mem);
+	/* f->mem stays: a caller copying the file unchanged copies these
+	 * bytes, the ones parsed, never the source's again (it may be another
+	 * version by now; issue 12 item 3). */
 	return 0;
 }
 

@@ -8,7 +8,10 @@ one sender action at one chosen instant of the daemon's work.
 - The window between parsing a source and copying its bytes is held open
   by strace fault injection: the O_TMPFILE openat() of the output file in
   its destination folder (the only openat whose folder is that one) is
-  delayed (item 3).
+  delayed (item 3). The same window, held by DICOMSORT_TEST_DELAY=parsed,
+  for a small file whose folder needs DCMTK to parse its in-memory
+  snapshot (a non-ASCII SeriesDescription): the soak's wrong-folder and
+  record-sha finding, its output copied from the source (item 3).
 - The claim's renameat2() in the source's folder is held: the sender
   renames the source after its stored record, before its claim (item 4).
 - A rename during publication whose new name settles only after the job
@@ -241,6 +244,36 @@ def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
         problems = check_delivery(d, [v1, v2])
     finally:
         os.kill(pid, signal.SIGKILL)
+    assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
+
+
+@pytest.mark.parametrize("charset", ["cyrillic", "ascii"])
+def test_rewrite_after_parse_of_a_promoted_file_is_not_mixed(daemon,
+                                                             charset):
+    """The soak's wrong-folder/record-sha finding: a small source whose
+    folder needs DCMTK (a SeriesDescription that is not plain ASCII
+    promotes the fast-path parse) is rewritten in place, same size, mtime
+    set back, while the worker waits right after parsing its snapshot
+    (DICOMSORT_TEST_DELAY=parsed:MS). The output named by v1 must hold
+    v1's bytes - copied from the snapshot, never from the source again -
+    and v2 is stored once under its own patient. ascii: the same on the
+    fast path (never promoted), for contrast."""
+    d = daemon(workers=1, env={"DICOMSORT_TEST_DELAY":
+                               "parsed:%d" % DELAY_MS})
+    it = new_input(7 if charset == "ascii" else 8, charset=charset)
+    v1 = it.version(patient="SOAKRG1")
+    src = d.input / "p" / "a.dcm"
+    st = write(src, v1)
+    wait_until(lambda: any("test delay:" in ln and "after parsing" in ln
+                           for ln in d.log_lines()), 30,
+               what="the worker in its window after parsing")
+    v2 = it.version(patient="SOAKRG2")
+    rewrite_in_place(src, v2, st)
+    d.wait_input_empty(30 + 2 * DELAY_MS / 1000.0)
+    wait_until(lambda: len(d.events("stored")) >= len(outputs(d)), 30,
+               what="records")
+    problems = check_delivery(d, [v1, v2])
+    d.stop()
     assert not problems, "%s\nlog:\n%s" % (problems, d.log()[-3000:])
 
 

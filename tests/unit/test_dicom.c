@@ -314,6 +314,41 @@ static const struct spec standard = {
 
 /* ---- loading ---- */
 
+/* A value the fast path cannot give (Latin-1, not plain ASCII) has DCMTK
+ * parse the in-memory bytes; they must stay what dicom_file_bytes()
+ * gives: a caller copying the file unchanged copies the bytes parsed,
+ * never the source's again (issue 12 item 3). */
+static void bytes_stay_after_dcmtk_parses_them(void **state)
+{
+	struct spec s = standard;
+	struct buf b = { 0 };
+	struct dicom_bytes *bytes = NULL;
+	struct dicom_file *f = NULL;
+	struct error err = ERROR_INIT;
+	const unsigned char *mem;
+	unsigned char *dst;
+	size_t len = 0;
+
+	(void)state;
+	s.charset = "ISO_IR 100";
+	s.patient_name = "M\xfcller^J\xfcrgen";
+	build(&b, &s);
+	dst = dicom_bytes_new(&bytes, b.len);
+	assert_non_null(dst);
+	memcpy(dst, b.p, b.len);
+	if (dicom_load_bytes(&f, bytes, &err) != 0)
+		fail_msg("dicom_load_bytes: %s", err.msg);
+	assert_string_attr(f, TAG_PatientName, "M\xc3\xbcller^J\xc3\xbcrgen");
+	mem = dicom_file_bytes(f, &len);
+	assert_non_null(mem);
+	assert_int_equal(len, b.len);
+	assert_memory_equal(mem, b.p, b.len);
+	assert_true(dicom_bytes_reusable(f));
+	dicom_free(f);
+	dicom_bytes_free(bytes);
+	free(b.p);
+}
+
 static void loads_part10_with_preamble(void **state)
 {
 	struct dicom_file *f;
@@ -742,6 +777,7 @@ int main(void)
 		cmocka_unit_test(loads_part10_with_preamble),
 		cmocka_unit_test(loads_bare_dataset_without_preamble),
 		cmocka_unit_test(bad_input_is_an_error_value),
+		cmocka_unit_test(bytes_stay_after_dcmtk_parses_them),
 		cmocka_unit_test(strings_are_utf8),
 		cmocka_unit_test(convert_to_utf8_rewrites_values),
 		cmocka_unit_test(put_empty_delete),

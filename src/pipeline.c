@@ -543,6 +543,9 @@ static bool reuse_source_bytes(struct job *job)
 	mem = dicom_file_bytes(job->file, &len);
 	if (mem != NULL)
 		return len >= 132 && memcmp(mem + 128, "DICM", 4) == 0;
+	/* A snapshot in memory whose bytes are gone: never the source. */
+	if (job->snapshot && job->snap_fd == -1)
+		return false;
 	return pread(fd, magic, sizeof(magic), 128) == 4 &&
 	       memcmp(magic, "DICM", 4) == 0;
 }

@@ -215,14 +215,22 @@ def in_delayed_openat(pid, nr=OPENAT):
     return False
 
 
-def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path):
+# A non-ASCII value (the series description in the path) makes DCMTK
+# parse the whole file: its bytes must still be the snapshot's, never the
+# source read again (the soak found cyrillic, greek and japanese outputs
+# holding the next version's bytes under the first one's patient).
+@pytest.mark.parametrize("charset,desc", [
+    ("ascii", "1_Ax_5_0mm_Routine"),
+    ("cyrillic", "1_Ax_5_0mm_Голова"),
+])
+def test_rewrite_between_parse_and_copy_is_not_mixed(daemon, tmp_path,
+                                                     charset, desc):
     need_strace()
-    it = new_input(3)
+    it = new_input(3, charset=charset)
     v1 = it.version(patient="SOAKRC1")
     out = tmp_path / "out"
-    # The destination folder of v1 (ascii charset, series 1): its
-    # O_TMPFILE openat is held for DELAY_MS.
-    desc = "1_Ax_5_0mm_Routine"
+    # The destination folder of v1 (series 1): its O_TMPFILE openat is
+    # held for DELAY_MS.
     dest_dir = out / "SOAKRC1" / "20240115" / desc
     d = daemon(workers=1, wrapper=lambda argv: delayed("openat", dest_dir)
                + argv)

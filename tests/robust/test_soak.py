@@ -28,9 +28,9 @@ After the writers stop and the daemon drains (bounded waits), the checks:
 
 test_soak_long runs with DICOMSORT_LONG_TESTS=1 for DICOMSORT_SOAK_SECONDS
 (default 600). test_soak_smoke is the same harness for 60 s
-(DICOMSORT_SOAK_SMOKE_SECONDS) in the normal run: about 90 s in all, with
-only open items found in every run so far under a load average of 15, plain
-and ASan. DICOMSORT_SOAK_SEED replays a writer schedule (timing still
+(DICOMSORT_SOAK_SMOKE_SECONDS) in the normal run: about 100 s in all, with
+no finding in any run since race12 (under a load average of 8-10, plain and
+ASan). DICOMSORT_SOAK_SEED replays a writer schedule (timing still
 varies). Figures go to the terminal summary and daemon-figures.txt.
 
 A finding that matches the signature of an issue 12 item still open

@@ -84,6 +84,7 @@ struct job {
 	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
 	struct stat read_st;
+	struct stat judged_st;	/* at dispatch (st_ino 0: not a file) */
 	/* Loop thread only: the in-flight set, keyed by the inode the path
 	 * named at dispatch. A sender renaming the file meanwhile gives
 	 * moved_to (its newest name), which the job's result then follows:
@@ -463,7 +464,9 @@ static void run_job(void *ctx, void *p)
 	struct daemon *d = ctx;
 	struct job *job = p;
 	struct pipeline_hooks hooks = { before_publish, after_publish,
-					checkpoint, job, NULL };
+					checkpoint, job, NULL,
+					job->judged_st.st_ino != 0 ?
+					&job->judged_st : NULL };
 
 	if (job->dispose_only && dispose_job(d, job) == 0)
 		return;
@@ -485,7 +488,10 @@ static void run_job(void *ctx, void *p)
 		hold_job(d, job);
 		break;
 	case PIPELINE_FAILED:
+		/* A writer had it open or wrote it meanwhile: not finished,
+		 * taken again once settled - nobody's failure. */
 		job->outcome = vanished(job) ? OUTCOME_VANISHED :
+			       job->result.source_busy ? OUTCOME_RETRY_INPUT :
 			       OUTCOME_RETRY_OUTPUT;
 		break;
 	case PIPELINE_REJECTED:
@@ -671,13 +677,30 @@ static void lose_disposal(struct daemon *d, const char *path)
  * disposal only, checked by fsutil's claim like any other); lost ones
  * past their grace are forgotten here.
  */
-static bool lost_as(const struct disposal *e, const struct stat *st)
+static bool same_file_as_read(const struct disposal *e, const struct stat *st)
 {
-	return e->lost_ms != 0 && e->read_st.st_dev == st->st_dev &&
+	return e->read_st.st_dev == st->st_dev &&
 	       e->read_st.st_ino == st->st_ino &&
 	       e->read_st.st_size == st->st_size &&
 	       e->read_st.st_mtim.tv_sec == st->st_mtim.tv_sec &&
 	       e->read_st.st_mtim.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Lost, or gone from its name without our knowing yet: a rename seen
+ * after the job ended, while its disposal waits for its backoff (the
+ * retry under the old name would only then find it vanished). The old
+ * name still naming the inode is a hard link, a file of its own. */
+static bool lost_as(const struct disposal *e, const struct stat *st)
+{
+	struct stat old;
+
+	if (!same_file_as_read(e, st))
+		return false;
+	if (e->lost_ms != 0)
+		return true;
+	if (lstat(e->path, &old) == 0)
+		return old.st_ino != st->st_ino || old.st_dev != st->st_dev;
+	return errno == ENOENT;
 }
 
 static void find_lost_disposal(struct daemon *d, const struct stat *st,
@@ -1120,6 +1143,7 @@ static void submit(struct daemon *d, char *path)
 	if (S_ISREG(st.st_mode)) {
 		job->dev = st.st_dev;
 		job->ino = st.st_ino;
+		job->judged_st = st;
 	}
 	job->fly_next = d->flying;
 	if (d->flying != NULL)

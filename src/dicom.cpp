@@ -787,9 +787,11 @@ static int promote(struct dicom_file *f, struct error *err)
 			return error_set(err, ERROR_INPUT, 0, "cannot set attribute");
 	f->edits.clear();
 	part10_free(&f->index);
-	/* f->mem stays: a caller copying the file unchanged copies these
-	 * bytes, the ones parsed, never the source's again (it may be another
-	 * version by now; issue 12 item 3). */
+	/* f->mem stays: the bytes parsed, which dicom_file_bytes() gives a
+	 * caller copying an unchanged file. Without them it would have to
+	 * read the source again - which a writer may have rewritten since
+	 * (issue 12: a full parse, e.g. for a non-ASCII value, then
+	 * published another version's bytes under this one's patient). */
 	return 0;
 }
 

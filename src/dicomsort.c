@@ -424,7 +424,8 @@ static void *worker(void *arg)
 
 		if (f->status == FILE_PENDING) {
 			struct pipeline_result res;
-			struct pipeline_hooks hooks = { .after_publish = queue_stored, .ctx = r };
+			struct pipeline_hooks hooks = {
+				.after_publish = queue_stored, .ctx = r };
 			struct outcome *o = calloc(1, sizeof(*o));
 
 			if (o == NULL)

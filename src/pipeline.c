@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,8 @@ struct job {
 	int snap_fd;
 	char snap_name[64];
 	char sha256[65];		/* of the snapshot; "" unless hashed */
+	bool leased;			/* source_fd holds a read lease */
+	bool busy;			/* not finished: see source_busy() */
 	struct dicom_file *file;
 	bool copy_bytes;		/* output = the source's bytes */
 	struct correlation *table;
@@ -218,6 +221,14 @@ static void job_release(struct job *job)
 	correlation_unref(job->table);
 }
 
+/* The source is not finished: a writer has it open or wrote it while
+ * it was read. Nothing read is used; it is taken again once settled. */
+static int source_busy(struct job *job, struct error *err, const char *why)
+{
+	job->busy = true;
+	return error_set(err, ERROR_TRANSIENT, 0, "%s", why);
+}
+
 /* ---- step 1: open the source, refusing anything but a regular file ---- */
 
 static int open_source(struct job *job, const char *path, struct error *err)
@@ -236,6 +247,13 @@ static int open_source(struct job *job, const char *path, struct error *err)
 		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
 	if (!S_ISREG(job->source_st.st_mode))
 		return error_set(err, ERROR_INPUT, 0, "not a regular file");
+	/* Written since it was judged finished: the version opened may be a
+	 * writer's first half, and a check after the read compares with it,
+	 * so only this catches it where no lease can be had. */
+	if (job->hooks != NULL && job->hooks->judged != NULL &&
+	    !fsutil_same_version(&job->source_st, job->hooks->judged))
+		return source_busy(job, err, "source written after it was "
+				   "judged finished");
 	if (job->source_st.st_size == 0)
 		return error_set(err, ERROR_INPUT, 0, "empty file");
 	if (job->pipeline->opts.max_file_size > 0 &&
@@ -257,9 +275,48 @@ static int check_source_version(struct job *job, struct error *err)
 	if (fstat(job->source_fd, &now) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
 	if (!fsutil_same_version(&now, &job->source_st))
-		return error_set(err, ERROR_TRANSIENT, 0,
-				 "source changed while it was read");
+		return source_busy(job, err, "source changed while it was read");
 	return 0;
+}
+
+/*
+ * A read lease on the source for the whole of its read (issue 12 item 1):
+ * the kernel refuses it while anyone has the file open for writing, and
+ * breaks it when someone opens it for writing meanwhile (signalled with
+ * SIGURG, ignored; SIGIO would end us). The watch judged the file
+ * finished, but a writer may have opened it again since - between that
+ * judgement and our open, the version we fstat is already its half-written
+ * one, and no ctime check can tell. Granted only to the file's owner or
+ * with CAP_LEASE; without it the read goes on unleased (dicomsortd(8)).
+ */
+static int lease_source(struct job *job, struct error *err)
+{
+	if (fcntl(job->source_fd, F_SETSIG, SIGURG) == -1)
+		return 0;
+	if (fcntl(job->source_fd, F_SETLEASE, F_RDLCK) == 0) {
+		job->leased = true;
+		return 0;
+	}
+	if (errno == EAGAIN)
+		return source_busy(job, err, "source is open for writing");
+	return 0;
+}
+
+/* After the read: a broken lease means a writer opened the file during
+ * it (its open waits for our release, so it has not written yet - but it
+ * will, and what we read may be the older half of its version). */
+static int unlease_source(struct job *job, struct error *err)
+{
+	int rc = 0;
+
+	if (!job->leased)
+		return 0;
+	if (fcntl(job->source_fd, F_GETLEASE) != F_RDLCK)
+		rc = source_busy(job, err, "source opened for writing while it "
+				 "was read");
+	fcntl(job->source_fd, F_SETLEASE, F_UNLCK);
+	job->leased = false;
+	return rc;
 }
 
 static void hex_digest(EVP_MD_CTX *ctx, char *hex)
@@ -327,8 +384,8 @@ static int read_source_once(struct job *job, unsigned char *dst, int out,
 		else if (off == size && n == 0)
 			break;
 		else if (n == 0 || off == size)
-			rc = error_set(err, ERROR_TRANSIENT, 0,
-				       "source changed while it was read");
+			rc = source_busy(job, err,
+					 "source changed while it was read");
 		else if (ctx != NULL && EVP_DigestUpdate(ctx, at, (size_t)n) != 1)
 			rc = error_set(err, ERROR_TRANSIENT, 0, "sha256");
 		else if (out != -1 && write_all(out, at, (size_t)n, off) == -1)
@@ -377,7 +434,15 @@ static int take_snapshot(struct job *job, struct error *err)
 			rc = -1;
 	}
 	if (rc == 0)
+		rc = lease_source(job, err);
+	if (rc == 0)
 		rc = read_source_once(job, job->snap_mem, job->snap_fd, ctx, err);
+	if (job->leased) {
+		struct error ignored = ERROR_INIT;
+
+		if (unlease_source(job, rc == 0 ? err : &ignored) == -1)
+			rc = -1;
+	}
 	if (rc == 0)
 		rc = check_source_version(job, err);
 	if (rc == 0 && ctx != NULL)
@@ -932,6 +997,7 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 
 	memset(res, 0, sizeof(*res));
 	rc = run(&job, source_path, source_rel, res);
+	res->source_busy = rc == -1 && job.busy;
 	job_release(&job);
 	if (rc == -1)
 		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :

@@ -96,6 +96,10 @@ struct pipeline_result {
 					   policy (e.g. burned-in annotation)
 					   of a file that parsed: retrying
 					   cannot change it */
+	bool source_busy;		/* FAILED because a writer had the
+					   source open, or wrote it, while it
+					   was read: not finished yet, taken
+					   again once settled */
 	struct stat source_st;		/* the source as read (st_ino 0: not
 					   opened); identity for
 					   pipeline_dispose() */
@@ -138,6 +142,11 @@ struct pipeline_hooks {
 	 * (deidentified false) and just after it (true): a dry run's report
 	 * of what the profile changes. Must not change the object. */
 	void (*inspect)(void *ctx, struct dicom_file *file, bool deidentified);
+	/* NULL, or the version of the source the caller judged finished
+	 * (its lstat when the job was dispatched): one that is another
+	 * version when opened was written since - a writer that opened it
+	 * again - and is left to settle again (result.source_busy). */
+	const struct stat *judged;
 };
 
 /* The version of a source that was read: its stat (inode, size, mtime,

@@ -59,7 +59,8 @@ opened:
 
 /* One step down: create name in dirfd if needed, then open it as a real
  * directory (O_NOFOLLOW refuses a symlink planted in its place). */
-static int step_into(int dirfd, const char *name, struct error *err)
+static int step_into(int dirfd, const char *name, bool sync_new,
+		     struct error *err)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 			O_CLOEXEC);
@@ -70,8 +71,9 @@ static int step_into(int dirfd, const char *name, struct error *err)
 	if (mkdirat(dirfd, name, 0755) == 0) {
 		/* A new folder is an entry of its parent: durable only once
 		 * the parent is synced, or a file published in it could
-		 * vanish with it. */
-		if (fsync(dirfd) == -1)
+		 * vanish with it (a caller that syncs the whole file system
+		 * before anything depends on it may skip this). */
+		if (sync_new && fsync(dirfd) == -1)
 			return error_set(err, ERROR_TRANSIENT, errno,
 					 "fsync folder above %s", name);
 	} else if (errno != EEXIST) {
@@ -88,6 +90,12 @@ opened:
 }
 
 int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err)
+{
+	return fsutil_mkdirs_sync_at(rootfd, relpath, true, err);
+}
+
+int fsutil_mkdirs_sync_at(int rootfd, const char *relpath, bool sync_new,
+			  struct error *err)
 {
 	char buf[PATH_MAX];
 	char *save = NULL;
@@ -108,7 +116,7 @@ int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err)
 			return error_set(err, ERROR_INPUT, 0,
 					 "refusing path component '%s'", c);
 		}
-		next = step_into(fd, c, err);
+		next = step_into(fd, c, sync_new, err);
 		close(fd);
 		if (next == -1)
 			return -1;
@@ -147,7 +155,15 @@ static bool anonymous(const char *tmpname)
 int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
 			   struct error *err)
 {
-	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	return fsutil_anon_tmpfile_mode_at(dirfd, 0600, name, namelen, err);
+}
+
+int fsutil_anon_tmpfile_mode_at(int dirfd, mode_t mode, char *name,
+				size_t namelen, struct error *err)
+{
+	/* Nameless, the file is nobody's to open until published: it can
+	 * have its final mode from the start (one fchmod less per file). */
+	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
 
 	if (fd != -1) {
 		snprintf(name, namelen, "/proc/self/fd/%d", fd);
@@ -157,6 +173,7 @@ int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
 	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
 		return error_set(err, error_kind_for_output_errno(errno), errno,
 				 "cannot create temp file");
+	/* A named temp file stays 0600 until it is complete. */
 	return fsutil_tmpfile_at(dirfd, name, namelen, err);
 }
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -72,6 +73,8 @@ struct job {
 	struct correlation *table;
 	char *values[MAX_PLACEHOLDERS];
 	int dir_fd;
+	bool dir_cached;		/* dir_fd is the thread's last_dir.fd,
+					   lent: not closed by the job */
 	int tmp_fd;
 	char tmp_name[64];
 	const struct pipeline_hooks *hooks;	/* NULL: none */
@@ -206,7 +209,7 @@ static void job_release(struct job *job)
 		close(job->tmp_fd);
 		fsutil_discard_tmp(job->dir_fd, job->tmp_name);
 	}
-	if (job->dir_fd != -1)
+	if (job->dir_fd != -1 && !job->dir_cached)
 		close(job->dir_fd);
 	if (job->source_fd != -1)
 		close(job->source_fd);
@@ -354,6 +357,24 @@ static int write_all(int fd, const unsigned char *buf, size_t len, off_t off)
 	return 0;
 }
 
+/*
+ * pread(fd, at, want, off), asking in the same call for one byte past
+ * the last chunk (into *probe) when this chunk ends at size: a regular
+ * file reads short only at its end, so the call says both "these are the
+ * bytes" and "nothing follows" - one system call for a small file where
+ * a second pread for the end used to be needed. Returns the bytes read
+ * into at (want + 1 means the file grew: the probe byte came too).
+ */
+static ssize_t read_with_probe(int fd, unsigned char *at, size_t want,
+			       off_t off, off_t size, unsigned char *probe)
+{
+	struct iovec iov[2] = { { at, want }, { probe, 1 } };
+
+	if (at == probe || off + (off_t)want != size)
+		return pread(fd, at, want, off);
+	return preadv(fd, iov, 2, off);
+}
+
 /* Bytes [0, size) of the source into dst (memory) or out (a file), one
  * pass, hashed when ctx; one byte more would mean it grew meanwhile. */
 static int read_source_once(struct job *job, unsigned char *dst, int out,
@@ -376,14 +397,14 @@ static int read_source_once(struct job *job, unsigned char *dst, int out,
 			at = &extra;
 			want = 1;
 		}
-		n = pread(job->source_fd, at, want, off);
+		n = read_with_probe(job->source_fd, at, want, off, size, &extra);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1)
 			rc = error_set(err, ERROR_TRANSIENT, errno, "cannot read source");
 		else if (off == size && n == 0)
 			break;
-		else if (n == 0 || off == size)
+		else if (n == 0 || off == size || n > (ssize_t)want)
 			rc = source_busy(job, err,
 					 "source changed while it was read");
 		else if (ctx != NULL && EVP_DigestUpdate(ctx, at, (size_t)n) != 1)
@@ -391,11 +412,28 @@ static int read_source_once(struct job *job, unsigned char *dst, int out,
 		else if (out != -1 && write_all(out, at, (size_t)n, off) == -1)
 			rc = error_set(err, error_kind_for_output_errno(errno),
 				       errno, "cannot write snapshot");
-		else
-			off += n;
+		else if ((off += n) == size)
+			/* The probe byte came back empty in the same call:
+			 * the file ends where its size said (the version
+			 * check after the read confirms the size). */
+			break;
 	}
 	free(buf);
 	return rc;
+}
+
+/*
+ * A source that stays where it is (dicomsort copying a folder) takes no
+ * lease: nothing of it is destroyed, no watcher judged it finished, and a
+ * write during the read still changes its ctime (or size), which the
+ * version check after the read refuses - the only case left uncaught is
+ * a writer holding the file open, idle, for the whole read, whose last
+ * version a rerun copies. A source then disposed of (the daemon,
+ * --move) keeps the lease: four fcntl() per file buy that guarantee.
+ */
+static bool wants_lease(const struct pipeline *in)
+{
+	return in->opts.disposal != PIPELINE_KEEP_SOURCE;
 }
 
 /* The hash serves the audit (source_sha256: the one reference to the
@@ -433,7 +471,7 @@ static int take_snapshot(struct job *job, struct error *err)
 		if (job->snap_fd == -1)
 			rc = -1;
 	}
-	if (rc == 0)
+	if (rc == 0 && wants_lease(in))
 		rc = lease_source(job, err);
 	if (rc == 0)
 		rc = read_source_once(job, job->snap_mem, job->snap_fd, ctx, err);
@@ -576,8 +614,11 @@ static void reopen_output_if_removed(struct pipeline *in)
 /*
  * Each thread keeps its last destination folder open: the files of a
  * series arrive together, and walking the folder down from the root again
- * costs two system calls per level. A cached folder that has been deleted
- * meanwhile (link count 0) is walked - and created - again.
+ * costs two system calls per level. The job borrows the descriptor
+ * (job->dir_cached) - one job at a time runs on a thread - and a hit costs
+ * no system call: a cached folder deleted meanwhile shows when creating
+ * the temp file in it fails (write_temp() walks again then), or when a
+ * later step fails (the job drops the cache, its retry walks again).
  */
 static __thread struct {
 	unsigned long generation;
@@ -585,25 +626,37 @@ static __thread struct {
 	char path[PATH_MAX];
 } last_dir = { 0, -1, "" };
 
-static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err)
+static void drop_cached_dir(void)
 {
-	struct stat st;
-	int fd;
-
-	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
-	    strcmp(last_dir.path, dir) == 0 && fstat(last_dir.fd, &st) == 0 &&
-	    st.st_nlink > 0 && (fd = fcntl(last_dir.fd, F_DUPFD_CLOEXEC, 0)) != -1)
-		return fd;
-	/* A live cached folder means a live root; only a miss looks. */
-	reopen_output_if_removed(in);
-	fd = fsutil_mkdirs_at(in->output_fd, dir, err);
-	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
-		return fd;
 	if (last_dir.fd != -1)
 		close(last_dir.fd);
-	last_dir.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	last_dir.fd = -1;
+	last_dir.path[0] = '\0';
+}
+
+static int mkdirs_output(struct job *job, const char *dir, struct error *err)
+{
+	struct pipeline *in = job->pipeline;
+	int fd;
+
+	job->dir_cached = false;
+	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
+	    strcmp(last_dir.path, dir) == 0) {
+		job->dir_cached = true;
+		return last_dir.fd;
+	}
+	/* A live cached folder means a live root; only a miss looks. */
+	reopen_output_if_removed(in);
+	/* A new folder's parent is synced with the file (SYNC_EACH) or by
+	 * the syncfs() the caller ends with. */
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, sync_each(in), err);
+	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
+		return fd;
+	drop_cached_dir();
+	last_dir.fd = fd;
 	last_dir.generation = in->generation;
 	strcpy(last_dir.path, dir);
+	job->dir_cached = true;
 	return fd;
 }
 
@@ -647,10 +700,35 @@ static int fill_temp(struct job *job, struct error *err)
 	return job->snapshot ? 0 : check_source_version(job, err);
 }
 
+/* An anonymous temp file in the destination folder, created with the
+ * output's mode; a cached folder that fails to take it (deleted since)
+ * is walked - and created - again, once. */
+static int create_temp(struct job *job, const char *dir, struct error *err)
+{
+	mode_t mode = job->pipeline->file_mode;
+
+	job->tmp_fd = fsutil_anon_tmpfile_mode_at(job->dir_fd, mode,
+						  job->tmp_name,
+						  sizeof(job->tmp_name), err);
+	if (job->tmp_fd != -1 || !job->dir_cached)
+		return job->tmp_fd;
+	drop_cached_dir();
+	job->dir_fd = mkdirs_output(job, dir, err);
+	if (job->dir_fd == -1)
+		return -1;
+	error_clear(err);
+	job->tmp_fd = fsutil_anon_tmpfile_mode_at(job->dir_fd, mode,
+						  job->tmp_name,
+						  sizeof(job->tmp_name), err);
+	return job->tmp_fd;
+}
+
 static int write_temp(struct job *job, const char *dir, struct error *err)
 {
+	bool chmod_needed = true;
+
 	if (job->dir_fd == -1)
-		job->dir_fd = mkdirs_output(job->pipeline, dir, err);
+		job->dir_fd = mkdirs_output(job, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
 	if (job->copy_bytes && job->snap_fd != -1 && job->snap_name[0] == '/' &&
@@ -661,12 +739,11 @@ static int write_temp(struct job *job, const char *dir, struct error *err)
 		job->snap_fd = -1;
 	} else {
 		/* Anonymous until published: a crash leaves no temp file. */
-		job->tmp_fd = fsutil_anon_tmpfile_at(job->dir_fd, job->tmp_name,
-						     sizeof(job->tmp_name), err);
-		if (job->tmp_fd == -1 || fill_temp(job, err) == -1)
+		if (create_temp(job, dir, err) == -1 || fill_temp(job, err) == -1)
 			return -1;
+		chmod_needed = job->tmp_name[0] != '/';
 	}
-	if (fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
+	if (chmod_needed && fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
 	if (sync_each(job->pipeline))
 		return fsutil_fsync(job->tmp_fd, "output file", err);
@@ -826,7 +903,7 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	if (job->source_st.st_nlink != 1 ||
 	    (job->source_st.st_uid != geteuid() && geteuid() != 0))
 		return 1;
-	job->dir_fd = mkdirs_output(in, dir, err);
+	job->dir_fd = mkdirs_output(job, dir, err);
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
@@ -999,6 +1076,9 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 	rc = run(&job, source_path, source_rel, res);
 	res->source_busy = rc == -1 && job.busy;
 	job_release(&job);
+	/* A cached folder may be why it failed (deleted): a retry walks. */
+	if (rc == -1 && job.dir_cached)
+		drop_cached_dir();
 	if (rc == -1)
 		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :
 			      PIPELINE_FAILED;

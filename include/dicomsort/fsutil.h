@@ -36,6 +36,12 @@ int fsutil_open_dir(const char *path, bool create, struct error *err);
  */
 int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err);
 
+/** fsutil_mkdirs_at(), fsyncing the parent of each folder created only
+ *  when sync_new (false: the caller syncs the file system - syncfs -
+ *  before anything depends on the folders being durable). */
+int fsutil_mkdirs_sync_at(int rootfd, const char *relpath, bool sync_new,
+			  struct error *err);
+
 /** Create a new empty temp file in dirfd; its name goes to name. */
 int fsutil_tmpfile_at(int dirfd, char *name, size_t namelen, struct error *err);
 
@@ -48,6 +54,12 @@ int fsutil_tmpfile_at(int dirfd, char *name, size_t namelen, struct error *err);
  */
 int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
 			   struct error *err);
+
+/** fsutil_anon_tmpfile_at() created with mode (less the umask, as open()
+ *  applies it) instead of 0600 when anonymous (name starts with '/'); a
+ *  named fallback is 0600 and its caller fchmod()s it once complete. */
+int fsutil_anon_tmpfile_mode_at(int dirfd, mode_t mode, char *name,
+				size_t namelen, struct error *err);
 
 /** Remove an unpublished temp file by its name (nothing to do for an
  *  anonymous one: closing its descriptor frees it). */

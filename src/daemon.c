@@ -269,7 +269,10 @@ static struct audit_record file_record(const struct job *job, const char *event,
 		.source = job->logged_source[0] ? job->logged_source : job->rel,
 		.dest = dest,
 		.sop_instance_uid = nonempty(job->result.sop_instance_uid),
-		.reason = reason,
+		/* A stored file's warning (its meta header kept as it came
+		 * although it disagrees with the dataset) is its reason. */
+		.reason = reason != NULL || strcmp(event, "stored") != 0 ?
+			  reason : job->result.warning,
 		.profile = deid_profile_name(job->d->cfg->profile),
 		.table_sha256 = nonempty(job->table_sha256),
 		.source_sha256 = nonempty(job->result.source_sha256),

@@ -450,6 +450,8 @@ static void *worker(void *arg)
 			if (res.status == PIPELINE_REJECTED ||
 			    res.status == PIPELINE_FAILED)
 				o->reason = strdup(res.err.msg);
+			else if (res.warning != NULL)	/* stored as it came */
+				o->reason = strdup(res.warning);
 			if (res.deid.id_unmapped)
 				o->unmapped_id = strdup(res.deid.original_id);
 			f->result = o;
@@ -540,17 +542,24 @@ static void tally_files(const struct run *r, struct tally *t)
 	}
 }
 
-static void report_problems(const struct run *r)
+/* Failures always; warnings about stored files (a reason beside a
+ * success) unless quiet. */
+static void report_problems(const struct run *r, bool quiet)
 {
 	for (size_t i = 0; i < r->count; i++) {
 		const struct input_file *f = &r->files[i];
+		bool bad;
 
-		if (f->status == FILE_DONE && (f->result->status == PIPELINE_REJECTED ||
-					       f->result->status == PIPELINE_FAILED)) {
+		if (f->status != FILE_DONE)
+			continue;
+		bad = f->result->status == PIPELINE_REJECTED ||
+		      f->result->status == PIPELINE_FAILED;
+		if (bad || (!quiet && f->result->reason != NULL)) {
 			fputs("dicomsort: ", stderr);
 			print_path(stderr, f->path);
-			fprintf(stderr, ": %s\n", f->result->reason ?
-				f->result->reason : "out of memory");
+			fprintf(stderr, ": %s%s\n", bad ? "" : "warning: ",
+				f->result->reason ? f->result->reason :
+				"out of memory");
 		}
 	}
 }
@@ -614,7 +623,7 @@ static void print_json(const struct run *r, const struct tally *t,
 		fprintf(stdout, ",\"status\":\"%s\",\"dest\":", status_name(f));
 		json_string(stdout, ok ? res->dest : NULL);
 		fputs(",\"reason\":", stdout);
-		json_string(stdout, res && !ok ? res->reason : NULL);
+		json_string(stdout, res ? res->reason : NULL);
 		fputc('}', stdout);
 	}
 	fputs("]", stdout);
@@ -899,7 +908,7 @@ int main(int argc, char **argv)
 		undelivered = finish_forward(&o, r.forward, &fst) +
 			      atomic_load(&r.queue_failed);
 	elapsed = now_seconds() - started;
-	report_problems(&r);
+	report_problems(&r, o.quiet);
 	if (table != NULL && !o.dry_run)
 		unmapped = write_missing_ids(&r, o.missing_log, o.quiet || o.json);
 	tally_files(&r, &t);

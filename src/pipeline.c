@@ -986,6 +986,15 @@ static void inspect(struct job *job, bool deidentified)
 		job->hooks->inspect(job->hooks->ctx, job->file, deidentified);
 }
 
+/* The output keeps the source's meta header (copied, renamed or
+ * spliced; DCMTK writes a fresh one): say so when it disagrees with the
+ * dataset, which the layout and the result read. */
+static void note_kept_meta(struct job *job, struct pipeline_result *res)
+{
+	res->warning = job->copy_bytes || !dicom_parsed(job->file) ?
+		       dicom_meta_disagreement(job->file) : NULL;
+}
+
 static int run(struct job *job, const char *path, const char *rel,
 	       struct pipeline_result *res)
 {
@@ -1039,6 +1048,7 @@ static int run(struct job *job, const char *path, const char *rel,
 		return 0;
 	}
 	job->copy_bytes = reuse_source_bytes(job);
+	note_kept_meta(job, res);
 	if (job->copy_bytes && rename_candidate(job)) {
 		int rc = rename_source(job, path, dir, name, final, sizeof(final),
 				       res);
@@ -1050,8 +1060,10 @@ static int run(struct job *job, const char *path, const char *rel,
 			return rc;
 		}
 	}
-	if (write_temp(job, dir, err) == -1 ||
-	    publish(job, dir, name, final, sizeof(final), res) == -1)
+	if (write_temp(job, dir, err) == -1)
+		return -1;
+	note_kept_meta(job, res);	/* the splice decided at the write */
+	if (publish(job, dir, name, final, sizeof(final), res) == -1)
 		return -1;
 	snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
 	dispose_source(job, path, rel, res);

@@ -90,6 +90,10 @@ struct pipeline_result {
 	char series_description[256];
 	bool same_uid_conflict;		/* stored beside a different file of
 					   the same name (numbered name) */
+	const char *warning;		/* NULL, or a constant text (no values)
+					   about the stored file: its meta
+					   header disagrees with its dataset
+					   and was kept as it came */
 	struct deid_report deid;
 	struct error err;
 	bool policy_rejected;		/* REJECTED by the de-identification

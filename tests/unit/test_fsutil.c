@@ -129,6 +129,62 @@ static void mkdirs_creates_and_refuses_dotdot(void **state)
 	close(rootfd);
 }
 
+/* Without the parent fsync, the same folders; nothing else differs. */
+static void mkdirs_unsynced_creates_the_same(void **state)
+{
+	struct error err = ERROR_INIT;
+	int rootfd = fsutil_open_dir(root, false, &err);
+	struct stat st;
+	int fd;
+
+	(void)state;
+	assert_true(rootfd >= 0);
+	fd = fsutil_mkdirs_sync_at(rootfd, "p/q/r", false, &err);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(fstatat(rootfd, "p/q/r", &st, AT_SYMLINK_NOFOLLOW), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	fd = fsutil_mkdirs_sync_at(rootfd, "p/q/r", false, &err);	/* exists */
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(fsutil_mkdirs_sync_at(rootfd, "p/../x", false, &err), -1);
+	assert_int_equal(err.kind, ERROR_INPUT);
+	close(rootfd);
+}
+
+/* An anonymous temp file has the asked mode (less the umask) from the
+ * start, and keeps it once published. */
+static void anon_tmpfile_gets_its_mode_at_creation(void **state)
+{
+	struct error err = ERROR_INIT;
+	int rootfd = fsutil_open_dir(root, false, &err);
+	mode_t old = umask(022);
+	char tmp[64];
+	struct stat st;
+	int fd;
+
+	(void)state;
+	assert_true(rootfd >= 0);
+	fd = fsutil_anon_tmpfile_mode_at(rootfd, 0640, tmp, sizeof(tmp), &err);
+	assert_true(fd >= 0);
+	assert_int_equal(tmp[0], '/');	/* O_TMPFILE on this file system */
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	assert_int_equal(fsutil_publish(rootfd, tmp, "out.dcm", &err), 0);
+	close(fd);
+	assert_int_equal(fstatat(rootfd, "out.dcm", &st, 0), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	/* The umask still applies, as for open(). */
+	umask(027);
+	fd = fsutil_anon_tmpfile_mode_at(rootfd, 0666, tmp, sizeof(tmp), &err);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	close(fd);
+	umask(old);
+	close(rootfd);
+}
+
 static void mkdirs_never_follows_a_planted_symlink(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -562,6 +618,10 @@ int main(void)
 		cmocka_unit_test(numbered_names_stay_within_name_max),
 		cmocka_unit_test(clash_names_turn_to_the_content_hash),
 		cmocka_unit_test_setup_teardown(mkdirs_creates_and_refuses_dotdot,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(mkdirs_unsynced_creates_the_same,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(anon_tmpfile_gets_its_mode_at_creation,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(mkdirs_never_follows_a_planted_symlink,
 						make_root, drop_root),

@@ -1508,30 +1508,26 @@ static bool free_text_vr(const char *vr)
 	return false;
 }
 
-static bool unlisted_goes(struct dicom_elem *e)
+/* Attributes no row names: every value that can carry free text goes,
+ * unless unlisted_allowed keeps it. A text attribute the dictionary knows
+ * is emptied: nothing of its value stays, and an attribute an IOD requires
+ * (Type 2) is still there. One no dictionary knows is removed, whatever
+ * its VR, and so is a URL. */
+static enum dicom_visit_action unlisted(struct basic_ctx *c, struct dicom_elem *e)
 {
 	uint32_t tag = dicom_elem_tag(e);
+	const char *vr = dicom_elem_vr(e);
 	char keyword[64];
 
 	for (size_t i = 0; i < sizeof(unlisted_allowed) / sizeof(*unlisted_allowed); i++)
 		if (unlisted_allowed[i] == tag)
-			return false;
-	dicom_keyword_from_tag(tag, keyword, sizeof(keyword));
+			return DCM_VISIT_KEEP;
+	dicom_elem_keyword(e, keyword, sizeof(keyword));
 	if (keyword[0] == '\0')	/* no dictionary knows it */
-		return true;
-	return free_text_vr(dicom_elem_vr(e));
-}
-
-/* A text attribute the dictionary knows is emptied: nothing of its value
- * stays, and an attribute an IOD requires (Type 2) is still there. One
- * no dictionary knows is removed. */
-static enum dicom_visit_action unlisted_action(struct basic_ctx *c,
-					     struct dicom_elem *e)
-{
-	char keyword[64];
-
-	dicom_keyword_from_tag(dicom_elem_tag(e), keyword, sizeof(keyword));
-	if (keyword[0] == '\0' || strcmp(dicom_elem_vr(e), "UR") == 0)
+		return DCM_VISIT_REMOVE;
+	if (!free_text_vr(vr))
+		return DCM_VISIT_KEEP;
+	if (strcmp(vr, "UR") == 0)
 		return DCM_VISIT_REMOVE;
 	return empty(c, e);
 }
@@ -1615,9 +1611,7 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 			clean_element(c, e);
 			return DCM_VISIT_KEEP;
 		}
-		if (!c->opts->keep_unlisted && unlisted_goes(e))
-			return unlisted_action(c, e);
-		return DCM_VISIT_KEEP;
+		return c->opts->keep_unlisted ? DCM_VISIT_KEEP : unlisted(c, e);
 	}
 	/* Two statements: the order in which arguments are evaluated is
 	 * unspecified, and column is set by deid_rule_action(). */

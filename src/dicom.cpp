@@ -1463,6 +1463,24 @@ extern "C" const char *dicom_elem_private_creator(const struct dicom_elem *elem)
 	return elem->creator;
 }
 
+extern "C" void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t len)
+{
+	try {
+		/* One look-up: a DcmTag made anew (dicom_keyword_from_tag())
+		 * looks its VR up in the dictionary before its name. */
+		const DcmTag &tag = elem->element->getTag();
+		const DcmDataDictionary &dict = dcmDataDict.rdlock();
+		const DcmDictEntry *entry = dict.findEntry(tag, tag.getPrivateCreator());
+		const char *name = entry != nullptr ? entry->getTagName() : nullptr;
+
+		snprintf(buf, len, "%s", name && strcmp(name, DcmTag_ERROR_TagName) ?
+			 name : "");
+		dcmDataDict.rdunlock();
+	} catch (...) {
+		snprintf(buf, len, "%s", "");
+	}
+}
+
 extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
 {
 	try {

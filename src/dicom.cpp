@@ -1770,27 +1770,33 @@ public:
 	}
 	void flush() override
 	{
-		if (!buf_.empty() && errno_ == 0)
-			put(&buf_[0], buf_.size());
+		if (!buf_.empty() && errno_ == 0) {
+			/* Zeroed in place: one write(2), not two. */
+			if (zero_ && off_ < PREAMBLE)
+				memset(&buf_[0], 0, std::min(buf_.size(),
+					static_cast<size_t>(PREAMBLE - off_)));
+			put(&buf_[0], buf_.size(), true);
+		}
 		buf_.clear();
 	}
 	int error() const { return errno_; }
 
 private:
 	static const size_t BUFFER = 256 * 1024;
+	static const unsigned PREAMBLE = 128;
 
 	/* Out at offset off_, the preamble's bytes (offsets 0-127) as
-	 * zeros when asked. */
-	void put(const char *p, size_t n)
+	 * zeros when asked and not zeroed already. */
+	void put(const char *p, size_t n, bool zeroed = false)
 	{
-		static const char zeros[128] = { 0 };
+		static const char zeros[PREAMBLE] = { 0 };
 
 		while (n > 0 && errno_ == 0) {
 			size_t step = n;
 			const char *from = p;
 
-			if (zero_ && off_ < sizeof(zeros)) {
-				step = std::min(n, sizeof(zeros) - static_cast<size_t>(off_));
+			if (zero_ && !zeroed && off_ < PREAMBLE) {
+				step = std::min(n, static_cast<size_t>(PREAMBLE - off_));
 				from = zeros;
 			}
 			ssize_t w = ::write(fd_, from, step);

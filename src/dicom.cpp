@@ -1823,7 +1823,14 @@ class FdOutputStream : public DcmOutputStream {
 public:
 	FdOutputStream(int fd, bool zero_preamble)
 		: DcmOutputStream(&consumer_), consumer_(fd, zero_preamble) {}
-	~FdOutputStream() override { flush(); }
+	/* Everything out. A deflate filter's flush() does not flush the
+	 * consumer behind it: without this a deflated dataset (and the
+	 * meta header before it) stayed in the buffer. */
+	void finish()
+	{
+		flush();
+		consumer_.flush();
+	}
 	int error() const { return consumer_.error(); }
 
 private:
@@ -1850,6 +1857,7 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 			return -1;
 		OFCondition cond;
 		int werr;
+		bool flushed;
 		{
 			FdOutputStream out(fd, file->zero_preamble);
 			DcmWriteCache cache;
@@ -1858,8 +1866,9 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 						  &cache, EGL_recalcGL, EPD_noChange,
 						  0, 0, 0, EWM_createNewMeta);
 			file->format.transferEnd();
-			out.flush();
+			out.finish();
 			werr = out.error();
+			flushed = out.isFlushed();
 		}
 		/* A write that failed (full disk, quota, read-only or broken
 		 * output) is worth a retry: the descriptor's errno says so.
@@ -1868,6 +1877,10 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 		if (werr != 0)
 			return error_set(err, ERROR_TRANSIENT, werr,
 					 "cannot write DICOM file");
+		/* Bytes held back anywhere would make a short file. */
+		if (cond.good() && !flushed)
+			return error_set(err, ERROR_TRANSIENT, 0,
+					 "cannot write DICOM file (not all written)");
 		if (cond.bad() && cond == EC_StreamNotifyClient)
 			return fail(err, ERROR_TRANSIENT, EIO,
 				    "cannot write DICOM file", cond);

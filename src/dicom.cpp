@@ -15,7 +15,7 @@
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
-#include <dcmtk/dcmdata/dcostrmf.h>
+#include <dcmtk/dcmdata/dcostrma.h>
 #include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcpixseq.h>
 #include <dcmtk/dcmdata/dcpxitem.h>
@@ -90,7 +90,7 @@ struct dicom_elem {
 	DcmItem *parent;
 	int depth;
 	char vr[3];
-	std::string creator;
+	const char *creator;	/* in the walk's map of its item's creators */
 };
 
 static int fail(struct error *err, enum error_kind kind, int errnum,
@@ -1368,14 +1368,34 @@ static creators creators_of(const std::vector<DcmElement *> &elements)
 	return out;
 }
 
-static std::string private_creator(const creators &names, const DcmTagKey &key)
+static const char *private_creator(const creators &names, const DcmTagKey &key)
 {
 	Uint16 el = key.getElement();
 
 	if (!(key.getGroup() & 1) || el < 0x1000)
 		return "";
 	auto it = names.find(DCM_TAG(key.getGroup(), el >> 8));
-	return it == names.end() ? "" : it->second;
+	return it == names.end() ? "" : it->second.c_str();
+}
+
+/* Whether an item holds private data: only then are its creators read. */
+static bool has_private(const std::vector<DcmElement *> &elements)
+{
+	for (DcmElement *e : elements)
+		if (e->getGTag() & 1)
+			return true;
+	return false;
+}
+
+/* The VR's two letters (DCMTK's names of its internal VRs are two
+ * letters too); snprintf() per element was a tenth of the walk. */
+static void vr_name(DcmElement *e, char vr[3])
+{
+	const char *name = DcmVR(e->getVR()).getVRName();
+
+	vr[0] = name[0];
+	vr[1] = name[0] ? name[1] : '\0';
+	vr[2] = '\0';
 }
 
 /* Visitors change only the element they are given (dicom.h), so the
@@ -1384,8 +1404,10 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 		void *ctx)
 {
 	std::vector<DcmElement *> elements = elements_of(item);
-	creators names = creators_of(elements);
+	creators names;
 
+	if (has_private(elements))
+		names = creators_of(elements);
 	for (DcmElement *e : elements) {
 		struct dicom_elem elem;
 
@@ -1393,7 +1415,7 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 		elem.element = e;
 		elem.parent = item;
 		elem.depth = depth;
-		snprintf(elem.vr, sizeof(elem.vr), "%s", DcmVR(e->getVR()).getVRName());
+		vr_name(e, elem.vr);
 		elem.creator = private_creator(names, e->getTag());
 		if (fn(ctx, &elem) == DCM_VISIT_REMOVE) {
 			f->modified = true;
@@ -1438,7 +1460,25 @@ extern "C" int dicom_elem_depth(const struct dicom_elem *elem)
 
 extern "C" const char *dicom_elem_private_creator(const struct dicom_elem *elem)
 {
-	return elem->creator.c_str();
+	return elem->creator;
+}
+
+extern "C" void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t len)
+{
+	try {
+		/* One look-up: a DcmTag made anew (dicom_keyword_from_tag())
+		 * looks its VR up in the dictionary before its name. */
+		const DcmTag &tag = elem->element->getTag();
+		const DcmDataDictionary &dict = dcmDataDict.rdlock();
+		const DcmDictEntry *entry = dict.findEntry(tag, tag.getPrivateCreator());
+		const char *name = entry != nullptr ? entry->getTagName() : nullptr;
+
+		snprintf(buf, len, "%s", name && strcmp(name, DcmTag_ERROR_TagName) ?
+			 name : "");
+		dcmDataDict.rdunlock();
+	} catch (...) {
+		snprintf(buf, len, "%s", "");
+	}
 }
 
 extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
@@ -1671,12 +1711,6 @@ static int saved_errno(void)
 	return errno != 0 ? errno : EIO;
 }
 
-static bool output_errno(int e)
-{
-	return e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS ||
-	       e == EFBIG || e == EBADF || e == EPIPE || e == ENXIO;
-}
-
 extern "C" void dicom_zero_preamble(struct dicom_file *file)
 {
 	file->zero_preamble = true;
@@ -1696,13 +1730,120 @@ static int clear_preamble(struct dicom_file *file, int fd, struct error *err)
 	return 0;
 }
 
+/*
+ * What DCMTK encodes goes to the output descriptor through one buffer,
+ * in as few write(2) calls as the file has buffers (one for a small
+ * file), with the preamble zeroed on its way out when asked. Through a
+ * FILE it took dup, fcntl, a write per 4 KiB, close and a pwrite of the
+ * preamble afterwards, and a locked fwrite per tag, length and value.
+ * The buffer is bounded: a file of 500 MB of pixel data is not held.
+ */
+namespace {
+
+class FdConsumer : public DcmConsumer {
+public:
+	FdConsumer(int fd, bool zero_preamble) : fd_(fd), zero_(zero_preamble)
+	{
+		buf_.reserve(BUFFER);
+	}
+	OFBool good() const override { return errno_ == 0; }
+	OFCondition status() const override
+	{
+		return errno_ == 0 ? EC_Normal : EC_StreamNotifyClient;
+	}
+	OFBool isFlushed() const override { return buf_.empty(); }
+	offile_off_t avail() const override { return 0x7fffffff; }
+	offile_off_t write(const void *buf, offile_off_t len) override
+	{
+		if (errno_ != 0 || len <= 0)
+			return 0;
+		const char *p = static_cast<const char *>(buf);
+		size_t n = static_cast<size_t>(len);
+
+		if (buf_.size() + n > BUFFER)
+			flush();
+		if (errno_ == 0 && n >= BUFFER)
+			put(p, n);	/* large values skip the copy */
+		else if (errno_ == 0)
+			buf_.append(p, n);
+		return errno_ == 0 ? len : 0;
+	}
+	void flush() override
+	{
+		if (!buf_.empty() && errno_ == 0) {
+			/* Zeroed in place: one write(2), not two. */
+			if (zero_ && off_ < PREAMBLE)
+				memset(&buf_[0], 0, std::min(buf_.size(),
+					static_cast<size_t>(PREAMBLE - off_)));
+			put(&buf_[0], buf_.size(), true);
+		}
+		buf_.clear();
+	}
+	int error() const { return errno_; }
+
+private:
+	static const size_t BUFFER = 256 * 1024;
+	static const unsigned PREAMBLE = 128;
+
+	/* Out at offset off_, the preamble's bytes (offsets 0-127) as
+	 * zeros when asked and not zeroed already. */
+	void put(const char *p, size_t n, bool zeroed = false)
+	{
+		static const char zeros[PREAMBLE] = { 0 };
+
+		while (n > 0 && errno_ == 0) {
+			size_t step = n;
+			const char *from = p;
+
+			if (zero_ && !zeroed && off_ < PREAMBLE) {
+				step = std::min(n, static_cast<size_t>(PREAMBLE - off_));
+				from = zeros;
+			}
+			ssize_t w = ::write(fd_, from, step);
+			if (w == -1 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				errno_ = w == -1 && errno != 0 ? errno : EIO;
+				return;
+			}
+			off_ += static_cast<unsigned long long>(w);
+			p += w;
+			n -= static_cast<size_t>(w);
+		}
+	}
+
+	int fd_;
+	bool zero_;
+	int errno_ = 0;
+	unsigned long long off_ = 0;
+	std::string buf_;
+};
+
+class FdOutputStream : public DcmOutputStream {
+public:
+	FdOutputStream(int fd, bool zero_preamble)
+		: DcmOutputStream(&consumer_), consumer_(fd, zero_preamble) {}
+	/* Everything out. A deflate filter's flush() does not flush the
+	 * consumer behind it: without this a deflated dataset (and the
+	 * meta header before it) stayed in the buffer. */
+	void finish()
+	{
+		flush();
+		consumer_.flush();
+	}
+	int error() const { return consumer_.error(); }
+
+private:
+	FdConsumer consumer_;
+};
+
+} /* namespace */
+
 static int save_fd(struct dicom_file *file, int fd, struct error *err);
 
 extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 {
-	if (save_fd(file, fd, err) == -1)
-		return -1;
-	return clear_preamble(file, fd, err);
+	return save_fd(file, fd, err);
 }
 
 static int save_fd(struct dicom_file *file, int fd, struct error *err)
@@ -1710,47 +1851,38 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 	try {
 		/* Edits were only made where the meta header stays true. */
 		if (file->light && light_meta_matches(file))
-			return light_save(file, fd, err);
+			return light_save(file, fd, err) == -1 ? -1 :
+			       clear_preamble(file, fd, err);
 		if (promote(file, err) == -1)
 			return -1;
-		int copy = dup(fd);
-		FILE *stream = copy == -1 ? nullptr : fdopen(copy, "wb");
-		if (stream == nullptr) {
-			if (copy != -1)
-				close(copy);
-			return error_set(err, ERROR_TRANSIENT, errno, "cannot write");
-		}
-		/* Buffered: DCMTK hands over every tag, length and value in a
-		 * separate fwrite() (unbuffered, hundreds of write(2) per
-		 * file). The buffer is flushed and checked below, while the
-		 * stream is still ours, so its closing fclose() has nothing
-		 * left to write and no failure goes unchecked. */
-		setvbuf(stream, nullptr, _IOFBF, 64 * 1024);
 		OFCondition cond;
-		errno = 0;
+		int werr;
+		bool flushed;
 		{
-			/* The stream owns and closes the FILE. */
-			DcmOutputFileStream out(stream);
+			FdOutputStream out(fd, file->zero_preamble);
 			DcmWriteCache cache;
 			file->format.transferInit();
 			cond = file->format.write(out, EXS_Unknown, EET_UndefinedLength,
 						  &cache, EGL_recalcGL, EPD_noChange,
 						  0, 0, 0, EWM_createNewMeta);
 			file->format.transferEnd();
-			out.flush();
-			if (out.status().bad() && cond.good())
-				cond = out.status();
-			if (fflush(stream) != 0 && cond.good())
-				cond = EC_StreamNotifyClient;
+			out.finish();
+			werr = out.error();
+			flushed = out.isFlushed();
 		}
 		/* A write that failed (full disk, quota, read-only or broken
-		 * output) is worth a retry: DCMTK reports it as a stalled
-		 * stream, write(2) left errno. Any other failure is the
-		 * object's (a value DCMTK cannot encode), and a retry would
-		 * fail the same way forever. */
-		if (cond.bad() && (output_errno(errno) ||
-				   cond == EC_StreamNotifyClient))
-			return fail(err, ERROR_TRANSIENT, saved_errno(),
+		 * output) is worth a retry: the descriptor's errno says so.
+		 * Any other failure is the object's (a value DCMTK cannot
+		 * encode), and a retry would fail the same way forever. */
+		if (werr != 0)
+			return error_set(err, ERROR_TRANSIENT, werr,
+					 "cannot write DICOM file");
+		/* Bytes held back anywhere would make a short file. */
+		if (cond.good() && !flushed)
+			return error_set(err, ERROR_TRANSIENT, 0,
+					 "cannot write DICOM file (not all written)");
+		if (cond.bad() && cond == EC_StreamNotifyClient)
+			return fail(err, ERROR_TRANSIENT, EIO,
 				    "cannot write DICOM file", cond);
 		if (cond.bad())
 			return fail(err, ERROR_INPUT, 0, "cannot encode DICOM file",

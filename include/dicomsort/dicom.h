@@ -223,6 +223,10 @@ const char *dicom_elem_vr(const struct dicom_elem *elem);
 int dicom_elem_depth(const struct dicom_elem *elem);
 /** Private creator of a private element ("" if none/not private). */
 const char *dicom_elem_private_creator(const struct dicom_elem *elem);
+/** The dictionary's keyword of the element's tag into buf ("" when no
+ *  dictionary knows it); like dicom_keyword_from_tag() for a standard
+ *  tag, with one dictionary look-up fewer. */
+void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t len);
 /** Value as UTF-8; like dicom_get_string(). Not for SQ. */
 int dicom_elem_get_string(struct dicom_elem *elem, char **utf8);
 /** Replace the value; bytes stored as given. Not for SQ. */

@@ -41,26 +41,47 @@ static void put32(unsigned char *b, uint32_t v)
 	put16(b + 2, (uint16_t)(v >> 16));
 }
 
-/* Every VR of PS3.5 (2023); anything else is not vouched for. */
+/* Every VR of PS3.5 (2023), and whether an explicit VR header gives it
+ * two reserved bytes and a 32-bit length; indexed by its two letters (a
+ * look-up per element: the walker's hottest question). */
+enum { VR_UNKNOWN, VR_SHORT, VR_LONG };
+#define VR(a, b) [((a) - 'A') * 26 + ((b) - 'A')]
+static const unsigned char vr_kinds[26 * 26] = {
+	VR('A', 'E') = VR_SHORT, VR('A', 'S') = VR_SHORT, VR('A', 'T') = VR_SHORT,
+	VR('C', 'S') = VR_SHORT, VR('D', 'A') = VR_SHORT, VR('D', 'S') = VR_SHORT,
+	VR('D', 'T') = VR_SHORT, VR('F', 'D') = VR_SHORT, VR('F', 'L') = VR_SHORT,
+	VR('I', 'S') = VR_SHORT, VR('L', 'O') = VR_SHORT, VR('L', 'T') = VR_SHORT,
+	VR('P', 'N') = VR_SHORT, VR('S', 'H') = VR_SHORT, VR('S', 'L') = VR_SHORT,
+	VR('S', 'S') = VR_SHORT, VR('S', 'T') = VR_SHORT, VR('T', 'M') = VR_SHORT,
+	VR('U', 'I') = VR_SHORT, VR('U', 'L') = VR_SHORT, VR('U', 'S') = VR_SHORT,
+	VR('O', 'B') = VR_LONG, VR('O', 'D') = VR_LONG, VR('O', 'F') = VR_LONG,
+	VR('O', 'L') = VR_LONG, VR('O', 'V') = VR_LONG, VR('O', 'W') = VR_LONG,
+	VR('S', 'Q') = VR_LONG, VR('S', 'V') = VR_LONG, VR('U', 'C') = VR_LONG,
+	VR('U', 'N') = VR_LONG, VR('U', 'R') = VR_LONG, VR('U', 'T') = VR_LONG,
+	VR('U', 'V') = VR_LONG,
+};
+#undef VR
+
+static bool uppercase_vr(const unsigned char *vr)
+{
+	return vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z';
+}
+
+static int vr_kind(const unsigned char *vr)
+{
+	if (!uppercase_vr(vr))
+		return VR_UNKNOWN;
+	return vr_kinds[(vr[0] - 'A') * 26 + (vr[1] - 'A')];
+}
+
 static bool known_vr(const unsigned char *vr)
 {
-	static const char vrs[] = "AEASATCSDADSDTFDFLISLOLTOBODOFOLOVOWPNSHSLSQSS"
-				  "STSVTMUCUIULUNURUSUTUV";
-
-	for (size_t i = 0; i + 1 < sizeof(vrs); i += 2)
-		if (vr[0] == vrs[i] && vr[1] == vrs[i + 1])
-			return true;
-	return false;
+	return vr_kind(vr) != VR_UNKNOWN;
 }
 
 bool part10_long_vr(const unsigned char *vr)
 {
-	static const char vrs[] = "OBODOFOLOVOWSQUCURUTUNSVUV";
-
-	for (size_t i = 0; i + 1 < sizeof(vrs); i += 2)
-		if (vr[0] == vrs[i] && vr[1] == vrs[i + 1])
-			return true;
-	return false;
+	return vr_kind(vr) == VR_LONG;
 }
 
 /* A value padded with NULs or spaces, as a C string; "" when it does not
@@ -242,14 +263,16 @@ static size_t read_raw(struct reader *r, unsigned char *dst, size_t want)
 }
 
 /* More inflated bytes into buf[hi, cap): false when none come. The
- * deflated stream ends where zlib says; bytes after it are not read. */
+ * deflated stream ends where zlib says (bytes after it are not read), or
+ * where it is corrupt: what zlib inflated before the error still counts,
+ * however the window cut the output (so every window sees the same). */
 static bool inflate_more(struct reader *r)
 {
 	size_t before = r->hi;
 
 	r->z.next_out = r->buf + r->hi;
 	r->z.avail_out = (uInt)(r->cap - r->hi);
-	while (r->z.avail_out > 0 && r->hi == before) {
+	while (r->z.avail_out > 0 && r->hi == before && !r->eof) {
 		if (r->z.avail_in == 0) {
 			if (r->bytes != NULL) {
 				uint64_t left = r->size - r->raw;
@@ -262,18 +285,16 @@ static bool inflate_more(struct reader *r)
 				r->z.next_in = r->zin;
 				r->z.avail_in = (uInt)read_raw(r, r->zin, r->cap);
 			}
-			if (r->z.avail_in == 0)
-				return false;
+			if (r->z.avail_in == 0) {
+				r->eof = true;
+				break;
+			}
 		}
 		int rc = inflate(&r->z, Z_NO_FLUSH);
 
 		r->hi = (size_t)(r->z.next_out - r->buf);
-		if (rc == Z_STREAM_END) {
-			r->eof = true;
-			break;
-		}
 		if (rc != Z_OK && !(rc == Z_BUF_ERROR && r->z.avail_in == 0))
-			return false;
+			r->eof = true;	/* Z_STREAM_END, or corrupt */
 	}
 	return r->hi > before;
 }
@@ -283,12 +304,8 @@ static bool fill(struct reader *r)
 {
 	if (r->eof)
 		return false;
-	if (r->inflating) {
-		if (inflate_more(r))
-			return true;
-		r->eof = true;
-		return false;
-	}
+	if (r->inflating)
+		return inflate_more(r);
 	size_t n = read_raw(r, r->buf + r->hi, r->cap - r->hi);
 
 	if (n == 0) {
@@ -300,15 +317,10 @@ static bool fill(struct reader *r)
 }
 
 /* The next n (<= PART10_MIN_WINDOW) bytes of the stream, not taken;
- * *avail says how many there are (fewer at the end). */
-static const unsigned char *peek(struct reader *r, size_t n, size_t *avail)
+ * *avail says how many there are (fewer at the end). peek() below: memory
+ * needs no window. */
+static const unsigned char *peek_window(struct reader *r, size_t n, size_t *avail)
 {
-	if (r->direct) {
-		uint64_t left = r->size - r->pos;
-
-		*avail = left < n ? (size_t)left : n;
-		return r->bytes + r->pos;
-	}
 	if (r->hi - r->lo < n) {
 		memmove(r->buf, r->buf + r->lo, r->hi - r->lo);
 		r->hi -= r->lo;
@@ -318,6 +330,17 @@ static const unsigned char *peek(struct reader *r, size_t n, size_t *avail)
 	}
 	*avail = r->hi - r->lo < n ? r->hi - r->lo : n;
 	return r->buf + r->lo;
+}
+
+static inline const unsigned char *peek(struct reader *r, size_t n, size_t *avail)
+{
+	if (r->direct) {
+		uint64_t left = r->size - r->pos;
+
+		*avail = left < n ? (size_t)left : n;
+		return r->bytes + r->pos;
+	}
+	return peek_window(r, n, avail);
 }
 
 /* Take n bytes already peeked. */
@@ -505,18 +528,12 @@ static int item_tag(struct walker *w, const unsigned char *b, bool big)
 	return PART10_WALK_MALFORMED;
 }
 
-static bool uppercase_vr(const unsigned char *vr)
-{
-	return vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z';
-}
-
 /* The element whose header starts at the stream's position: past it, or
  * into it when it holds items. */
-static int element(struct walker *w, bool implicit, bool big)
+static int element(struct walker *w, uint64_t limit, bool implicit, bool big)
 {
 	struct reader *r = w->r;
 	struct container *c = w->n ? &w->stack[w->n - 1] : NULL;
-	uint64_t limit = bound(w);
 	size_t avail;
 	const unsigned char *b = peek(r, 8, &avail);
 	struct part10_header h = { .offset = r->pos, .header_len = 8,
@@ -535,11 +552,13 @@ static int element(struct walker *w, bool implicit, bool big)
 		h.len = get32e(b + 4, big);
 		sequence = h.len == PART10_UNDEFINED || w->is_sequence(h.tag);
 	} else {
-		if (w->strict ? !known_vr(b + 4) : !uppercase_vr(b + 4))
+		int kind = vr_kind(b + 4);
+
+		if (w->strict ? kind == VR_UNKNOWN : !uppercase_vr(b + 4))
 			return PART10_WALK_MALFORMED;
 		memcpy(h.vr, b + 4, 2);
-		un = memcmp(h.vr, "UN", 2) == 0;
-		if (part10_long_vr(b + 4)) {
+		un = h.vr[0] == 'U' && h.vr[1] == 'N';
+		if (kind == VR_LONG) {
 			if (w->strict && limit != UNKNOWN && limit - r->pos < 12)
 				return PART10_WALK_MALFORMED;
 			b = peek(r, 12, &avail);
@@ -550,7 +569,7 @@ static int element(struct walker *w, bool implicit, bool big)
 		} else {
 			h.len = get16e(b + 6, big);
 		}
-		sequence = memcmp(h.vr, "SQ", 2) == 0 ||
+		sequence = (h.vr[0] == 'S' && h.vr[1] == 'Q') ||
 			   (un && h.len == PART10_UNDEFINED);
 	}
 	take(r, h.header_len);
@@ -609,7 +628,8 @@ static int walk(struct walker *w, bool implicit, bool big)
 				return w->n == 0 ? 0 : PART10_WALK_MALFORMED;
 		}
 		const struct container *c = w->n ? &w->stack[w->n - 1] : NULL;
-		int rc = element(w, c ? c->implicit : implicit, c ? c->big : big);
+		int rc = element(w, limit, c ? c->implicit : implicit,
+				 c ? c->big : big);
 
 		if (rc != 0)
 			return rc;
@@ -701,8 +721,10 @@ int part10_walk_file(const struct part10_source *src, part10_walk_fn fn, void *c
 	const unsigned char *head;
 	int rc = PART10_WALK_MALFORMED;
 
-	if (reader_init(&r, src) == -1)
+	if (reader_init(&r, src) == -1) {
+		rc = PART10_WALK_FAILED;
 		goto done;
+	}
 	head = peek(&r, 132, &got);
 	if (got == 132 && memcmp(head + 128, "DICM", 4) == 0) {
 		take(&r, 132);

@@ -22,6 +22,7 @@
 #include "dicomsort/dicom.h"
 #include "dicomsort/forward.h"
 #include "dicomsort/layout.h"
+#include "dicomsort/records.h"
 
 enum level { NOTE, WARNING, ERROR };
 
@@ -44,7 +45,11 @@ struct folder {
 	bool usable;		/* exists, is a directory, writable */
 };
 
-enum { F_INPUT, F_OUTPUT, F_QUARANTINE, F_PROCESSED, F_HOLD, F_COUNT };
+enum {
+	F_INPUT, F_OUTPUT, F_QUARANTINE, F_PROCESSED, F_HOLD,
+	F_COMPLETED,		/* the study manifests' spool, when set */
+	F_COUNT
+};
 
 /* ---- reporting ---- */
 
@@ -541,6 +546,26 @@ static bool inside(const char *a, const char *b)
 }
 
 /*
+ * The manifests hold the stored (maybe de-identified) UIDs, so the spool
+ * may live in the output, as its default does - but in its state folder:
+ * elsewhere it would sit among the sorted files, where the layout may
+ * make a folder of the same name.
+ */
+static void completed_in_output(struct check *c, const struct folder *f,
+				const char *real, const char *output)
+{
+	char state[PATH_MAX + sizeof(RECORDS_STATE_DIR) + 1];
+
+	if (snprintf(state, sizeof(state), "%s/%s", output,
+		     RECORDS_STATE_DIR) >= (int)sizeof(state))
+		return;
+	if (!inside(real, state))
+		report(c, WARNING, f->key, "%s is inside output (%s) but not "
+		       "in its %s folder: manifests would sit among the sorted "
+		       "files", f->path, output, RECORDS_STATE_DIR);
+}
+
+/*
  * Nothing may be inside output (quarantine, processed and hold keep
  * originals with PHI, which must not sit among sorted, maybe de-identified
  * files; input would take its own output) nor inside input (the daemon
@@ -562,6 +587,9 @@ static void check_nesting(struct check *c, const struct folder *f)
 					report(c, ERROR, f[j].key, "%s is the "
 					       "same folder as %s", f[j].key,
 					       f[i].key);
+			} else if (i == F_COMPLETED && j == F_OUTPUT &&
+				   inside(real[i], real[j])) {
+				completed_in_output(c, &f[i], real[i], real[j]);
 			} else if ((j == F_OUTPUT || j == F_INPUT) &&
 				   inside(real[i], real[j])) {
 				report(c, ERROR, f[i].key, "%s (%s) is inside "
@@ -612,7 +640,8 @@ static void check_sandbox(struct check *c, const struct folder *f,
 			       "dicomsortd", f[i].path, u->path);
 	}
 	for (int i = F_QUARANTINE; i < F_COUNT; i++) {
-		if (i == F_OUTPUT || f[i].path == NULL || entry[i] == -1 ||
+		/* Sources move into these; the manifests never do. */
+		if (i == F_COMPLETED || f[i].path == NULL || entry[i] == -1 ||
 		    entry[F_INPUT] == -1 || entry[i] == entry[F_INPUT])
 			continue;
 		report(c, NOTE, f[i].key, "under the unit, %s and %s are "
@@ -879,6 +908,8 @@ int checkconf_run(const struct config *cfg, const char *user)
 		[F_QUARANTINE] = { "quarantine", cfg->quarantine, false },
 		[F_PROCESSED] = { "processed", cfg->processed, false },
 		[F_HOLD] = { "hold", cfg->hold, false },
+		[F_COMPLETED] = { "completed", cfg->study_idle_s > 0 ?
+				  cfg->completed : NULL, false },
 	};
 	struct unit_info unit = { .nrw = 0 };
 	const char *service_user;

@@ -5,7 +5,7 @@
  */
 #include "dicomsort/dicom.h"
 #include "dicomsort/codestream.h"
-#include "dicomsort/part10.h"
+#include "part10.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcdict.h>
@@ -15,7 +15,7 @@
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
-#include <dcmtk/dcmdata/dcostrmf.h>
+#include <dcmtk/dcmdata/dcostrma.h>
 #include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcpixseq.h>
 #include <dcmtk/dcmdata/dcpxitem.h>
@@ -40,9 +40,9 @@
 #include <memory>
 #include <string>
 #include <vector>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 /* A top-level value changed on the fast path: its new bytes, padded. */
 struct light_edit {
@@ -90,7 +90,7 @@ struct dicom_elem {
 	DcmItem *parent;
 	int depth;
 	char vr[3];
-	std::string creator;
+	const char *creator;	/* in the walk's map of its item's creators */
 };
 
 static int fail(struct error *err, enum error_kind kind, int errnum,
@@ -259,315 +259,32 @@ static int classify_load_error(const char *path, const std::string *mem,
 	return fail(err, ERROR_INPUT, 0, "not a DICOM file", cond);
 }
 
-/* ---- a bound on nesting, checked before DCMTK parses ---- */
-
-/*
- * DCMTK reads sequences recursively, several stack frames per level, and a
- * level costs a file only 20 bytes: 10,000 nested sequences in a 200 KB file
- * overflow a thread's stack. Real objects nest a handful of levels. So a
- * light structural scan walks the element headers (skipping values, never
- * keeping them) and counts the nesting; only a clear answer "deeper than
- * DICOM_MAX_DEPTH" rejects. Whatever the scan does not understand it leaves
- * to DCMTK, which then reports the file as corrupt or reads it.
- */
-namespace {
-
-const uint32_t UNDEFINED = 0xffffffffu;
-
-struct scan {
-	FILE *f = nullptr;
-	bool deflated = false;
-	bool z_ready = false;
-	z_stream z{};
-	unsigned char in[16384];
-	unsigned long long pos = 0;	/* offset in the dataset stream */
-};
-
-bool scan_read(scan &s, void *buf, size_t n)
-{
-	if (!s.deflated) {
-		if (fread(buf, 1, n, s.f) != n)
-			return false;
-		s.pos += n;
-		return true;
-	}
-	s.z.next_out = static_cast<Bytef *>(buf);
-	s.z.avail_out = static_cast<uInt>(n);
-	while (s.z.avail_out > 0) {
-		if (s.z.avail_in == 0) {
-			size_t got = fread(s.in, 1, sizeof(s.in), s.f);
-			if (got == 0)
-				return false;
-			s.z.next_in = s.in;
-			s.z.avail_in = static_cast<uInt>(got);
-		}
-		int rc = inflate(&s.z, Z_NO_FLUSH);
-		if (rc == Z_STREAM_END && s.z.avail_out > 0)
-			return false;
-		if (rc != Z_OK && rc != Z_STREAM_END)
-			return false;
-	}
-	s.pos += n;
-	return true;
-}
-
-/* Past n bytes of f. glibc's fseeko() costs an lseek() every time, even
- * inside its buffer; most values are a few bytes, so those are read over. */
-bool skip_forward(FILE *f, unsigned long long n)
-{
-	unsigned char sink[4096];
-
-	if (n <= sizeof(sink))
-		return fread(sink, 1, static_cast<size_t>(n), f) == n;
-	return n <= (unsigned long long)INT64_MAX &&
-	       fseeko(f, static_cast<off_t>(n), SEEK_CUR) == 0;
-}
-
-bool scan_skip(scan &s, unsigned long long n)
-{
-	if (!s.deflated) {
-		if (!skip_forward(s.f, n))
-			return false;
-		s.pos += n;
-		return true;
-	}
-	unsigned char sink[4096];
-	while (n > 0) {
-		size_t step = n < sizeof(sink) ? static_cast<size_t>(n) : sizeof(sink);
-		if (!scan_read(s, sink, step))
-			return false;
-		n -= step;
-	}
-	return true;
-}
-
-uint16_t get16(const unsigned char *b, bool big)
-{
-	return big ? static_cast<uint16_t>(b[0] << 8 | b[1]) :
-		     static_cast<uint16_t>(b[1] << 8 | b[0]);
-}
-
-uint32_t get32(const unsigned char *b, bool big)
-{
-	return big ? (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 |
-		     (uint32_t)b[2] << 8 | b[3] :
-		     (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 |
-		     (uint32_t)b[1] << 8 | b[0];
-}
-
-bool long_vr(const char *vr)
-{
-	return part10_long_vr(reinterpret_cast<const unsigned char *>(vr));
-}
-
-struct level {
-	unsigned long long end;	/* ~0: undefined length */
-	bool item;		/* an item (else a sequence) */
-	bool implicit, big;	/* encoding of what it holds */
-	bool fragments;		/* encapsulated pixel data: items are raw */
-	uint32_t last_tag;	/* of an item: its last element's tag */
-};
-
-enum scan_verdict { SCAN_OK, SCAN_TOO_DEEP, SCAN_UNORDERED };
-
-const unsigned long long OPEN_END = ~0ULL;
-
-/* An element whose tag is below its predecessor's in the same item: DCMTK
- * finds its place walking back from the item's end, so a file of n
- * elements in reverse order costs n^2 / 2 steps (120,000 elements, 1.2 MB:
- * 93 s). */
-bool out_of_order(uint32_t &last, uint32_t tag, unsigned long &count)
-{
-	bool back = tag < last;
-
-	last = tag;
-	return back && ++count > DICOM_MAX_UNORDERED;
-}
-
-/* SCAN_OK also when the scan gave up: DCMTK then decides. */
-enum scan_verdict scan_dataset(scan &s, bool implicit, bool big)
-{
-	level stack[2 * DICOM_MAX_DEPTH + 4];
-	int n = 0, depth = 0;
-	uint32_t top_last = 0;
-	unsigned long unordered = 0;
-
-	for (;;) {
-		while (n > 0 && stack[n - 1].end != OPEN_END &&
-		       s.pos >= stack[n - 1].end) {
-			if (!stack[n - 1].item)
-				depth--;
-			n--;
-		}
-		bool imp = n > 0 ? stack[n - 1].implicit : implicit;
-		bool be = n > 0 ? stack[n - 1].big : big;
-		unsigned char b[8];
-		if (!scan_read(s, b, 4))
-			return SCAN_OK;
-		uint16_t group = get16(b, be), elem = get16(b + 2, be);
-		if (group == 0xfffe) {
-			if (!scan_read(s, b, 4))
-				return SCAN_OK;
-			uint32_t len = get32(b, be);
-			if (elem == 0xe000) {
-				if (n == 0 || stack[n - 1].item)
-					return SCAN_OK;
-				if (stack[n - 1].fragments) {
-					if (len == UNDEFINED || !scan_skip(s, len))
-						return SCAN_OK;
-					continue;
-				}
-				if (n >= (int)(sizeof(stack) / sizeof(stack[0])))
-					return SCAN_TOO_DEEP;
-				stack[n] = { len == UNDEFINED ? OPEN_END : s.pos + len,
-					     true, imp, be, false, 0 };
-				n++;
-			} else if (elem == 0xe00d) {
-				if (n == 0 || !stack[n - 1].item)
-					return SCAN_OK;
-				n--;
-			} else if (elem == 0xe0dd) {
-				if (n == 0 || stack[n - 1].item)
-					return SCAN_OK;
-				n--;
-				depth--;
-			} else {
-				return SCAN_OK;
-			}
-			continue;
-		}
-		uint32_t &last = n > 0 && stack[n - 1].item ? stack[n - 1].last_tag :
-				 top_last;
-		if ((n == 0 || stack[n - 1].item) &&
-		    out_of_order(last, (uint32_t)group << 16 | elem, unordered))
-			return SCAN_UNORDERED;
-		char vr[2] = { 0, 0 };
-		uint32_t len;
-		if (!imp) {
-			if (!scan_read(s, b, 4))
-				return SCAN_OK;
-			vr[0] = static_cast<char>(b[0]);
-			vr[1] = static_cast<char>(b[1]);
-			if (vr[0] < 'A' || vr[0] > 'Z' || vr[1] < 'A' || vr[1] > 'Z')
-				return SCAN_OK;
-			if (long_vr(vr)) {
-				if (!scan_read(s, b, 4))
-					return SCAN_OK;
-				len = get32(b, be);
-			} else {
-				len = get16(b + 2, be);
-			}
-		} else {
-			if (!scan_read(s, b, 4))
-				return SCAN_OK;
-			len = get32(b, be);
-			DcmTag tag(group, elem);
-			if (tag.getEVR() == EVR_SQ)
-				memcpy(vr, "SQ", 2);
-		}
-		bool pixels = group == 0x7fe0 && elem == 0x0010;
-		if (len == UNDEFINED || memcmp(vr, "SQ", 2) == 0) {
-			if (n >= (int)(sizeof(stack) / sizeof(stack[0])))
-				return SCAN_TOO_DEEP;
-			bool un = memcmp(vr, "UN", 2) == 0;
-			stack[n] = { len == UNDEFINED ? OPEN_END : s.pos + len, false,
-				     imp || un, be && !un,
-				     pixels && len == UNDEFINED, 0 };
-			n++;
-			if (++depth > DICOM_MAX_DEPTH)
-				return SCAN_TOO_DEEP;
-			continue;
-		}
-		if (!scan_skip(s, len))
-			return SCAN_OK;
-	}
-}
-
-/* The transfer syntax UID from a meta header at the stream's position,
- * offset at; leaves the stream just after the meta header. (The offset is
- * counted here: ftello() would cost an lseek() per element.) */
-bool scan_meta(scan &s, std::string &syntax, off_t at)
-{
-	for (;;) {
-		unsigned char b[8];
-		if (fread(b, 1, 8, s.f) != 8)
-			return false;
-		if (get16(b, false) != 0x0002)
-			return fseeko(s.f, at, SEEK_SET) == 0;
-		uint32_t len;
-		if (long_vr(reinterpret_cast<const char *>(b + 4))) {
-			unsigned char l[4];
-			if (fread(l, 1, 4, s.f) != 4)
-				return false;
-			len = get32(l, false);
-			at += 4;
-		} else {
-			len = get16(b + 6, false);
-		}
-		at += 8 + static_cast<off_t>(len);
-		if (get16(b + 2, false) == 0x0010 && len < 256) {
-			char uid[256];
-			if (fread(uid, 1, len, s.f) != len)
-				return false;
-			while (len > 0 && (uid[len - 1] == '\0' || uid[len - 1] == ' '))
-				len--;
-			syntax.assign(uid, len);
-		} else if (len == UNDEFINED || !skip_forward(s.f, len)) {
-			return false;
-		}
-	}
-}
+/* ---- limits checked before DCMTK parses (part10_check_limits()) ---- */
 
 /* Whether the file at path (or its bytes in mem) nests sequences deeper
- * than DICOM_MAX_DEPTH, or has more than DICOM_MAX_UNORDERED elements out
- * of tag order. */
-enum scan_verdict prescan(const char *path, const std::string *mem)
+ * than DICOM_MAX_DEPTH or has more than DICOM_MAX_UNORDERED elements out of
+ * tag order: the byte layer walks its headers (DCMTK's recursive, quadratic
+ * reader must not meet such a file). A file it cannot open is DCMTK's to
+ * refuse. */
+static enum part10_limit check_limits(const char *path, const std::string *mem)
 {
-	scan s;
-	unsigned char head[132];
-	std::string syntax;
-	bool implicit = false, big = false;
-	enum scan_verdict rc = SCAN_OK;
+	struct part10_source src = {};
+	struct stat st;
 
-	s.f = mem ? fmemopen(const_cast<char *>(mem->data()), mem->size(), "rb") :
-		    fopen(path, "rb");
-	if (s.f == nullptr)
-		return SCAN_OK;
-	size_t got = fread(head, 1, sizeof(head), s.f);
-	if (got == sizeof(head) && memcmp(head + 128, "DICM", 4) == 0) {
-		if (!scan_meta(s, syntax, sizeof(head)))
-			goto done;
-	} else if (got >= 8 && head[0] == 0x02 && head[1] == 0x00) {
-		rewind(s.f);
-		if (!scan_meta(s, syntax, 0))
-			goto done;
-	} else if (got >= 8) {
-		rewind(s.f);
-		implicit = !(head[4] >= 'A' && head[4] <= 'Z' &&
-			     head[5] >= 'A' && head[5] <= 'Z');
-		big = head[0] == 0x00 && head[1] != 0x00;
-	} else {
-		goto done;
+	if (mem != nullptr) {
+		src.bytes = reinterpret_cast<const unsigned char *>(mem->data());
+		src.size = mem->size();
+		return part10_check_limits(&src);
 	}
-	if (syntax == UID_LittleEndianImplicitTransferSyntax) {
-		implicit = true;
-	} else if (syntax == UID_BigEndianExplicitTransferSyntax) {
-		big = true;
-	} else if (syntax == UID_DeflatedExplicitVRLittleEndianTransferSyntax) {
-		s.deflated = true;
-		if (inflateInit2(&s.z, -MAX_WBITS) != Z_OK)
-			goto done;
-		s.z_ready = true;
-	}
-	rc = scan_dataset(s, implicit, big);
-done:
-	if (s.z_ready)
-		inflateEnd(&s.z);
-	fclose(s.f);
+	src.fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (src.fd == -1)
+		return PART10_WITHIN_LIMITS;
+	src.size = fstat(src.fd, &st) == 0 && S_ISREG(st.st_mode) ?
+		   static_cast<uint64_t>(st.st_size) : PART10_SIZE_UNKNOWN;
+	enum part10_limit rc = part10_check_limits(&src);
+	close(src.fd);
 	return rc;
 }
-
-} /* namespace */
 
 /* What loadFile() does, from the file's bytes in memory: every value is
  * read now (a buffer stream makes no lazy values), none re-read later. */
@@ -601,14 +318,14 @@ static OFCondition read_mem(struct dicom_file *f, const std::string &mem,
 static int load(struct dicom_file *f, const char *path, const std::string *mem,
 		struct error *err)
 {
-	switch (prescan(path, mem)) {
-	case SCAN_TOO_DEEP:
+	switch (check_limits(path, mem)) {
+	case PART10_TOO_DEEP:
 		return error_set(err, ERROR_INPUT, 0, "sequences nested more "
 				 "than %d levels deep", DICOM_MAX_DEPTH);
-	case SCAN_UNORDERED:
+	case PART10_UNORDERED:
 		return error_set(err, ERROR_INPUT, 0, "more than %d elements out "
 				 "of tag order", DICOM_MAX_UNORDERED);
-	case SCAN_OK:
+	case PART10_WITHIN_LIMITS:
 		break;
 	}
 	OFCondition cond = mem ? read_mem(f, *mem, ERM_fileOnly) :
@@ -657,13 +374,6 @@ static bool text_vr(const char *vr)
 		if (strcmp(vr, v) == 0)
 			return true;
 	return false;
-}
-
-static bool dictionary_sequence(uint32_t tag)
-{
-	DcmTag t(DCM_GROUP(tag), DCM_ELEMENT(tag));
-
-	return t.getEVR() == EVR_SQ;
 }
 
 /* The VR of an indexed element: as written, or the dictionary's. */
@@ -748,7 +458,7 @@ static bool index_light(struct dicom_file *f)
 	    xfer.getByteOrder() != EBO_LittleEndian ||
 	    xfer.getStreamCompression() != ESC_none)
 		return false;
-	if (part10_index(&f->index, xfer.isImplicitVR(), dictionary_sequence) == -1)
+	if (part10_index(&f->index, xfer.isImplicitVR(), nullptr) == -1)
 		return false;
 	/* What load() requires of every object. */
 	if (light_raw(f, TAG_SOPClassUID, sop_class) != 1 || sop_class.empty() ||
@@ -1376,14 +1086,34 @@ static creators creators_of(const std::vector<DcmElement *> &elements)
 	return out;
 }
 
-static std::string private_creator(const creators &names, const DcmTagKey &key)
+static const char *private_creator(const creators &names, const DcmTagKey &key)
 {
 	Uint16 el = key.getElement();
 
 	if (!(key.getGroup() & 1) || el < 0x1000)
 		return "";
 	auto it = names.find(DCM_TAG(key.getGroup(), el >> 8));
-	return it == names.end() ? "" : it->second;
+	return it == names.end() ? "" : it->second.c_str();
+}
+
+/* Whether an item holds private data: only then are its creators read. */
+static bool has_private(const std::vector<DcmElement *> &elements)
+{
+	for (DcmElement *e : elements)
+		if (e->getGTag() & 1)
+			return true;
+	return false;
+}
+
+/* The VR's two letters (DCMTK's names of its internal VRs are two
+ * letters too); snprintf() per element was a tenth of the walk. */
+static void vr_name(DcmElement *e, char vr[3])
+{
+	const char *name = DcmVR(e->getVR()).getVRName();
+
+	vr[0] = name[0];
+	vr[1] = name[0] ? name[1] : '\0';
+	vr[2] = '\0';
 }
 
 /* Visitors change only the element they are given (dicom.h), so the
@@ -1392,8 +1122,10 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 		void *ctx)
 {
 	std::vector<DcmElement *> elements = elements_of(item);
-	creators names = creators_of(elements);
+	creators names;
 
+	if (has_private(elements))
+		names = creators_of(elements);
 	for (DcmElement *e : elements) {
 		struct dicom_elem elem;
 
@@ -1401,7 +1133,7 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 		elem.element = e;
 		elem.parent = item;
 		elem.depth = depth;
-		snprintf(elem.vr, sizeof(elem.vr), "%s", DcmVR(e->getVR()).getVRName());
+		vr_name(e, elem.vr);
 		elem.creator = private_creator(names, e->getTag());
 		if (fn(ctx, &elem) == DCM_VISIT_REMOVE) {
 			f->modified = true;
@@ -1446,7 +1178,25 @@ extern "C" int dicom_elem_depth(const struct dicom_elem *elem)
 
 extern "C" const char *dicom_elem_private_creator(const struct dicom_elem *elem)
 {
-	return elem->creator.c_str();
+	return elem->creator;
+}
+
+extern "C" void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t len)
+{
+	try {
+		/* One look-up: a DcmTag made anew (dicom_keyword_from_tag())
+		 * looks its VR up in the dictionary before its name. */
+		const DcmTag &tag = elem->element->getTag();
+		const DcmDataDictionary &dict = dcmDataDict.rdlock();
+		const DcmDictEntry *entry = dict.findEntry(tag, tag.getPrivateCreator());
+		const char *name = entry != nullptr ? entry->getTagName() : nullptr;
+
+		snprintf(buf, len, "%s", name && strcmp(name, DcmTag_ERROR_TagName) ?
+			 name : "");
+		dcmDataDict.rdunlock();
+	} catch (...) {
+		snprintf(buf, len, "%s", "");
+	}
 }
 
 extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
@@ -1714,12 +1464,6 @@ static int saved_errno(void)
 	return errno != 0 ? errno : EIO;
 }
 
-static bool output_errno(int e)
-{
-	return e == ENOSPC || e == EDQUOT || e == EIO || e == EROFS ||
-	       e == EFBIG || e == EBADF || e == EPIPE || e == ENXIO;
-}
-
 extern "C" void dicom_zero_preamble(struct dicom_file *file)
 {
 	file->zero_preamble = true;
@@ -1739,61 +1483,160 @@ static int clear_preamble(struct dicom_file *file, int fd, struct error *err)
 	return 0;
 }
 
+/*
+ * What DCMTK encodes goes to the output descriptor through one buffer,
+ * in as few write(2) calls as the file has buffers (one for a small
+ * file), with the preamble zeroed on its way out when asked. Through a
+ * FILE it took dup, fcntl, a write per 4 KiB, close and a pwrite of the
+ * preamble afterwards, and a locked fwrite per tag, length and value.
+ * The buffer is bounded: a file of 500 MB of pixel data is not held.
+ */
+namespace {
+
+class FdConsumer : public DcmConsumer {
+public:
+	FdConsumer(int fd, bool zero_preamble) : fd_(fd), zero_(zero_preamble)
+	{
+		buf_.reserve(BUFFER);
+	}
+	OFBool good() const override { return errno_ == 0; }
+	OFCondition status() const override
+	{
+		return errno_ == 0 ? EC_Normal : EC_StreamNotifyClient;
+	}
+	OFBool isFlushed() const override { return buf_.empty(); }
+	offile_off_t avail() const override { return 0x7fffffff; }
+	offile_off_t write(const void *buf, offile_off_t len) override
+	{
+		if (errno_ != 0 || len <= 0)
+			return 0;
+		const char *p = static_cast<const char *>(buf);
+		size_t n = static_cast<size_t>(len);
+
+		if (buf_.size() + n > BUFFER)
+			flush();
+		if (errno_ == 0 && n >= BUFFER)
+			put(p, n);	/* large values skip the copy */
+		else if (errno_ == 0)
+			buf_.append(p, n);
+		return errno_ == 0 ? len : 0;
+	}
+	void flush() override
+	{
+		if (!buf_.empty() && errno_ == 0) {
+			/* Zeroed in place: one write(2), not two. */
+			if (zero_ && off_ < PREAMBLE)
+				memset(&buf_[0], 0, std::min(buf_.size(),
+					static_cast<size_t>(PREAMBLE - off_)));
+			put(&buf_[0], buf_.size(), true);
+		}
+		buf_.clear();
+	}
+	int error() const { return errno_; }
+
+private:
+	static const size_t BUFFER = 256 * 1024;
+	static const unsigned PREAMBLE = 128;
+
+	/* Out at offset off_, the preamble's bytes (offsets 0-127) as
+	 * zeros when asked and not zeroed already. */
+	void put(const char *p, size_t n, bool zeroed = false)
+	{
+		static const char zeros[PREAMBLE] = { 0 };
+
+		while (n > 0 && errno_ == 0) {
+			size_t step = n;
+			const char *from = p;
+
+			if (zero_ && !zeroed && off_ < PREAMBLE) {
+				step = std::min(n, static_cast<size_t>(PREAMBLE - off_));
+				from = zeros;
+			}
+			ssize_t w = ::write(fd_, from, step);
+			if (w == -1 && errno == EINTR)
+				continue;
+			if (w <= 0) {
+				errno_ = w == -1 && errno != 0 ? errno : EIO;
+				return;
+			}
+			off_ += static_cast<unsigned long long>(w);
+			p += w;
+			n -= static_cast<size_t>(w);
+		}
+	}
+
+	int fd_;
+	bool zero_;
+	int errno_ = 0;
+	unsigned long long off_ = 0;
+	std::string buf_;
+};
+
+class FdOutputStream : public DcmOutputStream {
+public:
+	FdOutputStream(int fd, bool zero_preamble)
+		: DcmOutputStream(&consumer_), consumer_(fd, zero_preamble) {}
+	/* Everything out. A deflate filter's flush() does not flush the
+	 * consumer behind it: without this a deflated dataset (and the
+	 * meta header before it) stayed in the buffer. */
+	void finish()
+	{
+		flush();
+		consumer_.flush();
+	}
+	int error() const { return consumer_.error(); }
+
+private:
+	FdConsumer consumer_;
+};
+
+} /* namespace */
+
 static int save_fd(struct dicom_file *file, int fd, struct error *err);
 
 extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 {
-	if (save_fd(file, fd, err) == -1)
-		return -1;
-	return clear_preamble(file, fd, err);
+	return save_fd(file, fd, err);
 }
 
 static int save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
-		/* Spliced: the source's bytes but for the edited values. */
+		/* Spliced: the source's bytes but for the edited values,
+		 * whatever the meta header says (dicom_meta_disagreement()). */
 		if (file->light)
-			return light_save(file, fd, err);
+			return light_save(file, fd, err) == -1 ? -1 :
+			       clear_preamble(file, fd, err);
 		if (promote(file, err) == -1)
 			return -1;
-		int copy = dup(fd);
-		FILE *stream = copy == -1 ? nullptr : fdopen(copy, "wb");
-		if (stream == nullptr) {
-			if (copy != -1)
-				close(copy);
-			return error_set(err, ERROR_TRANSIENT, errno, "cannot write");
-		}
-		/* Buffered: DCMTK hands over every tag, length and value in a
-		 * separate fwrite() (unbuffered, hundreds of write(2) per
-		 * file). The buffer is flushed and checked below, while the
-		 * stream is still ours, so its closing fclose() has nothing
-		 * left to write and no failure goes unchecked. */
-		setvbuf(stream, nullptr, _IOFBF, 64 * 1024);
 		OFCondition cond;
-		errno = 0;
+		int werr;
+		bool flushed;
 		{
-			/* The stream owns and closes the FILE. */
-			DcmOutputFileStream out(stream);
+			FdOutputStream out(fd, file->zero_preamble);
 			DcmWriteCache cache;
 			file->format.transferInit();
 			cond = file->format.write(out, EXS_Unknown, EET_UndefinedLength,
 						  &cache, EGL_recalcGL, EPD_noChange,
 						  0, 0, 0, EWM_createNewMeta);
 			file->format.transferEnd();
-			out.flush();
-			if (out.status().bad() && cond.good())
-				cond = out.status();
-			if (fflush(stream) != 0 && cond.good())
-				cond = EC_StreamNotifyClient;
+			out.finish();
+			werr = out.error();
+			flushed = out.isFlushed();
 		}
 		/* A write that failed (full disk, quota, read-only or broken
-		 * output) is worth a retry: DCMTK reports it as a stalled
-		 * stream, write(2) left errno. Any other failure is the
-		 * object's (a value DCMTK cannot encode), and a retry would
-		 * fail the same way forever. */
-		if (cond.bad() && (output_errno(errno) ||
-				   cond == EC_StreamNotifyClient))
-			return fail(err, ERROR_TRANSIENT, saved_errno(),
+		 * output) is worth a retry: the descriptor's errno says so.
+		 * Any other failure is the object's (a value DCMTK cannot
+		 * encode), and a retry would fail the same way forever. */
+		if (werr != 0)
+			return error_set(err, ERROR_TRANSIENT, werr,
+					 "cannot write DICOM file");
+		/* Bytes held back anywhere would make a short file. */
+		if (cond.good() && !flushed)
+			return error_set(err, ERROR_TRANSIENT, 0,
+					 "cannot write DICOM file (not all written)");
+		if (cond.bad() && cond == EC_StreamNotifyClient)
+			return fail(err, ERROR_TRANSIENT, EIO,
 				    "cannot write DICOM file", cond);
 		if (cond.bad())
 			return fail(err, ERROR_INPUT, 0, "cannot encode DICOM file",

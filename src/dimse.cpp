@@ -563,6 +563,31 @@ void plan_round(const struct dimse_peer *peer, struct delivery_item *items,
 	}
 }
 
+/*
+ * A file DCMTK could not load. Every file queued was written and parsed by
+ * our pipeline, so unless the file itself is gone or refused, the cause is
+ * the machine's (out of file descriptors or memory, an I/O error): a retry,
+ * never a rejection. open(2) tells which, as DCMTK's condition does not.
+ */
+void load_failed(struct delivery_item *item, const OFCondition &cond)
+{
+	int fd = open(item->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	int open_errno = errno;
+
+	item->status = 0;
+	if (fd == -1 && open_errno != ENOENT && open_errno != ELOOP) {
+		set_reason(item, "the file could not be opened now (%s)",
+			   strerror(open_errno));
+		item->result = DELIVERY_RETRY;
+		return;
+	}
+	if (fd != -1)
+		close(fd);
+	set_reason(item, "the file could not be read (%s)",
+		   one_line(cond.text()).c_str());
+	item->result = DELIVERY_REJECTED;
+}
+
 /* UIDs the caller left empty: read from the file's header. */
 void fill_from_file(struct delivery_item *item)
 {
@@ -580,9 +605,7 @@ void fill_from_file(struct delivery_item *item)
 	cond = ff.loadFile(item->path, EXS_Unknown, EGL_noChange, 256,
 			   ERM_fileOnly);
 	if (cond.bad()) {
-		set_reason(item, "the file could not be read (%s)",
-			   one_line(cond.text()).c_str());
-		item->result = DELIVERY_REJECTED;
+		load_failed(item, cond);
 		return;
 	}
 	if (!item->sop_class_uid[0] &&
@@ -718,10 +741,7 @@ enum sent send_one(const struct dimse_peer *peer, association &a,
 	cond = ff.loadFile(item->path, EXS_Unknown, EGL_noChange,
 			   DCM_MaxReadLength, ERM_fileOnly);
 	if (cond.bad()) {
-		set_reason(item, "the file could not be read (%s)",
-			   one_line(cond.text()).c_str());
-		item->result = DELIVERY_REJECTED;
-		item->status = 0;
+		load_failed(item, cond);
 		return SENT;
 	}
 	id = choose_context(peer, a.assoc, item->sop_class_uid, ff.getDataset());

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "dicomsort/fsutil.h"
+#include "dicomsort/quarantine.h"
 #include "dicomsort/records.h"
 
 #define REF_SUFFIX ".ref"
@@ -307,27 +308,6 @@ int outbox_done(struct outbox *ob, const char *name, struct error *err)
 	return 0;
 }
 
-/* One line, control characters and backslashes escaped as quarantine.c
- * does, so a peer's text can never forge a key of the sidecar. */
-static void put_escaped(FILE *f, const char *key, const char *value)
-{
-	fprintf(f, "%s: ", key);
-	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-		switch (*p) {
-		case '\n': fputs("\\n", f); break;
-		case '\r': fputs("\\r", f); break;
-		case '\t': fputs("\\t", f); break;
-		case '\\': fputs("\\\\", f); break;
-		default:
-			if (*p < 0x20 || *p == 0x7f)
-				fprintf(f, "\\x%02x", *p);
-			else
-				fputc(*p, f);
-		}
-	}
-	fputc('\n', f);
-}
-
 static char *reason_text(const struct outbox *ob, const char *name,
 			 const char *reason)
 {
@@ -343,9 +323,9 @@ static char *reason_text(const struct outbox *ob, const char *name,
 	outbox_ref(ob, name, ref, sizeof(ref));
 	gmtime_r(&now, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	put_escaped(f, "file", name);
-	put_escaped(f, "output", ref);
-	put_escaped(f, "reason", reason);
+	quarantine_sidecar_line(f, "file", name);
+	quarantine_sidecar_line(f, "output", ref);
+	quarantine_sidecar_line(f, "reason", reason);
 	fprintf(f, "time: %s\nby: dicomsortd %s\n", when, DICOMSORT_VERSION);
 	if (fclose(f) != 0) {
 		free(text);

@@ -68,10 +68,7 @@ static int place(int dirfd, const char *source, const char *base,
 	return 0;
 }
 
-/* One "key: value" line; control characters and backslashes in the
- * value are escaped (\n, \r, \t, \\, \xHH), so a file name can never
- * start a line of its own and forge a key. */
-static void put_value(FILE *f, const char *key, const char *value)
+void quarantine_sidecar_line(FILE *f, const char *key, const char *value)
 {
 	fprintf(f, "%s: ", key);
 	for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
@@ -102,10 +99,11 @@ static char *sidecar_text(const char *final, const struct quarantine_entry *e,
 		return NULL;
 	gmtime_r(&now, &tm);
 	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	put_value(f, "file", final);
-	put_value(f, "source", e->source_rel ? e->source_rel : e->source_path);
-	put_value(f, "reason", e->reason ? e->reason : "");
-	put_value(f, "rule", e->rule ? e->rule : "");
+	quarantine_sidecar_line(f, "file", final);
+	quarantine_sidecar_line(f, "source", e->source_rel ? e->source_rel :
+				e->source_path);
+	quarantine_sidecar_line(f, "reason", e->reason ? e->reason : "");
+	quarantine_sidecar_line(f, "rule", e->rule ? e->rule : "");
 	fprintf(f, "attempts: %u\ntime: %s\nby: dicomsortd %s\n", e->attempts,
 		when, DICOMSORT_VERSION);
 	if (e->st != NULL && e->st->st_ino != 0) {
@@ -117,9 +115,9 @@ static char *sidecar_text(const char *final, const struct quarantine_entry *e,
 			(long long)e->st->st_size, mtime);
 	}
 	if (e->sha256 != NULL && e->sha256[0])
-		put_value(f, "sha256", e->sha256);
+		quarantine_sidecar_line(f, "sha256", e->sha256);
 	if (e->owner != NULL && e->owner[0])
-		put_value(f, "owner", e->owner);
+		quarantine_sidecar_line(f, "owner", e->owner);
 	if (fclose(f) != 0) {
 		free(text);
 		return NULL;

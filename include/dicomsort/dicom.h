@@ -34,32 +34,7 @@ extern "C" {
 #endif
 
 #include "dicomsort/error.h"
-
-#define DCM_TAG(group, element) (((uint32_t)(group) << 16) | (uint32_t)(element))
-#define DCM_GROUP(tag) ((uint16_t)((tag) >> 16))
-#define DCM_ELEMENT(tag) ((uint16_t)((tag) & 0xffffu))
-
-/* dicom_load() rejects a file whose sequences nest deeper than this
- * (DCMTK's reader recurses per level; real objects nest a few levels). */
-#define DICOM_MAX_DEPTH 64
-/* Elements whose tag is below the one before them in the same item: DICOM
- * forbids any, real files have a few, and DCMTK's reader is quadratic in
- * them (a reversed file of 1.2 MB took 93 s). */
-#define DICOM_MAX_UNORDERED 64
-
-#define TAG_SpecificCharacterSet DCM_TAG(0x0008, 0x0005)
-#define TAG_SOPClassUID DCM_TAG(0x0008, 0x0016)
-#define TAG_SOPInstanceUID DCM_TAG(0x0008, 0x0018)
-#define TAG_StudyDate DCM_TAG(0x0008, 0x0020)
-#define TAG_StudyInstanceUID DCM_TAG(0x0020, 0x000d)
-#define TAG_SeriesInstanceUID DCM_TAG(0x0020, 0x000e)
-#define TAG_Modality DCM_TAG(0x0008, 0x0060)
-#define TAG_PatientName DCM_TAG(0x0010, 0x0010)
-#define TAG_PatientID DCM_TAG(0x0010, 0x0020)
-#define TAG_PatientBirthDate DCM_TAG(0x0010, 0x0030)
-#define TAG_SeriesNumber DCM_TAG(0x0020, 0x0011)
-#define TAG_SeriesDescription DCM_TAG(0x0008, 0x103e)
-#define TAG_PixelData DCM_TAG(0x7fe0, 0x0010)
+#include "dicomsort/tag.h"
 
 struct dicom_file;
 struct dicom_elem;	/* an element met by dicom_visit(); valid only in the callback */
@@ -223,6 +198,10 @@ const char *dicom_elem_vr(const struct dicom_elem *elem);
 int dicom_elem_depth(const struct dicom_elem *elem);
 /** Private creator of a private element ("" if none/not private). */
 const char *dicom_elem_private_creator(const struct dicom_elem *elem);
+/** The dictionary's keyword of the element's tag into buf ("" when no
+ *  dictionary knows it); like dicom_keyword_from_tag() for a standard
+ *  tag, with one dictionary look-up fewer. */
+void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t len);
 /** Value as UTF-8; like dicom_get_string(). Not for SQ. */
 int dicom_elem_get_string(struct dicom_elem *elem, char **utf8);
 /** Replace the value; bytes stored as given. Not for SQ. */

@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -123,6 +124,12 @@ int quarantine_purge(const struct quarantine_item *it, struct error *err);
  * Returns a descriptor to close, or -1.
  */
 int quarantine_lock(const char *dir, bool wait, struct error *err);
+
+/** One "key: value" sidecar line, the value's control characters and
+ *  backslashes escaped (\n, \r, \t, \\, \xHH): a name can never start
+ *  a line of its own and forge a key. Every sidecar (quarantine, the
+ *  forwarding outbox's rejected/) is written with it. */
+void quarantine_sidecar_line(FILE *f, const char *key, const char *value);
 
 /** Undo the sidecar escaping into out (always terminated). */
 void quarantine_unescape(const char *in, char *out, size_t outlen);

@@ -212,6 +212,42 @@ def test_originals_not_inside_output(svc_user, root, key):
     assert_names(conf, key, errs[0])
 
 
+@pytest.mark.parametrize("where,level,text", [
+    ("in/manifests", "error", "is inside input"),
+    ("out/manifests", "warning", "manifests would sit among the sorted"),
+    ("out/.dicomsortd-state/done", None, None),
+    ("quarantine", "error", "same folder as quarantine"),
+    ("manifests", None, None),
+])
+def test_completed_spool_placement(svc_user, root, where, level, text):
+    """The study manifests' spool: inside input the daemon would take its
+    own manifests as DICOM; inside output only under its state folder."""
+    make_folders(root, svc_user, ("in", "out", "quarantine", "manifests"))
+    target = root / where
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.chown(target, svc_user, svc_user)
+    conf = write_conf(root, study_idle_s=60, completed=target)
+    r = check(conf, svc_user)
+    lines = [ln for ln in r.stderr.splitlines() if "completed" in ln]
+    if level is None:
+        assert r.returncode == 0, r.stderr
+        assert not [ln for ln in lines if "error" in ln or "warning" in ln], \
+            r.stderr
+        return
+    found = [ln for ln in findings(r, level) if text in ln]
+    assert len(found) == 1, r.stderr
+    assert_names(conf, "completed", found[0])
+    assert r.returncode == (2 if level == "error" else 0), r.stderr
+
+
+def test_completed_not_checked_without_study_events(svc_user, root):
+    make_folders(root, svc_user, ("in", "out", "quarantine"))
+    (root / "in" / "manifests").mkdir()
+    conf = write_conf(root, completed=root / "in" / "manifests")
+    r = check(conf, svc_user)
+    assert r.returncode == 0, r.stderr
+
+
 def test_output_inside_input(svc_user, root):
     make_folders(root, svc_user, ("in", "quarantine"))
     (root / "in" / "sorted").mkdir()

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -737,6 +738,55 @@ static void test_bad_files(void **state)
 	scp_kill(&s);
 }
 
+/* The lowest descriptor number free now. */
+static int lowest_free_fd(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+	assert_true(fd >= 0);
+	close(fd);
+	return fd;
+}
+
+/* Out of file descriptors when a file is loaded for sending: the file is
+ * fine, the machine is not - a retry, never a rejection (a rejected file
+ * would go to rejected/ and never reach the peer). */
+static void test_no_descriptor_for_the_file(void **state)
+{
+	struct scp s = { 0 };
+	struct batch b = { 0 };
+	struct dimse_peer p;
+	struct error err = ERROR_INIT;
+	struct rlimit old, tight;
+	int rc;
+
+	(void)state;
+	scp_start(&s, "nofd", NULL);
+	add(&b, CT, EXPLICIT_LE);
+	p = peer_at(s.port);
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	/* Room for the association's socket, not for the file. */
+	tight = old;
+	tight.rlim_cur = (rlim_t)lowest_free_fd() + 1;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &tight), 0);
+	rc = dimse_send(&p, b.items, b.n, &err);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	if (rc == -1) {
+		/* The association itself found no descriptor: also a retry. */
+		assert_int_equal(b.items[0].result, DELIVERY_PENDING);
+	} else {
+		assert_int_equal(b.items[0].result, DELIVERY_RETRY);
+		assert_non_null(strstr(b.items[0].reason, "could not be opened"));
+		no_phi(b.items[0].reason);
+	}
+	/* With descriptors back, the same file goes through. */
+	b.items[0].result = DELIVERY_PENDING;
+	assert_int_equal(dimse_send(&p, b.items, b.n, &err), 0);
+	assert_int_equal(b.items[0].result, DELIVERY_DONE);
+	arrived_same(&s, &b.items[0]);
+	scp_kill(&s);
+}
+
 /* More SOP classes than one association has contexts for (2 each, 128 at
  * most): sent over as many associations as needed, all delivered. */
 static void test_many_sop_classes(void **state)
@@ -972,6 +1022,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_out_of_resources, kill_all),
 		cmocka_unit_test_teardown(test_data_set_error, kill_all),
 		cmocka_unit_test_teardown(test_bad_files, kill_all),
+		cmocka_unit_test_teardown(test_no_descriptor_for_the_file, kill_all),
 		cmocka_unit_test_teardown(test_many_sop_classes, kill_all),
 		cmocka_unit_test_teardown(test_threads, kill_all),
 		cmocka_unit_test_teardown(test_tls, kill_all),

@@ -41,6 +41,7 @@ struct pipeline {
 	int output_fd;
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
+	uid_t euid;			/* ours: whose sources can be renamed */
 	mode_t file_mode;		/* 0666 less the umask, as open() gives */
 	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
@@ -119,6 +120,7 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	in->file_mode = umask(0);
 	umask(in->file_mode);
 	in->file_mode = 0666 & ~in->file_mode;
+	in->euid = geteuid();
 	*out = in;
 	if (compile_layout(&in->dirs, opts->dir_template ? opts->dir_template :
 			   LAYOUT_DEFAULT_DIRS, false, err) == -1)
@@ -577,34 +579,55 @@ static void reopen_output_if_removed(struct pipeline *in)
  * Each thread keeps its last destination folder open: the files of a
  * series arrive together, and walking the folder down from the root again
  * costs two system calls per level. A cached folder that has been deleted
- * meanwhile (link count 0) is walked - and created - again.
+ * meanwhile (link count 0) is walked - and created - again. synced: the
+ * walk made its folders durable (a rename's walk under a group commit
+ * leaves them to the final syncfs; a copy that destroys its source then
+ * walks again, syncing).
  */
 static __thread struct {
 	unsigned long generation;
 	int fd;
+	bool synced;
 	char path[PATH_MAX];
-} last_dir = { 0, -1, "" };
+} last_dir = { 0, -1, false, "" };
 
-static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err)
+/* How a copy's folders are made durable: where renames of the same
+ * pipeline leave new folders unsynced (batch --move), each folder found
+ * on the path is synced as well, before a source is destroyed. */
+static enum fsutil_dirs_sync copy_dirs_sync(const struct pipeline *in)
+{
+	return in->opts.rename_unchanged && in->opts.sync != PIPELINE_SYNC_EACH ?
+	       FSUTIL_DIRS_SYNC_PATH : FSUTIL_DIRS_SYNC_NEW;
+}
+
+static int mkdirs_output_as(struct pipeline *in, const char *dir,
+			    enum fsutil_dirs_sync how, struct error *err)
 {
 	struct stat st;
 	int fd;
 
 	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
+	    (last_dir.synced || how == FSUTIL_DIRS_DEFER) &&
 	    strcmp(last_dir.path, dir) == 0 && fstat(last_dir.fd, &st) == 0 &&
 	    st.st_nlink > 0 && (fd = fcntl(last_dir.fd, F_DUPFD_CLOEXEC, 0)) != -1)
 		return fd;
 	/* A live cached folder means a live root; only a miss looks. */
 	reopen_output_if_removed(in);
-	fd = fsutil_mkdirs_at(in->output_fd, dir, err);
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, how, err);
 	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
 		return fd;
 	if (last_dir.fd != -1)
 		close(last_dir.fd);
 	last_dir.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	last_dir.generation = in->generation;
+	last_dir.synced = how != FSUTIL_DIRS_DEFER;
 	strcpy(last_dir.path, dir);
 	return fd;
+}
+
+static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err)
+{
+	return mkdirs_output_as(in, dir, copy_dirs_sync(in), err);
 }
 
 /* Whether the anonymous snapshot can be linked into dirfd: linkat()
@@ -797,7 +820,48 @@ static bool rename_candidate(const struct job *job)
 	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
 	       job->source_st.st_dev == in->output_dev &&
 	       job->source_st.st_nlink == 1 &&
-	       (job->source_st.st_uid == geteuid() || geteuid() == 0);
+	       (job->source_st.st_uid == in->euid || in->euid == 0);
+}
+
+/*
+ * Each thread keeps the folder of its last renamed source open as well:
+ * the input is walked folder by folder. Owned by the cache; dropped when
+ * a move fails on the source's side (a folder replaced meanwhile is
+ * opened again by the next file).
+ */
+static __thread struct {
+	unsigned long generation;
+	int fd;
+	char path[PATH_MAX];
+} last_src = { 0, -1, "" };
+
+static void drop_source_folder(void)
+{
+	if (last_src.fd != -1)
+		close(last_src.fd);
+	last_src.fd = -1;
+}
+
+static int source_folder(const struct pipeline *in, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%.*s", slash == NULL ? 1 :
+		 slash == path ? 1 : (int)(slash - path),
+		 slash == NULL ? "." : path);
+	if (last_src.fd != -1 && last_src.generation == in->generation &&
+	    strcmp(last_src.path, dir) == 0)
+		return last_src.fd;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	drop_source_folder();
+	last_src.fd = fd;
+	last_src.generation = in->generation;
+	snprintf(last_src.path, sizeof(last_src.path), "%s", dir);
+	return fd;
 }
 
 /*
@@ -817,21 +881,36 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 {
 	struct pipeline *in = job->pipeline;
 	struct error *err = &res->err;
+	/* Under SYNC_DISPOSAL (batch --move) the names wait for
+	 * pipeline_sync_all(): a group commit, no fsync per file. The lease
+	 * goes on the descriptor read; its folder is the cached one. */
 	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
-				  .name = name, .mode = in->file_mode };
+				  .name = name, .mode = in->file_mode,
+				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
+				  .source_fd = &job->source_fd };
+	int src_dirfd;
 
 	/* Renamed, the inode becomes the output. One with other links would
 	 * stay reachable (and writable) from outside the output tree, and a
 	 * source of another owner cannot get the output's mode: copy those. */
 	if (job->source_st.st_nlink != 1 ||
-	    (job->source_st.st_uid != geteuid() && geteuid() != 0))
+	    (job->source_st.st_uid != in->euid && in->euid != 0))
 		return 1;
-	job->dir_fd = mkdirs_output(in, dir, err);
+	/* A rename destroys nothing: its new folders, too, wait for the
+	 * group commit. */
+	job->dir_fd = mkdirs_output_as(in, dir, mv.defer_sync ? FSUTIL_DIRS_DEFER :
+				       FSUTIL_DIRS_SYNC_NEW, err);
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
-	if (fsutil_move(&mv, err) == -1)
+	src_dirfd = source_folder(in, path);
+	if (src_dirfd != -1)
+		mv.source_dirfd = &src_dirfd;
+	if (fsutil_move(&mv, err) == -1) {
+		if (mv.side == FSUTIL_SIDE_SOURCE)
+			drop_source_folder();
 		return -1;
+	}
 	snprintf(final, finallen, "%s", mv.final);
 	if (mv.existed) {
 		res->status = PIPELINE_DUPLICATE;

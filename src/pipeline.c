@@ -42,6 +42,8 @@ struct pipeline {
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
 	uid_t euid;			/* ours: whose sources can be renamed */
+	atomic_bool dirs_deferred;	/* a rename left new folders to the
+					   final syncfs (SYNC_DISPOSAL) */
 	mode_t file_mode;		/* 0666 less the umask, as open() gives */
 	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
@@ -579,40 +581,31 @@ static void reopen_output_if_removed(struct pipeline *in)
  * Each thread keeps its last destination folder open: the files of a
  * series arrive together, and walking the folder down from the root again
  * costs two system calls per level. A cached folder that has been deleted
- * meanwhile (link count 0) is walked - and created - again. synced: the
- * walk made its folders durable (a rename's walk under a group commit
- * leaves them to the final syncfs; a copy that destroys its source then
- * walks again, syncing).
+ * meanwhile (link count 0) is walked - and created - again. how: whether
+ * a new folder's parent is fsynced (FSUTIL_DIRS_DEFER: a rename's, left
+ * to the final syncfs; see dirs_deferred).
  */
 static __thread struct {
 	unsigned long generation;
 	int fd;
-	bool synced;
 	char path[PATH_MAX];
-} last_dir = { 0, -1, false, "" };
+} last_dir = { 0, -1, "" };
 
-/* How a copy's folders are made durable: where renames of the same
- * pipeline leave new folders unsynced (batch --move), each folder found
- * on the path is synced as well, before a source is destroyed. */
-static enum fsutil_dirs_sync copy_dirs_sync(const struct pipeline *in)
-{
-	return in->opts.rename_unchanged && in->opts.sync != PIPELINE_SYNC_EACH ?
-	       FSUTIL_DIRS_SYNC_PATH : FSUTIL_DIRS_SYNC_NEW;
-}
-
-static int mkdirs_output_as(struct pipeline *in, const char *dir,
-			    enum fsutil_dirs_sync how, struct error *err)
+static int mkdirs_output(struct pipeline *in, const char *dir,
+			 enum fsutil_dirs_sync how, struct error *err)
 {
 	struct stat st;
 	int fd;
 
 	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
-	    (last_dir.synced || how == FSUTIL_DIRS_DEFER) &&
 	    strcmp(last_dir.path, dir) == 0 && fstat(last_dir.fd, &st) == 0 &&
 	    st.st_nlink > 0 && (fd = fcntl(last_dir.fd, F_DUPFD_CLOEXEC, 0)) != -1)
 		return fd;
-	/* A live cached folder means a live root; only a miss looks. */
+	/* A live cached folder means a live root; only a miss looks. Said
+	 * before the walk: whoever then finds a folder it made knows. */
 	reopen_output_if_removed(in);
+	if (how == FSUTIL_DIRS_DEFER)
+		atomic_store(&in->dirs_deferred, true);
 	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, how, err);
 	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
 		return fd;
@@ -620,14 +613,8 @@ static int mkdirs_output_as(struct pipeline *in, const char *dir,
 		close(last_dir.fd);
 	last_dir.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	last_dir.generation = in->generation;
-	last_dir.synced = how != FSUTIL_DIRS_DEFER;
 	strcpy(last_dir.path, dir);
 	return fd;
-}
-
-static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err)
-{
-	return mkdirs_output_as(in, dir, copy_dirs_sync(in), err);
 }
 
 /* Whether the anonymous snapshot can be linked into dirfd: linkat()
@@ -673,7 +660,8 @@ static int fill_temp(struct job *job, struct error *err)
 static int write_temp(struct job *job, const char *dir, struct error *err)
 {
 	if (job->dir_fd == -1)
-		job->dir_fd = mkdirs_output(job->pipeline, dir, err);
+		job->dir_fd = mkdirs_output(job->pipeline, dir,
+					    FSUTIL_DIRS_SYNC_NEW, err);
 	if (job->dir_fd == -1)
 		return -1;
 	if (job->copy_bytes && job->snap_fd != -1 && job->snap_name[0] == '/' &&
@@ -898,8 +886,8 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 		return 1;
 	/* A rename destroys nothing: its new folders, too, wait for the
 	 * group commit. */
-	job->dir_fd = mkdirs_output_as(in, dir, mv.defer_sync ? FSUTIL_DIRS_DEFER :
-				       FSUTIL_DIRS_SYNC_NEW, err);
+	job->dir_fd = mkdirs_output(in, dir, mv.defer_sync ? FSUTIL_DIRS_DEFER :
+				    FSUTIL_DIRS_SYNC_NEW, err);
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
@@ -955,12 +943,44 @@ int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
  * It goes only if it is still the version read (the check comes now,
  * right before it goes, not when the output was written); a source
  * changed meanwhile stays, to be processed again (source_changed). */
+/*
+ * Renames of this run left new folders unsynced (dirs_deferred): the
+ * output's folder, or one above it, may be one of them, found rather
+ * than made by this job. Before its source is destroyed the whole path
+ * is synced - each folder's parent, and the folder itself (a duplicate's
+ * name was not synced by publication). Only runs that mix renames with
+ * copies pay for it.
+ */
+static int sync_output_path(struct job *job, const char *dest,
+			    struct error *err)
+{
+	struct pipeline *in = job->pipeline;
+	char dir[PATH_MAX];
+	const char *slash = strrchr(dest, '/');
+	int fd, rc = 0;
+
+	if (!atomic_load(&in->dirs_deferred) || in->opts.sync == PIPELINE_SYNC_NONE)
+		return 0;
+	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - dest) : 0, dest);
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, FSUTIL_DIRS_SYNC_PATH, err);
+	if (fd == -1)
+		return -1;
+	rc = fsutil_fsync(fd, "output folder", err);
+	close(fd);
+	return rc;
+}
+
 static void dispose_source(struct job *job, const char *path, const char *rel,
 			   struct pipeline_result *res)
 {
 	const struct pipeline_hooks *h = job->hooks;
 	struct pipeline_read read = { .st = job->source_st };
 
+	if (job->pipeline->opts.disposal != PIPELINE_KEEP_SOURCE &&
+	    sync_output_path(job, res->dest, &res->dispose_err) == -1) {
+		res->dispose_failed = true;
+		return;
+	}
 	if (h != NULL && h->checkpoint != NULL)
 		h->checkpoint(h->ctx, PIPELINE_AT_DURABLE);
 	memcpy(read.sha256, job->sha256, sizeof(read.sha256));

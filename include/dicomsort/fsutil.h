@@ -36,17 +36,19 @@ int fsutil_open_dir(const char *path, bool create, struct error *err);
  */
 int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err);
 
-/* How fsutil_mkdirs_sync_at() makes the folders of a path durable. */
+/* How fsutil_mkdirs_sync_at() makes the folders of a path durable (0
+ * and 1 are false and true: "fsync the parent of a new folder"). */
 enum fsutil_dirs_sync {
-	FSUTIL_DIRS_SYNC_NEW,	/* fsync the parent of each folder it makes
-				   (what fsutil_mkdirs_at() does) */
-	FSUTIL_DIRS_SYNC_PATH,	/* fsync the parent of every folder on the
-				   path, made or found: durable even where
-				   another writer made one under
-				   FSUTIL_DIRS_DEFER (a clean folder's fsync
-				   costs no journal commit) */
-	FSUTIL_DIRS_DEFER,	/* none: the caller syncs the file system
+	FSUTIL_DIRS_DEFER = 0,	/* none: the caller syncs the file system
 				   (syncfs) before anything relies on them */
+	FSUTIL_DIRS_SYNC_NEW = 1,	/* fsync the parent of each folder it
+					   makes (fsutil_mkdirs_at()) */
+	FSUTIL_DIRS_SYNC_PATH = 2,	/* fsync the parent of every folder
+					   on the path, made or found: durable
+					   even where another writer made one
+					   under FSUTIL_DIRS_DEFER (a clean
+					   folder's fsync costs no journal
+					   commit) */
 };
 
 /** fsutil_mkdirs_at() with the durability of the folders chosen. */

@@ -358,15 +358,19 @@ static int collect(struct run *r, const char *dicomin, const char *dicomout)
 	FTS *fts;
 	FTSENT *e;
 
-	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, compare_names);
+	/* FTS_NOSTAT: files are opened (and looked at) by the pipeline;
+	 * folders are still stat'ed, into fts_dev/fts_ino (fts_statp is
+	 * NULL under FTS_NOSTAT). */
+	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR | FTS_NOSTAT,
+		       compare_names);
 	if (fts == NULL)
 		return -1;
 	while ((e = fts_read(fts)) != NULL) {
 		switch (e->fts_info) {
 		case FTS_D:
 			if (have_out && e->fts_level > 0 &&
-			    e->fts_statp->st_ino == out_st.st_ino &&
-			    e->fts_statp->st_dev == out_st.st_dev)
+			    e->fts_ino == out_st.st_ino &&
+			    e->fts_dev == out_st.st_dev)
 				fts_set(fts, e, FTS_SKIP);
 			break;
 		case FTS_DP:

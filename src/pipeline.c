@@ -42,6 +42,9 @@ struct pipeline {
 	int output_fd;
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
+	uid_t euid;			/* ours: whose sources can be renamed */
+	atomic_bool dirs_deferred;	/* a rename left new folders to the
+					   final syncfs (SYNC_DISPOSAL) */
 	mode_t file_mode;		/* 0666 less the umask, as open() gives */
 	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
@@ -122,6 +125,7 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	in->file_mode = umask(0);
 	umask(in->file_mode);
 	in->file_mode = 0666 & ~in->file_mode;
+	in->euid = geteuid();
 	*out = in;
 	if (compile_layout(&in->dirs, opts->dir_template ? opts->dir_template :
 			   LAYOUT_DEFAULT_DIRS, false, err) == -1)
@@ -619,6 +623,8 @@ static void reopen_output_if_removed(struct pipeline *in)
  * no system call: a cached folder deleted meanwhile shows when creating
  * the temp file in it fails (write_temp() walks again then), or when a
  * later step fails (the job drops the cache, its retry walks again).
+ * how: whether a new folder's parent is fsynced (FSUTIL_DIRS_DEFER: a
+ * rename's, or a copy's under a final syncfs; see dirs_deferred).
  */
 static __thread struct {
 	unsigned long generation;
@@ -634,7 +640,8 @@ static void drop_cached_dir(void)
 	last_dir.path[0] = '\0';
 }
 
-static int mkdirs_output(struct job *job, const char *dir, struct error *err)
+static int mkdirs_output(struct job *job, const char *dir,
+			 enum fsutil_dirs_sync how, struct error *err)
 {
 	struct pipeline *in = job->pipeline;
 	int fd;
@@ -645,11 +652,12 @@ static int mkdirs_output(struct job *job, const char *dir, struct error *err)
 		job->dir_cached = true;
 		return last_dir.fd;
 	}
-	/* A live cached folder means a live root; only a miss looks. */
+	/* A live cached folder means a live root; only a miss looks. Said
+	 * before the walk: whoever then finds a folder it made knows. */
 	reopen_output_if_removed(in);
-	/* A new folder's parent is synced with the file (SYNC_EACH) or by
-	 * the syncfs() the caller ends with. */
-	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, sync_each(in), err);
+	if (how == FSUTIL_DIRS_DEFER)
+		atomic_store(&in->dirs_deferred, true);
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, how, err);
 	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
 		return fd;
 	drop_cached_dir();
@@ -700,6 +708,13 @@ static int fill_temp(struct job *job, struct error *err)
 	return job->snapshot ? 0 : check_source_version(job, err);
 }
 
+/* A copy's new folders: their parents fsynced with the file (sync_each)
+ * or left to the syncfs() the caller ends with. */
+static enum fsutil_dirs_sync copy_dirs_sync(const struct pipeline *in)
+{
+	return sync_each(in) ? FSUTIL_DIRS_SYNC_NEW : FSUTIL_DIRS_DEFER;
+}
+
 /* An anonymous temp file in the destination folder, created with the
  * output's mode; a cached folder that fails to take it (deleted since)
  * is walked - and created - again, once. */
@@ -713,7 +728,8 @@ static int create_temp(struct job *job, const char *dir, struct error *err)
 	if (job->tmp_fd != -1 || !job->dir_cached)
 		return job->tmp_fd;
 	drop_cached_dir();
-	job->dir_fd = mkdirs_output(job, dir, err);
+	job->dir_fd = mkdirs_output(job, dir, copy_dirs_sync(job->pipeline),
+				    err);
 	if (job->dir_fd == -1)
 		return -1;
 	error_clear(err);
@@ -728,7 +744,8 @@ static int write_temp(struct job *job, const char *dir, struct error *err)
 	bool chmod_needed = true;
 
 	if (job->dir_fd == -1)
-		job->dir_fd = mkdirs_output(job, dir, err);
+		job->dir_fd = mkdirs_output(job, dir, copy_dirs_sync(job->pipeline),
+					    err);
 	if (job->dir_fd == -1)
 		return -1;
 	if (job->copy_bytes && job->snap_fd != -1 && job->snap_name[0] == '/' &&
@@ -874,7 +891,48 @@ static bool rename_candidate(const struct job *job)
 	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
 	       job->source_st.st_dev == in->output_dev &&
 	       job->source_st.st_nlink == 1 &&
-	       (job->source_st.st_uid == geteuid() || geteuid() == 0);
+	       (job->source_st.st_uid == in->euid || in->euid == 0);
+}
+
+/*
+ * Each thread keeps the folder of its last renamed source open as well:
+ * the input is walked folder by folder. Owned by the cache; dropped when
+ * a move fails on the source's side (a folder replaced meanwhile is
+ * opened again by the next file).
+ */
+static __thread struct {
+	unsigned long generation;
+	int fd;
+	char path[PATH_MAX];
+} last_src = { 0, -1, "" };
+
+static void drop_source_folder(void)
+{
+	if (last_src.fd != -1)
+		close(last_src.fd);
+	last_src.fd = -1;
+}
+
+static int source_folder(const struct pipeline *in, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%.*s", slash == NULL ? 1 :
+		 slash == path ? 1 : (int)(slash - path),
+		 slash == NULL ? "." : path);
+	if (last_src.fd != -1 && last_src.generation == in->generation &&
+	    strcmp(last_src.path, dir) == 0)
+		return last_src.fd;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	drop_source_folder();
+	last_src.fd = fd;
+	last_src.generation = in->generation;
+	snprintf(last_src.path, sizeof(last_src.path), "%s", dir);
+	return fd;
 }
 
 /*
@@ -894,21 +952,36 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 {
 	struct pipeline *in = job->pipeline;
 	struct error *err = &res->err;
+	/* Under SYNC_DISPOSAL (batch --move) the names wait for
+	 * pipeline_sync_all(): a group commit, no fsync per file. The lease
+	 * goes on the descriptor read; its folder is the cached one. */
 	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
-				  .name = name, .mode = in->file_mode };
+				  .name = name, .mode = in->file_mode,
+				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
+				  .source_fd = &job->source_fd };
+	int src_dirfd;
 
 	/* Renamed, the inode becomes the output. One with other links would
 	 * stay reachable (and writable) from outside the output tree, and a
 	 * source of another owner cannot get the output's mode: copy those. */
 	if (job->source_st.st_nlink != 1 ||
-	    (job->source_st.st_uid != geteuid() && geteuid() != 0))
+	    (job->source_st.st_uid != in->euid && in->euid != 0))
 		return 1;
-	job->dir_fd = mkdirs_output(job, dir, err);
+	/* A rename destroys nothing: its new folders, too, wait for the
+	 * group commit. */
+	job->dir_fd = mkdirs_output(job, dir, mv.defer_sync ? FSUTIL_DIRS_DEFER :
+				    FSUTIL_DIRS_SYNC_NEW, err);
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
-	if (fsutil_move(&mv, err) == -1)
+	src_dirfd = source_folder(in, path);
+	if (src_dirfd != -1)
+		mv.source_dirfd = &src_dirfd;
+	if (fsutil_move(&mv, err) == -1) {
+		if (mv.side == FSUTIL_SIDE_SOURCE)
+			drop_source_folder();
 		return -1;
+	}
 	snprintf(final, finallen, "%s", mv.final);
 	if (mv.existed) {
 		res->status = PIPELINE_DUPLICATE;
@@ -953,12 +1026,44 @@ int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
  * It goes only if it is still the version read (the check comes now,
  * right before it goes, not when the output was written); a source
  * changed meanwhile stays, to be processed again (source_changed). */
+/*
+ * Renames of this run left new folders unsynced (dirs_deferred): the
+ * output's folder, or one above it, may be one of them, found rather
+ * than made by this job. Before its source is destroyed the whole path
+ * is synced - each folder's parent, and the folder itself (a duplicate's
+ * name was not synced by publication). Only runs that mix renames with
+ * copies pay for it.
+ */
+static int sync_output_path(struct job *job, const char *dest,
+			    struct error *err)
+{
+	struct pipeline *in = job->pipeline;
+	char dir[PATH_MAX];
+	const char *slash = strrchr(dest, '/');
+	int fd, rc = 0;
+
+	if (!atomic_load(&in->dirs_deferred) || in->opts.sync == PIPELINE_SYNC_NONE)
+		return 0;
+	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - dest) : 0, dest);
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, FSUTIL_DIRS_SYNC_PATH, err);
+	if (fd == -1)
+		return -1;
+	rc = fsutil_fsync(fd, "output folder", err);
+	close(fd);
+	return rc;
+}
+
 static void dispose_source(struct job *job, const char *path, const char *rel,
 			   struct pipeline_result *res)
 {
 	const struct pipeline_hooks *h = job->hooks;
 	struct pipeline_read read = { .st = job->source_st };
 
+	if (job->pipeline->opts.disposal != PIPELINE_KEEP_SOURCE &&
+	    sync_output_path(job, res->dest, &res->dispose_err) == -1) {
+		res->dispose_failed = true;
+		return;
+	}
 	if (h != NULL && h->checkpoint != NULL)
 		h->checkpoint(h->ctx, PIPELINE_AT_DURABLE);
 	memcpy(read.sha256, job->sha256, sizeof(read.sha256));

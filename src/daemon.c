@@ -129,6 +129,16 @@ struct counters {
 	unsigned long stored, duplicates, quarantined, held, retries;
 };
 
+/* fill_owner()'s last answer; shared by the workers. */
+#define OWNER_CACHE_MS 5000
+struct owner_cache {
+	pthread_mutex_t lock;
+	bool valid;
+	uid_t uid;
+	int64_t when_ms;
+	char owner[96];
+};
+
 /* One group commit: its files, and whether their outputs are durable. */
 struct commit {
 	struct job *jobs;		/* linked by commit_next */
@@ -158,6 +168,7 @@ struct daemon {
 	long delay_durable_ms;		/* DICOMSORT_TEST_DELAY=durable:MS */
 	long delay_commit_ms;		/* DICOMSORT_TEST_DELAY=commit:MS */
 	struct workers *committer;	/* one thread: the group commits */
+	struct owner_cache owner_cache;
 	bool committer_stopped;
 	struct job *waiting, **waiting_tail;	/* loop thread: published,
 						   not committed */
@@ -271,15 +282,26 @@ static bool explain_input_side(const struct daemon *d, const struct job *job,
 	return true;
 }
 
-/* The sending account: the source's owner, by number and name. */
+/* The sending account: the source's owner, by number and name. The
+ * name of the last uid is kept a few seconds: a look-up reads the whole
+ * of /etc/passwd (five system calls), and a burst comes from one sender. */
 static void fill_owner(struct job *job)
 {
 	const struct stat *st = &job->result.source_st;
+	struct owner_cache *c = &job->d->owner_cache;
+	int64_t now = watch_now_ms();
 	char buf[1024];
 	struct passwd pw, *pwp = NULL;
 
 	if (job->owner[0] != '\0' || st->st_ino == 0)
 		return;
+	pthread_mutex_lock(&c->lock);
+	if (c->valid && c->uid == st->st_uid && now - c->when_ms < OWNER_CACHE_MS) {
+		memcpy(job->owner, c->owner, sizeof(job->owner));
+		pthread_mutex_unlock(&c->lock);
+		return;
+	}
+	pthread_mutex_unlock(&c->lock);
 	if (getpwuid_r(st->st_uid, &pw, buf, sizeof(buf), &pwp) == 0 &&
 	    pwp != NULL)
 		snprintf(job->owner, sizeof(job->owner), "%u(%.64s)",
@@ -287,6 +309,12 @@ static void fill_owner(struct job *job)
 	else
 		snprintf(job->owner, sizeof(job->owner), "%u",
 			 (unsigned)st->st_uid);
+	pthread_mutex_lock(&c->lock);
+	c->valid = true;
+	c->uid = st->st_uid;
+	c->when_ms = now;
+	memcpy(c->owner, job->owner, sizeof(c->owner));
+	pthread_mutex_unlock(&c->lock);
 }
 
 static const char *nonempty(const char *s)
@@ -593,13 +621,15 @@ static void commit_run(void *ctx, void *p)
 	if (d->delay_commit_ms > 0)
 		test_sleep(d->delay_commit_ms, "before a group commit");
 	c->rc = pipeline_commit(d->pipeline, &c->err);
-	for (struct job *job = c->jobs; job != NULL; job = job->commit_next) {
-		if (c->rc == -1) {
+	/* Every record first: each is owed from now, not after the other
+	 * files' disposals. */
+	for (struct job *job = c->jobs; job != NULL; job = job->commit_next)
+		if (c->rc == -1)
 			commit_failed(job, &c->err);
-			continue;
-		}
-		if (job->outcome == OUTCOME_STORED)
+		else if (job->outcome == OUTCOME_STORED)
 			log_stored(job);
+	for (struct job *job = c->jobs; job != NULL && c->rc == 0;
+	     job = job->commit_next) {
 		checkpoint(job, PIPELINE_AT_DURABLE);
 		pipeline_dispose_result(d->pipeline, job->path, job->rel,
 					&job->result);
@@ -2138,6 +2168,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].fd = -1;
+	pthread_mutex_init(&d->owner_cache.lock, NULL);
 	d->quarantine_fd = -1;
 	d->hold_fd = -1;
 	*config_error = false;
@@ -2229,6 +2260,7 @@ static void teardown(struct daemon *d)
 		close(d->fds[SLOT_SIGNAL].fd);
 	if (d->fds[SLOT_TIMER].fd != -1)
 		close(d->fds[SLOT_TIMER].fd);
+	pthread_mutex_destroy(&d->owner_cache.lock);
 }
 
 /*

@@ -198,6 +198,7 @@ struct daemon {
 	int64_t next_unwatched_ms;	/* rescan for folders beyond inotify */
 	int64_t next_status_ms;	/* forwarding: queues change on their own */
 	int64_t watchdog_ms;
+	int64_t armed_at;		/* the timerfd's instant, -1 off */
 	size_t max_outstanding;
 };
 
@@ -1713,6 +1714,9 @@ static void purge_quarantine(struct daemon *d)
 
 /* ---- timers ---- */
 
+/* armed_at when the timer must be set whatever the instant. */
+#define TIMER_UNARMED INT64_MIN
+
 /* How often STATUS shows the forwarding queues, which drain on their own. */
 #define FORWARD_STATUS_MS 2000
 
@@ -1741,6 +1745,11 @@ static void arm_timer(struct daemon *d, int64_t now)
 		its.it_value.tv_sec = at / 1000;
 		its.it_value.tv_nsec = (at % 1000) * 1000000;
 	}
+	/* Armed for that instant already, and not fired since: the loop
+	 * turns several times per file in a burst. */
+	if (at == d->armed_at)
+		return;
+	d->armed_at = at;
 	timerfd_settime(d->fds[SLOT_TIMER].fd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
@@ -1863,6 +1872,7 @@ static void handle_timer(struct daemon *d, int64_t now)
 {
 	uint64_t expirations;
 
+	d->armed_at = TIMER_UNARMED;	/* fired: arm again */
 	if (read(d->fds[SLOT_TIMER].fd, &expirations, sizeof(expirations)) == -1 &&
 	    errno != EAGAIN)
 		log_msg(LOG_WARNING, "timerfd: %s", strerror(errno));
@@ -2175,6 +2185,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	d->fds[SLOT_SIGNAL].fd = block_signals();
 	if (d->fds[SLOT_SIGNAL].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "signalfd");
+	d->armed_at = TIMER_UNARMED;
 	d->fds[SLOT_TIMER].fd = timerfd_create(CLOCK_MONOTONIC,
 					       TFD_CLOEXEC | TFD_NONBLOCK);
 	if (d->fds[SLOT_TIMER].fd == -1)

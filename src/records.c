@@ -21,9 +21,6 @@
 /* A log is started afresh past this size once its notes are all done;
  * the old one goes when its last note is. */
 #define LOG_ROTATE_BYTES (1024 * 1024)
-/* A log with nothing owed is emptied past this size (not at every last
- * note: each truncation frees a block, and allocates it again). */
-#define LOG_EMPTIED_BYTES (64 * 1024)
 
 /* The fields of a marker, in this order, NUL-terminated each: values
  * are file names and DICOM-derived text, which may hold any byte but NUL. */
@@ -38,8 +35,7 @@ enum field {
  * file, the daemon's largest cost after the output itself): "N<seq>\0"
  * and the fields notes one, "D<seq>\0" says it is done. One write(2)
  * each, O_APPEND, under the lock: entries never interleave, and a kill
- * cuts at most the last one. A log whose notes are all done is emptied,
- * or removed once a newer one is in use.
+ * cuts at most the last one. A log whose notes are all done is removed.
  */
 struct segment {
 	struct segment *next;
@@ -195,13 +191,6 @@ static struct segment *current_segment(struct records *r, struct error *err)
 	close(dirfd);
 	seg->next = r->segs;
 	r->segs = seg;
-	/* The previous one goes once its last note is done. */
-	if (seg->next != NULL && seg->next->open == 0) {
-		struct segment *old = seg->next;
-
-		seg->next = old->next;
-		drop_segment(r, old);
-	}
 	return seg;
 }
 
@@ -239,17 +228,16 @@ void records_done(struct records *r, char *marker)
 		int n = snprintf(entry, sizeof(entry), "D%lu", seq);
 
 		append(r, seg, entry, (size_t)n + 1, &ignored);
-		seg->open--;
-		if (seg->open == 0 && seg != r->segs) {
+		/* Nothing owed in it: it goes (a burst keeps one log; a
+		 * file at a time makes and removes one each, as a marker
+		 * file each did). */
+		if (--seg->open == 0) {
 			struct segment **p = &r->segs;
 
 			while (*p != seg)
 				p = &(*p)->next;
 			*p = seg->next;
 			drop_segment(r, seg);
-		} else if (seg->open == 0 && seg->size >= LOG_EMPTIED_BYTES &&
-			   ftruncate(seg->fd, 0) == 0) {
-			seg->size = 0;	/* nothing owed: start over */
 		}
 	}
 	pthread_mutex_unlock(&r->lock);

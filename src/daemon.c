@@ -167,6 +167,8 @@ struct daemon {
 	long delay_parsed_ms;		/* DICOMSORT_TEST_DELAY=parsed:MS */
 	long delay_durable_ms;		/* DICOMSORT_TEST_DELAY=durable:MS */
 	long delay_commit_ms;		/* DICOMSORT_TEST_DELAY=commit:MS */
+	long fail_commits;		/* DICOMSORT_TEST_DELAY=commit-fails:N
+					   (committer thread only) */
 	struct workers *committer;	/* one thread: the group commits */
 	struct owner_cache owner_cache;
 	bool committer_stopped;
@@ -621,7 +623,14 @@ static void commit_run(void *ctx, void *p)
 
 	if (d->delay_commit_ms > 0)
 		test_sleep(d->delay_commit_ms, "before a group commit");
-	c->rc = pipeline_commit(d->pipeline, &c->err);
+	if (d->fail_commits > 0) {
+		d->fail_commits--;
+		c->rc = error_set(&c->err, ERROR_TRANSIENT, EIO, "syncfs of the "
+				  "output file system (group commit): test "
+				  "failure");
+	} else {
+		c->rc = pipeline_commit(d->pipeline, &c->err);
+	}
 	/* Every record first: each is owed from now, not after the other
 	 * files' disposals. */
 	for (struct job *job = c->jobs; job != NULL; job = job->commit_next)
@@ -2117,8 +2126,10 @@ static int setup_watch(struct daemon *d, struct error *err)
  * the source is checked and disposed of: windows for a test to rewrite or
  * rename the source. DICOMSORT_TEST_DELAY=commit:MS sleeps (and says so)
  * before each group commit's syncfs: files published and not yet durable,
- * for a kill that must find every source still there. Without the
- * variable nothing changes.
+ * for a kill that must find every source still there.
+ * DICOMSORT_TEST_DELAY=commit-fails:N makes the first N group commits fail
+ * as a syncfs reporting EIO would (nothing is synced): a write-back error
+ * cannot be had on demand. Without the variable nothing changes.
  */
 static void test_delays(struct daemon *d)
 {
@@ -2134,6 +2145,8 @@ static void test_delays(struct daemon *d)
 		d->delay_durable_ms = strtol(v + 8, NULL, 10);
 	if (v != NULL && strncmp(v, "commit:", 7) == 0)
 		d->delay_commit_ms = strtol(v + 7, NULL, 10);
+	if (v != NULL && strncmp(v, "commit-fails:", 13) == 0)
+		d->fail_commits = strtol(v + 13, NULL, 10);
 	if (v != NULL && strncmp(v, "release-entry:", 14) == 0) {
 		d->delay_release_ms = strtol(v + 14, NULL, 10);
 		log_msg(LOG_INFO, "test delay: %ld ms per held file released",

@@ -115,3 +115,39 @@ def test_records_follow_the_commit(daemon):
     assert len(d.events("stored")) == n == len(outputs(d.output))
     assert len(d.events("disposed")) == n
     assert not (d.output / STATE).exists()
+
+
+def test_failed_commit_keeps_every_source_and_recovers(daemon):
+    """A group commit that fails (DICOMSORT_TEST_DELAY=commit-fails:1, as a
+    syncfs reporting a write-back error would): none of its sources is
+    disposed of then; each published output gets its one `stored`
+    record, and the file is taken again after a backoff, found identical
+    (a duplicate), committed, and only then its source goes."""
+    n = 5
+    d = daemon(env={"DICOMSORT_TEST_DELAY": "commit-fails:1"},
+               retry={"parse_attempts": 3, "backoff_ms": 300,
+                      "backoff_max_ms": 1000})
+    items = make_items(n)
+    write_items(d.input, items)
+    wait_until(lambda: "test failure" in d.log(), 30 * SLOW,
+               what=lambda: d.log()[-3000:])
+    d.wait_input_empty(60 * SLOW)
+    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
+               what=lambda: d.log()[-3000:])
+    assert d.stop()[0] == 0
+    failed = [ln for ln in d.log_lines() if "group commit of" in ln]
+    assert len(failed) == 1 and "test failure" in failed[0], failed
+    m = re.search(r"group commit of (\d+) files failed", failed[0])
+    k = int(m.group(1))
+    assert 1 <= k <= n
+    retries = d.events("retry")
+    assert len(retries) == k and all("test failure" in ln
+                                     for ln in retries), retries
+    outs = outputs(d.output)
+    assert sorted(p.name for p in outs) == sorted(it.name for it in items)
+    stored = d.events("stored")
+    assert sorted(field(ln, "dest") for ln in stored) == sorted(
+        str(p.relative_to(d.output)) for p in outs)
+    assert len(d.events("duplicate")) == k
+    assert len(d.events("disposed")) == n
+    assert not (d.output / STATE).exists()

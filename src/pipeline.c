@@ -82,6 +82,12 @@ struct job {
 	char tmp_name[64];
 	const struct pipeline_hooks *hooks;	/* NULL: none */
 	bool published;			/* the output has its name */
+	bool foreign_fs;		/* SYNC_GROUP, but the destination
+					   folder is on another file system
+					   than the output root (a mount
+					   inside the tree), which the commit's
+					   syncfs does not cover: synced as
+					   under SYNC_EACH */
 };
 
 static int compile_layout(struct compiled_layout *cl, const char *tmpl,
@@ -560,12 +566,33 @@ static int destination(struct job *job, const char *source_path,
 /* ---- step 3: write a temp file and publish it without overwriting ---- */
 
 /* fsync before publishing/disposing: always under SYNC_EACH; under
- * SYNC_DISPOSAL only when the source is then destroyed. */
+ * SYNC_DISPOSAL only when the source is then destroyed; under SYNC_GROUP
+ * never (pipeline_commit() does, for many files at once). */
 static bool sync_each(const struct pipeline *in)
 {
 	return in->opts.sync == PIPELINE_SYNC_EACH ||
 	       (in->opts.sync == PIPELINE_SYNC_DISPOSAL &&
 		in->opts.disposal != PIPELINE_KEEP_SOURCE);
+}
+
+/* This job's output is synced by itself (not by a group commit). */
+static bool sync_job(const struct job *job)
+{
+	return sync_each(job->pipeline) || job->foreign_fs;
+}
+
+/* Under SYNC_GROUP: whether the destination folder is beyond the commit's
+ * syncfs (st_dev names the file system syncfs(2) flushes). */
+static int check_group_fs(struct job *job, struct error *err)
+{
+	struct stat st;
+
+	if (job->pipeline->opts.sync != PIPELINE_SYNC_GROUP)
+		return 0;
+	if (fstat(job->dir_fd, &st) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
+	job->foreign_fs = st.st_dev != job->pipeline->output_dev;
+	return 0;
 }
 
 /* Nothing to change and a Part 10 file whose meta header matches its
@@ -708,11 +735,15 @@ static int fill_temp(struct job *job, struct error *err)
 	return job->snapshot ? 0 : check_source_version(job, err);
 }
 
-/* A copy's new folders: their parents fsynced with the file (sync_each)
- * or left to the syncfs() the caller ends with. */
+/* A copy's new folders: their parents fsynced with the file (sync_each),
+ * or left to the syncfs() the caller ends with. Under a group commit they
+ * are synced when made: the folder may turn out to be on another file
+ * system (a mount inside the output) than the one the commit flushes,
+ * and a new folder is rare. */
 static enum fsutil_dirs_sync copy_dirs_sync(const struct pipeline *in)
 {
-	return sync_each(in) ? FSUTIL_DIRS_SYNC_NEW : FSUTIL_DIRS_DEFER;
+	return sync_each(in) || in->opts.sync == PIPELINE_SYNC_GROUP ?
+	       FSUTIL_DIRS_SYNC_NEW : FSUTIL_DIRS_DEFER;
 }
 
 /* An anonymous temp file in the destination folder, created with the
@@ -746,7 +777,7 @@ static int write_temp(struct job *job, const char *dir, struct error *err)
 	if (job->dir_fd == -1)
 		job->dir_fd = mkdirs_output(job, dir, copy_dirs_sync(job->pipeline),
 					    err);
-	if (job->dir_fd == -1)
+	if (job->dir_fd == -1 || check_group_fs(job, err) == -1)
 		return -1;
 	if (job->copy_bytes && job->snap_fd != -1 && job->snap_name[0] == '/' &&
 	    same_mount(job->snap_fd, job->dir_fd)) {
@@ -762,7 +793,7 @@ static int write_temp(struct job *job, const char *dir, struct error *err)
 	}
 	if (chmod_needed && fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
-	if (sync_each(job->pipeline))
+	if (sync_job(job))
 		return fsutil_fsync(job->tmp_fd, "output file", err);
 	return 0;
 }
@@ -778,7 +809,7 @@ static int identical_to(struct job *job, const char *name, struct error *err)
 		       error_set(err, ERROR_TRANSIENT, errno, "cannot open %s", name);
 	same = fsutil_same_content(job->tmp_fd, fd, err);
 	/* The copy we rely on instead of ours may not be durable yet. */
-	if (same == 1 && sync_each(job->pipeline) &&
+	if (same == 1 && sync_job(job) &&
 	    fsutil_fsync(fd, name, err) == -1)
 		same = -1;
 	close(fd);
@@ -817,7 +848,7 @@ static int publish_as(struct job *job, const char *dir, const char *name,
 			job->tmp_fd = -1;
 			res->status = PIPELINE_STORED;
 			res->same_uid_conflict = n > 0 && job->pipeline->name.layout;
-			if (sync_each(job->pipeline))
+			if (sync_job(job))
 				return fsutil_fsync(job->dir_fd, "output folder", err);
 			return 0;
 		}
@@ -841,6 +872,15 @@ static int publish(struct job *job, const char *dir, const char *name,
 {
 	int rc = publish_as(job, dir, name, final, finallen, res);
 	const struct pipeline_hooks *h = job->hooks;
+
+	/* Group commit: the output (ours, or the identical one already
+	 * there) is durable only after the next pipeline_commit(), and the
+	 * source waits for it; the hooks are told so. */
+	if (rc == 0 && job->pipeline->opts.sync == PIPELINE_SYNC_GROUP &&
+	    !job->foreign_fs) {
+		res->dispose_pending = true;
+		memcpy(res->read_sha256, job->sha256, sizeof(res->read_sha256));
+	}
 
 	if (h != NULL && h->after_publish != NULL)
 		h->after_publish(h->ctx, res, job->published);
@@ -1171,7 +1211,8 @@ static int run(struct job *job, const char *path, const char *rel,
 	if (publish(job, dir, name, final, sizeof(final), res) == -1)
 		return -1;
 	snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
-	dispose_source(job, path, rel, res);
+	if (!res->dispose_pending)
+		dispose_source(job, path, rel, res);
 	return 0;
 }
 
@@ -1200,6 +1241,34 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :
 			      PIPELINE_FAILED;
 	return rc;
+}
+
+void pipeline_dispose_result(struct pipeline *in, const char *path,
+			     const char *rel, struct pipeline_result *res)
+{
+	struct pipeline_read read = { .st = res->source_st };
+
+	memcpy(read.sha256, res->read_sha256, sizeof(read.sha256));
+	res->dispose_pending = false;
+	if (pipeline_dispose(in, path, rel, &read, res->disposed_as,
+			     sizeof(res->disposed_as), &res->source_changed,
+			     &res->dispose_err) == -1)
+		res->dispose_failed = true;
+}
+
+/* One syncfs for the group: data, inodes and folder entries of every file
+ * of the output's file system. Through output_fd, opened at start: syncfs
+ * reports a write-back error that happened since that open (errseq), once,
+ * so a lost page is seen even when its file was closed long ago. */
+int pipeline_commit(struct pipeline *in, struct error *err)
+{
+	if (in->output_fd == -1)
+		return 0;
+	if (syncfs(in->output_fd) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno,
+				 "syncfs of the output file system (group "
+				 "commit): outputs may not be on disk");
+	return 0;
 }
 
 int pipeline_sync_all(struct pipeline *in, struct error *err)

@@ -28,6 +28,7 @@ struct workers {
 	size_t running;
 	size_t alive;
 	bool stopping;
+	bool finishing;			/* stopping, but the queue runs first */
 	workers_run_fn run;
 	void *ctx;
 	int event_fd;
@@ -78,7 +79,7 @@ static void *thread_main(void *arg)
 
 		while (!pool->stopping && pool->todo.len == 0)
 			pthread_cond_wait(&pool->work, &pool->lock);
-		if (pool->stopping)
+		if (pool->stopping && (!pool->finishing || pool->todo.len == 0))
 			break;
 		n = fifo_pop(&pool->todo);
 		pool->running++;
@@ -199,7 +200,7 @@ static void deadline_to_timespec(int64_t deadline_ms, struct timespec *ts)
 	}
 }
 
-int workers_stop(struct workers *pool, int64_t deadline_ms)
+static int stop(struct workers *pool, bool finish, int64_t deadline_ms)
 {
 	struct timespec ts;
 	int rc = 0;
@@ -207,6 +208,7 @@ int workers_stop(struct workers *pool, int64_t deadline_ms)
 	deadline_to_timespec(deadline_ms, &ts);
 	pthread_mutex_lock(&pool->lock);
 	pool->stopping = true;
+	pool->finishing = finish;
 	pthread_cond_broadcast(&pool->work);
 	while (pool->alive > 0 && rc == 0)
 		if (pthread_cond_timedwait(&pool->idle, &pool->lock, &ts) == ETIMEDOUT)
@@ -217,6 +219,16 @@ int workers_stop(struct workers *pool, int64_t deadline_ms)
 	for (size_t i = 0; i < pool->nthreads; i++)
 		pthread_join(pool->threads[i], NULL);
 	return 0;
+}
+
+int workers_stop(struct workers *pool, int64_t deadline_ms)
+{
+	return stop(pool, false, deadline_ms);
+}
+
+int workers_finish(struct workers *pool, int64_t deadline_ms)
+{
+	return stop(pool, true, deadline_ms);
 }
 
 static void drain(struct fifo *f, void (*free_job)(void *job))

@@ -1473,21 +1473,26 @@ static void submit(struct daemon *d, char *path)
 	workers_submit(d->workers, job);
 }
 
-/* Keep the pool a little ahead of the threads, no more: files left in the
- * watch still get their events (a late write pushes them back). */
+/* How many more files the pool may take now: it is kept a little ahead
+ * of the threads, no more (files left in the watch still get their
+ * events: a late write pushes them back), and no more are taken while
+ * COMMIT_MAX_WAITING wait for their commit. */
+static size_t dispatch_room(const struct daemon *d)
+{
+	size_t outstanding = workers_outstanding(d->workers);
+
+	if (d->stopping || outstanding >= d->max_outstanding ||
+	    d->nwaiting + d->ncommitting + d->ndisposing >= COMMIT_MAX_WAITING)
+		return 0;
+	return d->max_outstanding - outstanding;
+}
+
 static void dispatch(struct daemon *d)
 {
 	char *paths[64];
+	size_t room, n;
 
-	while (!d->stopping) {
-		size_t outstanding = workers_outstanding(d->workers);
-		size_t room, n;
-
-		if (outstanding >= d->max_outstanding ||
-		    d->nwaiting + d->ncommitting + d->ndisposing >=
-		    COMMIT_MAX_WAITING)
-			return;
-		room = d->max_outstanding - outstanding;
+	while ((room = dispatch_room(d)) > 0) {
 		n = watch_take_ready(d->watch, paths, room < 64 ? room : 64);
 		if (n == 0)
 			return;
@@ -1787,7 +1792,10 @@ static void purge_quarantine(struct daemon *d)
 
 static void arm_timer(struct daemon *d, int64_t now)
 {
-	int64_t ready = watch_next_ready_ms(d->watch);
+	/* With no room, a settled file waits for a finished one, whose
+	 * eventfd wakes the loop: a timer for it would fire every
+	 * millisecond of a burst for nothing. */
+	int64_t ready = dispatch_room(d) > 0 ? watch_next_ready_ms(d->watch) : -1;
 	int64_t at = ready < 0 ? -1 : now + ready;
 	struct itimerspec its = { 0 };
 	int64_t due;

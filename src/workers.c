@@ -88,7 +88,10 @@ static void *thread_main(void *arg)
 		pthread_mutex_lock(&pool->lock);
 		pool->running--;
 		fifo_push(&pool->done, n);
-		wake_loop(pool);
+		/* Once per batch: the loop takes every finished job when it
+		 * wakes, and comes back itself for more than it took. */
+		if (pool->done.len == 1)
+			wake_loop(pool);
 	}
 	pool->alive--;
 	pthread_cond_broadcast(&pool->idle);

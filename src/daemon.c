@@ -1473,10 +1473,12 @@ static void submit(struct daemon *d, char *path)
 	workers_submit(d->workers, job);
 }
 
-/* How many more files the pool may take now: it is kept a little ahead
- * of the threads, no more (files left in the watch still get their
- * events: a late write pushes them back), and no more are taken while
- * COMMIT_MAX_WAITING wait for their commit. */
+/* How many more files the pool may take now: it is kept a few files per
+ * thread ahead (the loop then refills it once per few files, when it
+ * runs low, not once per file), no more (files left in the watch still
+ * get their events: a late write pushes them back; one written after it
+ * was queued is caught when opened, see pipeline_hooks.judged), and no
+ * more are taken while COMMIT_MAX_WAITING wait for their commit. */
 static size_t dispatch_room(const struct daemon *d)
 {
 	size_t outstanding = workers_outstanding(d->workers);
@@ -2295,7 +2297,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	    workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
 			  err) == -1)
 		return -1;
-	d->max_outstanding = (size_t)d->cfg->workers * 2;
+	d->max_outstanding = (size_t)d->cfg->workers * 8;
 	d->watchdog_ms = notify_watchdog_ms();
 	d->next_watchdog_ms = d->watchdog_ms > 0 ? now : -1;
 	d->next_rescan_ms = d->cfg->rescan.interval_s > 0 ?

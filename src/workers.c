@@ -33,6 +33,7 @@ struct workers {
 	void *ctx;
 	int event_fd;
 	size_t nthreads;
+	size_t low_water;		/* queued jobs: at most this, wake */
 	pthread_t *threads;
 };
 
@@ -88,9 +89,10 @@ static void *thread_main(void *arg)
 		pthread_mutex_lock(&pool->lock);
 		pool->running--;
 		fifo_push(&pool->done, n);
-		/* Once per batch: the loop takes every finished job when it
-		 * wakes, and comes back itself for more than it took. */
-		if (pool->done.len == 1)
+		/* Only when the loop has something to do: refill a queue
+		 * that runs low (or dry), and take every finished job at
+		 * once - not once per job, each a wake-up of its own. */
+		if (pool->todo.len <= pool->low_water)
 			wake_loop(pool);
 	}
 	pool->alive--;
@@ -111,6 +113,7 @@ int workers_start(struct workers **out, size_t threads, workers_run_fn run,
 	pthread_cond_init(&pool->idle, NULL);
 	pool->run = run;
 	pool->ctx = ctx;
+	pool->low_water = threads;
 	pool->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pool->threads = calloc(threads, sizeof(*pool->threads));
 	*out = pool;

@@ -1365,8 +1365,11 @@ static void schedule_cleanup(struct daemon *d, int64_t now)
 {
 	int64_t at;
 
+	/* Done means disposed of: a file waiting for its commit, or its
+	 * source for a disposer, still has its folder. */
 	if (!d->cleanup_due || watch_pending_count(d->watch) > 0 ||
-	    workers_outstanding(d->workers) > 0 || d->ndisposing > 0)
+	    workers_outstanding(d->workers) > 0 ||
+	    d->nwaiting + d->ncommitting + d->ndisposing > 0)
 		return;
 	d->cleanup_due = false;
 	/* mtime has whole seconds: a little past the age makes it. */

@@ -5,6 +5,7 @@
  */
 #include "dicomsort/dicom.h"
 #include "dicomsort/codestream.h"
+#include "dataset.h"
 #include "part10.h"
 
 #include <dcmtk/config/osconfig.h>
@@ -43,6 +44,15 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* The C backend (dataset.h) writes the meta header this DCMTK would. */
+static constexpr bool same_text(const char *a, const char *b)
+{
+	return *a == *b && (*a == '\0' || same_text(a + 1, b + 1));
+}
+static_assert(same_text(DS_IMPLEMENTATION_CLASS_UID, OFFIS_IMPLEMENTATION_CLASS_UID) &&
+	      same_text(DS_IMPLEMENTATION_VERSION, OFFIS_DTK_IMPLEMENTATION_VERSION_NAME),
+	      "dataset.h names another DCMTK version's implementation");
 
 /* A top-level value changed on the fast path: its new bytes, padded. */
 struct light_edit {
@@ -571,6 +581,19 @@ extern "C" int dicom_load(struct dicom_file **out, const char *path,
 	}
 }
 
+/*
+ * Test-only: DICOMSORT_TEST_BACKEND=dcmtk has every file parsed by DCMTK at
+ * load (no fast path, no C backend), so a differential test can compare
+ * the outputs of both backends for the same input. Unset (production), it
+ * changes nothing.
+ */
+static bool test_force_dcmtk(void)
+{
+	const char *v = getenv("DICOMSORT_TEST_BACKEND");
+
+	return v != nullptr && strcmp(v, "dcmtk") == 0;
+}
+
 /* Parse the file's bytes in mem (taken), labelled path in messages. */
 static int load_mem(struct dicom_file **out, std::string &mem,
 		    const char *path, struct error *err)
@@ -583,7 +606,7 @@ static int load_mem(struct dicom_file **out, std::string &mem,
 		f->path = path;
 		/* The bytes stay, parsed by DCMTK or not: they are what
 		 * dicom_file_bytes() gives a caller copying them unchanged. */
-		if (!index_light(f)) {
+		if (test_force_dcmtk() || !index_light(f)) {
 			part10_free(&f->index);
 			if (load(f, path, &f->mem, err) == -1) {
 				delete f;

@@ -1,0 +1,76 @@
+/*
+ * dataset.h - a DICOM dataset held as a compact element tree over the
+ * file's own bytes: the C backend of the DICOM adapter (issue 14).
+ *
+ * Owns: deciding whether a file is plain enough for the C backend to stand
+ * for DCMTK on it, the tree built by one part10_walk() of its bytes (values
+ * referenced in place, never copied), and writing it exactly as DCMTK's
+ * re-encode through dicom_save_fd() would: preamble, a fresh meta header,
+ * every sequence and item of undefined length, text values stripped of
+ * trailing padding and padded to even length.
+ *
+ * Why a second backend and not a second rule engine: de-identification
+ * (deid.c) talks to DICOM only through dicom.h; the same rules then run
+ * over either backend, and a differential test (tests/unit/test_dataset.c)
+ * holds the two to the same bytes. A file is wholly C or wholly DCMTK;
+ * ds_open() claims only what it can reproduce exactly and declines the
+ * rest (DCMTK's), so a decline is never an error.
+ *
+ * Claimed today: a 128-byte preamble, "DICM", a meta header naming
+ * explicit VR little endian (exactly "1.2.840.10008.1.2.1"), a dataset
+ * that a strict walk follows to its last byte, whose elements ascend in
+ * every item, with PS3.5 VRs but UN, no group length, no encapsulated
+ * pixel data, no binary value of odd length or partial word, no sequence
+ * before SOPInstanceUID, a SOPClassUID and SOPInstanceUID of VR UI with a
+ * first value. Private to src/ (dicom.cpp dispatches to it).
+ */
+#ifndef DICOMSORT_DATASET_H
+#define DICOMSORT_DATASET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dicomsort/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What DCMTK 3.6.7 writes into a new meta header (dcuid.h); dicom.cpp
+ * checks at compile time that the DCMTK it is built with says the same. */
+#define DS_IMPLEMENTATION_CLASS_UID "1.2.276.0.7230010.3.0.3.6.7"
+#define DS_IMPLEMENTATION_VERSION "OFFIS_DCMTK_367"
+
+struct ds_file;
+
+/* ds_open()'s answers besides 0 (claimed). */
+#define DS_DECLINED 1		/* not one the C backend vouches for */
+#define DS_NO_MEMORY (-1)
+
+/**
+ * Build the tree of the size bytes at bytes (kept, not copied: they must
+ * outlive *out). 0: *out is the file; DS_DECLINED: DCMTK's to read;
+ * DS_NO_MEMORY. *out is NULL unless 0.
+ */
+int ds_open(struct ds_file **out, const unsigned char *bytes, size_t size);
+
+void ds_free(struct ds_file *f);
+
+/**
+ * Write the file as DCMTK's dicom_save_fd() would, to fd (empty,
+ * writable; not synced), with 128 zero bytes as its preamble when
+ * zero_preamble. -1 with ERROR_TRANSIENT when writing fails, ERROR_INPUT
+ * when out of memory is not the cause but the object cannot be encoded.
+ */
+int ds_save_fd(const struct ds_file *f, int fd, bool zero_preamble,
+	       struct error *err);
+
+/* For tests and benchmarks: elements in the tree (items not counted). */
+size_t ds_element_count(const struct ds_file *f);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,211 @@
+/*
+ * backend_diff - the differential test of the two backends of dicom.h
+ * (issue 14): for every file named (directories recursively), what the C
+ * backend (src/dataset.h) writes must be byte for byte what DCMTK writes
+ * for the same object, with the source's preamble and with a zeroed one.
+ *
+ *   backend_diff [--min-claimed N] PATH...
+ *
+ * A file the C backend declines is DCMTK's alone and only counted. A file
+ * it claims but DCMTK refuses, or writes otherwise, is a failure (listed
+ * by path on stderr; test files carry no patient data). Exit 0 when there
+ * is none and at least N files were claimed (so a corpus the C backend
+ * quietly stopped claiming does not pass as proof).
+ *
+ * DCMTK's side runs with DICOMSORT_TEST_BACKEND=dcmtk (test-only, see
+ * dicom.cpp): every file parsed by DCMTK, none by the fast path.
+ */
+
+#include "dataset.h"
+#include "dicomsort/dicom.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct counts {
+	unsigned long files, claimed, same, failed;
+};
+
+static unsigned char *read_file(const char *path, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	unsigned char *buf = NULL;
+	size_t got = 0;
+
+	if (fd == -1)
+		return NULL;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 &&
+	    (buf = malloc((size_t)st.st_size)) != NULL) {
+		while (got < (size_t)st.st_size) {
+			ssize_t n = read(fd, buf + got, (size_t)st.st_size - got);
+			if (n <= 0)
+				break;
+			got += (size_t)n;
+		}
+	}
+	close(fd);
+	if (buf != NULL && got != (size_t)st.st_size) {
+		free(buf);
+		buf = NULL;
+	}
+	*len = got;
+	return buf;
+}
+
+/* The whole content of the memfd fd; NULL on failure. */
+static unsigned char *contents(int fd, size_t *len)
+{
+	off_t end = lseek(fd, 0, SEEK_END);
+	unsigned char *buf;
+
+	if (end < 0 || (buf = malloc((size_t)end + 1)) == NULL)
+		return NULL;
+	if (pread(fd, buf, (size_t)end, 0) != end) {
+		free(buf);
+		return NULL;
+	}
+	*len = (size_t)end;
+	return buf;
+}
+
+/* DCMTK's output for bytes: NULL when DCMTK refuses the file. */
+static unsigned char *dcmtk_output(const unsigned char *bytes, size_t size,
+				   bool zero, size_t *len)
+{
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	struct error err = ERROR_INIT;
+	unsigned char *out = NULL, *to = dicom_bytes_new(&mem, size);
+	int fd;
+
+	if (to == NULL)
+		return NULL;
+	memcpy(to, bytes, size);
+	if (dicom_load_bytes(&file, mem, &err) == 0 &&
+	    (fd = memfd_create("dcmtk", MFD_CLOEXEC)) != -1) {
+		if (zero)
+			dicom_zero_preamble(file);
+		if (dicom_save_fd(file, fd, &err) == 0)
+			out = contents(fd, len);
+		close(fd);
+	}
+	dicom_free(file);
+	dicom_bytes_free(mem);
+	return out;
+}
+
+static unsigned char *c_output(const struct ds_file *f, bool zero, size_t *len)
+{
+	struct error err = ERROR_INIT;
+	unsigned char *out = NULL;
+	int fd = memfd_create("c", MFD_CLOEXEC);
+
+	if (fd == -1)
+		return NULL;
+	if (ds_save_fd(f, fd, zero, &err) == 0)
+		out = contents(fd, len);
+	close(fd);
+	return out;
+}
+
+static void compare(const char *path, struct counts *c)
+{
+	size_t size, a_len = 0, b_len = 0;
+	unsigned char *bytes = read_file(path, &size);
+	struct ds_file *f = NULL;
+
+	if (bytes == NULL)
+		return;
+	c->files++;
+	if (ds_open(&f, bytes, size) != 0) {
+		free(bytes);
+		return;
+	}
+	c->claimed++;
+	bool same = true;
+	for (int zero = 0; zero < 2 && same; zero++) {
+		unsigned char *a = dcmtk_output(bytes, size, zero, &a_len);
+		unsigned char *b = c_output(f, zero, &b_len);
+
+		same = a != NULL && b != NULL && a_len == b_len &&
+		       memcmp(a, b, a_len) == 0;
+		if (!same) {
+			size_t at = 0;
+
+			while (a && b && at < a_len && at < b_len && a[at] == b[at])
+				at++;
+			fprintf(stderr, "DIFFER %s (%s; DCMTK %zu bytes%s, C %zu; "
+				"first difference at %zu)\n", path,
+				zero ? "zero preamble" : "source preamble", a_len,
+				a ? "" : " REFUSED", b_len, at);
+		}
+		free(a);
+		free(b);
+	}
+	if (same)
+		c->same++;
+	else
+		c->failed++;
+	ds_free(f);
+	free(bytes);
+}
+
+static void visit(const char *path, struct counts *c)
+{
+	struct stat st;
+	struct dirent **names;
+	int n;
+
+	if (lstat(path, &st) == -1)
+		return;
+	if (S_ISREG(st.st_mode)) {
+		compare(path, c);
+		return;
+	}
+	if (!S_ISDIR(st.st_mode) || (n = scandir(path, &names, NULL, alphasort)) < 0)
+		return;
+	for (int i = 0; i < n; i++) {
+		char *sub;
+
+		if (names[i]->d_name[0] != '.' &&
+		    asprintf(&sub, "%s/%s", path, names[i]->d_name) != -1) {
+			visit(sub, c);
+			free(sub);
+		}
+		free(names[i]);
+	}
+	free(names);
+}
+
+int main(int argc, char **argv)
+{
+	struct counts c = { 0 };
+	struct error err = ERROR_INIT;
+	unsigned long min_claimed = 0;
+	int i = 1;
+
+	if (argc > 2 && strcmp(argv[1], "--min-claimed") == 0) {
+		min_claimed = strtoul(argv[2], NULL, 10);
+		i = 3;
+	}
+	if (setenv("DICOMSORT_TEST_BACKEND", "dcmtk", 1) == -1 ||
+	    dicom_init(&err) == -1) {
+		fprintf(stderr, "backend_diff: %s\n", err.msg);
+		return 2;
+	}
+	for (; i < argc; i++)
+		visit(argv[i], &c);
+	printf("backend_diff: %lu files, %lu claimed by the C backend, %lu "
+	       "identical, %lu different\n", c.files, c.claimed, c.same, c.failed);
+	if (c.claimed < min_claimed)
+		fprintf(stderr, "backend_diff: fewer than %lu files claimed\n",
+			min_claimed);
+	return c.failed == 0 && c.claimed >= min_claimed ? 0 : 1;
+}

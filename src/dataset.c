@@ -148,6 +148,47 @@ static const unsigned char *text_of(const char *vr, const unsigned char *v,
 	return buf;
 }
 
+/* ---- the data dictionary ---- */
+
+#include "dict_tags.h"
+
+static bool in_part(uint16_t v, uint16_t low, uint16_t high, unsigned parity)
+{
+	return v >= low && v <= high &&
+	       (parity == 0 || (parity == 1) == ((v & 1) != 0));
+}
+
+const char *ds_dictionary(uint32_t tag, const char **vr)
+{
+	size_t lo = 0, hi = sizeof(dict_tags) / sizeof(*dict_tags);
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (dict_tags[mid].tag == tag) {
+			*vr = dict_tags[mid].vr;
+			return dict_tags[mid].keyword;
+		}
+		if (dict_tags[mid].tag < tag)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = 0; i < sizeof(dict_ranges) / sizeof(*dict_ranges); i++) {
+		const struct dict_range *r = &dict_ranges[i];
+
+		if (in_part(DCM_GROUP(tag), r->group_low, r->group_high,
+			    r->group_parity) &&
+		    in_part(DCM_ELEMENT(tag), r->element_low, r->element_high,
+			    r->element_parity)) {
+			*vr = r->vr;
+			return r->keyword;
+		}
+	}
+	*vr = "??";	/* DCMTK's name of no VR (EVR_UNKNOWN) */
+	return NULL;
+}
+
 /* ---- building the tree ---- */
 
 struct frame {

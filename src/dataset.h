@@ -66,6 +66,16 @@ void ds_free(struct ds_file *f);
 int ds_save_fd(const struct ds_file *f, int fd, bool zero_preamble,
 	       struct error *err);
 
+/**
+ * The data dictionary's word on a tag asked without a private creator
+ * (DCMTK's dicom.dic and private.dic compiled into src/dict_tags.h by
+ * scripts/gen-dict-tags: no DCMTK, no lock): its keyword, and in *vr its
+ * VR as DCMTK names it (internal ones included: "xs", "ox", ...). NULL
+ * and "??" (DcmTag's answer: no VR) when no entry has the tag; a reader
+ * then takes the element for UN, as DCMTK does.
+ */
+const char *ds_dictionary(uint32_t tag, const char **vr);
+
 /* For tests and benchmarks: elements in the tree (items not counted). */
 size_t ds_element_count(const struct ds_file *f);
 

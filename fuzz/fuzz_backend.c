@@ -2,7 +2,9 @@
  * fuzz_backend.c - the C backend of dicom.h (src/dataset.c) against DCMTK
  * (issue 14): where ds_open() claims a file, DCMTK must load it too and
  * write the same bytes as ds_save_fd(), with the source's preamble and
- * with a zeroed one. A file the C backend declines is DCMTK's alone.
+ * with a zeroed one; and both visits must meet the same elements with the
+ * same tag, VR, depth, private creator, keyword and value (as UTF-8). A
+ * file the C backend declines is DCMTK's alone.
  *
  * DCMTK's side runs with DICOMSORT_TEST_BACKEND=dcmtk (test-only, see
  * dicom.cpp): parsed by DCMTK, never by the fast path.
@@ -18,7 +20,7 @@
 #include "dicomsort/dicom.h"
 #include "fuzz_common.h"
 
-static void die(const char *what)
+static _Noreturn void die(const char *what)
 {
 	fprintf(stderr, "fuzz_backend: %s\n", what);
 	abort();
@@ -40,7 +42,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static unsigned char *contents(int fd, size_t *len)
 {
 	off_t end = lseek(fd, 0, SEEK_END);
-	unsigned char *buf;
+	unsigned char *buf = NULL;
 
 	if (end < 0 || (buf = malloc((size_t)end + 1)) == NULL ||
 	    pread(fd, buf, (size_t)end, 0) != end)
@@ -91,6 +93,81 @@ static unsigned char *c_output(const struct ds_file *f, bool zero, size_t *len)
 	return out;
 }
 
+/* A visit, one line per element. */
+struct trace {
+	char *text;
+	size_t len, cap;
+};
+
+static void add(struct trace *t, uint32_t tag, const char *vr, int depth,
+		const char *creator, const char *keyword, int rc, const char *value)
+{
+	char head[96];
+	int n = snprintf(head, sizeof(head), "%08x %s %d %d ", (unsigned)tag, vr,
+			 depth, rc);
+	size_t more = (size_t)n + strlen(creator) + strlen(keyword) +
+		      (value ? strlen(value) : 0) + 8;	/* 6 brackets, newline, NUL */
+
+	if (t->len + more + 1 > t->cap) {
+		t->cap = 2 * (t->len + more + 1);
+		if ((t->text = realloc(t->text, t->cap)) == NULL)
+			die("out of memory");
+	}
+	t->len += (size_t)sprintf(t->text + t->len, "%s[%s][%s][%s]\n", head,
+				  creator, keyword, value ? value : "");
+}
+
+static enum dicom_visit_action dcmtk_line(void *ctx, struct dicom_elem *e)
+{
+	char keyword[128], *value = NULL;
+	int rc = dicom_elem_get_string(e, &value);
+
+	dicom_elem_keyword(e, keyword, sizeof(keyword));
+	add(ctx, dicom_elem_tag(e), dicom_elem_vr(e), dicom_elem_depth(e),
+	    dicom_elem_private_creator(e), keyword, rc, value);
+	free(value);
+	return DCM_VISIT_KEEP;
+}
+
+static int c_line(void *ctx, struct ds_elem *e)
+{
+	char keyword[128], *value = NULL;
+	int rc = ds_elem_get_string(e, &value);
+
+	ds_elem_keyword(e, keyword, sizeof(keyword));
+	add(ctx, ds_elem_tag(e), ds_elem_vr(e), ds_elem_depth(e),
+	    ds_elem_private_creator(e), keyword, rc, value);
+	free(value);
+	return 0;
+}
+
+static void compare_visits(const uint8_t *data, size_t size, const struct ds_file *f)
+{
+	struct trace a = { 0 }, b = { 0 };
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	struct error err = ERROR_INIT;
+	unsigned char *to = dicom_bytes_new(&mem, size);
+
+	if (to == NULL)
+		die("out of memory");
+	memcpy(to, data, size);
+	if (dicom_load_bytes(&file, mem, &err) == -1 ||
+	    dicom_visit(file, dcmtk_line, &a, &err) == -1)
+		die("DCMTK cannot visit a file the C backend claimed");
+	if (ds_visit(f, c_line, &b) == -1)
+		die("the C backend cannot visit a file it claimed");
+	if (a.len != b.len || (a.len > 0 && memcmp(a.text, b.text, a.len) != 0)) {
+		fprintf(stderr, "DCMTK:\n%.*s\nC:\n%.*s\n", (int)a.len,
+			a.text ? a.text : "", (int)b.len, b.text ? b.text : "");
+		die("the backends' visits differ");
+	}
+	free(a.text);
+	free(b.text);
+	dicom_free(file);
+	dicom_bytes_free(mem);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct ds_file *f = NULL;
@@ -110,6 +187,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(a);
 		free(b);
 	}
+	compare_visits(data, size, f);
 	ds_free(f);
 	return 0;
 }

@@ -3,6 +3,8 @@
 #include "part10.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,11 +32,15 @@ struct ds_node {
 	uint32_t next;		/* next sibling */
 };
 
+/* The character sets the C backend converts exactly (dataset.h). */
+enum ds_charset { DS_ASCII, DS_LATIN1, DS_UTF8 };
+
 struct ds_file {
 	const unsigned char *bytes;
 	size_t size;
 	struct ds_node *nodes;
 	size_t count, cap;
+	enum ds_charset charset;	/* the top level's SpecificCharacterSet */
 };
 
 /* ---- what the C backend claims ---- */
@@ -89,6 +95,11 @@ static bool plain_value(const struct part10_header *h)
 		return !(h->len == 0xffff);
 	unsigned unit = binary_unit(h->vr);
 
+	/* Floats: DCMTK's own ftoa() writes their text (get_string), with
+	 * digits printf() does not give; not reproduced yet. */
+	if (!memcmp(h->vr, "FL", 2) || !memcmp(h->vr, "FD", 2) ||
+	    !memcmp(h->vr, "OF", 2) || !memcmp(h->vr, "OD", 2))
+		return false;
 	return unit != 0 && h->len % 2 == 0 && h->len % unit == 0;
 }
 
@@ -189,6 +200,41 @@ const char *ds_dictionary(uint32_t tag, const char **vr)
 	return NULL;
 }
 
+/* The dictionary's private entry for tag under creator (DCMTK's
+ * DcmHashDict::get(), then its repeating list), or NULL. */
+static const char *private_dictionary(uint32_t tag, const char *creator)
+{
+	uint32_t keys[2] = { tag, DCM_TAG(DCM_GROUP(tag), DCM_ELEMENT(tag) & 0xff) };
+
+	for (int k = 0; k < 2; k++) {
+		size_t lo = 0, hi = sizeof(dict_private) / sizeof(*dict_private);
+
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+
+			if (dict_private[mid].tag < keys[k])
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		for (; lo < sizeof(dict_private) / sizeof(*dict_private) &&
+		       dict_private[lo].tag == keys[k]; lo++)
+			if (strcmp(dict_private[lo].creator, creator) == 0)
+				return dict_private[lo].keyword;
+	}
+	for (size_t i = 0; i < sizeof(dict_private_ranges) / sizeof(*dict_private_ranges); i++) {
+		const struct dict_private_range *r = &dict_private_ranges[i];
+
+		if (in_part(DCM_GROUP(tag), r->group_low, r->group_high,
+			    r->group_parity) &&
+		    (DCM_ELEMENT(tag) == r->element ||
+		     (DCM_ELEMENT(tag) & 0xff) == r->element) &&
+		    strcmp(r->creator, creator) == 0)
+			return r->keyword;
+	}
+	return NULL;
+}
+
 /* ---- building the tree ---- */
 
 struct frame {
@@ -280,6 +326,10 @@ static int on_header(void *ctx, const struct part10_header *h)
 		}
 		if (!plain_value(h))
 			return WALK_DECLINE;
+		/* A private creator is text (its name is read as such). */
+		if (DCM_GROUP(h->tag) & 1 && DCM_ELEMENT(h->tag) >= 0x0010 &&
+		    DCM_ELEMENT(h->tag) <= 0x00ff && !string_vr(h->vr))
+			return WALK_DECLINE;
 		return add_node(b, h, DS_VALUE, &index);
 	case PART10_ITEM:
 		if ((rc = add_node(b, h, DS_ITEM, &index)) != 0)
@@ -332,6 +382,45 @@ static bool has_sop_uid(const struct ds_file *f, uint32_t tag)
 	return v != NULL && len > 0 && v[0] != '\\';
 }
 
+/*
+ * The top level's SpecificCharacterSet, as DCMTK selects it (its values,
+ * each without leading and trailing spaces): none, ISO_IR 6, ISO_IR 100
+ * or ISO_IR 192, one value. Anything else - other sets, ISO 2022 code
+ * extensions, several values - is DCMTK's.
+ */
+static bool known_charset(struct ds_file *f)
+{
+	const struct ds_node *n = find_top(f, TAG_SpecificCharacterSet);
+	const unsigned char *v;
+	size_t len;
+
+	f->charset = DS_ASCII;
+	if (n == NULL)
+		return true;
+	/* Odd: DCMTK reads it with a NUL after it, which is no space. */
+	if (n->kind != DS_VALUE || memcmp(n->vr, "CS", 2) != 0 || n->len & 1)
+		return false;
+	v = f->bytes + n->value;
+	len = n->len;
+	while (len > 0 && v[len - 1] == ' ')
+		len--;
+	while (len > 0 && v[0] == ' ') {
+		v++;
+		len--;
+	}
+	if (len == 0 || (len == 8 && memcmp(v, "ISO_IR 6", 8) == 0))
+		return true;
+	if (len == 10 && memcmp(v, "ISO_IR 100", 10) == 0) {
+		f->charset = DS_LATIN1;
+		return true;
+	}
+	if (len == 10 && memcmp(v, "ISO_IR 192", 10) == 0) {
+		f->charset = DS_UTF8;
+		return true;
+	}
+	return false;
+}
+
 /* The meta header's transfer syntax, byte for byte what DCMTK writes. */
 static bool explicit_le(const struct part10 *p)
 {
@@ -380,7 +469,7 @@ int ds_open(struct ds_file **out, const unsigned char *bytes, size_t size)
 	struct part10_source src = { .bytes = bytes, .size = size };
 	rc = part10_walk(&src, p.dataset, PART10_STRICT, NULL, on_header, &b);
 	if (rc == 0 && (!has_sop_uid(f, TAG_SOPClassUID) ||
-			!has_sop_uid(f, TAG_SOPInstanceUID)))
+			!has_sop_uid(f, TAG_SOPInstanceUID) || !known_charset(f)))
 		rc = WALK_DECLINE;
 	if (rc != 0) {
 		ds_free(f);
@@ -626,4 +715,375 @@ int ds_save_fd(const struct ds_file *f, int fd, bool zero_preamble,
 		rc = write_all(fd, o.buf, o.len, err);
 	free(o.buf);
 	return rc;
+}
+
+/* ---- visiting ---- */
+
+struct ds_elem {
+	const struct ds_file *f;
+	const struct ds_node *node;
+	int depth;
+	const char *creator;	/* the adapter's: first value, trimmed */
+	const char *dict_creator;	/* DCMTK's own, for its dictionary */
+};
+
+/* The private creators of one item: (gggg,00xx) -> its name, the first
+ * value of its text, trimmed. Only an item with private data has any. */
+struct creators {
+	uint32_t tag[256];
+	char *name[256];
+	char *dict_name[256];	/* NULL: DCMTK has none (empty value) */
+	size_t count;
+};
+
+static void free_creators(struct creators *c)
+{
+	for (size_t i = 0; i < c->count; i++) {
+		free(c->name[i]);
+		free(c->dict_name[i]);
+	}
+	c->count = 0;
+}
+
+/* The creator DCMTK's reader gives the elements it reserves
+ * (DcmPrivateTagCache: getString() as a C string): the machine string
+ * up to its first NUL; a value of odd length (but a UID) as read, with
+ * its padding. NULL for an empty value (not cached); "" when out of
+ * memory is told apart by *failed. */
+static char *dict_creator(const struct ds_file *f, const struct ds_node *n,
+			  bool *failed)
+{
+	unsigned char buf[UID_MAX];
+	size_t len = n->len;
+	const unsigned char *v = f->bytes + n->value;
+	char *out;
+
+	if (len == 0)
+		return NULL;
+	if (!(len & 1) || (n->vr[0] == 'U' && n->vr[1] == 'I'))
+		v = text_of(n->vr, v, &len, buf, sizeof(buf));
+	const unsigned char *nul = memchr(v, '\0', len);
+	if (nul != NULL)
+		len = (size_t)(nul - v);
+	if ((out = malloc(len + 1)) == NULL) {
+		*failed = true;
+		return NULL;
+	}
+	memcpy(out, v, len);
+	out[len] = '\0';
+	return out;
+}
+
+/* The first value of a text value, as DCMTK's getOFString(0) and then the
+ * adapter's trim() have it: leading spaces and trailing spaces and NULs
+ * off. malloc'd; NULL when out of memory. */
+static char *first_value(const struct ds_file *f, const struct ds_node *n)
+{
+	unsigned char buf[UID_MAX];
+	size_t len = n->len;
+	const unsigned char *v = f->bytes + n->value;
+	char *out;
+
+	/* Odd (but a UID), the value was read with a NUL after it, which
+	 * the trim below drops as it drops the padding. */
+	if (!(len & 1) || (n->vr[0] == 'U' && n->vr[1] == 'I'))
+		v = text_of(n->vr, v, &len, buf, sizeof(buf));
+	const unsigned char *bs = memchr(v, '\\', len);
+	if (bs != NULL)
+		len = (size_t)(bs - v);
+	while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\0'))
+		len--;
+	while (len > 0 && v[0] == ' ') {
+		v++;
+		len--;
+	}
+	if ((out = malloc(len + 1)) == NULL)
+		return NULL;
+	memcpy(out, v, len);
+	out[len] = '\0';
+	return out;
+}
+
+static int read_creators(const struct ds_file *f, uint32_t item, struct creators *c)
+{
+	for (uint32_t i = f->nodes[item].child; i != 0; i = f->nodes[i].next) {
+		const struct ds_node *n = &f->nodes[i];
+
+		if (!(DCM_GROUP(n->tag) & 1) || DCM_ELEMENT(n->tag) < 0x0010 ||
+		    DCM_ELEMENT(n->tag) > 0x00ff || n->kind != DS_VALUE)
+			continue;
+		if (c->count == 256)
+			return -1;	/* more than an item can hold: no */
+		bool failed = false;
+
+		c->dict_name[c->count] = dict_creator(f, n, &failed);
+		c->name[c->count] = first_value(f, n);
+		c->tag[c->count++] = n->tag;
+		if (failed || c->name[c->count - 1] == NULL)
+			return -1;
+	}
+	return 0;
+}
+
+/* The creator of tag in the item: the adapter's name, or DCMTK's. */
+static const char *creator_of(const struct creators *c, uint32_t tag, bool dict)
+{
+	uint16_t el = DCM_ELEMENT(tag);
+
+	if (!(DCM_GROUP(tag) & 1) || el < 0x1000)
+		return dict ? NULL : "";
+	for (size_t i = 0; i < c->count; i++)
+		if (c->tag[i] == DCM_TAG(DCM_GROUP(tag), el >> 8))
+			return dict ? c->dict_name[i] : c->name[i];
+	return dict ? NULL : "";
+}
+
+static bool has_private(const struct ds_file *f, uint32_t item)
+{
+	for (uint32_t i = f->nodes[item].child; i != 0; i = f->nodes[i].next)
+		if (DCM_GROUP(f->nodes[i].tag) & 1)
+			return true;
+	return false;
+}
+
+static int visit_item(const struct ds_file *f, uint32_t item, int depth,
+		      ds_visitor fn, void *ctx)
+{
+	struct creators names = { .count = 0 };
+	int rc = 0;
+
+	if (has_private(f, item) && read_creators(f, item, &names) == -1) {
+		free_creators(&names);
+		return -1;
+	}
+	for (uint32_t i = f->nodes[item].child; i != 0 && rc == 0;
+	     i = f->nodes[i].next) {
+		struct ds_elem e = {
+			.f = f, .node = &f->nodes[i], .depth = depth,
+			.creator = creator_of(&names, f->nodes[i].tag, false),
+			.dict_creator = creator_of(&names, f->nodes[i].tag, true) };
+
+		if (fn(ctx, &e) != 0)
+			rc = -1;	/* removing comes with editing */
+		for (uint32_t it = f->nodes[i].kind == DS_SEQUENCE ?
+				   f->nodes[i].child : 0;
+		     it != 0 && rc == 0; it = f->nodes[it].next)
+			rc = visit_item(f, it, depth + 1, fn, ctx);
+	}
+	free_creators(&names);
+	return rc;
+}
+
+int ds_visit(const struct ds_file *f, ds_visitor fn, void *ctx)
+{
+	return visit_item(f, 0, 0, fn, ctx);
+}
+
+uint32_t ds_elem_tag(const struct ds_elem *e)
+{
+	return e->node->tag;
+}
+
+const char *ds_elem_vr(const struct ds_elem *e)
+{
+	return e->node->kind == DS_SEQUENCE ? "SQ" : e->node->vr;
+}
+
+int ds_elem_depth(const struct ds_elem *e)
+{
+	return e->depth;
+}
+
+const char *ds_elem_private_creator(const struct ds_elem *e)
+{
+	return e->creator;
+}
+
+void ds_elem_keyword(const struct ds_elem *e, char *buf, size_t len)
+{
+	const char *vr, *keyword;
+
+	/* A private element with a creator is looked up with it, and only
+	 * entries with that creator answer. */
+	if (e->dict_creator != NULL)
+		keyword = private_dictionary(e->node->tag, e->dict_creator);
+	else
+		keyword = ds_dictionary(e->node->tag, &vr);
+	snprintf(buf, len, "%s", keyword ? keyword : "");
+}
+
+/* ---- values as text ---- */
+
+struct text {
+	char *p;
+	size_t len, cap;
+	bool no_memory;
+};
+
+static void text_put(struct text *t, const void *p, size_t n)
+{
+	if (t->no_memory)
+		return;
+	if (t->len + n + 1 > t->cap) {
+		size_t cap = t->cap ? t->cap : 64;
+
+		while (cap < t->len + n + 1)
+			cap *= 2;
+		char *grown = realloc(t->p, cap);
+		if (grown == NULL) {
+			t->no_memory = true;
+			return;
+		}
+		t->p = grown;
+		t->cap = cap;
+	}
+	memcpy(t->p + t->len, p, n);
+	t->len += n;
+	t->p[t->len] = '\0';
+}
+
+static uint64_t get_le(const unsigned char *b, unsigned n)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = n; i > 0; i--)
+		v = v << 8 | b[i - 1];
+	return v;
+}
+
+/*
+ * A binary value as DCMTK's getOFStringArray() writes it: the values
+ * '\'-separated, OB and UN bytes as two hex digits, OW words as four,
+ * integers in decimal, AT as (gggg,eeee), floats as OFStandard::ftoa()
+ * gives them with 9 (FL, OF) or 17 (FD, OD) significant digits. OF, OD,
+ * OL and OV have a VM of 1 to DCMTK: their first value only. -1 where
+ * DCMTK fails: an empty OB, OW, UN, OF, OD, OL or OV.
+ */
+static int binary_text(const struct ds_node *n, const unsigned char *v,
+		       struct text *t)
+{
+	const char *vr = n->vr;
+	unsigned unit = binary_unit(vr);
+	bool other = vr[0] == 'O' || (vr[0] == 'U' && vr[1] == 'N');
+	bool first_only = other && vr[1] != 'B' && vr[1] != 'W' && vr[1] != 'N';
+	size_t len = n->len;
+	char buf[64];
+
+	if (other && len == 0)
+		return -1;
+	if (first_only)
+		len = unit;
+	for (size_t at = 0; at + unit <= len; at += unit) {
+		uint64_t x = get_le(v + at, unit);
+		int w;
+
+		if (at > 0)
+			text_put(t, "\\", 1);
+		if (!strcmp(vr, "OB") || !strcmp(vr, "UN"))
+			w = snprintf(buf, sizeof(buf), "%2.2x", (unsigned)x);
+		else if (!strcmp(vr, "OW"))
+			w = snprintf(buf, sizeof(buf), "%4.4x", (unsigned)x);
+		else if (!strcmp(vr, "US") || !strcmp(vr, "UL") || !strcmp(vr, "OL") ||
+			 !strcmp(vr, "UV") || !strcmp(vr, "OV"))
+			w = snprintf(buf, sizeof(buf), "%" PRIu64, x);
+		else if (!strcmp(vr, "SS"))
+			w = snprintf(buf, sizeof(buf), "%d", (int16_t)x);
+		else if (!strcmp(vr, "SL"))
+			w = snprintf(buf, sizeof(buf), "%" PRId32, (int32_t)x);
+		else if (!strcmp(vr, "SV"))
+			w = snprintf(buf, sizeof(buf), "%" PRId64, (int64_t)x);
+		else if (!strcmp(vr, "AT"))
+			w = snprintf(buf, sizeof(buf), "(%4.4x,%4.4x)",
+				       (unsigned)(x & 0xffff), (unsigned)(x >> 16));
+		else if (!strcmp(vr, "FL") || !strcmp(vr, "OF")) {
+			uint32_t bits = (uint32_t)x;
+			float fv;
+
+			memcpy(&fv, &bits, sizeof(fv));
+			w = snprintf(buf, sizeof(buf), "%.9g", (double)fv);
+		} else {
+			double dv;
+
+			memcpy(&dv, &x, sizeof(dv));
+			w = snprintf(buf, sizeof(buf), "%.17g", dv);
+		}
+		text_put(t, buf, (size_t)w);
+	}
+	return 0;
+}
+
+/* Latin-1 to UTF-8: each byte its code point. */
+static void latin1_text(const char *v, size_t len, struct text *t)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)v[i];
+
+		if (c < 0x80) {
+			text_put(t, &v[i], 1);
+		} else {
+			unsigned char two[2] = { (unsigned char)(0xc0 | c >> 6),
+						 (unsigned char)(0x80 | (c & 0x3f)) };
+			text_put(t, two, 2);
+		}
+	}
+}
+
+int ds_elem_get_string(const struct ds_elem *e, char **utf8)
+{
+	const struct ds_file *f = e->f;
+	const struct ds_node *n = e->node;
+	const unsigned char *v = f->bytes + n->value;
+	unsigned char buf[UID_MAX];
+	struct text raw = { .p = NULL }, out = { .p = NULL };
+	size_t len = n->len;
+	bool ascii = true;
+
+	*utf8 = NULL;
+	if (n->kind != DS_VALUE)
+		return -1;
+	if (!string_vr(n->vr)) {
+		if (binary_text(n, v, &raw) == -1)
+			return -1;
+	} else {
+		if (!(len & 1) || (n->vr[0] == 'U' && n->vr[1] == 'I'))
+			v = text_of(n->vr, v, &len, buf, sizeof(buf));
+		text_put(&raw, v, len);
+		if (len & 1 && !(n->vr[0] == 'U' && n->vr[1] == 'I'))
+			text_put(&raw, "", 1);	/* read with a NUL after it */
+	}
+	text_put(&raw, "", 0);	/* an empty value is "" */
+	if (raw.no_memory) {
+		free(raw.p);
+		return -1;
+	}
+	/* The adapter's trim(): leading spaces, trailing spaces and NULs;
+	 * then a NUL inside reads as a space. */
+	size_t start = 0, end = raw.len;
+	while (end > 0 && (raw.p[end - 1] == ' ' || raw.p[end - 1] == '\0'))
+		end--;
+	while (start < end && raw.p[start] == ' ')
+		start++;
+	for (size_t i = start; i < end; i++) {
+		if (raw.p[i] == '\0')
+			raw.p[i] = ' ';
+		if ((unsigned char)raw.p[i] >= 0x80 || raw.p[i] == 0x1b)
+			ascii = false;
+	}
+	if (ascii || f->charset == DS_UTF8) {
+		text_put(&out, raw.p + start, end - start);
+	} else if (f->charset == DS_LATIN1) {
+		latin1_text(raw.p + start, end - start, &out);
+	} else {	/* ASCII declared: what is not ASCII reads as '?' */
+		for (size_t i = start; i < end; i++)
+			text_put(&out, (unsigned char)raw.p[i] >= 0x80 ? "?" :
+				 &raw.p[i], 1);
+	}
+	text_put(&out, "", 0);
+	free(raw.p);
+	if (out.no_memory) {
+		free(out.p);
+		return -1;
+	}
+	*utf8 = out.p;
+	return 1;
 }

@@ -19,10 +19,14 @@
  * Claimed today: a 128-byte preamble, "DICM", a meta header naming
  * explicit VR little endian (exactly "1.2.840.10008.1.2.1"), a dataset
  * that a strict walk follows to its last byte, whose elements ascend in
- * every item, with PS3.5 VRs but UN, no group length, no encapsulated
+ * every item, with PS3.5 VRs but UN and the floats (FL, FD, OF, OD: their
+ * text is DCMTK's own ftoa()'s), no group length, no encapsulated
  * pixel data, no binary value of odd length or partial word, no sequence
  * before SOPInstanceUID, a SOPClassUID and SOPInstanceUID of VR UI with a
- * first value. Private to src/ (dicom.cpp dispatches to it).
+ * first value, private creators of a text VR, and a SpecificCharacterSet
+ * (top level) the C backend converts exactly: none, ISO_IR 6, ISO_IR 100
+ * (Latin-1) or ISO_IR 192 (UTF-8). Private to src/ (dicom.cpp will
+ * dispatch to it; not yet).
  */
 #ifndef DICOMSORT_DATASET_H
 #define DICOMSORT_DATASET_H
@@ -75,6 +79,28 @@ int ds_save_fd(const struct ds_file *f, int fd, bool zero_preamble,
  * then takes the element for UN, as DCMTK does.
  */
 const char *ds_dictionary(uint32_t tag, const char **vr);
+
+/* ---- visiting: what dicom_visit() and dicom_elem_*() answer ---- */
+
+struct ds_elem;		/* an element met by ds_visit(); valid in the callback */
+
+/* Nonzero stops the walk (removing comes with editing, not yet here). */
+typedef int (*ds_visitor)(void *ctx, struct ds_elem *elem);
+
+/** Every element in file order, depth first, as dicom_visit(). 0 or -1
+ *  (a visitor's nonzero, or out of memory). */
+int ds_visit(const struct ds_file *f, ds_visitor fn, void *ctx);
+
+uint32_t ds_elem_tag(const struct ds_elem *elem);
+const char *ds_elem_vr(const struct ds_elem *elem);
+int ds_elem_depth(const struct ds_elem *elem);
+const char *ds_elem_private_creator(const struct ds_elem *elem);
+/* A private element's keyword comes from the dictionary's entries for
+ * its creator, as DCMTK names the creator (not quite the adapter's). */
+void ds_elem_keyword(const struct ds_elem *elem, char *buf, size_t len);
+/** As dicom_elem_get_string(): 1 and *utf8 (malloc'd), -1 for a sequence
+ *  or out of memory. */
+int ds_elem_get_string(const struct ds_elem *elem, char **utf8);
 
 /* For tests and benchmarks: elements in the tree (items not counted). */
 size_t ds_element_count(const struct ds_file *f);

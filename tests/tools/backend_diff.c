@@ -8,7 +8,10 @@
  *
  * A file the C backend declines is DCMTK's alone and only counted. A file
  * it claims but DCMTK refuses, or writes otherwise, is a failure (listed
- * by path on stderr; test files carry no patient data). Exit 0 when there
+ * by path on stderr; test files carry no patient data). So is a file whose
+ * visit differs: every element's tag, VR, depth, private creator, keyword
+ * and value as UTF-8 (dicom_visit() and dicom_elem_*() against ds_visit()
+ * and ds_elem_*()). Exit 0 when there
  * is none and at least N files were claimed (so a corpus the C backend
  * quietly stopped claiming does not pass as proof).
  *
@@ -29,8 +32,103 @@
 #include <unistd.h>
 
 struct counts {
-	unsigned long files, claimed, same, failed;
+	unsigned long files, claimed, same, failed, elements;
 };
+
+/* One element as a visit met it, all of it in one string. */
+struct trace {
+	char **lines;
+	size_t count, cap;
+};
+
+static void add_line(struct trace *t, uint32_t tag, const char *vr, int depth,
+		     const char *creator, const char *keyword, int rc,
+		     const char *value)
+{
+	char *line;
+
+	if (t->count == t->cap) {
+		t->cap = t->cap ? 2 * t->cap : 64;
+		t->lines = realloc(t->lines, t->cap * sizeof(*t->lines));
+		if (t->lines == NULL)
+			abort();
+	}
+	if (asprintf(&line, "(%04x,%04x) %s depth %d creator [%s] keyword [%s] "
+		     "value %d [%s]", DCM_GROUP(tag), DCM_ELEMENT(tag), vr, depth,
+		     creator, keyword, rc, value ? value : "") == -1)
+		abort();
+	t->lines[t->count++] = line;
+}
+
+static void free_trace(struct trace *t)
+{
+	for (size_t i = 0; i < t->count; i++)
+		free(t->lines[i]);
+	free(t->lines);
+}
+
+static enum dicom_visit_action dcmtk_line(void *ctx, struct dicom_elem *e)
+{
+	char keyword[128], *value = NULL;
+	int rc = dicom_elem_get_string(e, &value);
+
+	dicom_elem_keyword(e, keyword, sizeof(keyword));
+	add_line(ctx, dicom_elem_tag(e), dicom_elem_vr(e), dicom_elem_depth(e),
+		 dicom_elem_private_creator(e), keyword, rc, value);
+	free(value);
+	return DCM_VISIT_KEEP;
+}
+
+static int c_line(void *ctx, struct ds_elem *e)
+{
+	char keyword[128], *value = NULL;
+	int rc = ds_elem_get_string(e, &value);
+
+	ds_elem_keyword(e, keyword, sizeof(keyword));
+	add_line(ctx, ds_elem_tag(e), ds_elem_vr(e), ds_elem_depth(e),
+		 ds_elem_private_creator(e), keyword, rc, value);
+	free(value);
+	return 0;
+}
+
+/* Both backends' visits of the file; false (and the first difference on
+ * stderr) when they differ. */
+static bool same_visit(const char *path, const unsigned char *bytes, size_t size,
+		       const struct ds_file *f, struct counts *c)
+{
+	struct trace a = { 0 }, b = { 0 };
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	struct error err = ERROR_INIT;
+	unsigned char *to = dicom_bytes_new(&mem, size);
+	bool same = false;
+
+	if (to == NULL)
+		abort();
+	memcpy(to, bytes, size);
+	if (dicom_load_bytes(&file, mem, &err) == 0 &&
+	    dicom_visit(file, dcmtk_line, &a, &err) == 0 &&
+	    ds_visit(f, c_line, &b) == 0) {
+		size_t i = 0;
+
+		while (i < a.count && i < b.count && strcmp(a.lines[i], b.lines[i]) == 0)
+			i++;
+		same = a.count == b.count && i == a.count;
+		if (!same)
+			fprintf(stderr, "VISIT DIFFERS %s (element %zu of %zu/%zu)\n"
+				"  DCMTK %s\n  C     %s\n", path, i, a.count, b.count,
+				i < a.count ? a.lines[i] : "(end)",
+				i < b.count ? b.lines[i] : "(end)");
+		c->elements += a.count;
+	} else {
+		fprintf(stderr, "VISIT FAILED %s\n", path);
+	}
+	dicom_free(file);
+	dicom_bytes_free(mem);
+	free_trace(&a);
+	free_trace(&b);
+	return same;
+}
 
 static unsigned char *read_file(const char *path, size_t *len)
 {
@@ -150,6 +248,8 @@ static void compare(const char *path, struct counts *c)
 		free(b);
 	}
 	if (same)
+		same = same_visit(path, bytes, size, f, c);
+	if (same)
 		c->same++;
 	else
 		c->failed++;
@@ -203,7 +303,8 @@ int main(int argc, char **argv)
 	for (; i < argc; i++)
 		visit(argv[i], &c);
 	printf("backend_diff: %lu files, %lu claimed by the C backend, %lu "
-	       "identical, %lu different\n", c.files, c.claimed, c.same, c.failed);
+	       "identical (%lu elements visited), %lu different\n", c.files,
+	       c.claimed, c.same, c.elements, c.failed);
 	if (c.claimed < min_claimed)
 		fprintf(stderr, "backend_diff: fewer than %lu files claimed\n",
 			min_claimed);

@@ -30,6 +30,10 @@ struct ds_node {
 	size_t value;		/* offset of the value in the source */
 	uint32_t child;		/* sequence: first item; item: first element */
 	uint32_t next;		/* next sibling */
+	bool edited;		/* the value is edit, len bytes: for text its
+				   machine string (what DCMTK holds after
+				   putString()), for binary its bytes */
+	unsigned char *edit;
 };
 
 /* The character sets the C backend converts exactly (dataset.h). */
@@ -157,6 +161,38 @@ static const unsigned char *text_of(const char *vr, const unsigned char *v,
 		return NULL;
 	*len = machine_text(vr, v, n, buf);
 	return buf;
+}
+
+/*
+ * A text value as DCMTK holds it: p[0..len), then a NUL when nul (a value
+ * of odd length read from the source, but a UID: DcmElement::
+ * newValueField() appends one, and it is no padding). buf (UID_MAX) holds
+ * a cleaned UID. false: a UID too long (never claimed).
+ */
+struct text_value {
+	const unsigned char *p;
+	size_t len;
+	bool nul;
+};
+
+static bool text_value(const unsigned char *bytes, const struct ds_node *n,
+		       struct text_value *t, unsigned char *buf)
+{
+	bool uid = n->vr[0] == 'U' && n->vr[1] == 'I';
+
+	t->nul = false;
+	t->len = n->len;
+	if (n->edited) {
+		t->p = n->edit;
+		return true;
+	}
+	t->p = bytes + n->value;
+	if (t->len & 1 && !uid) {
+		t->nul = true;
+		return true;
+	}
+	t->p = text_of(n->vr, t->p, &t->len, buf, UID_MAX);
+	return t->p != NULL;
 }
 
 /* ---- the data dictionary ---- */
@@ -362,8 +398,13 @@ static const unsigned char *uid_value(const struct ds_file *f,
 				      const struct ds_node *n, size_t *len,
 				      unsigned char *buf)
 {
-	*len = n->len;
-	return text_of("UI", f->bytes + n->value, len, buf, UID_MAX);
+	struct text_value t;
+
+	*len = 0;
+	if (!text_value(f->bytes, n, &t, buf))
+		return NULL;
+	*len = t.len;
+	return t.p;
 }
 
 /* What dicom_load() requires: SOPClassUID and SOPInstanceUID with a first
@@ -379,7 +420,9 @@ static bool has_sop_uid(const struct ds_file *f, uint32_t tag)
 	if (n == NULL || n->kind != DS_VALUE || memcmp(n->vr, "UI", 2) != 0)
 		return false;
 	v = uid_value(f, n, &len, buf);
-	return v != NULL && len > 0 && v[0] != '\\';
+	/* "=Name" is a UID's name to DCMTK's putString() (copying it into
+	 * the meta header): a look-up the C backend does not make. */
+	return v != NULL && len > 0 && v[0] != '\\' && v[0] != '=';
 }
 
 /*
@@ -484,6 +527,8 @@ void ds_free(struct ds_file *f)
 {
 	if (f == NULL)
 		return;
+	for (size_t i = 0; i < f->count; i++)
+		free(f->nodes[i].edit);
 	free(f->nodes);
 	free(f);
 }
@@ -611,6 +656,34 @@ static void put_text(struct out *o, uint32_t tag, const char *vr,
 		put_bytes(o, &pad, 1);
 }
 
+/* A text element as DCMTK writes what it holds: padded to even length.
+ * Longer than a 16-bit length can say (only by an edit), its VR is
+ * written as UN with a 32-bit length (DcmObject::writeTagAndLength()). */
+static void put_text_value(struct out *o, const struct ds_file *f,
+			   const struct ds_node *n)
+{
+	unsigned char buf[UID_MAX];
+	struct text_value t;
+	bool uid = n->vr[0] == 'U' && n->vr[1] == 'I';
+	size_t total;
+
+	if (!text_value(f->bytes, n, &t, buf)) {
+		o->no_memory = true;	/* never claimed */
+		return;
+	}
+	total = t.len + t.nul;
+	total += total & 1;
+	if (total > 0xffff && !part10_long_vr((const unsigned char *)n->vr))
+		put_header(o, n->tag, "UN", (uint32_t)total);
+	else
+		put_header(o, n->tag, n->vr, (uint32_t)total);
+	put_bytes(o, t.p, t.len);
+	if (t.nul)
+		put_bytes(o, "", 1);
+	if ((t.len + t.nul) & 1)
+		put_bytes(o, uid ? "" : " ", 1);
+}
+
 static void put_item(const struct ds_file *f, struct out *o, uint32_t item);
 
 static void put_node(const struct ds_file *f, struct out *o, const struct ds_node *n)
@@ -624,10 +697,10 @@ static void put_node(const struct ds_file *f, struct out *o, const struct ds_nod
 		}
 		put_marker(o, 0xe0dd, 0);
 	} else if (string_vr(n->vr)) {
-		put_text(o, n->tag, n->vr, f->bytes + n->value, n->len, true);
+		put_text_value(o, f, n);
 	} else {
 		put_header(o, n->tag, n->vr, n->len);
-		put_bytes(o, f->bytes + n->value, n->len);
+		put_bytes(o, n->edited ? n->edit : f->bytes + n->value, n->len);
 	}
 }
 
@@ -642,8 +715,13 @@ static void put_item(const struct ds_file *f, struct out *o, uint32_t item)
 static void put_meta_uid(struct out *o, uint32_t tag, const unsigned char *v,
 			 size_t len)
 {
-	const unsigned char *nul = memchr(v, '\0', len);
+	const unsigned char *nul;
 
+	if (v == NULL) {	/* a UID too long: never claimed */
+		o->no_memory = true;
+		return;
+	}
+	nul = memchr(v, '\0', len);
 	put_text(o, tag, "UI", v, nul ? (size_t)(nul - v) : len, false);
 }
 
@@ -754,40 +832,40 @@ static char *dict_creator(const struct ds_file *f, const struct ds_node *n,
 			  bool *failed)
 {
 	unsigned char buf[UID_MAX];
-	size_t len = n->len;
-	const unsigned char *v = f->bytes + n->value;
+	struct text_value t;
 	char *out;
 
-	if (len == 0)
+	if (n->len == 0)
 		return NULL;
-	if (!(len & 1) || (n->vr[0] == 'U' && n->vr[1] == 'I'))
-		v = text_of(n->vr, v, &len, buf, sizeof(buf));
-	const unsigned char *nul = memchr(v, '\0', len);
-	if (nul != NULL)
-		len = (size_t)(nul - v);
+	if (!text_value(f->bytes, n, &t, buf)) {
+		*failed = true;
+		return NULL;
+	}
+	const unsigned char *nul = memchr(t.p, '\0', t.len);
+	size_t len = nul ? (size_t)(nul - t.p) : t.len;
 	if ((out = malloc(len + 1)) == NULL) {
 		*failed = true;
 		return NULL;
 	}
-	memcpy(out, v, len);
+	memcpy(out, t.p, len);
 	out[len] = '\0';
 	return out;
 }
 
 /* The first value of a text value, as DCMTK's getOFString(0) and then the
  * adapter's trim() have it: leading spaces and trailing spaces and NULs
- * off. malloc'd; NULL when out of memory. */
+ * off (so a NUL read after an odd value goes too). malloc'd; NULL when
+ * out of memory. */
 static char *first_value(const struct ds_file *f, const struct ds_node *n)
 {
 	unsigned char buf[UID_MAX];
-	size_t len = n->len;
-	const unsigned char *v = f->bytes + n->value;
+	struct text_value t;
 	char *out;
 
-	/* Odd (but a UID), the value was read with a NUL after it, which
-	 * the trim below drops as it drops the padding. */
-	if (!(len & 1) || (n->vr[0] == 'U' && n->vr[1] == 'I'))
-		v = text_of(n->vr, v, &len, buf, sizeof(buf));
+	if (!text_value(f->bytes, n, &t, buf))
+		return NULL;
+	const unsigned char *v = t.p;
+	size_t len = t.len;
 	const unsigned char *bs = memchr(v, '\\', len);
 	if (bs != NULL)
 		len = (size_t)(bs - v);
@@ -1035,21 +1113,22 @@ int ds_elem_get_string(const struct ds_elem *e, char **utf8)
 	const unsigned char *v = f->bytes + n->value;
 	unsigned char buf[UID_MAX];
 	struct text raw = { .p = NULL }, out = { .p = NULL };
-	size_t len = n->len;
 	bool ascii = true;
 
 	*utf8 = NULL;
 	if (n->kind != DS_VALUE)
 		return -1;
 	if (!string_vr(n->vr)) {
-		if (binary_text(n, v, &raw) == -1)
+		if (binary_text(n, n->edited ? n->edit : v, &raw) == -1)
 			return -1;
 	} else {
-		if (!(len & 1) || (n->vr[0] == 'U' && n->vr[1] == 'I'))
-			v = text_of(n->vr, v, &len, buf, sizeof(buf));
-		text_put(&raw, v, len);
-		if (len & 1 && !(n->vr[0] == 'U' && n->vr[1] == 'I'))
-			text_put(&raw, "", 1);	/* read with a NUL after it */
+		struct text_value t;
+
+		if (!text_value(f->bytes, n, &t, buf))
+			return -1;
+		text_put(&raw, t.p, t.len);
+		if (t.nul)
+			text_put(&raw, "", 1);
 	}
 	text_put(&raw, "", 0);	/* an empty value is "" */
 	if (raw.no_memory) {

@@ -23,7 +23,7 @@
  * text is DCMTK's own ftoa()'s), no group length, no encapsulated
  * pixel data, no binary value of odd length or partial word, no sequence
  * before SOPInstanceUID, a SOPClassUID and SOPInstanceUID of VR UI with a
- * first value, private creators of a text VR, and a SpecificCharacterSet
+ * first value and not a UID's "=Name", private creators of a text VR, and a SpecificCharacterSet
  * (top level) the C backend converts exactly: none, ISO_IR 6, ISO_IR 100
  * (Latin-1) or ISO_IR 192 (UTF-8). Private to src/ (dicom.cpp will
  * dispatch to it; not yet).

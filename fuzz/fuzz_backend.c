@@ -141,7 +141,7 @@ static int c_line(void *ctx, struct ds_elem *e)
 	return 0;
 }
 
-static void compare_visits(const uint8_t *data, size_t size, const struct ds_file *f)
+static void compare_visits(const uint8_t *data, size_t size, struct ds_file *f)
 {
 	struct trace a = { 0 }, b = { 0 };
 	struct dicom_bytes *mem;

@@ -45,6 +45,7 @@ struct ds_file {
 	struct ds_node *nodes;
 	size_t count, cap;
 	enum ds_charset charset;	/* the top level's SpecificCharacterSet */
+	bool modified;
 };
 
 /* ---- what the C backend claims ---- */
@@ -798,8 +799,8 @@ int ds_save_fd(const struct ds_file *f, int fd, bool zero_preamble,
 /* ---- visiting ---- */
 
 struct ds_elem {
-	const struct ds_file *f;
-	const struct ds_node *node;
+	struct ds_file *f;
+	struct ds_node *node;
 	int depth;
 	const char *creator;	/* the adapter's: first value, trimmed */
 	const char *dict_creator;	/* DCMTK's own, for its dictionary */
@@ -924,25 +925,41 @@ static bool has_private(const struct ds_file *f, uint32_t item)
 	return false;
 }
 
-static int visit_item(const struct ds_file *f, uint32_t item, int depth,
+/* The elements of the item, each offered to fn, then the items of a
+ * sequence it kept. As DCMTK's walk in dicom.cpp: the creators are read
+ * before any visitor runs; a removed element's items are not visited. */
+static int visit_item(struct ds_file *f, uint32_t item, int depth,
 		      ds_visitor fn, void *ctx)
 {
 	struct creators names = { .count = 0 };
+	uint32_t prev = 0, next;
 	int rc = 0;
 
 	if (has_private(f, item) && read_creators(f, item, &names) == -1) {
 		free_creators(&names);
 		return -1;
 	}
-	for (uint32_t i = f->nodes[item].child; i != 0 && rc == 0;
-	     i = f->nodes[i].next) {
+	for (uint32_t i = f->nodes[item].child; i != 0 && rc == 0; i = next) {
 		struct ds_elem e = {
 			.f = f, .node = &f->nodes[i], .depth = depth,
 			.creator = creator_of(&names, f->nodes[i].tag, false),
 			.dict_creator = creator_of(&names, f->nodes[i].tag, true) };
+		int action = fn(ctx, &e);
 
-		if (fn(ctx, &e) != 0)
-			rc = -1;	/* removing comes with editing */
+		next = f->nodes[i].next;
+		if (action < 0 || action > DS_VISIT_REMOVE) {
+			rc = -1;
+			break;
+		}
+		if (action == DS_VISIT_REMOVE) {
+			if (prev == 0)
+				f->nodes[item].child = next;
+			else
+				f->nodes[prev].next = next;
+			f->modified = true;
+			continue;
+		}
+		prev = i;
 		for (uint32_t it = f->nodes[i].kind == DS_SEQUENCE ?
 				   f->nodes[i].child : 0;
 		     it != 0 && rc == 0; it = f->nodes[it].next)
@@ -952,7 +969,7 @@ static int visit_item(const struct ds_file *f, uint32_t item, int depth,
 	return rc;
 }
 
-int ds_visit(const struct ds_file *f, ds_visitor fn, void *ctx)
+int ds_visit(struct ds_file *f, ds_visitor fn, void *ctx)
 {
 	return visit_item(f, 0, 0, fn, ctx);
 }
@@ -1000,7 +1017,7 @@ struct text {
 
 static void text_put(struct text *t, const void *p, size_t n)
 {
-	if (t->no_memory)
+	if (t->no_memory || (n == 0 && t->p != NULL))
 		return;
 	if (t->len + n + 1 > t->cap) {
 		size_t cap = t->cap ? t->cap : 64;
@@ -1015,7 +1032,8 @@ static void text_put(struct text *t, const void *p, size_t n)
 		t->p = grown;
 		t->cap = cap;
 	}
-	memcpy(t->p + t->len, p, n);
+	if (n > 0)
+		memcpy(t->p + t->len, p, n);
 	t->len += n;
 	t->p[t->len] = '\0';
 }
@@ -1106,6 +1124,56 @@ static void latin1_text(const char *v, size_t len, struct text *t)
 	}
 }
 
+/* UTF-8 as glibc's iconv() decodes it: forms of up to six bytes (up to
+ * U+7FFFFFFF, beyond RFC 3629's U+10FFFF), no overlong form, no
+ * surrogate. */
+static bool valid_utf8(const unsigned char *v, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		unsigned char c = v[i];
+		size_t n;
+		unsigned char lo = 0x80, hi = 0xbf;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2;
+		else if (c >= 0xf0 && c <= 0xf7)
+			n = 3;
+		else if (c >= 0xf8 && c <= 0xfb)
+			n = 4;
+		else if (c >= 0xfc && c <= 0xfd)
+			n = 5;
+		else
+			return false;
+		if (c == 0xe0)
+			lo = 0xa0;	/* overlong */
+		else if (c == 0xed)
+			hi = 0x9f;	/* surrogates */
+		else if (c == 0xf0)
+			lo = 0x90;
+		else if (c == 0xf8)
+			lo = 0x88;
+		else if (c == 0xfc)
+			lo = 0x84;
+		if (n > len - 1 - i)	/* cut short */
+			return false;
+		if (v[i + 1] < lo || v[i + 1] > hi)
+			return false;
+		for (size_t k = 2; k <= n; k++)
+			if (v[i + k] < 0x80 || v[i + k] > 0xbf)
+				return false;
+		i += n + 1;
+	}
+	return true;
+}
+
 int ds_elem_get_string(const struct ds_elem *e, char **utf8)
 {
 	const struct ds_file *f = e->f;
@@ -1148,11 +1216,14 @@ int ds_elem_get_string(const struct ds_elem *e, char **utf8)
 		if ((unsigned char)raw.p[i] >= 0x80 || raw.p[i] == 0x1b)
 			ascii = false;
 	}
-	if (ascii || f->charset == DS_UTF8) {
+	if (ascii || (f->charset == DS_UTF8 &&
+		      valid_utf8((const unsigned char *)raw.p + start, end - start))) {
 		text_put(&out, raw.p + start, end - start);
 	} else if (f->charset == DS_LATIN1) {
 		latin1_text(raw.p + start, end - start, &out);
-	} else {	/* ASCII declared: what is not ASCII reads as '?' */
+	} else {
+		/* ASCII declared, or UTF-8 that is not: the conversion fails
+		 * and the adapter reads every byte past ASCII as '?'. */
 		for (size_t i = start; i < end; i++)
 			text_put(&out, (unsigned char)raw.p[i] >= 0x80 ? "?" :
 				 &raw.p[i], 1);
@@ -1165,4 +1236,122 @@ int ds_elem_get_string(const struct ds_elem *e, char **utf8)
 	}
 	*utf8 = out.p;
 	return 1;
+}
+
+/* ---- changing ---- */
+
+/* Replace n's value by len bytes at v (copied). */
+static int set_value(struct ds_file *f, struct ds_node *n, const void *v,
+		     size_t len, struct error *err)
+{
+	unsigned char *copy = NULL;
+
+	if (len > UINT32_MAX - 2)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value (too long)");
+	if (len > 0 && (copy = malloc(len)) == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot set value");
+	if (len > 0)
+		memcpy(copy, v, len);
+	free(n->edit);
+	n->edit = copy;
+	n->edited = true;
+	n->len = (uint32_t)len;
+	f->modified = true;
+	return 0;
+}
+
+/*
+ * A text value as DCMTK's putString() keeps it: the C string's bytes, for
+ * a UID without white space (automatic input data correction), then
+ * without trailing padding (NUL for a UID, else space).
+ */
+static int put_text_string(struct ds_file *f, struct ds_node *n,
+			   const char *value, struct error *err)
+{
+	bool uid = n->vr[0] == 'U' && n->vr[1] == 'I';
+	size_t len = strlen(value);
+	char *clean;
+	int rc;
+
+	/* DCMTK takes "=Name" for a UID's name and looks it up. */
+	if (uid && value[0] == '=')
+		return error_set(err, ERROR_INPUT, 0, "cannot set value (a UID "
+				 "name, not supported by the C backend)");
+	if ((clean = malloc(len + 1)) == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot set value");
+	len = machine_text(n->vr, (const unsigned char *)value, len,
+			   (unsigned char *)clean);
+	rc = set_value(f, n, clean, len, err);
+	free(clean);
+	return rc;
+}
+
+/* A binary value put as text: only zeros ("0", "0\0\0", ...) so far,
+ * which is what de-identification puts there; each a value of the VR's
+ * size, an odd OB count padded with one more zero byte (DCMTK's
+ * alignValue()). */
+static int put_binary_string(struct ds_file *f, struct ds_node *n,
+			     const char *value, struct error *err)
+{
+	unsigned unit = binary_unit(n->vr);
+	size_t count = 0, len;
+	unsigned char *zeros;
+	int rc;
+
+	if (value[0] == '\0')
+		return set_value(f, n, NULL, 0, err);
+	for (const char *p = value; *p; p++) {
+		if (*p != '0' || (p[1] != '\0' && p[1] != '\\'))
+			return error_set(err, ERROR_INPUT, 0, "cannot set value "
+					 "(not zeros: not supported by the C backend)");
+		count++;
+		if (p[1] == '\\')
+			p++;
+	}
+	if (unit == 0)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	len = count * unit;
+	len += len & 1;
+	if ((zeros = calloc(1, len)) == NULL)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot set value");
+	rc = set_value(f, n, zeros, len, err);
+	free(zeros);
+	return rc;
+}
+
+int ds_elem_put_string(struct ds_elem *e, const char *value, struct error *err)
+{
+	if (e->node->kind != DS_VALUE)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value (a sequence)");
+	if (string_vr(e->node->vr))
+		return put_text_string(e->f, e->node, value, err);
+	return put_binary_string(e->f, e->node, value, err);
+}
+
+int ds_elem_empty(struct ds_elem *e, struct error *err)
+{
+	e->f->modified = true;
+	if (e->node->kind == DS_SEQUENCE) {
+		e->node->child = 0;
+		return 0;
+	}
+	return set_value(e->f, e->node, NULL, 0, err);
+}
+
+int ds_elem_keep_first_item(struct ds_elem *e, struct error *err)
+{
+	uint32_t first = e->node->child;
+
+	if (e->node->kind != DS_SEQUENCE)
+		return error_set(err, ERROR_INPUT, 0, "not a sequence");
+	if (first != 0 && e->f->nodes[first].next != 0) {
+		e->f->nodes[first].next = 0;
+		e->f->modified = true;
+	}
+	return 0;
+}
+
+bool ds_modified(const struct ds_file *f)
+{
+	return f->modified;
 }

@@ -84,12 +84,17 @@ const char *ds_dictionary(uint32_t tag, const char **vr);
 
 struct ds_elem;		/* an element met by ds_visit(); valid in the callback */
 
-/* Nonzero stops the walk (removing comes with editing, not yet here). */
+/* A visitor's answers (dicom.h's DCM_VISIT_KEEP and _REMOVE); anything
+ * else stops the walk. */
+#define DS_VISIT_KEEP 0
+#define DS_VISIT_REMOVE 1
 typedef int (*ds_visitor)(void *ctx, struct ds_elem *elem);
 
-/** Every element in file order, depth first, as dicom_visit(). 0 or -1
- *  (a visitor's nonzero, or out of memory). */
-int ds_visit(const struct ds_file *f, ds_visitor fn, void *ctx);
+/** Every element in file order, depth first, as dicom_visit(): a visitor
+ *  may change the element it is given (ds_elem_put_string(), _empty(),
+ *  _keep_first_item()) or have it removed. 0 or -1 (stopped, or out of
+ *  memory). */
+int ds_visit(struct ds_file *f, ds_visitor fn, void *ctx);
 
 uint32_t ds_elem_tag(const struct ds_elem *elem);
 const char *ds_elem_vr(const struct ds_elem *elem);
@@ -101,6 +106,17 @@ void ds_elem_keyword(const struct ds_elem *elem, char *buf, size_t len);
 /** As dicom_elem_get_string(): 1 and *utf8 (malloc'd), -1 for a sequence
  *  or out of memory. */
 int ds_elem_get_string(const struct ds_elem *elem, char **utf8);
+
+/** As dicom_elem_put_string(): text as DCMTK's putString() keeps it; a
+ *  binary value only as zeros ("0\\0...") or "" so far, and a UID's
+ *  "=Name" not at all (-1, ERROR_INPUT: not yet the C backend's). */
+int ds_elem_put_string(struct ds_elem *elem, const char *value, struct error *err);
+/** As dicom_elem_empty() (a sequence loses its items). */
+int ds_elem_empty(struct ds_elem *elem, struct error *err);
+/** As dicom_elem_keep_first_item(). */
+int ds_elem_keep_first_item(struct ds_elem *elem, struct error *err);
+/** Whether anything was changed since ds_open(). */
+bool ds_modified(const struct ds_file *f);
 
 /* For tests and benchmarks: elements in the tree (items not counted). */
 size_t ds_element_count(const struct ds_file *f);

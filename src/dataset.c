@@ -479,8 +479,8 @@ static bool explicit_le(const struct part10 *p)
 			(uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 |
 			(uint32_t)b[11] << 24 : (uint32_t)(b[6] | b[7] << 8);
 
-		if (element == 0x0010)
-			return len == sizeof(want) &&
+		if (element == 0x0010)	/* a UI, or DCMTK finds none */
+			return memcmp(b + 4, "UI", 2) == 0 && len == sizeof(want) &&
 			       memcmp(b + header, want, sizeof(want)) == 0;
 		pos += header + len;
 	}

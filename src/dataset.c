@@ -1174,10 +1174,11 @@ static bool valid_utf8(const unsigned char *v, size_t len)
 	return true;
 }
 
-int ds_elem_get_string(const struct ds_elem *e, char **utf8)
+/* The value of n as the adapter's element_string() gives it: its text
+ * trimmed, a NUL inside read as a space, converted to UTF-8 if convert. */
+static int node_string(const struct ds_file *f, const struct ds_node *n,
+		       bool convert, char **utf8)
 {
-	const struct ds_file *f = e->f;
-	const struct ds_node *n = e->node;
 	const unsigned char *v = f->bytes + n->value;
 	unsigned char buf[UID_MAX];
 	struct text raw = { .p = NULL }, out = { .p = NULL };
@@ -1216,7 +1217,7 @@ int ds_elem_get_string(const struct ds_elem *e, char **utf8)
 		if ((unsigned char)raw.p[i] >= 0x80 || raw.p[i] == 0x1b)
 			ascii = false;
 	}
-	if (ascii || (f->charset == DS_UTF8 &&
+	if (ascii || !convert || (f->charset == DS_UTF8 &&
 		      valid_utf8((const unsigned char *)raw.p + start, end - start))) {
 		text_put(&out, raw.p + start, end - start);
 	} else if (f->charset == DS_LATIN1) {
@@ -1354,4 +1355,17 @@ int ds_elem_keep_first_item(struct ds_elem *e, struct error *err)
 bool ds_modified(const struct ds_file *f)
 {
 	return f->modified;
+}
+
+int ds_elem_get_string(const struct ds_elem *e, char **utf8)
+{
+	return node_string(e->f, e->node, true, utf8);
+}
+
+int ds_get_string(const struct ds_file *f, uint32_t tag, bool convert, char **out)
+{
+	const struct ds_node *n = find_top(f, tag);
+
+	*out = NULL;
+	return n == NULL ? 0 : node_string(f, n, convert, out);
 }

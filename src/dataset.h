@@ -107,6 +107,10 @@ void ds_elem_keyword(const struct ds_elem *elem, char *buf, size_t len);
  *  or out of memory. */
 int ds_elem_get_string(const struct ds_elem *elem, char **utf8);
 
+/** As dicom_get_string() (convert) and dicom_get_raw(): a top-level
+ *  value; 1 present, 0 absent, -1 a sequence or out of memory. */
+int ds_get_string(const struct ds_file *f, uint32_t tag, bool convert, char **out);
+
 /** As dicom_elem_put_string(): text as DCMTK's putString() keeps it; a
  *  binary value only as zeros ("0\\0...") or "" so far, and a UID's
  *  "=Name" not at all (-1, ERROR_INPUT: not yet the C backend's). */

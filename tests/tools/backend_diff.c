@@ -11,7 +11,9 @@
  * by path on stderr; test files carry no patient data). So is a file whose
  * visit differs: every element's tag, VR, depth, private creator, keyword
  * and value as UTF-8 (dicom_visit() and dicom_elem_*() against ds_visit()
- * and ds_elem_*()). Then both backends get the same edits (edit_for():
+ * and ds_elem_*()), and so must every top-level value read with
+ * dicom_get_string()/dicom_get_raw() and ds_get_string(). Then both
+ * backends get the same edits (edit_for():
  * removals, new text values, emptied values and sequences, first items
  * kept, zeros in binary values), after which their bytes and a second
  * visit must still agree. Exit 0 when there
@@ -214,6 +216,67 @@ static unsigned char *c_output(const struct ds_file *f, bool zero, size_t *len)
 		out = contents(fd, len);
 	close(fd);
 	return out;
+}
+
+/* ---- top-level values: dicom_get_string()/_raw() against ds_get_string() ---- */
+
+struct tags {
+	uint32_t tag[4096];
+	size_t count;
+};
+
+static int top_tag(void *ctx, struct ds_elem *e)
+{
+	struct tags *t = ctx;
+
+	if (ds_elem_depth(e) == 0 && t->count < 4096)
+		t->tag[t->count++] = ds_elem_tag(e);
+	return DS_VISIT_KEEP;
+}
+
+static bool same_getters(const char *path, const unsigned char *bytes, size_t size,
+			 struct ds_file *f)
+{
+	static struct tags t;
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	struct error err = ERROR_INIT;
+	unsigned char *to = dicom_bytes_new(&mem, size);
+	bool same = true;
+
+	if (to == NULL)
+		abort();
+	memcpy(to, bytes, size);
+	t.count = 0;
+	/* and some that files rarely have */
+	t.tag[t.count++] = DCM_TAG(0x0010, 0x0011);
+	t.tag[t.count++] = DCM_TAG(0x0012, 0x0063);
+	t.tag[t.count++] = DCM_TAG(0x6000, 0x0102);
+	if (dicom_load_bytes(&file, mem, &err) == -1 || ds_visit(f, top_tag, &t) == -1) {
+		fprintf(stderr, "GETTERS FAILED %s\n", path);
+		same = false;
+	}
+	for (size_t i = 0; same && i < t.count; i++)
+		for (int convert = 0; convert < 2 && same; convert++) {
+			char *a = NULL, *b = NULL;
+			int ra = convert ? dicom_get_string(file, t.tag[i], &a) :
+				 dicom_get_raw(file, t.tag[i], &a);
+			int rb = ds_get_string(f, t.tag[i], convert, &b);
+
+			same = ra == rb && (a == NULL) == (b == NULL) &&
+			       (a == NULL || strcmp(a, b) == 0);
+			if (!same)
+				fprintf(stderr, "GETTER DIFFERS %s (%04x,%04x) %s: "
+					"DCMTK %d [%s], C %d [%s]\n", path,
+					DCM_GROUP(t.tag[i]), DCM_ELEMENT(t.tag[i]),
+					convert ? "string" : "raw", ra, a ? a : "",
+					rb, b ? b : "");
+			free(a);
+			free(b);
+		}
+	dicom_free(file);
+	dicom_bytes_free(mem);
+	return same;
 }
 
 /* ---- the same edits through both backends ---- */
@@ -421,6 +484,8 @@ static void compare(const char *path, struct counts *c)
 	}
 	if (same)
 		same = same_visit(path, bytes, size, f, c);
+	if (same)
+		same = same_getters(path, bytes, size, f);
 	if (same)
 		same = same_edits(path, bytes, size, f, c);
 	if (same)

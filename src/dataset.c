@@ -44,7 +44,11 @@ struct ds_file {
 	size_t size;
 	struct ds_node *nodes;
 	size_t count, cap;
-	enum ds_charset charset;	/* the top level's SpecificCharacterSet */
+	/* The top level's SpecificCharacterSet, as the adapter selects it:
+	 * at the first value it converts, again after dicom_put_string() of
+	 * it (select_charset() in dicom.cpp), not after other changes. */
+	enum ds_charset charset;
+	bool charset_selected, charset_ok;
 	bool modified;
 };
 
@@ -442,9 +446,10 @@ static bool known_charset(struct ds_file *f)
 	if (n == NULL)
 		return true;
 	/* Odd: DCMTK reads it with a NUL after it, which is no space. */
-	if (n->kind != DS_VALUE || memcmp(n->vr, "CS", 2) != 0 || n->len & 1)
+	if (n->kind != DS_VALUE || memcmp(n->vr, "CS", 2) != 0 ||
+	    (n->len & 1 && !n->edited))
 		return false;
-	v = f->bytes + n->value;
+	v = n->edited ? n->edit : f->bytes + n->value;
 	len = n->len;
 	while (len > 0 && v[len - 1] == ' ')
 		len--;
@@ -1217,6 +1222,16 @@ static int node_string(const struct ds_file *f, const struct ds_node *n,
 		if ((unsigned char)raw.p[i] >= 0x80 || raw.p[i] == 0x1b)
 			ascii = false;
 	}
+	if (!ascii && convert && !f->charset_selected) {
+		struct ds_file *m = (struct ds_file *)f;	/* a cache */
+
+		m->charset_ok = known_charset(m);
+		m->charset_selected = true;
+	}
+	if (!ascii && convert && !f->charset_ok) {
+		free(raw.p);	/* a set the C backend cannot follow */
+		return -1;
+	}
 	if (ascii || !convert || (f->charset == DS_UTF8 &&
 		      valid_utf8((const unsigned char *)raw.p + start, end - start))) {
 		text_put(&out, raw.p + start, end - start);
@@ -1368,4 +1383,106 @@ int ds_get_string(const struct ds_file *f, uint32_t tag, bool convert, char **ou
 
 	*out = NULL;
 	return n == NULL ? 0 : node_string(f, n, convert, out);
+}
+
+/* ---- top-level changes ---- */
+
+/* A new node, unlinked; its index, or 0 when out of memory. */
+static uint32_t new_node(struct ds_file *f)
+{
+	if (f->count == f->cap) {
+		size_t cap = f->cap * 2;
+		struct ds_node *nodes = realloc(f->nodes, cap * sizeof(*nodes));
+
+		if (nodes == NULL)
+			return 0;
+		f->nodes = nodes;
+		f->cap = cap;
+	}
+	memset(&f->nodes[f->count], 0, sizeof(f->nodes[f->count]));
+	return (uint32_t)f->count++;
+}
+
+/* The top-level node with tag, and the one before it (0: first). */
+static uint32_t find_top_index(const struct ds_file *f, uint32_t tag, uint32_t *prev)
+{
+	*prev = 0;
+	for (uint32_t i = f->nodes[0].child; i != 0; i = f->nodes[i].next) {
+		if (f->nodes[i].tag == tag)
+			return i;
+		if (f->nodes[i].tag > tag)
+			break;
+		*prev = i;
+	}
+	return 0;
+}
+
+int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
+		  struct error *err)
+{
+	uint32_t prev, i = find_top_index(f, tag, &prev);
+	const char *vr = NULL;
+
+	if (i == 0) {
+		/* A new element takes the dictionary's VR (putAndInsertString()). */
+		ds_dictionary(tag, &vr);
+		if (!string_vr(vr) && binary_unit(vr) == 0)
+			return error_set(err, ERROR_INPUT, 0, "cannot set attribute "
+					 "(VR %s: not supported by the C backend)", vr);
+		if (!plain_tag(tag))
+			return error_set(err, ERROR_INPUT, 0, "cannot set attribute "
+					 "(not supported by the C backend)");
+		if ((i = new_node(f)) == 0)
+			return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot set attribute");
+		f->nodes[i].tag = tag;
+		memcpy(f->nodes[i].vr, vr, 2);
+		f->nodes[i].kind = DS_VALUE;
+		f->nodes[i].edited = true;
+		if (prev == 0) {
+			f->nodes[i].next = f->nodes[0].child;
+			f->nodes[0].child = i;
+		} else {
+			f->nodes[i].next = f->nodes[prev].next;
+			f->nodes[prev].next = i;
+		}
+		f->modified = true;
+	}
+	struct ds_elem e = { .f = f, .node = &f->nodes[i] };
+	int rc = ds_elem_put_string(&e, value, err);
+
+	/* Later values are read in the new character set: one of those
+	 * the C backend converts, or none it can follow. */
+	if (rc == 0 && tag == TAG_SpecificCharacterSet) {
+		f->charset_selected = false;
+		if (!known_charset(f))
+			return error_set(err, ERROR_INPUT, 0, "cannot set attribute "
+					 "(a character set the C backend does not "
+					 "convert)");
+	}
+	return rc;
+}
+
+int ds_empty(struct ds_file *f, uint32_t tag, struct error *err)
+{
+	uint32_t prev, i = find_top_index(f, tag, &prev);
+	struct ds_elem e = { .f = f };
+
+	if (i == 0)
+		return 0;
+	e.node = &f->nodes[i];
+	return ds_elem_empty(&e, err);
+}
+
+int ds_delete(struct ds_file *f, uint32_t tag)
+{
+	uint32_t prev, i = find_top_index(f, tag, &prev);
+
+	if (i == 0)
+		return 0;
+	if (prev == 0)
+		f->nodes[0].child = f->nodes[i].next;
+	else
+		f->nodes[prev].next = f->nodes[i].next;
+	f->modified = true;
+	return 0;
 }

@@ -119,6 +119,15 @@ int ds_elem_put_string(struct ds_elem *elem, const char *value, struct error *er
 int ds_elem_empty(struct ds_elem *elem, struct error *err);
 /** As dicom_elem_keep_first_item(). */
 int ds_elem_keep_first_item(struct ds_elem *elem, struct error *err);
+/** As dicom_put_string(): a new element takes the dictionary's VR and
+ *  its place in tag order; -1 (ERROR_INPUT) for what the C backend does
+ *  not do yet (a VR such as "xs", a character set it does not convert). */
+int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
+		  struct error *err);
+/** As dicom_empty() and dicom_delete(): top level, if present. */
+int ds_empty(struct ds_file *f, uint32_t tag, struct error *err);
+int ds_delete(struct ds_file *f, uint32_t tag);
+
 /** Whether anything was changed since ds_open(). */
 bool ds_modified(const struct ds_file *f);
 

@@ -387,6 +387,53 @@ static int c_edit(void *ctx, struct ds_elem *e)
 	return DS_VISIT_KEEP;
 }
 
+/* Top-level changes after the visit, as the basic profile makes them:
+ * new elements in tag order, a value replaced, one emptied, one deleted,
+ * the character set changed (values read after it in the new one). */
+static const struct top_edit {
+	uint32_t tag;
+	const char *value;	/* NULL: empty; "" with delete: delete */
+	bool delete;
+} top_edits[] = {
+	{ DCM_TAG(0x0012, 0x0062), "YES", false },
+	{ DCM_TAG(0x0012, 0x0063), "DICOMSORTD 1.0 BASIC PROFILE\\RETAIN UIDS", false },
+	{ DCM_TAG(0x0028, 0x0303), "MODIFIED", false },
+	{ DCM_TAG(0x0010, 0x0020), "PSEUDO-1 ", false },
+	{ DCM_TAG(0x0008, 0x0020), NULL, false },
+	{ DCM_TAG(0x0008, 0x0090), "", true },
+	{ DCM_TAG(0x0008, 0x0005), "ISO_IR 192", false },
+};
+
+static bool dcmtk_top_edits(struct dicom_file *file)
+{
+	struct error err = ERROR_INIT;
+
+	for (size_t i = 0; i < sizeof(top_edits) / sizeof(*top_edits); i++) {
+		const struct top_edit *t = &top_edits[i];
+		int rc = t->delete ? dicom_delete(file, t->tag, &err) :
+			 t->value ? dicom_put_string(file, t->tag, t->value, &err) :
+			 dicom_empty(file, t->tag, &err);
+		if (rc == -1)
+			return false;
+	}
+	return true;
+}
+
+static bool c_top_edits(struct ds_file *f)
+{
+	struct error err = ERROR_INIT;
+
+	for (size_t i = 0; i < sizeof(top_edits) / sizeof(*top_edits); i++) {
+		const struct top_edit *t = &top_edits[i];
+		int rc = t->delete ? ds_delete(f, t->tag) :
+			 t->value ? ds_put_string(f, t->tag, t->value, &err) :
+			 ds_empty(f, t->tag, &err);
+		if (rc == -1)
+			return false;
+	}
+	return true;
+}
+
 /* Both backends edited alike: the same bytes, then the same visit. */
 static bool same_edits(const char *path, const unsigned char *bytes, size_t size,
 		       struct ds_file *f, struct counts *c)
@@ -406,6 +453,7 @@ static bool same_edits(const char *path, const unsigned char *bytes, size_t size
 	if (dicom_load_bytes(&file, mem, &err) == 0 &&
 	    dicom_visit(file, dcmtk_edit, NULL, &err) == 0 &&
 	    ds_visit(f, c_edit, NULL) == 0 &&
+	    dcmtk_top_edits(file) && c_top_edits(f) &&
 	    (fd = memfd_create("dcmtk", MFD_CLOEXEC)) != -1) {
 		if (dicom_save_fd(file, fd, &err) == 0)
 			x = contents(fd, &x_len);

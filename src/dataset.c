@@ -1,5 +1,6 @@
 /* dataset.c - the C backend's element tree and writer; see dataset.h. */
 #include "dataset.h"
+#include "dicomsort/dicom.h"
 #include "part10.h"
 
 #include <errno.h>
@@ -366,6 +367,10 @@ static int on_header(void *ctx, const struct part10_header *h)
 			return push_frame(b, index, h);
 		}
 		if (!plain_value(h))
+			return WALK_DECLINE;
+		/* An item's own character set: DCMTK's conversion would
+		 * follow it, the adapter's reading does not. */
+		if (h->tag == TAG_SpecificCharacterSet && b->n > 1)
 			return WALK_DECLINE;
 		/* A private creator is text (its name is read as such). */
 		if (DCM_GROUP(h->tag) & 1 && DCM_ELEMENT(h->tag) >= 0x0010 &&
@@ -859,9 +864,8 @@ static char *dict_creator(const struct ds_file *f, const struct ds_node *n,
 }
 
 /* The first value of a text value, as DCMTK's getOFString(0) and then the
- * adapter's trim() have it: leading spaces and trailing spaces and NULs
- * off (so a NUL read after an odd value goes too). malloc'd; NULL when
- * out of memory. */
+ * adapter's std::string of its c_str() and trim() have it: up to a NUL,
+ * leading and trailing spaces off. malloc'd; NULL when out of memory. */
 static char *first_value(const struct ds_file *f, const struct ds_node *n)
 {
 	unsigned char buf[UID_MAX];
@@ -875,6 +879,10 @@ static char *first_value(const struct ds_file *f, const struct ds_node *n)
 	const unsigned char *bs = memchr(v, '\\', len);
 	if (bs != NULL)
 		len = (size_t)(bs - v);
+	/* The adapter keeps it as a C string: up to a NUL. */
+	const unsigned char *nul = memchr(v, '\0', len);
+	if (nul != NULL)
+		len = (size_t)(nul - v);
 	while (len > 0 && (v[len - 1] == ' ' || v[len - 1] == '\0'))
 		len--;
 	while (len > 0 && v[0] == ' ') {
@@ -1484,5 +1492,252 @@ int ds_delete(struct ds_file *f, uint32_t tag)
 	else
 		f->nodes[prev].next = f->nodes[i].next;
 	f->modified = true;
+	return 0;
+}
+
+/* ---- converting to UTF-8 ---- */
+
+/* The VRs DCMTK converts (DcmCharString's). */
+static bool charset_vr(const char *vr)
+{
+	static const char *const vrs[] = { "PN", "SH", "LO", "LT", "ST", "UT", "UC" };
+
+	for (size_t i = 0; i < sizeof(vrs) / sizeof(*vrs); i++)
+		if (vr[0] == vrs[i][0] && vr[1] == vrs[i][1])
+			return true;
+	return false;
+}
+
+/* One value, as DcmCharString::convertCharacterSet(): its machine string
+ * converted; replaced (putOFStringArray()) only if that changed it. -1:
+ * not convertible (the whole conversion fails), -2 out of memory. */
+static int convert_node(struct ds_file *f, struct ds_node *n, enum ds_charset from)
+{
+	unsigned char buf[UID_MAX];
+	struct text_value t;
+	struct text v = { .p = NULL }, out = { .p = NULL };
+	bool changed = false;
+	int rc = 0;
+
+	if (!text_value(f->bytes, n, &t, buf))
+		return -1;
+	text_put(&v, t.p, t.len);
+	if (t.nul)
+		text_put(&v, "", 1);
+	text_put(&v, "", 0);
+	if (v.no_memory)
+		return -2;
+	for (size_t i = 0; i < v.len; i++)
+		changed |= (unsigned char)v.p[i] >= 0x80;
+	if (from == DS_ASCII && changed)
+		rc = -1;
+	else if (from == DS_UTF8 && !valid_utf8((unsigned char *)v.p, v.len))
+		rc = -1;
+	else if (from == DS_LATIN1 && changed) {
+		latin1_text(v.p, v.len, &out);
+		text_put(&out, "", 0);
+		if (out.no_memory) {
+			rc = -2;
+		} else {
+			struct error err = ERROR_INIT;
+			size_t len = machine_text(n->vr, (unsigned char *)out.p,
+						  out.len, (unsigned char *)out.p);
+
+			rc = set_value(f, n, out.p, len, &err) == -1 ? -2 : 0;
+		}
+	}
+	free(v.p);
+	free(out.p);
+	return rc;
+}
+
+static int convert_item(struct ds_file *f, uint32_t item, enum ds_charset from)
+{
+	for (uint32_t i = f->nodes[item].child; i != 0; i = f->nodes[i].next) {
+		struct ds_node *n = &f->nodes[i];
+		int rc = 0;
+
+		if (n->kind == DS_SEQUENCE) {
+			for (uint32_t it = n->child; it != 0 && rc == 0;
+			     it = f->nodes[it].next)
+				rc = convert_item(f, it, from);
+		} else if (charset_vr(n->vr) && n->len > 0) {
+			rc = convert_node(f, n, from);
+		}
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
+}
+
+int ds_convert_to_utf8(struct ds_file *f, struct error *err)
+{
+	int rc;
+
+	f->modified = true;
+	if (!known_charset(f))
+		return error_set(err, ERROR_INPUT, 0, "cannot convert the character "
+				 "set to UTF-8 (not one the C backend converts)");
+	rc = convert_item(f, 0, f->charset);
+	f->charset_selected = false;
+	if (rc == -2)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot convert to UTF-8");
+	if (rc == -1)
+		return error_set(err, ERROR_INPUT, 0, "cannot convert the character "
+				 "set to UTF-8");
+	return ds_put_string(f, TAG_SpecificCharacterSet, "ISO_IR 192", err);
+}
+
+/* ---- code sequences ---- */
+
+/* A new value node (tag, the dictionary's VR, value as putString() keeps
+ * it) after prev in item (prev 0: first); its index, 0 on failure. */
+static uint32_t insert_value(struct ds_file *f, uint32_t item, uint32_t prev,
+			     uint32_t tag, const char *value, struct error *err)
+{
+	const char *vr;
+	uint32_t i = new_node(f);
+
+	if (i == 0) {
+		error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot add code");
+		return 0;
+	}
+	ds_dictionary(tag, &vr);
+	f->nodes[i].tag = tag;
+	memcpy(f->nodes[i].vr, vr, 2);
+	f->nodes[i].kind = DS_VALUE;
+	f->nodes[i].edited = true;
+	if (prev == 0) {
+		f->nodes[i].next = f->nodes[item].child;
+		f->nodes[item].child = i;
+	} else {
+		f->nodes[i].next = f->nodes[prev].next;
+		f->nodes[prev].next = i;
+	}
+	if (put_text_string(f, &f->nodes[i], value, err) == -1)
+		return 0;
+	return i;
+}
+
+/* A new item at the end of sequence seq holding the code's three values
+ * (fill_code_item() in dicom.cpp). */
+static int append_code_item(struct ds_file *f, uint32_t seq,
+			    const struct dicom_code *code, struct error *err)
+{
+	uint32_t item = new_node(f), last = 0, a, b;
+
+	if (item == 0)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot add code");
+	f->nodes[item].kind = DS_ITEM;
+	for (uint32_t i = f->nodes[seq].child; i != 0; i = f->nodes[i].next)
+		last = i;
+	if (last == 0)
+		f->nodes[seq].child = item;
+	else
+		f->nodes[last].next = item;
+	f->modified = true;
+	if ((a = insert_value(f, item, 0, DCM_TAG(0x0008, 0x0100), code->value, err)) == 0 ||
+	    (b = insert_value(f, item, a, DCM_TAG(0x0008, 0x0102), code->scheme, err)) == 0 ||
+	    insert_value(f, item, b, DCM_TAG(0x0008, 0x0104), code->meaning, err) == 0)
+		return -1;
+	return 0;
+}
+
+/* A new, empty top-level sequence in tag order (none with tag there). */
+static uint32_t insert_sequence(struct ds_file *f, uint32_t tag, struct error *err)
+{
+	uint32_t prev, i;
+
+	find_top_index(f, tag, &prev);
+	if ((i = new_node(f)) == 0) {
+		error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot add code");
+		return 0;
+	}
+	f->nodes[i].tag = tag;
+	memcpy(f->nodes[i].vr, "SQ", 3);
+	f->nodes[i].kind = DS_SEQUENCE;
+	if (prev == 0) {
+		f->nodes[i].next = f->nodes[0].child;
+		f->nodes[0].child = i;
+	} else {
+		f->nodes[i].next = f->nodes[prev].next;
+		f->nodes[prev].next = i;
+	}
+	f->modified = true;
+	return i;
+}
+
+int ds_put_code_sequence(struct ds_file *f, uint32_t tag,
+			 const struct dicom_code *codes, size_t count,
+			 struct error *err)
+{
+	uint32_t seq = 0;
+
+	f->modified = true;
+	ds_delete(f, tag);
+	for (size_t i = 0; i < count; i++) {
+		if (seq == 0 && (seq = insert_sequence(f, tag, err)) == 0)
+			return -1;
+		if (append_code_item(f, seq, &codes[i], err) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* Whether an item's value of tag, read as findAndGetOFString() reads it
+ * (first value, leading and trailing spaces off), is want. */
+static bool item_value_is(const struct ds_file *f, uint32_t item, uint32_t tag,
+			  const char *want)
+{
+	unsigned char buf[UID_MAX];
+	struct text_value t;
+	const struct ds_node *n = NULL;
+	struct text v = { .p = NULL };
+	bool same;
+
+	for (uint32_t i = f->nodes[item].child; i != 0; i = f->nodes[i].next)
+		if (f->nodes[i].tag == tag)
+			n = &f->nodes[i];
+	if (n == NULL || n->kind != DS_VALUE || !string_vr(n->vr))
+		return want[0] == '\0' && (n == NULL || n->kind == DS_VALUE);
+	if (!text_value(f->bytes, n, &t, buf))
+		return false;
+	text_put(&v, t.p, t.len);
+	if (t.nul)
+		text_put(&v, "", 1);
+	text_put(&v, "", 0);
+	if (v.no_memory)
+		return false;
+	size_t len = v.len, start = 0;
+	const char *bs = memchr(v.p, '\\', len);
+	if (bs != NULL)
+		len = (size_t)(bs - v.p);
+	while (len > 0 && v.p[len - 1] == ' ')
+		len--;
+	while (start < len && v.p[start] == ' ')
+		start++;
+	same = len - start == strlen(want) && memcmp(v.p + start, want, len - start) == 0;
+	free(v.p);
+	return same;
+}
+
+int ds_append_code_sequence(struct ds_file *f, uint32_t tag,
+			    const struct dicom_code *codes, size_t count,
+			    struct error *err)
+{
+	uint32_t prev, seq = find_top_index(f, tag, &prev);
+
+	f->modified = true;
+	if (seq == 0 || f->nodes[seq].kind != DS_SEQUENCE)
+		return ds_put_code_sequence(f, tag, codes, count, err);
+	for (size_t i = 0; i < count; i++) {
+		bool present = false;
+
+		for (uint32_t it = f->nodes[seq].child; it != 0; it = f->nodes[it].next)
+			present |= item_value_is(f, it, DCM_TAG(0x0008, 0x0100), codes[i].value) &&
+				   item_value_is(f, it, DCM_TAG(0x0008, 0x0102), codes[i].scheme);
+		if (!present && append_code_item(f, seq, &codes[i], err) == -1)
+			return -1;
+	}
 	return 0;
 }

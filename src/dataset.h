@@ -128,6 +128,20 @@ int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
 int ds_empty(struct ds_file *f, uint32_t tag, struct error *err);
 int ds_delete(struct ds_file *f, uint32_t tag);
 
+/** As dicom_convert_to_utf8(): every PN, SH, LO, LT, ST, UT and UC value
+ *  converted, SpecificCharacterSet then ISO_IR 192; -1 (ERROR_INPUT)
+ *  when a value is not in the declared set (nothing changed then). */
+int ds_convert_to_utf8(struct ds_file *f, struct error *err);
+
+struct dicom_code;
+/** As dicom_put_code_sequence() and dicom_append_code_sequence(). */
+int ds_put_code_sequence(struct ds_file *f, uint32_t tag,
+			 const struct dicom_code *codes, size_t count,
+			 struct error *err);
+int ds_append_code_sequence(struct ds_file *f, uint32_t tag,
+			    const struct dicom_code *codes, size_t count,
+			    struct error *err);
+
 /** Whether anything was changed since ds_open(). */
 bool ds_modified(const struct ds_file *f);
 

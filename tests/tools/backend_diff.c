@@ -13,7 +13,7 @@
  * and value as UTF-8 (dicom_visit() and dicom_elem_*() against ds_visit()
  * and ds_elem_*()), and so must every top-level value read with
  * dicom_get_string()/dicom_get_raw() and ds_get_string(). Then both
- * backends get the same edits (edit_for():
+ * backends convert to UTF-8 (or both fail to) and get the same edits (edit_for():
  * removals, new text values, emptied values and sequences, first items
  * kept, zeros in binary values), after which their bytes and a second
  * visit must still agree. Exit 0 when there
@@ -404,9 +404,23 @@ static const struct top_edit {
 	{ DCM_TAG(0x0008, 0x0005), "ISO_IR 192", false },
 };
 
+/* And codes: appended twice (the second time they are there already),
+ * one with padding to be read past; a sequence replaced. */
+static const struct dicom_code codes[] = {
+	{ "113100", "DCM", "Basic Application Confidentiality Profile" },
+	{ "113108 ", "DCM", "Retain Patient Characteristics Option" },
+	{ "T-D1100", "SRT", "Head" },
+};
+
 static bool dcmtk_top_edits(struct dicom_file *file)
 {
 	struct error err = ERROR_INIT;
+
+	if (dicom_append_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, 2, &err) == -1 ||
+	    dicom_append_code_sequence(file, DCM_TAG(0x0012, 0x0064), codes, 2, &err) == -1 ||
+	    dicom_append_code_sequence(file, DCM_TAG(0x0008, 0x2218), codes + 2, 1, &err) == -1 ||
+	    dicom_put_code_sequence(file, DCM_TAG(0x0008, 0x1032), codes, 3, &err) == -1)
+		return false;
 
 	for (size_t i = 0; i < sizeof(top_edits) / sizeof(*top_edits); i++) {
 		const struct top_edit *t = &top_edits[i];
@@ -423,6 +437,12 @@ static bool c_top_edits(struct ds_file *f)
 {
 	struct error err = ERROR_INIT;
 
+	if (ds_append_code_sequence(f, DCM_TAG(0x0012, 0x0064), codes, 2, &err) == -1 ||
+	    ds_append_code_sequence(f, DCM_TAG(0x0012, 0x0064), codes, 2, &err) == -1 ||
+	    ds_append_code_sequence(f, DCM_TAG(0x0008, 0x2218), codes + 2, 1, &err) == -1 ||
+	    ds_put_code_sequence(f, DCM_TAG(0x0008, 0x1032), codes, 3, &err) == -1)
+		return false;
+
 	for (size_t i = 0; i < sizeof(top_edits) / sizeof(*top_edits); i++) {
 		const struct top_edit *t = &top_edits[i];
 		int rc = t->delete ? ds_delete(f, t->tag) :
@@ -432,6 +452,20 @@ static bool c_top_edits(struct ds_file *f)
 			return false;
 	}
 	return true;
+}
+
+/* dicom_convert_to_utf8() first, as the basic profile does: both succeed
+ * or both fail. */
+static bool same_conversion(const char *path, struct dicom_file *file,
+			    struct ds_file *f)
+{
+	struct error a = ERROR_INIT, b = ERROR_INIT;
+	int ra = dicom_convert_to_utf8(file, &a), rb = ds_convert_to_utf8(f, &b);
+
+	if (ra != rb)
+		fprintf(stderr, "CONVERSION DIFFERS %s: DCMTK %d (%s), C %d (%s)\n",
+			path, ra, a.msg, rb, b.msg);
+	return ra == rb;
 }
 
 /* Both backends edited alike: the same bytes, then the same visit. */
@@ -451,6 +485,7 @@ static bool same_edits(const char *path, const unsigned char *bytes, size_t size
 		abort();
 	memcpy(to, bytes, size);
 	if (dicom_load_bytes(&file, mem, &err) == 0 &&
+	    same_conversion(path, file, f) &&
 	    dicom_visit(file, dcmtk_edit, NULL, &err) == 0 &&
 	    ds_visit(f, c_edit, NULL) == 0 &&
 	    dcmtk_top_edits(file) && c_top_edits(f) &&

@@ -25,8 +25,9 @@
  * before SOPInstanceUID, a SOPClassUID and SOPInstanceUID of VR UI with a
  * first value and not a UID's "=Name", private creators of a text VR, and a SpecificCharacterSet
  * (top level) the C backend converts exactly: none, ISO_IR 6, ISO_IR 100
- * (Latin-1) or ISO_IR 192 (UTF-8). Private to src/ (dicom.cpp will
- * dispatch to it; not yet).
+ * (Latin-1) or ISO_IR 192 (UTF-8), at the top level only. Private to
+ * src/ (dicom.cpp is to dispatch to it; not yet: only the tests and the
+ * fuzz target call it so far).
  */
 #ifndef DICOMSORT_DATASET_H
 #define DICOMSORT_DATASET_H

@@ -26,8 +26,8 @@
  * first value and not a UID's "=Name", private creators of a text VR, and a SpecificCharacterSet
  * (top level) the C backend converts exactly: none, ISO_IR 6, ISO_IR 100
  * (Latin-1) or ISO_IR 192 (UTF-8), at the top level only. Private to
- * src/ (dicom.cpp is to dispatch to it; not yet: only the tests and the
- * fuzz target call it so far).
+ * src/: dicom.cpp dispatches to it, so far only under the test-only
+ * DICOMSORT_TEST_BACKEND=c.
  */
 #ifndef DICOMSORT_DATASET_H
 #define DICOMSORT_DATASET_H

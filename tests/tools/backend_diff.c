@@ -20,11 +20,17 @@
  * is none and at least N files were claimed (so a corpus the C backend
  * quietly stopped claiming does not pass as proof).
  *
+ * Last, the whole de-identification: deid_apply() (basic with several
+ * options, and seed) through dicom.h with the file held by DCMTK and by the
+ * C backend, then dicom_save_fd(): the same result, report and bytes.
+ *
  * DCMTK's side runs with DICOMSORT_TEST_BACKEND=dcmtk (test-only, see
- * dicom.cpp): every file parsed by DCMTK, none by the fast path.
+ * dicom.cpp): every file parsed by DCMTK, none by the fast path; the C
+ * side, through dicom.h, with DICOMSORT_TEST_BACKEND=c.
  */
 
 #include "dataset.h"
+#include "dicomsort/deid.h"
 #include "dicomsort/dicom.h"
 
 #include <dirent.h>
@@ -37,7 +43,7 @@
 #include <unistd.h>
 
 struct counts {
-	unsigned long files, claimed, same, failed, elements, edited;
+	unsigned long files, claimed, same, failed, elements, edited, deidentified;
 };
 
 /* One element as a visit met it, all of it in one string. */
@@ -531,6 +537,113 @@ static bool same_edits(const char *path, const unsigned char *bytes, size_t size
 	return same;
 }
 
+/* ---- deid_apply() through dicom.h, on either backend ---- */
+
+static struct deid_secret *secret;
+
+static const char *const safe_private[] = { "GENDICOM TEST 1.0:0009,xx01",
+					    "BENCH PRIVATE:0029,xx10", NULL };
+
+/* The profiles and options tried on every file. */
+static const struct deid_options *profile_options(size_t i)
+{
+	static struct deid_options o[4];
+
+	for (size_t k = 0; k < 4; k++) {
+		memset(&o[k], 0, sizeof(o[k]));
+		o[k].profile = DEID_BASIC;
+		o[k].secret = secret;
+		o[k].allow_burned_in = true;
+	}
+	o[1].options = DEID_CLEAN_DESCRIPTORS | DEID_RETAIN_MODIFIED_DATES |
+		       DEID_RETAIN_PATIENT_CHARACTERISTICS | DEID_CLEAN_STRUCTURED_CONTENT;
+	o[2].options = DEID_RETAIN_UIDS | DEID_RETAIN_SAFE_PRIVATE |
+		       DEID_RETAIN_DEVICE_IDENTITY | DEID_RETAIN_INSTITUTION_IDENTITY;
+	o[2].safe_private = safe_private;
+	o[2].keep_unlisted = true;
+	o[3].profile = DEID_SEED;
+	return i < 4 ? &o[i] : NULL;
+}
+
+/* One backend's de-identified file: rc, report, error and bytes. */
+struct deid_result {
+	int rc;
+	struct deid_report report;
+	struct error err;
+	unsigned char *bytes;
+	size_t len;
+};
+
+static void deid_with(const char *backend, const unsigned char *bytes, size_t size,
+		      const struct deid_options *o, struct deid_result *r)
+{
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	unsigned char *to = dicom_bytes_new(&mem, size);
+	int fd;
+
+	memset(r, 0, sizeof(*r));
+	if (to == NULL || setenv("DICOMSORT_TEST_BACKEND", backend, 1) == -1)
+		abort();
+	memcpy(to, bytes, size);
+	r->rc = dicom_load_bytes(&file, mem, &r->err);
+	/* The file must be held by the backend asked for (the C backend
+	 * only ever leaves dicom_parsed() false). */
+	if (r->rc == 0 && dicom_parsed(file) != (strcmp(backend, "c") != 0)) {
+		fprintf(stderr, "backend_diff: not the %s backend\n", backend);
+		abort();
+	}
+	if (r->rc == 0)
+		r->rc = deid_apply(o, file, &r->report, &r->err);
+	if (r->rc == 0 && !r->report.hold &&
+	    (fd = memfd_create("deid", MFD_CLOEXEC)) != -1) {
+		if ((r->rc = dicom_save_fd(file, fd, &r->err)) == 0)
+			r->bytes = contents(fd, &r->len);
+		close(fd);
+	}
+	dicom_free(file);
+	dicom_bytes_free(mem);
+	if (setenv("DICOMSORT_TEST_BACKEND", "dcmtk", 1) == -1)
+		abort();
+}
+
+static bool same_deid(const char *path, const unsigned char *bytes, size_t size,
+		      struct counts *c)
+{
+	const struct deid_options *o;
+	bool same = true;
+
+	for (size_t i = 0; same && (o = profile_options(i)) != NULL; i++) {
+		struct deid_result a, b;
+
+		deid_with("dcmtk", bytes, size, o, &a);
+		deid_with("c", bytes, size, o, &b);
+		same = a.rc == b.rc && a.report.hold == b.report.hold &&
+		       a.report.shift_days == b.report.shift_days &&
+		       a.report.id_unmapped == b.report.id_unmapped &&
+		       strcmp(a.report.original_id, b.report.original_id) == 0 &&
+		       (a.rc == 0 || (a.err.kind == b.err.kind &&
+				      strcmp(a.err.msg, b.err.msg) == 0)) &&
+		       a.len == b.len && (a.len == 0 || memcmp(a.bytes, b.bytes, a.len) == 0);
+		if (!same) {
+			size_t at = 0;
+
+			while (a.bytes && b.bytes && at < a.len && at < b.len &&
+			       a.bytes[at] == b.bytes[at])
+				at++;
+			fprintf(stderr, "DEID DIFFERS %s (options %zu): DCMTK %d [%s] %zu "
+				"bytes, C %d [%s] %zu bytes, first difference at %zu\n",
+				path, i, a.rc, a.rc ? a.err.msg : "", a.len, b.rc,
+				b.rc ? b.err.msg : "", b.len, at);
+		}
+		if (same && a.rc == 0)
+			c->deidentified++;
+		free(a.bytes);
+		free(b.bytes);
+	}
+	return same;
+}
+
 static void compare(const char *path, struct counts *c)
 {
 	size_t size, a_len = 0, b_len = 0;
@@ -572,6 +685,8 @@ static void compare(const char *path, struct counts *c)
 	if (same)
 		same = same_edits(path, bytes, size, f, c);
 	if (same)
+		same = same_deid(path, bytes, size, c);
+	if (same)
 		c->same++;
 	else
 		c->failed++;
@@ -606,6 +721,30 @@ static void visit(const char *path, struct counts *c)
 	free(names);
 }
 
+/* A key for the pseudonyms, in a file of its own for the moment it is read. */
+static int load_secret(void)
+{
+	static const char key[32] = "backend_diff: not a real secret";
+	char path[] = "/tmp/backend_diff-secret-XXXXXX";
+	struct error err = ERROR_INIT;
+	int fd = mkstemp(path), rc;
+
+	if (fd == -1 || write(fd, key, sizeof(key)) != (ssize_t)sizeof(key)) {
+		if (fd != -1) {
+			close(fd);
+			unlink(path);
+		}
+		fprintf(stderr, "backend_diff: cannot write a secret\n");
+		return -1;
+	}
+	close(fd);
+	rc = deid_secret_load(&secret, path, &err);
+	unlink(path);
+	if (rc == -1)
+		fprintf(stderr, "backend_diff: %s\n", err.msg);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct counts c = { 0 };
@@ -622,11 +761,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "backend_diff: %s\n", err.msg);
 		return 2;
 	}
+	if (load_secret() == -1)
+		return 2;
 	for (; i < argc; i++)
 		visit(argv[i], &c);
 	printf("backend_diff: %lu files, %lu claimed by the C backend, %lu "
-	       "identical (%lu elements visited, %lu after edits), %lu different\n",
-	       c.files, c.claimed, c.same, c.elements, c.edited, c.failed);
+	       "identical (%lu elements visited, %lu after edits, %lu "
+	       "de-identifications), %lu different\n", c.files, c.claimed,
+	       c.same, c.elements, c.edited, c.deidentified, c.failed);
+	deid_secret_free(secret);
 	if (c.claimed < min_claimed)
 		fprintf(stderr, "backend_diff: fewer than %lu files claimed\n",
 			min_claimed);

@@ -35,7 +35,23 @@
 #include "dicomsort/watch.h"
 #include "dicomsort/workers.h"
 
-enum slot { SLOT_SIGNAL, SLOT_WATCH, SLOT_TIMER, SLOT_DONE, SLOT_COUNT };
+enum slot { SLOT_SIGNAL, SLOT_WATCH, SLOT_TIMER, SLOT_DONE, SLOT_COMMIT,
+	    SLOT_COUNT };
+
+/*
+ * Group commit (issue 14): a stored file's output is published without an
+ * fsync and waits, its source untouched, until one syncfs of the output's
+ * file system has made it and every other output published before it
+ * durable; only then is its `stored` record sent and its source disposed
+ * of. A commit starts when COMMIT_FILES wait, when the first has waited
+ * COMMIT_WAIT_MS, or when the workers have nothing else to do; one at a
+ * time, on a thread of its own (syncfs sleeps, the loop must not), so the
+ * next group gathers while one is written. At most COMMIT_MAX_WAITING
+ * files wait: then no more are taken until a commit ends.
+ */
+#define COMMIT_FILES 128
+#define COMMIT_WAIT_MS 20
+#define COMMIT_MAX_WAITING 1024
 
 /* What a worker decided about one file. */
 enum outcome {
@@ -51,6 +67,10 @@ enum outcome {
 };
 
 struct daemon;
+
+/* Buckets of the in-flight set: with files waiting for a group commit,
+ * a thousand may be in flight, and every arrival looks itself up. */
+#define FLY_BUCKETS 1024
 
 /* A source whose output is stored but which could not be removed (or
  * moved to processed): retried as disposal only - never stored again. */
@@ -80,6 +100,7 @@ struct job {
 	char owner[96];		/* "uid(name)" of the source */
 	char marker[64];	/* its pending `stored` record */
 	bool stored_logged;
+	struct job *commit_next;	/* waiting for, or in, a group commit */
 	bool unqueued;		/* stored, but not queued for forwarding */
 	bool input_side;	/* a retry whose cause is the input folder */
 	bool dispose_only;	/* from a struct disposal */
@@ -108,6 +129,23 @@ struct counters {
 	unsigned long stored, duplicates, quarantined, held, retries;
 };
 
+/* fill_owner()'s last answer; shared by the workers. */
+#define OWNER_CACHE_MS 5000
+struct owner_cache {
+	pthread_mutex_t lock;
+	bool valid;
+	uid_t uid;
+	int64_t when_ms;
+	char owner[96];
+};
+
+/* One group commit: its files, and whether their outputs are durable. */
+struct commit {
+	struct job *jobs;		/* linked by commit_next */
+	int rc;				/* of pipeline_commit() */
+	struct error err;
+};
+
 struct daemon {
 	const struct config *cfg;
 	struct pipeline *pipeline;
@@ -119,8 +157,8 @@ struct daemon {
 	struct forward *forward;	/* NULL without destinations */
 	struct disposal *disposals;	/* loop thread only */
 	struct unqueued *unqueued;	/* loop thread only */
-	struct job *flying;		/* loop thread only: jobs submitted */
-	unsigned long next_job_id;
+	/* Loop thread only: jobs submitted, by inode (FLY_BUCKETS). */
+	struct job *flying[FLY_BUCKETS];
 	char table_sha256[17];	/* short SHA-256 of the table file */
 	long delay_published_ms;	/* DICOMSORT_TEST_DELAY=published:MS */
 	long delay_held_ms;		/* DICOMSORT_TEST_DELAY=held:MS */
@@ -128,6 +166,17 @@ struct daemon {
 	long delay_release_ms;		/* DICOMSORT_TEST_DELAY=release-entry:MS */
 	long delay_parsed_ms;		/* DICOMSORT_TEST_DELAY=parsed:MS */
 	long delay_durable_ms;		/* DICOMSORT_TEST_DELAY=durable:MS */
+	long delay_commit_ms;		/* DICOMSORT_TEST_DELAY=commit:MS */
+	long fail_commits;		/* DICOMSORT_TEST_DELAY=commit-fails:N
+					   (committer thread only) */
+	struct workers *committer;	/* one thread: the group commits */
+	struct owner_cache owner_cache;
+	bool committer_stopped;
+	struct job *waiting, **waiting_tail;	/* loop thread: published,
+						   not committed */
+	size_t nwaiting;
+	int64_t waiting_since_ms;	/* when the first of them came */
+	size_t ncommitting;		/* files in the commit under way */
 	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
@@ -151,6 +200,7 @@ struct daemon {
 	int64_t next_unwatched_ms;	/* rescan for folders beyond inotify */
 	int64_t next_status_ms;	/* forwarding: queues change on their own */
 	int64_t watchdog_ms;
+	int64_t armed_at;		/* the timerfd's instant, -1 off */
 	size_t max_outstanding;
 };
 
@@ -235,15 +285,26 @@ static bool explain_input_side(const struct daemon *d, const struct job *job,
 	return true;
 }
 
-/* The sending account: the source's owner, by number and name. */
+/* The sending account: the source's owner, by number and name. The
+ * name of the last uid is kept a few seconds: a look-up reads the whole
+ * of /etc/passwd (five system calls), and a burst comes from one sender. */
 static void fill_owner(struct job *job)
 {
 	const struct stat *st = &job->result.source_st;
+	struct owner_cache *c = &job->d->owner_cache;
+	int64_t now = watch_now_ms();
 	char buf[1024];
 	struct passwd pw, *pwp = NULL;
 
 	if (job->owner[0] != '\0' || st->st_ino == 0)
 		return;
+	pthread_mutex_lock(&c->lock);
+	if (c->valid && c->uid == st->st_uid && now - c->when_ms < OWNER_CACHE_MS) {
+		memcpy(job->owner, c->owner, sizeof(job->owner));
+		pthread_mutex_unlock(&c->lock);
+		return;
+	}
+	pthread_mutex_unlock(&c->lock);
 	if (getpwuid_r(st->st_uid, &pw, buf, sizeof(buf), &pwp) == 0 &&
 	    pwp != NULL)
 		snprintf(job->owner, sizeof(job->owner), "%u(%.64s)",
@@ -251,6 +312,12 @@ static void fill_owner(struct job *job)
 	else
 		snprintf(job->owner, sizeof(job->owner), "%u",
 			 (unsigned)st->st_uid);
+	pthread_mutex_lock(&c->lock);
+	c->valid = true;
+	c->uid = st->st_uid;
+	c->when_ms = now;
+	memcpy(c->owner, job->owner, sizeof(c->owner));
+	pthread_mutex_unlock(&c->lock);
 }
 
 static const char *nonempty(const char *s)
@@ -269,7 +336,10 @@ static struct audit_record file_record(const struct job *job, const char *event,
 		.source = job->logged_source[0] ? job->logged_source : job->rel,
 		.dest = dest,
 		.sop_instance_uid = nonempty(job->result.sop_instance_uid),
-		.reason = reason,
+		/* A stored file's warning (its meta header kept as it came
+		 * although it disagrees with the dataset) is its reason. */
+		.reason = reason != NULL || strcmp(event, "stored") != 0 ?
+			  reason : job->result.warning,
 		.profile = deid_profile_name(job->d->cfg->profile),
 		.table_sha256 = nonempty(job->table_sha256),
 		.source_sha256 = nonempty(job->result.source_sha256),
@@ -289,7 +359,8 @@ static int before_publish(void *ctx, const struct pipeline_result *res,
 
 	fill_owner(job);
 	rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
-	return records_note(job->d->records, job->marker, &rec, out_st, err);
+	return records_note(job->d->records, job->marker, sizeof(job->marker),
+			    &rec, out_st, err);
 }
 
 /* false: not queued; the marker stays (the loop retries, and a restart
@@ -320,11 +391,23 @@ static void note_study(struct job *job, const struct pipeline_result *res)
  * source afterwards; then the marker goes. (A kill in the microseconds
  * between the two would send the record again at start; the marker
  * closes the far wider window between publication and record.) */
+static void log_stored(struct job *job)
+{
+	struct audit_record rec = file_record(job, "stored", LOG_INFO,
+					      job->result.dest, NULL);
+
+	log_audit(&rec);
+	job->stored_logged = true;
+	if (!job->unqueued)
+		records_done(job->d->records, job->marker);
+}
+
+/* Published. Unless it waits for a group commit (res->dispose_pending),
+ * it is durable now: the `stored` record goes out. */
 static void after_publish(void *ctx, const struct pipeline_result *res,
 			  bool published)
 {
 	struct job *job = ctx;
-	struct audit_record rec;
 
 	if (published) {
 		if (job->d->delay_published_ms > 0) {
@@ -341,9 +424,13 @@ static void after_publish(void *ctx, const struct pipeline_result *res,
 		if (job->d->forward != NULL && !queue_forward(job, res))
 			job->unqueued = true;
 		note_study(job, res);
-		rec = file_record(job, "stored", LOG_INFO, res->dest, NULL);
-		log_audit(&rec);
-		job->stored_logged = true;
+		/* Not durable yet: the record and the marker's removal wait
+		 * for the commit (commit_run()); a kill until then leaves the
+		 * marker, whose record goes out at the next start. */
+		if (res->dispose_pending)
+			return;
+		log_stored(job);	/* res is job->result */
+		return;
 	}
 	if (!job->unqueued)
 		records_done(job->d->records, job->marker);
@@ -509,6 +596,61 @@ static void run_job(void *ctx, void *p)
 	}
 }
 
+/* ---- on the committer thread ---- */
+
+/*
+ * One file of a group commit that failed: its output may not be on disk,
+ * so its source stays. A published output is there all the same, and
+ * records match files: its `stored` record goes out (as when a folder's
+ * fsync fails after publication, SYNC_EACH). The file is taken again
+ * after a backoff; that run finds the identical output, waits for the
+ * next commit as a duplicate, and only then lets the source go.
+ */
+static void commit_failed(struct job *job, const struct error *err)
+{
+	if (job->outcome == OUTCOME_STORED)
+		log_stored(job);
+	job->result.dispose_pending = false;
+	job->result.status = PIPELINE_FAILED;
+	job->result.err = *err;
+	job->outcome = OUTCOME_RETRY_OUTPUT;
+}
+
+/* One syncfs for the group, then each file as run() would have finished
+ * it under SYNC_EACH: its record, then its source (still only the version
+ * read). DICOMSORT_TEST_DELAY=commit:MS holds the group before the syncfs. */
+static void commit_run(void *ctx, void *p)
+{
+	struct daemon *d = ctx;
+	struct commit *c = p;
+
+	if (d->delay_commit_ms > 0)
+		test_sleep(d->delay_commit_ms, "before a group commit");
+	if (d->fail_commits > 0) {
+		d->fail_commits--;
+		c->rc = error_set(&c->err, ERROR_TRANSIENT, EIO, "syncfs of the "
+				  "output file system (group commit): test "
+				  "failure");
+	} else {
+		c->rc = pipeline_commit(d->pipeline, &c->err);
+	}
+	/* Every record first: each is owed from now, not after the other
+	 * files' disposals. */
+	for (struct job *job = c->jobs; job != NULL; job = job->commit_next)
+		if (c->rc == -1)
+			commit_failed(job, &c->err);
+		else if (job->outcome == OUTCOME_STORED)
+			log_stored(job);
+	for (struct job *job = c->jobs; job != NULL && c->rc == 0;
+	     job = job->commit_next) {
+		checkpoint(job, PIPELINE_AT_DURABLE);
+		pipeline_dispose_result(d->pipeline, job->path, job->rel,
+					&job->result);
+		if (job->result.dispose_failed)
+			explain_input_side(d, job, &job->result.dispose_err);
+	}
+}
+
 /* ---- back on the loop thread ---- */
 
 /* "; 12 folders not watched (...)" while some are beyond inotify. */
@@ -537,8 +679,8 @@ static void status_text(const struct daemon *d, char *buf, size_t len)
 		 "held %lu, queued %zu, retries %lu%s%s%s%s%s%s%s%s",
 		 d->count.stored,
 		 d->count.duplicates, d->count.quarantined, d->count.held,
-		 watch_pending_count(d->watch) + workers_outstanding(d->workers),
-		 d->count.retries, degraded,
+		 watch_pending_count(d->watch) + workers_outstanding(d->workers) +
+		 d->nwaiting + d->ncommitting, d->count.retries, degraded,
 		 d->watch != NULL && watch_scanning(d->watch) ?
 		 "; scanning the input folder" : "",
 		 d->output_trouble ? "; output problem, retrying" : "",
@@ -842,12 +984,19 @@ static void retry_unqueued(struct daemon *d)
 	}
 }
 
+static size_t fly_bucket(dev_t dev, ino_t ino)
+{
+	return (size_t)((ino ^ (ino >> 20) ^ dev) % FLY_BUCKETS);
+}
+
 static void land(struct daemon *d, struct job *job)
 {
+	struct job **head = &d->flying[fly_bucket(job->dev, job->ino)];
+
 	if (job->fly_prev != NULL)
 		job->fly_prev->fly_next = job->fly_next;
-	else if (d->flying == job)
-		d->flying = job->fly_next;
+	else if (*head == job)
+		*head = job->fly_next;
 	if (job->fly_next != NULL)
 		job->fly_next->fly_prev = job->fly_prev;
 	job->fly_prev = job->fly_next = NULL;
@@ -925,10 +1074,18 @@ static void follow_rename(struct daemon *d, struct job *job)
 	}
 }
 
+static void wait_for_commit(struct daemon *d, struct job *job);
+
 static void finish_job(struct daemon *d, struct job *job)
 {
 	const char *reason = job->result.err.msg;
 
+	/* Published, not yet durable: still in flight (a rename of its
+	 * source meanwhile is followed as for any job in flight). */
+	if (job->result.dispose_pending) {
+		wait_for_commit(d, job);
+		return;
+	}
 	land(d, job);
 	if (job->moved_to != NULL)
 		follow_rename(d, job);
@@ -1027,6 +1184,117 @@ static void collect_done(struct daemon *d)
 	}
 }
 
+/* ---- group commit, the loop's side ---- */
+
+static void wait_for_commit(struct daemon *d, struct job *job)
+{
+	job->commit_next = NULL;
+	if (d->waiting == NULL) {
+		d->waiting_tail = &d->waiting;
+		d->waiting_since_ms = watch_now_ms();
+	}
+	*d->waiting_tail = job;
+	d->waiting_tail = &job->commit_next;
+	d->nwaiting++;
+}
+
+/* The files waiting, as one group. */
+static struct commit *take_waiting(struct daemon *d)
+{
+	struct commit *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		abort();
+	c->jobs = d->waiting;
+	c->err = (struct error)ERROR_INIT;
+	d->ncommitting = d->nwaiting;
+	d->waiting = NULL;
+	d->waiting_tail = &d->waiting;
+	d->nwaiting = 0;
+	return c;
+}
+
+/* A commit ended: each of its files is done (or retried) now. */
+static void commit_finished(struct daemon *d, struct commit *c)
+{
+	struct job *job = c->jobs;
+
+	if (c->rc == -1)
+		log_msg(LOG_ERR, "group commit of %zu files failed, their "
+			"sources are kept and taken again: %s", d->ncommitting,
+			c->err.msg);
+	d->ncommitting = 0;
+	while (job != NULL) {
+		struct job *next = job->commit_next;
+
+		job->commit_next = NULL;
+		finish_job(d, job);
+		job = next;
+	}
+	free(c);
+	update_status(d);
+	d->cleanup_due = d->cfg->cleanup.remove_empty_dirs;
+}
+
+static void collect_commits(struct daemon *d)
+{
+	void *done[4];
+	size_t n = workers_take_done(d->committer, done, 4);
+
+	for (size_t i = 0; i < n; i++)
+		commit_finished(d, done[i]);
+}
+
+/* When a group is worth a syncfs: see COMMIT_FILES. */
+static int64_t commit_due_ms(const struct daemon *d)
+{
+	if (d->waiting == NULL || d->ncommitting > 0)
+		return -1;
+	if (d->nwaiting >= COMMIT_FILES || workers_outstanding(d->workers) == 0)
+		return 0;
+	return d->waiting_since_ms + COMMIT_WAIT_MS;
+}
+
+static void maybe_commit(struct daemon *d, int64_t now)
+{
+	int64_t due = commit_due_ms(d);
+
+	if (due < 0 || due > now)
+		return;
+	workers_submit(d->committer, take_waiting(d));
+}
+
+/* At a stop: the commit under way ends, what waits is committed here. */
+static int commit_all(struct daemon *d, int64_t deadline)
+{
+	int rc = workers_stop(d->committer, deadline);
+
+	if (rc == -1)
+		return -1;
+	d->committer_stopped = true;
+	collect_commits(d);
+	if (d->waiting != NULL) {
+		struct commit *c = take_waiting(d);
+
+		commit_run(d, c);
+		commit_finished(d, c);
+	}
+	return 0;
+}
+
+static void free_commit(void *p)
+{
+	struct commit *c = p;
+
+	while (c != NULL && c->jobs != NULL) {
+		struct job *next = c->jobs->commit_next;
+
+		job_free(c->jobs);
+		c->jobs = next;
+	}
+	free(c);
+}
+
 static int64_t earliest(int64_t a, int64_t b)
 {
 	if (a < 0)
@@ -1087,8 +1355,7 @@ static struct job *job_new(struct daemon *d, char *path)
 	snprintf(job->table_sha256, sizeof(job->table_sha256), "%s",
 		 d->table_sha256);
 	job->table_gen = d->table_gen;
-	snprintf(job->marker, sizeof(job->marker), "%ld-%lu.pending",
-		 (long)getpid(), ++d->next_job_id);
+	/* job->marker: "" until before_publish() notes it. */
 	pending = *find_disposal(d, path);
 	if (pending != NULL) {
 		/* The record fields of the stored file, for its disposal's. */
@@ -1112,7 +1379,8 @@ static struct job *job_new(struct daemon *d, char *path)
 static struct job *flying_as(struct daemon *d, const struct stat *st,
 			     const char *path)
 {
-	for (struct job *j = d->flying; j != NULL; j = j->fly_next)
+	for (struct job *j = d->flying[fly_bucket(st->st_dev, st->st_ino)];
+	     j != NULL; j = j->fly_next)
 		if (j->ino == st->st_ino && j->dev == st->st_dev &&
 		    strcmp(j->path, path) != 0)
 			return j;
@@ -1127,7 +1395,7 @@ static struct job *flying_as(struct daemon *d, const struct stat *st,
 static void submit(struct daemon *d, char *path)
 {
 	struct stat st;
-	struct job *job, *owner;
+	struct job *job, *owner, **head;
 
 	memset(&st, 0, sizeof(st));
 	if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && d->disposals != NULL)
@@ -1145,10 +1413,11 @@ static void submit(struct daemon *d, char *path)
 		job->ino = st.st_ino;
 		job->judged_st = st;
 	}
-	job->fly_next = d->flying;
-	if (d->flying != NULL)
-		d->flying->fly_prev = job;
-	d->flying = job;
+	head = &d->flying[fly_bucket(job->dev, job->ino)];
+	job->fly_next = *head;
+	if (*head != NULL)
+		(*head)->fly_prev = job;
+	*head = job;
 	workers_submit(d->workers, job);
 }
 
@@ -1162,7 +1431,8 @@ static void dispatch(struct daemon *d)
 		size_t outstanding = workers_outstanding(d->workers);
 		size_t room, n;
 
-		if (outstanding >= d->max_outstanding)
+		if (outstanding >= d->max_outstanding ||
+		    d->nwaiting + d->ncommitting >= COMMIT_MAX_WAITING)
 			return;
 		room = d->max_outstanding - outstanding;
 		n = watch_take_ready(d->watch, paths, room < 64 ? room : 64);
@@ -1456,6 +1726,9 @@ static void purge_quarantine(struct daemon *d)
 
 /* ---- timers ---- */
 
+/* armed_at when the timer must be set whatever the instant. */
+#define TIMER_UNARMED INT64_MIN
+
 /* How often STATUS shows the forwarding queues, which drain on their own. */
 #define FORWARD_STATUS_MS 2000
 
@@ -1473,6 +1746,7 @@ static void arm_timer(struct daemon *d, int64_t now)
 	at = earliest(at, d->next_metrics_ms);
 	at = earliest(at, d->next_purge_ms);
 	at = earliest(at, d->next_status_ms);
+	at = earliest(at, commit_due_ms(d));
 	if (d->studies != NULL && (due = studies_due_in_ms(d->studies)) >= 0)
 		at = earliest(at, now + due);
 	if (d->rewatch_needed)
@@ -1483,6 +1757,11 @@ static void arm_timer(struct daemon *d, int64_t now)
 		its.it_value.tv_sec = at / 1000;
 		its.it_value.tv_nsec = (at % 1000) * 1000000;
 	}
+	/* Armed for that instant already, and not fired since: the loop
+	 * turns several times per file in a burst. */
+	if (at == d->armed_at)
+		return;
+	d->armed_at = at;
 	timerfd_settime(d->fds[SLOT_TIMER].fd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
@@ -1605,6 +1884,7 @@ static void handle_timer(struct daemon *d, int64_t now)
 {
 	uint64_t expirations;
 
+	d->armed_at = TIMER_UNARMED;	/* fired: arm again */
 	if (read(d->fds[SLOT_TIMER].fd, &expirations, sizeof(expirations)) == -1 &&
 	    errno != EAGAIN)
 		log_msg(LOG_WARNING, "timerfd: %s", strerror(errno));
@@ -1725,7 +2005,7 @@ static int open_pipeline(const struct config *cfg, bool dry_run,
 		.output_dir = cfg->output,
 		.dir_template = cfg->layout,
 		.name_template = daemon_file_name(cfg),
-		.sync = PIPELINE_SYNC_EACH,
+		.sync = PIPELINE_SYNC_GROUP,
 		.disposal = cfg->after_success == AFTER_SUCCESS_MOVE ?
 			    PIPELINE_MOVE_SOURCE : PIPELINE_DELETE_SOURCE,
 		.processed_dir = cfg->processed,
@@ -1847,7 +2127,12 @@ static int setup_watch(struct daemon *d, struct error *err)
  * DICOMSORT_TEST_DELAY=parsed:MS and durable:MS sleep (and say so) after a
  * source's snapshot is parsed, and after its output is durable and before
  * the source is checked and disposed of: windows for a test to rewrite or
- * rename the source. Without the variable nothing changes.
+ * rename the source. DICOMSORT_TEST_DELAY=commit:MS sleeps (and says so)
+ * before each group commit's syncfs: files published and not yet durable,
+ * for a kill that must find every source still there.
+ * DICOMSORT_TEST_DELAY=commit-fails:N makes the first N group commits fail
+ * as a syncfs reporting EIO would (nothing is synced): a write-back error
+ * cannot be had on demand. Without the variable nothing changes.
  */
 static void test_delays(struct daemon *d)
 {
@@ -1861,6 +2146,10 @@ static void test_delays(struct daemon *d)
 		d->delay_parsed_ms = strtol(v + 7, NULL, 10);
 	if (v != NULL && strncmp(v, "durable:", 8) == 0)
 		d->delay_durable_ms = strtol(v + 8, NULL, 10);
+	if (v != NULL && strncmp(v, "commit:", 7) == 0)
+		d->delay_commit_ms = strtol(v + 7, NULL, 10);
+	if (v != NULL && strncmp(v, "commit-fails:", 13) == 0)
+		d->fail_commits = strtol(v + 13, NULL, 10);
 	if (v != NULL && strncmp(v, "release-entry:", 14) == 0) {
 		d->delay_release_ms = strtol(v + 14, NULL, 10);
 		log_msg(LOG_INFO, "test delay: %ld ms per held file released",
@@ -1905,12 +2194,14 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].fd = -1;
+	pthread_mutex_init(&d->owner_cache.lock, NULL);
 	d->quarantine_fd = -1;
 	d->hold_fd = -1;
 	*config_error = false;
 	d->fds[SLOT_SIGNAL].fd = block_signals();
 	if (d->fds[SLOT_SIGNAL].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "signalfd");
+	d->armed_at = TIMER_UNARMED;
 	d->fds[SLOT_TIMER].fd = timerfd_create(CLOCK_MONOTONIC,
 					       TFD_CLOEXEC | TFD_NONBLOCK);
 	if (d->fds[SLOT_TIMER].fd == -1)
@@ -1935,7 +2226,10 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	if (setup_watch(d, err) == -1)
 		return -1;
 	*config_error = false;
-	if (workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
+	d->waiting_tail = &d->waiting;
+	/* The committer first: teardown() stops it if the workers fail. */
+	if (workers_start(&d->committer, 1, commit_run, d, err) == -1 ||
+	    workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
 			  err) == -1)
 		return -1;
 	d->max_outstanding = (size_t)d->cfg->workers * 2;
@@ -1951,13 +2245,25 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	for (int i = 0; i < SLOT_COUNT; i++)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
+	d->fds[SLOT_COMMIT].fd = workers_fd(d->committer);
 	return 0;
 }
 
 /* Free what setup() got, also after it failed half-way. */
 static void teardown(struct daemon *d)
 {
+	if (d->committer != NULL && !d->committer_stopped &&
+	    workers_stop(d->committer, watch_now_ms() + 10000) == 0)
+		d->committer_stopped = true;
 	workers_free(d->workers, job_free);
+	if (d->committer_stopped)
+		workers_free(d->committer, free_commit);
+	while (d->waiting != NULL) {
+		struct job *next = d->waiting->commit_next;
+
+		job_free(d->waiting);
+		d->waiting = next;
+	}
 	forward_stop(d->forward, 0);
 	forward_free(d->forward);
 	watch_free(d->watch);
@@ -1981,6 +2287,7 @@ static void teardown(struct daemon *d)
 		close(d->fds[SLOT_SIGNAL].fd);
 	if (d->fds[SLOT_TIMER].fd != -1)
 		close(d->fds[SLOT_TIMER].fd);
+	pthread_mutex_destroy(&d->owner_cache.lock);
 }
 
 /*
@@ -2012,6 +2319,9 @@ static int shut_down(struct daemon *d)
 	rc = workers_stop(d->workers, deadline);
 	if (rc == 0)
 		collect_done(d);
+	/* Published files wait for their commit: it is made now. */
+	if (rc == 0)
+		rc = commit_all(d, deadline);
 	/* The senders finish their batch; what they leave stays queued in
 	 * the outbox for the next start. */
 	if (rc == 0 && forward_stop(d->forward, deadline) == -1)
@@ -2037,6 +2347,7 @@ static void serve(struct daemon *d)
 
 		dispatch(d);
 		now = watch_now_ms();
+		maybe_commit(d, now);
 		schedule_cleanup(d, now);
 		arm_timer(d, now);
 		d->fds[SLOT_WATCH].fd = watch_fd(d->watch);
@@ -2057,6 +2368,8 @@ static void serve(struct daemon *d)
 			handle_watch(d);
 		if (d->fds[SLOT_DONE].revents & POLLIN)
 			collect_done(d);
+		if (d->fds[SLOT_COMMIT].revents & POLLIN)
+			collect_commits(d);
 		if (d->fds[SLOT_TIMER].revents & POLLIN)
 			handle_timer(d, now);
 		if (!d->stopping)

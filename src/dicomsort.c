@@ -33,13 +33,6 @@ enum exit_code { EXIT_ALL_FINE = 0, EXIT_SOME_REJECTED = 1, EXIT_USAGE = 2 };
 
 enum file_status { FILE_PENDING, FILE_SKIPPED, FILE_DONE };
 
-struct input_file {
-	char *path;
-	char *rel;		/* relative to --dicomin */
-	enum file_status status;
-	struct outcome *result;	/* when FILE_DONE */
-};
-
 /* What the report needs of a pipeline_result (which is kilobytes, mostly
  * room for the longest path): memory stays flat over 100,000s of files. */
 struct outcome {
@@ -47,6 +40,15 @@ struct outcome {
 	char *dest;		/* only with --json */
 	char *reason;		/* rejected or failed */
 	char *unmapped_id;	/* the table lacked this PatientID */
+};
+
+/* One per input file, kept to the end for the report: no more than a
+ * path and what happened (a 200,000-file --json run stays < 64 MiB). */
+struct input_file {
+	char *path;
+	unsigned rel_off;	/* path + rel_off: relative to --dicomin */
+	enum file_status status;
+	struct outcome result;	/* when FILE_DONE */
 };
 
 struct options {
@@ -337,8 +339,8 @@ static void add_file(struct run *r, size_t *cap, const FTSENT *e, size_t inlen)
 	f = &r->files[r->count++];
 	memset(f, 0, sizeof(*f));
 	f->path = strdup(e->fts_path);
-	f->rel = strdup(e->fts_path + inlen + (e->fts_path[inlen] == '/'));
-	if (f->path == NULL || f->rel == NULL) {
+	f->rel_off = (unsigned)(inlen + (e->fts_path[inlen] == '/'));
+	if (f->path == NULL) {
 		perror("dicomsort");
 		exit(EXIT_USAGE);
 	}
@@ -358,15 +360,19 @@ static int collect(struct run *r, const char *dicomin, const char *dicomout)
 	FTS *fts;
 	FTSENT *e;
 
-	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, compare_names);
+	/* FTS_NOSTAT: files are opened (and looked at) by the pipeline;
+	 * folders are still stat'ed, into fts_dev/fts_ino (fts_statp is
+	 * NULL under FTS_NOSTAT). */
+	fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR | FTS_NOSTAT,
+		       compare_names);
 	if (fts == NULL)
 		return -1;
 	while ((e = fts_read(fts)) != NULL) {
 		switch (e->fts_info) {
 		case FTS_D:
 			if (have_out && e->fts_level > 0 &&
-			    e->fts_statp->st_ino == out_st.st_ino &&
-			    e->fts_statp->st_dev == out_st.st_dev)
+			    e->fts_ino == out_st.st_ino &&
+			    e->fts_dev == out_st.st_dev)
 				fts_set(fts, e, FTS_SKIP);
 			break;
 		case FTS_DP:
@@ -426,11 +432,10 @@ static void *worker(void *arg)
 			struct pipeline_result res;
 			struct pipeline_hooks hooks = {
 				.after_publish = queue_stored, .ctx = r };
-			struct outcome *o = calloc(1, sizeof(*o));
+			struct outcome *o = &f->result;
 
-			if (o == NULL)
-				abort();
-			pipeline_file_hooked(r->pipeline, f->path, f->rel,
+			pipeline_file_hooked(r->pipeline, f->path,
+					     f->path + f->rel_off,
 					     r->forward ? &hooks : NULL, &res);
 			/* --move: stored, but the source stays; a later run
 			 * finds the output and removes it. */
@@ -450,9 +455,10 @@ static void *worker(void *arg)
 			if (res.status == PIPELINE_REJECTED ||
 			    res.status == PIPELINE_FAILED)
 				o->reason = strdup(res.err.msg);
+			else if (res.warning != NULL)	/* stored as it came */
+				o->reason = strdup(res.warning);
 			if (res.deid.id_unmapped)
 				o->unmapped_id = strdup(res.deid.original_id);
-			f->result = o;
 			f->status = FILE_DONE;
 		}
 		atomic_fetch_add(&r->done, 1);
@@ -510,7 +516,7 @@ static const char *status_name(const struct input_file *f)
 {
 	if (f->status == FILE_SKIPPED)
 		return "skipped";
-	switch (f->result->status) {
+	switch (f->result.status) {
 	case PIPELINE_STORED: return "stored";
 	case PIPELINE_DUPLICATE: return "duplicate";
 	case PIPELINE_REJECTED: return "rejected";
@@ -530,7 +536,7 @@ static void tally_files(const struct run *r, struct tally *t)
 			t->skipped++;
 			continue;
 		}
-		switch (f->result->status) {
+		switch (f->result.status) {
 		case PIPELINE_STORED: t->stored++; break;
 		case PIPELINE_DUPLICATE: t->duplicates++; break;
 		case PIPELINE_REJECTED: t->rejected++; break;
@@ -540,17 +546,24 @@ static void tally_files(const struct run *r, struct tally *t)
 	}
 }
 
-static void report_problems(const struct run *r)
+/* Failures always; warnings about stored files (a reason beside a
+ * success) unless quiet. */
+static void report_problems(const struct run *r, bool quiet)
 {
 	for (size_t i = 0; i < r->count; i++) {
 		const struct input_file *f = &r->files[i];
+		bool bad;
 
-		if (f->status == FILE_DONE && (f->result->status == PIPELINE_REJECTED ||
-					       f->result->status == PIPELINE_FAILED)) {
+		if (f->status != FILE_DONE)
+			continue;
+		bad = f->result.status == PIPELINE_REJECTED ||
+		      f->result.status == PIPELINE_FAILED;
+		if (bad || (!quiet && f->result.reason != NULL)) {
 			fputs("dicomsort: ", stderr);
 			print_path(stderr, f->path);
-			fprintf(stderr, ": %s\n", f->result->reason ?
-				f->result->reason : "out of memory");
+			fprintf(stderr, ": %s%s\n", bad ? "" : "warning: ",
+				f->result.reason ? f->result.reason :
+				"out of memory");
 		}
 	}
 }
@@ -605,16 +618,17 @@ static void print_json(const struct run *r, const struct tally *t,
 		elapsed, (double)r->count / (elapsed > 0 ? elapsed : 1e-9), unmapped);
 	for (size_t i = 0; i < r->count; i++) {
 		const struct input_file *f = &r->files[i];
-		const struct outcome *res = f->result;
-		bool ok = res && (res->status == PIPELINE_STORED ||
-				  res->status == PIPELINE_DUPLICATE);
+		const struct outcome *res = &f->result;
+		bool ok = f->status == FILE_DONE &&
+			  (res->status == PIPELINE_STORED ||
+			   res->status == PIPELINE_DUPLICATE);
 
 		fputs(i ? ",{\"source\":" : "{\"source\":", stdout);
 		json_string(stdout, f->path);
 		fprintf(stdout, ",\"status\":\"%s\",\"dest\":", status_name(f));
 		json_string(stdout, ok ? res->dest : NULL);
 		fputs(",\"reason\":", stdout);
-		json_string(stdout, res && !ok ? res->reason : NULL);
+		json_string(stdout, res->reason);
 		fputc('}', stdout);
 	}
 	fputs("]", stdout);
@@ -664,8 +678,8 @@ static size_t write_missing_ids(const struct run *r, const char *path, bool quie
 	if (ids == NULL)
 		abort();
 	for (size_t i = 0; i < r->count; i++)
-		if (r->files[i].result && r->files[i].result->unmapped_id)
-			ids[n++] = r->files[i].result->unmapped_id;
+		if (r->files[i].result.unmapped_id)
+			ids[n++] = r->files[i].result.unmapped_id;
 	if (n == 0) {
 		free(ids);
 		return 0;
@@ -899,7 +913,7 @@ int main(int argc, char **argv)
 		undelivered = finish_forward(&o, r.forward, &fst) +
 			      atomic_load(&r.queue_failed);
 	elapsed = now_seconds() - started;
-	report_problems(&r);
+	report_problems(&r, o.quiet);
 	if (table != NULL && !o.dry_run)
 		unmapped = write_missing_ids(&r, o.missing_log, o.quiet || o.json);
 	tally_files(&r, &t);
@@ -916,13 +930,9 @@ int main(int argc, char **argv)
 		       o.forward, fst.forwarded, fst.rejected, fst.queued);
 	for (size_t i = 0; i < r.count; i++) {
 		free(r.files[i].path);
-		free(r.files[i].rel);
-		if (r.files[i].result) {
-			free(r.files[i].result->dest);
-			free(r.files[i].result->reason);
-			free(r.files[i].result->unmapped_id);
-		}
-		free(r.files[i].result);
+		free(r.files[i].result.dest);
+		free(r.files[i].result.reason);
+		free(r.files[i].result.unmapped_id);
 	}
 	free(r.files);
 	pipeline_free(r.pipeline);

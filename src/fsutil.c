@@ -59,7 +59,8 @@ opened:
 
 /* One step down: create name in dirfd if needed, then open it as a real
  * directory (O_NOFOLLOW refuses a symlink planted in its place). */
-static int step_into(int dirfd, const char *name, struct error *err)
+static int step_into(int dirfd, const char *name, enum fsutil_dirs_sync how,
+		     struct error *err)
 {
 	int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 			O_CLOEXEC);
@@ -71,9 +72,10 @@ static int step_into(int dirfd, const char *name, struct error *err)
 		/* A new folder is an entry of its parent: durable only once
 		 * the parent is synced, or a file published in it could
 		 * vanish with it. */
-		if (fsync(dirfd) == -1)
+		if (how != FSUTIL_DIRS_DEFER && fsync(dirfd) == -1)
 			return error_set(err, ERROR_TRANSIENT, errno,
 					 "fsync folder above %s", name);
+		how = FSUTIL_DIRS_DEFER;	/* done */
 	} else if (errno != EEXIST) {
 		return error_set(err, error_kind_for_output_errno(errno), errno,
 				 "cannot create directory %s", name);
@@ -84,10 +86,22 @@ opened:
 		return error_set(err, errno == ENOTDIR || errno == ELOOP ?
 				 ERROR_INPUT : ERROR_TRANSIENT, errno,
 				 "cannot open directory %s", name);
+	/* Found, perhaps made by a writer that left its syncing to later. */
+	if (how == FSUTIL_DIRS_SYNC_PATH && fsync(dirfd) == -1) {
+		close(fd);
+		return error_set(err, ERROR_TRANSIENT, errno,
+				 "fsync folder above %s", name);
+	}
 	return fd;
 }
 
 int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err)
+{
+	return fsutil_mkdirs_sync_at(rootfd, relpath, FSUTIL_DIRS_SYNC_NEW, err);
+}
+
+int fsutil_mkdirs_sync_at(int rootfd, const char *relpath,
+			  enum fsutil_dirs_sync how, struct error *err)
 {
 	char buf[PATH_MAX];
 	char *save = NULL;
@@ -108,7 +122,7 @@ int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err)
 			return error_set(err, ERROR_INPUT, 0,
 					 "refusing path component '%s'", c);
 		}
-		next = step_into(fd, c, err);
+		next = step_into(fd, c, how, err);
 		close(fd);
 		if (next == -1)
 			return -1;
@@ -147,7 +161,15 @@ static bool anonymous(const char *tmpname)
 int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
 			   struct error *err)
 {
-	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	return fsutil_anon_tmpfile_mode_at(dirfd, 0600, name, namelen, err);
+}
+
+int fsutil_anon_tmpfile_mode_at(int dirfd, mode_t mode, char *name,
+				size_t namelen, struct error *err)
+{
+	/* Nameless, the file is nobody's to open until published: it can
+	 * have its final mode from the start (one fchmod less per file). */
+	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
 
 	if (fd != -1) {
 		snprintf(name, namelen, "/proc/self/fd/%d", fd);
@@ -157,6 +179,7 @@ int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
 	if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
 		return error_set(err, error_kind_for_output_errno(errno), errno,
 				 "cannot create temp file");
+	/* A named temp file stays 0600 until it is complete. */
 	return fsutil_tmpfile_at(dirfd, name, namelen, err);
 }
 
@@ -532,6 +555,14 @@ bool fsutil_same_version(const struct stat *a, const struct stat *b)
 	       a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
+/* The base name of path. */
+static void path_base(const char *path, char *base, size_t baselen)
+{
+	const char *slash = strrchr(path, '/');
+
+	snprintf(base, baselen, "%s", slash == NULL ? path : slash + 1);
+}
+
 /* Split path into its folder (opened) and base name. */
 static int open_parent(const char *path, char *base, size_t baselen)
 {
@@ -570,12 +601,21 @@ static int hold_source(struct fsutil_move *mv)
 {
 	struct stat st;
 
-	mv->lease_fd = openat(mv->src_dirfd, mv->src_base, O_RDONLY | O_NOFOLLOW |
-			      O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-	if (mv->lease_fd == -1)
-		return 0;
-	if (fstat(mv->lease_fd, &st) == -1 || !S_ISREG(st.st_mode) ||
-	    fcntl(mv->lease_fd, F_SETSIG, SIGURG) == -1)
+	if (mv->source_fd != NULL) {
+		/* The caller's: the regular file it opened and read. */
+		mv->lease_fd = *mv->source_fd;
+		mv->own_lease = false;
+	} else {
+		mv->lease_fd = openat(mv->src_dirfd, mv->src_base, O_RDONLY |
+				      O_NOFOLLOW | O_NONBLOCK | O_NOCTTY |
+				      O_CLOEXEC);
+		mv->own_lease = true;
+		if (mv->lease_fd == -1)
+			return 0;
+		if (fstat(mv->lease_fd, &st) == -1 || !S_ISREG(st.st_mode))
+			return 0;
+	}
+	if (fcntl(mv->lease_fd, F_SETSIG, SIGURG) == -1)
 		return 0;
 	if (fcntl(mv->lease_fd, F_SETLEASE, F_RDLCK) == 0)
 		return 1;
@@ -588,10 +628,12 @@ static bool hold_broken(const struct fsutil_move *mv)
 	return mv->leased && fcntl(mv->lease_fd, F_GETLEASE) != F_RDLCK;
 }
 
+/* Ends the lease on a descriptor of our own by closing it; one on the
+ * caller's descriptor ends when the caller closes it. */
 static void let_go(struct fsutil_move *mv)
 {
-	if (mv->lease_fd != -1)
-		close(mv->lease_fd);	/* ends the lease */
+	if (mv->lease_fd != -1 && mv->own_lease)
+		close(mv->lease_fd);
 	mv->lease_fd = -1;
 	mv->leased = false;
 }
@@ -637,16 +679,24 @@ static int claim(struct fsutil_move *mv, struct error *err)
 	bool check_content = false;
 	int held = 0;
 
-	mv->src_dirfd = open_parent(mv->source, mv->src_base,
-				    sizeof(mv->src_base));
+	if (mv->source_dirfd != NULL) {
+		mv->src_dirfd = *mv->source_dirfd;
+		path_base(mv->source, mv->src_base, sizeof(mv->src_base));
+	} else {
+		mv->src_dirfd = open_parent(mv->source, mv->src_base,
+					    sizeof(mv->src_base));
+		mv->own_dirfd = true;
+	}
 	if (mv->src_dirfd == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot open the source's folder");
 	/* Only a regular file is opened for the lease: opening a device a
-	 * sender swapped in could have effects of its own. */
+	 * sender swapped in could have effects of its own. The caller's
+	 * descriptor is the regular file it read. */
 	if (mv->expect != NULL && S_ISREG(mv->expect->st_mode) &&
-	    fstatat(mv->src_dirfd, mv->src_base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    S_ISREG(st.st_mode)) {
+	    (mv->source_fd != NULL ||
+	     (fstatat(mv->src_dirfd, mv->src_base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	      S_ISREG(st.st_mode)))) {
 		held = hold_source(mv);
 		if (held == -1)
 			return changed(mv, err, "source is open for writing");
@@ -658,9 +708,12 @@ static int claim(struct fsutil_move *mv, struct error *err)
 	if (mv->expect != NULL) {
 		struct stat lst;
 
+		/* The caller's descriptor is expect's inode; our own is
+		 * whatever the name held when it was opened. */
 		if (!same_identity(&st, mv->expect) ||
-		    (mv->lease_fd != -1 && (fstat(mv->lease_fd, &lst) == -1 ||
-					    lst.st_ino != st.st_ino)))
+		    (mv->lease_fd != -1 && mv->own_lease &&
+		     (fstat(mv->lease_fd, &lst) == -1 ||
+		      lst.st_ino != st.st_ino)))
 			return changed(mv, err, "source changed after it was read");
 		if (!fsutil_same_version(&st, mv->expect)) {
 			if (mv->expect_sha256 == NULL)
@@ -691,9 +744,12 @@ static int claim(struct fsutil_move *mv, struct error *err)
 			return -1;
 		if (same == 0)
 			return changed(mv, err, "source changed after it was read");
+		if (hold_broken(mv))
+			return changed(mv, err, "source is being opened for "
+				       "writing");
 	}
-	if (hold_broken(mv))
-		return changed(mv, err, "source is being opened for writing");
+	/* The lease is looked at again right before the source goes or
+	 * takes its new name (try_name(), fsutil_remove_checked()). */
 	mv->src_st = now;
 	return 0;
 }
@@ -733,8 +789,9 @@ static int same_as_claim(struct fsutil_move *mv, const char *name,
 				 errno, "cannot read the claimed source");
 	}
 	same = fsutil_same_content(a, b, err);
-	/* The copy we rely on instead of ours must be durable too. */
-	if (same == 1 && fsync(a) == -1)
+	/* The copy we rely on instead of ours must be durable too (under
+	 * defer_sync, finish() syncs its whole file system). */
+	if (same == 1 && !mv->defer_sync && fsync(a) == -1)
 		same = move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
 				 "fsync of the file in the destination");
 	close(a);
@@ -802,7 +859,8 @@ static int copy_claim(struct fsutil_move *mv, struct error *err)
 	times[1] = st.st_mtim;
 	if (fsutil_copy_fd(in, mv->tmp_fd, st.st_size, err) == -1 ||
 	    fchmod(mv->tmp_fd, mv->mode ? mv->mode : st.st_mode & 07777) == -1 ||
-	    futimens(mv->tmp_fd, times) == -1 || fsync(mv->tmp_fd) == -1) {
+	    futimens(mv->tmp_fd, times) == -1 ||
+	    (!mv->defer_sync && fsync(mv->tmp_fd) == -1)) {
 		if (err->kind == ERROR_NONE)
 			error_set(err, ERROR_TRANSIENT, errno, "cannot copy");
 		close(in);
@@ -825,17 +883,24 @@ static void drop_tmp(struct fsutil_move *mv)
 
 /* The claimed source is in the destination now (or was there already):
  * its claim name goes, and both folders are made durable - the
- * destination first, so no instant has the file in neither. */
+ * destination first, so no instant has the file in neither. Under
+ * defer_sync a renamed file waits for the caller's syncfs (no byte is
+ * at stake); a source that is destroyed (remove_claim: a copy, or an
+ * identical file there already) goes only after a syncfs of the
+ * destination's file system, whose folders may be unsynced as well. */
 static int finish(struct fsutil_move *mv, bool remove_claim, struct error *err)
 {
-	if (fsync(mv->dest_dirfd) == -1)
+	if (!mv->defer_sync && fsync(mv->dest_dirfd) == -1)
 		return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
 				 "fsync of the destination folder");
+	if (mv->defer_sync && remove_claim && syncfs(mv->dest_dirfd) == -1)
+		return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT, errno,
+				 "syncfs of the destination");
 	if (remove_claim && unlinkat(mv->src_dirfd, mv->claim, 0) == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot remove the source");
 	mv->claim[0] = '\0';
-	if (fsync(mv->src_dirfd) == -1)
+	if (!mv->defer_sync && fsync(mv->src_dirfd) == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "fsync of the source folder");
 	return 0;
@@ -846,21 +911,52 @@ static int finish(struct fsutil_move *mv, bool remove_claim, struct error *err)
 static int place_at(struct fsutil_move *mv, const char *cand,
 		    struct error *err);
 
+/* cand holds what the claimed source holds: our own earlier copy (a
+ * retry, or a crash before the source went), or the same bytes from
+ * before - keep one, the source goes. */
+static int existed(struct fsutil_move *mv, struct error *err)
+{
+	mv->existed = true;
+	drop_tmp(mv);
+	if (hold_broken(mv))
+		return changed(mv, err, "source is being opened for writing");
+	return finish(mv, true, err);
+}
+
+/* Without a sidecar to keep beside it, a name is simply tried: the
+ * rename (or link) refuses a taken one, and only then is the file there
+ * compared with ours. Saves two look-ups per file. */
+static int try_name_plain(struct fsutil_move *mv, const char *cand,
+			  struct error *err)
+{
+	int same, rc;
+
+	if (hold_broken(mv))
+		return changed(mv, err, "source is being opened for writing");
+	rc = place_at(mv, cand, err);
+	if (rc == 0 || rc == -1)
+		return rc;
+	/* Taken (1), or another file system (2: copy unless it is there). */
+	same = same_as_claim(mv, cand, err);
+	if (same == -1)
+		return -1;
+	if (same == 1)
+		return existed(mv, err);
+	return rc;
+}
+
 static int try_name(struct fsutil_move *mv, const char *cand, struct error *err)
 {
 	char companion[NAME_MAX + 32];
 	int same, rc;
 
+	if (mv->companion == NULL && mv->before_place == NULL)
+		return try_name_plain(mv, cand, err);
 	same = same_as_claim(mv, cand, err);
 	if (same == -1)
 		return -1;
-	if (same == 1) {
-		/* Our own earlier copy (a retry, or a crash before the
-		 * source went), or the same bytes from before: keep one. */
-		mv->existed = true;
-		drop_tmp(mv);
-		return finish(mv, true, err);
-	}
+	if (same == 1)
+		return existed(mv, err);
 	if (faccessat(mv->dest_dirfd, cand, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
 		return 1;
 	/* Keep each file next to its own sidecar. One whose file is
@@ -899,6 +995,7 @@ static int place_at(struct fsutil_move *mv, const char *cand, struct error *err)
 			/* Best effort: the file is in place either way, and
 			 * a mode we could not set is not worth undoing it. */
 			if (mv->mode != 0 && !S_ISLNK(mv->src_st.st_mode) &&
+			    (mv->src_st.st_mode & 07777) != mv->mode &&
 			    fchmodat(mv->dest_dirfd, cand, mv->mode, 0) == -1)
 				mv->mode = 0;
 			mv->claim[0] = '\0';
@@ -994,7 +1091,7 @@ int fsutil_move(struct fsutil_move *mv, struct error *err)
 	mv->tmp_fd = -1;
 	mv->tmp[0] = mv->claim[0] = mv->final[0] = '\0';
 	mv->copied = mv->existed = mv->placed = mv->changed = false;
-	mv->leased = false;
+	mv->leased = mv->own_dirfd = mv->own_lease = false;
 	mv->lease_fd = -1;
 	mv->side = FSUTIL_SIDE_NONE;
 	rc = claim(mv, err);
@@ -1006,7 +1103,7 @@ int fsutil_move(struct fsutil_move *mv, struct error *err)
 	if (mv->claim[0] != '\0')
 		unclaim(mv->src_dirfd, mv->claim, mv->src_base);
 	let_go(mv);
-	if (mv->src_dirfd != -1)
+	if (mv->src_dirfd != -1 && mv->own_dirfd)
 		close(mv->src_dirfd);
 	mv->src_dirfd = -1;
 	return rc;
@@ -1045,7 +1142,7 @@ int fsutil_remove_checked(struct fsutil_remove_args *a, struct error *err)
 	if (mv.claim[0] != '\0')
 		unclaim(mv.src_dirfd, mv.claim, mv.src_base);
 	let_go(&mv);
-	if (mv.src_dirfd != -1)
+	if (mv.src_dirfd != -1 && mv.own_dirfd)
 		close(mv.src_dirfd);
 	a->side = mv.side;
 	a->changed = mv.changed;
@@ -1056,7 +1153,9 @@ long fsutil_recover_claims(const char *root, struct error *err)
 {
 	char *roots[] = { (char *)root, NULL };
 	long recovered = 0;
-	FTS *fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, NULL);
+	/* Names are all it needs: no stat of every file (a batch --move
+	 * runs this over its whole input first). */
+	FTS *fts = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR | FTS_NOSTAT, NULL);
 	FTSENT *e;
 
 	if (fts == NULL)

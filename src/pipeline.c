@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -41,6 +42,9 @@ struct pipeline {
 	int output_fd;
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
+	uid_t euid;			/* ours: whose sources can be renamed */
+	atomic_bool dirs_deferred;	/* a rename left new folders to the
+					   final syncfs (SYNC_DISPOSAL) */
 	mode_t file_mode;		/* 0666 less the umask, as open() gives */
 	int processed_fd;		/* -1 unless PIPELINE_MOVE_SOURCE */
 	pthread_mutex_t table_lock;	/* guards table (the pointer) */
@@ -72,10 +76,18 @@ struct job {
 	struct correlation *table;
 	char *values[MAX_PLACEHOLDERS];
 	int dir_fd;
+	bool dir_cached;		/* dir_fd is the thread's last_dir.fd,
+					   lent: not closed by the job */
 	int tmp_fd;
 	char tmp_name[64];
 	const struct pipeline_hooks *hooks;	/* NULL: none */
 	bool published;			/* the output has its name */
+	bool foreign_fs;		/* SYNC_GROUP, but the destination
+					   folder is on another file system
+					   than the output root (a mount
+					   inside the tree), which the commit's
+					   syncfs does not cover: synced as
+					   under SYNC_EACH */
 };
 
 static int compile_layout(struct compiled_layout *cl, const char *tmpl,
@@ -119,6 +131,7 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 	in->file_mode = umask(0);
 	umask(in->file_mode);
 	in->file_mode = 0666 & ~in->file_mode;
+	in->euid = geteuid();
 	*out = in;
 	if (compile_layout(&in->dirs, opts->dir_template ? opts->dir_template :
 			   LAYOUT_DEFAULT_DIRS, false, err) == -1)
@@ -206,7 +219,7 @@ static void job_release(struct job *job)
 		close(job->tmp_fd);
 		fsutil_discard_tmp(job->dir_fd, job->tmp_name);
 	}
-	if (job->dir_fd != -1)
+	if (job->dir_fd != -1 && !job->dir_cached)
 		close(job->dir_fd);
 	if (job->source_fd != -1)
 		close(job->source_fd);
@@ -354,6 +367,24 @@ static int write_all(int fd, const unsigned char *buf, size_t len, off_t off)
 	return 0;
 }
 
+/*
+ * pread(fd, at, want, off), asking in the same call for one byte past
+ * the last chunk (into *probe) when this chunk ends at size: a regular
+ * file reads short only at its end, so the call says both "these are the
+ * bytes" and "nothing follows" - one system call for a small file where
+ * a second pread for the end used to be needed. Returns the bytes read
+ * into at (want + 1 means the file grew: the probe byte came too).
+ */
+static ssize_t read_with_probe(int fd, unsigned char *at, size_t want,
+			       off_t off, off_t size, unsigned char *probe)
+{
+	struct iovec iov[2] = { { at, want }, { probe, 1 } };
+
+	if (at == probe || off + (off_t)want != size)
+		return pread(fd, at, want, off);
+	return preadv(fd, iov, 2, off);
+}
+
 /* Bytes [0, size) of the source into dst (memory) or out (a file), one
  * pass, hashed when ctx; one byte more would mean it grew meanwhile. */
 static int read_source_once(struct job *job, unsigned char *dst, int out,
@@ -376,14 +407,14 @@ static int read_source_once(struct job *job, unsigned char *dst, int out,
 			at = &extra;
 			want = 1;
 		}
-		n = pread(job->source_fd, at, want, off);
+		n = read_with_probe(job->source_fd, at, want, off, size, &extra);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1)
 			rc = error_set(err, ERROR_TRANSIENT, errno, "cannot read source");
 		else if (off == size && n == 0)
 			break;
-		else if (n == 0 || off == size)
+		else if (n == 0 || off == size || n > (ssize_t)want)
 			rc = source_busy(job, err,
 					 "source changed while it was read");
 		else if (ctx != NULL && EVP_DigestUpdate(ctx, at, (size_t)n) != 1)
@@ -391,11 +422,28 @@ static int read_source_once(struct job *job, unsigned char *dst, int out,
 		else if (out != -1 && write_all(out, at, (size_t)n, off) == -1)
 			rc = error_set(err, error_kind_for_output_errno(errno),
 				       errno, "cannot write snapshot");
-		else
-			off += n;
+		else if ((off += n) == size)
+			/* The probe byte came back empty in the same call:
+			 * the file ends where its size said (the version
+			 * check after the read confirms the size). */
+			break;
 	}
 	free(buf);
 	return rc;
+}
+
+/*
+ * A source that stays where it is (dicomsort copying a folder) takes no
+ * lease: nothing of it is destroyed, no watcher judged it finished, and a
+ * write during the read still changes its ctime (or size), which the
+ * version check after the read refuses - the only case left uncaught is
+ * a writer holding the file open, idle, for the whole read, whose last
+ * version a rerun copies. A source then disposed of (the daemon,
+ * --move) keeps the lease: four fcntl() per file buy that guarantee.
+ */
+static bool wants_lease(const struct pipeline *in)
+{
+	return in->opts.disposal != PIPELINE_KEEP_SOURCE;
 }
 
 /* The hash serves the audit (source_sha256: the one reference to the
@@ -433,7 +481,7 @@ static int take_snapshot(struct job *job, struct error *err)
 		if (job->snap_fd == -1)
 			rc = -1;
 	}
-	if (rc == 0)
+	if (rc == 0 && wants_lease(in))
 		rc = lease_source(job, err);
 	if (rc == 0)
 		rc = read_source_once(job, job->snap_mem, job->snap_fd, ctx, err);
@@ -518,12 +566,33 @@ static int destination(struct job *job, const char *source_path,
 /* ---- step 3: write a temp file and publish it without overwriting ---- */
 
 /* fsync before publishing/disposing: always under SYNC_EACH; under
- * SYNC_DISPOSAL only when the source is then destroyed. */
+ * SYNC_DISPOSAL only when the source is then destroyed; under SYNC_GROUP
+ * never (pipeline_commit() does, for many files at once). */
 static bool sync_each(const struct pipeline *in)
 {
 	return in->opts.sync == PIPELINE_SYNC_EACH ||
 	       (in->opts.sync == PIPELINE_SYNC_DISPOSAL &&
 		in->opts.disposal != PIPELINE_KEEP_SOURCE);
+}
+
+/* This job's output is synced by itself (not by a group commit). */
+static bool sync_job(const struct job *job)
+{
+	return sync_each(job->pipeline) || job->foreign_fs;
+}
+
+/* Under SYNC_GROUP: whether the destination folder is beyond the commit's
+ * syncfs (st_dev names the file system syncfs(2) flushes). */
+static int check_group_fs(struct job *job, struct error *err)
+{
+	struct stat st;
+
+	if (job->pipeline->opts.sync != PIPELINE_SYNC_GROUP)
+		return 0;
+	if (fstat(job->dir_fd, &st) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
+	job->foreign_fs = st.st_dev != job->pipeline->output_dev;
+	return 0;
 }
 
 /* Nothing to change and a Part 10 file whose meta header matches its
@@ -576,8 +645,13 @@ static void reopen_output_if_removed(struct pipeline *in)
 /*
  * Each thread keeps its last destination folder open: the files of a
  * series arrive together, and walking the folder down from the root again
- * costs two system calls per level. A cached folder that has been deleted
- * meanwhile (link count 0) is walked - and created - again.
+ * costs two system calls per level. The job borrows the descriptor
+ * (job->dir_cached) - one job at a time runs on a thread - and a hit costs
+ * no system call: a cached folder deleted meanwhile shows when creating
+ * the temp file in it fails (write_temp() walks again then), or when a
+ * later step fails (the job drops the cache, its retry walks again).
+ * how: whether a new folder's parent is fsynced (FSUTIL_DIRS_DEFER: a
+ * rename's, or a copy's under a final syncfs; see dirs_deferred).
  */
 static __thread struct {
 	unsigned long generation;
@@ -585,25 +659,39 @@ static __thread struct {
 	char path[PATH_MAX];
 } last_dir = { 0, -1, "" };
 
-static int mkdirs_output(struct pipeline *in, const char *dir, struct error *err)
+static void drop_cached_dir(void)
 {
-	struct stat st;
-	int fd;
-
-	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
-	    strcmp(last_dir.path, dir) == 0 && fstat(last_dir.fd, &st) == 0 &&
-	    st.st_nlink > 0 && (fd = fcntl(last_dir.fd, F_DUPFD_CLOEXEC, 0)) != -1)
-		return fd;
-	/* A live cached folder means a live root; only a miss looks. */
-	reopen_output_if_removed(in);
-	fd = fsutil_mkdirs_at(in->output_fd, dir, err);
-	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
-		return fd;
 	if (last_dir.fd != -1)
 		close(last_dir.fd);
-	last_dir.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	last_dir.fd = -1;
+	last_dir.path[0] = '\0';
+}
+
+static int mkdirs_output(struct job *job, const char *dir,
+			 enum fsutil_dirs_sync how, struct error *err)
+{
+	struct pipeline *in = job->pipeline;
+	int fd;
+
+	job->dir_cached = false;
+	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
+	    strcmp(last_dir.path, dir) == 0) {
+		job->dir_cached = true;
+		return last_dir.fd;
+	}
+	/* A live cached folder means a live root; only a miss looks. Said
+	 * before the walk: whoever then finds a folder it made knows. */
+	reopen_output_if_removed(in);
+	if (how == FSUTIL_DIRS_DEFER)
+		atomic_store(&in->dirs_deferred, true);
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, how, err);
+	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
+		return fd;
+	drop_cached_dir();
+	last_dir.fd = fd;
 	last_dir.generation = in->generation;
 	strcpy(last_dir.path, dir);
+	job->dir_cached = true;
 	return fd;
 }
 
@@ -647,11 +735,49 @@ static int fill_temp(struct job *job, struct error *err)
 	return job->snapshot ? 0 : check_source_version(job, err);
 }
 
+/* A copy's new folders: their parents fsynced with the file (sync_each),
+ * or left to the syncfs() the caller ends with. Under a group commit they
+ * are synced when made: the folder may turn out to be on another file
+ * system (a mount inside the output) than the one the commit flushes,
+ * and a new folder is rare. */
+static enum fsutil_dirs_sync copy_dirs_sync(const struct pipeline *in)
+{
+	return sync_each(in) || in->opts.sync == PIPELINE_SYNC_GROUP ?
+	       FSUTIL_DIRS_SYNC_NEW : FSUTIL_DIRS_DEFER;
+}
+
+/* An anonymous temp file in the destination folder, created with the
+ * output's mode; a cached folder that fails to take it (deleted since)
+ * is walked - and created - again, once. */
+static int create_temp(struct job *job, const char *dir, struct error *err)
+{
+	mode_t mode = job->pipeline->file_mode;
+
+	job->tmp_fd = fsutil_anon_tmpfile_mode_at(job->dir_fd, mode,
+						  job->tmp_name,
+						  sizeof(job->tmp_name), err);
+	if (job->tmp_fd != -1 || !job->dir_cached)
+		return job->tmp_fd;
+	drop_cached_dir();
+	job->dir_fd = mkdirs_output(job, dir, copy_dirs_sync(job->pipeline),
+				    err);
+	if (job->dir_fd == -1)
+		return -1;
+	error_clear(err);
+	job->tmp_fd = fsutil_anon_tmpfile_mode_at(job->dir_fd, mode,
+						  job->tmp_name,
+						  sizeof(job->tmp_name), err);
+	return job->tmp_fd;
+}
+
 static int write_temp(struct job *job, const char *dir, struct error *err)
 {
+	bool chmod_needed = true;
+
 	if (job->dir_fd == -1)
-		job->dir_fd = mkdirs_output(job->pipeline, dir, err);
-	if (job->dir_fd == -1)
+		job->dir_fd = mkdirs_output(job, dir, copy_dirs_sync(job->pipeline),
+					    err);
+	if (job->dir_fd == -1 || check_group_fs(job, err) == -1)
 		return -1;
 	if (job->copy_bytes && job->snap_fd != -1 && job->snap_name[0] == '/' &&
 	    same_mount(job->snap_fd, job->dir_fd)) {
@@ -661,14 +787,13 @@ static int write_temp(struct job *job, const char *dir, struct error *err)
 		job->snap_fd = -1;
 	} else {
 		/* Anonymous until published: a crash leaves no temp file. */
-		job->tmp_fd = fsutil_anon_tmpfile_at(job->dir_fd, job->tmp_name,
-						     sizeof(job->tmp_name), err);
-		if (job->tmp_fd == -1 || fill_temp(job, err) == -1)
+		if (create_temp(job, dir, err) == -1 || fill_temp(job, err) == -1)
 			return -1;
+		chmod_needed = job->tmp_name[0] != '/';
 	}
-	if (fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
+	if (chmod_needed && fchmod(job->tmp_fd, job->pipeline->file_mode) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fchmod");
-	if (sync_each(job->pipeline))
+	if (sync_job(job))
 		return fsutil_fsync(job->tmp_fd, "output file", err);
 	return 0;
 }
@@ -684,7 +809,7 @@ static int identical_to(struct job *job, const char *name, struct error *err)
 		       error_set(err, ERROR_TRANSIENT, errno, "cannot open %s", name);
 	same = fsutil_same_content(job->tmp_fd, fd, err);
 	/* The copy we rely on instead of ours may not be durable yet. */
-	if (same == 1 && sync_each(job->pipeline) &&
+	if (same == 1 && sync_job(job) &&
 	    fsutil_fsync(fd, name, err) == -1)
 		same = -1;
 	close(fd);
@@ -723,7 +848,7 @@ static int publish_as(struct job *job, const char *dir, const char *name,
 			job->tmp_fd = -1;
 			res->status = PIPELINE_STORED;
 			res->same_uid_conflict = n > 0 && job->pipeline->name.layout;
-			if (sync_each(job->pipeline))
+			if (sync_job(job))
 				return fsutil_fsync(job->dir_fd, "output folder", err);
 			return 0;
 		}
@@ -747,6 +872,15 @@ static int publish(struct job *job, const char *dir, const char *name,
 {
 	int rc = publish_as(job, dir, name, final, finallen, res);
 	const struct pipeline_hooks *h = job->hooks;
+
+	/* Group commit: the output (ours, or the identical one already
+	 * there) is durable only after the next pipeline_commit(), and the
+	 * source waits for it; the hooks are told so. */
+	if (rc == 0 && job->pipeline->opts.sync == PIPELINE_SYNC_GROUP &&
+	    !job->foreign_fs) {
+		res->dispose_pending = true;
+		memcpy(res->read_sha256, job->sha256, sizeof(res->read_sha256));
+	}
 
 	if (h != NULL && h->after_publish != NULL)
 		h->after_publish(h->ctx, res, job->published);
@@ -797,7 +931,48 @@ static bool rename_candidate(const struct job *job)
 	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
 	       job->source_st.st_dev == in->output_dev &&
 	       job->source_st.st_nlink == 1 &&
-	       (job->source_st.st_uid == geteuid() || geteuid() == 0);
+	       (job->source_st.st_uid == in->euid || in->euid == 0);
+}
+
+/*
+ * Each thread keeps the folder of its last renamed source open as well:
+ * the input is walked folder by folder. Owned by the cache; dropped when
+ * a move fails on the source's side (a folder replaced meanwhile is
+ * opened again by the next file).
+ */
+static __thread struct {
+	unsigned long generation;
+	int fd;
+	char path[PATH_MAX];
+} last_src = { 0, -1, "" };
+
+static void drop_source_folder(void)
+{
+	if (last_src.fd != -1)
+		close(last_src.fd);
+	last_src.fd = -1;
+}
+
+static int source_folder(const struct pipeline *in, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char dir[PATH_MAX];
+	int fd;
+
+	snprintf(dir, sizeof(dir), "%.*s", slash == NULL ? 1 :
+		 slash == path ? 1 : (int)(slash - path),
+		 slash == NULL ? "." : path);
+	if (last_src.fd != -1 && last_src.generation == in->generation &&
+	    strcmp(last_src.path, dir) == 0)
+		return last_src.fd;
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd == -1)
+		return -1;
+	drop_source_folder();
+	last_src.fd = fd;
+	last_src.generation = in->generation;
+	snprintf(last_src.path, sizeof(last_src.path), "%s", dir);
+	return fd;
 }
 
 /*
@@ -817,21 +992,36 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 {
 	struct pipeline *in = job->pipeline;
 	struct error *err = &res->err;
+	/* Under SYNC_DISPOSAL (batch --move) the names wait for
+	 * pipeline_sync_all(): a group commit, no fsync per file. The lease
+	 * goes on the descriptor read; its folder is the cached one. */
 	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
-				  .name = name, .mode = in->file_mode };
+				  .name = name, .mode = in->file_mode,
+				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
+				  .source_fd = &job->source_fd };
+	int src_dirfd;
 
 	/* Renamed, the inode becomes the output. One with other links would
 	 * stay reachable (and writable) from outside the output tree, and a
 	 * source of another owner cannot get the output's mode: copy those. */
 	if (job->source_st.st_nlink != 1 ||
-	    (job->source_st.st_uid != geteuid() && geteuid() != 0))
+	    (job->source_st.st_uid != in->euid && in->euid != 0))
 		return 1;
-	job->dir_fd = mkdirs_output(in, dir, err);
+	/* A rename destroys nothing: its new folders, too, wait for the
+	 * group commit. */
+	job->dir_fd = mkdirs_output(job, dir, mv.defer_sync ? FSUTIL_DIRS_DEFER :
+				    FSUTIL_DIRS_SYNC_NEW, err);
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
-	if (fsutil_move(&mv, err) == -1)
+	src_dirfd = source_folder(in, path);
+	if (src_dirfd != -1)
+		mv.source_dirfd = &src_dirfd;
+	if (fsutil_move(&mv, err) == -1) {
+		if (mv.side == FSUTIL_SIDE_SOURCE)
+			drop_source_folder();
 		return -1;
+	}
 	snprintf(final, finallen, "%s", mv.final);
 	if (mv.existed) {
 		res->status = PIPELINE_DUPLICATE;
@@ -876,12 +1066,44 @@ int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
  * It goes only if it is still the version read (the check comes now,
  * right before it goes, not when the output was written); a source
  * changed meanwhile stays, to be processed again (source_changed). */
+/*
+ * Renames of this run left new folders unsynced (dirs_deferred): the
+ * output's folder, or one above it, may be one of them, found rather
+ * than made by this job. Before its source is destroyed the whole path
+ * is synced - each folder's parent, and the folder itself (a duplicate's
+ * name was not synced by publication). Only runs that mix renames with
+ * copies pay for it.
+ */
+static int sync_output_path(struct job *job, const char *dest,
+			    struct error *err)
+{
+	struct pipeline *in = job->pipeline;
+	char dir[PATH_MAX];
+	const char *slash = strrchr(dest, '/');
+	int fd, rc = 0;
+
+	if (!atomic_load(&in->dirs_deferred) || in->opts.sync == PIPELINE_SYNC_NONE)
+		return 0;
+	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - dest) : 0, dest);
+	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, FSUTIL_DIRS_SYNC_PATH, err);
+	if (fd == -1)
+		return -1;
+	rc = fsutil_fsync(fd, "output folder", err);
+	close(fd);
+	return rc;
+}
+
 static void dispose_source(struct job *job, const char *path, const char *rel,
 			   struct pipeline_result *res)
 {
 	const struct pipeline_hooks *h = job->hooks;
 	struct pipeline_read read = { .st = job->source_st };
 
+	if (job->pipeline->opts.disposal != PIPELINE_KEEP_SOURCE &&
+	    sync_output_path(job, res->dest, &res->dispose_err) == -1) {
+		res->dispose_failed = true;
+		return;
+	}
 	if (h != NULL && h->checkpoint != NULL)
 		h->checkpoint(h->ctx, PIPELINE_AT_DURABLE);
 	memcpy(read.sha256, job->sha256, sizeof(read.sha256));
@@ -907,6 +1129,15 @@ static void inspect(struct job *job, bool deidentified)
 {
 	if (job->hooks != NULL && job->hooks->inspect != NULL)
 		job->hooks->inspect(job->hooks->ctx, job->file, deidentified);
+}
+
+/* The output keeps the source's meta header (copied, renamed or
+ * spliced; DCMTK writes a fresh one): say so when it disagrees with the
+ * dataset, which the layout and the result read. */
+static void note_kept_meta(struct job *job, struct pipeline_result *res)
+{
+	res->warning = job->copy_bytes || !dicom_parsed(job->file) ?
+		       dicom_meta_disagreement(job->file) : NULL;
 }
 
 static int run(struct job *job, const char *path, const char *rel,
@@ -962,6 +1193,7 @@ static int run(struct job *job, const char *path, const char *rel,
 		return 0;
 	}
 	job->copy_bytes = reuse_source_bytes(job);
+	note_kept_meta(job, res);
 	if (job->copy_bytes && rename_candidate(job)) {
 		int rc = rename_source(job, path, dir, name, final, sizeof(final),
 				       res);
@@ -973,11 +1205,14 @@ static int run(struct job *job, const char *path, const char *rel,
 			return rc;
 		}
 	}
-	if (write_temp(job, dir, err) == -1 ||
-	    publish(job, dir, name, final, sizeof(final), res) == -1)
+	if (write_temp(job, dir, err) == -1)
+		return -1;
+	note_kept_meta(job, res);	/* the splice decided at the write */
+	if (publish(job, dir, name, final, sizeof(final), res) == -1)
 		return -1;
 	snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
-	dispose_source(job, path, rel, res);
+	if (!res->dispose_pending)
+		dispose_source(job, path, rel, res);
 	return 0;
 }
 
@@ -999,10 +1234,41 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 	rc = run(&job, source_path, source_rel, res);
 	res->source_busy = rc == -1 && job.busy;
 	job_release(&job);
+	/* A cached folder may be why it failed (deleted): a retry walks. */
+	if (rc == -1 && job.dir_cached)
+		drop_cached_dir();
 	if (rc == -1)
 		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :
 			      PIPELINE_FAILED;
 	return rc;
+}
+
+void pipeline_dispose_result(struct pipeline *in, const char *path,
+			     const char *rel, struct pipeline_result *res)
+{
+	struct pipeline_read read = { .st = res->source_st };
+
+	memcpy(read.sha256, res->read_sha256, sizeof(read.sha256));
+	res->dispose_pending = false;
+	if (pipeline_dispose(in, path, rel, &read, res->disposed_as,
+			     sizeof(res->disposed_as), &res->source_changed,
+			     &res->dispose_err) == -1)
+		res->dispose_failed = true;
+}
+
+/* One syncfs for the group: data, inodes and folder entries of every file
+ * of the output's file system. Through output_fd, opened at start: syncfs
+ * reports a write-back error that happened since that open (errseq), once,
+ * so a lost page is seen even when its file was closed long ago. */
+int pipeline_commit(struct pipeline *in, struct error *err)
+{
+	if (in->output_fd == -1)
+		return 0;
+	if (syncfs(in->output_fd) == -1)
+		return error_set(err, ERROR_TRANSIENT, errno,
+				 "syncfs of the output file system (group "
+				 "commit): outputs may not be on disk");
+	return 0;
 }
 
 int pipeline_sync_all(struct pipeline *in, struct error *err)

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,10 @@
 
 #define MARKER_MAX 16384
 #define MARKER_SUFFIX ".pending"
+#define LOG_SUFFIX ".log"
+/* A log is started afresh past this size once its notes are all done;
+ * the old one goes when its last note is. */
+#define LOG_ROTATE_BYTES (1024 * 1024)
 
 /* The fields of a marker, in this order, NUL-terminated each: values
  * are file names and DICOM-derived text, which may hold any byte but NUL. */
@@ -24,12 +29,33 @@ enum field {
 	F_TABLE, F_SHA256, F_OWNER, F_COUNT
 };
 
+/*
+ * Markers are entries of an append-only log per process (a file of
+ * markers made and removed per output cost two inode allocations per
+ * file, the daemon's largest cost after the output itself): "N<seq>\0"
+ * and the fields notes one, "D<seq>\0" says it is done. One write(2)
+ * each, O_APPEND, under the lock: entries never interleave, and a kill
+ * cuts at most the last one. A log whose notes are all done is removed.
+ */
+struct segment {
+	struct segment *next;
+	unsigned id;
+	int fd;
+	off_t size;
+	size_t open;			/* notes not yet done */
+	char name[64];			/* <pid>-<id>.log */
+};
+
 /* Paths, not descriptors: the output folder may be read-only at start,
  * or removed and made again while we run (the pipeline re-creates it);
- * each marker opens its folder afresh, creating it if need be. */
+ * a log whose file was removed is left for a new one. */
 struct records {
 	char *output;
 	char *state;		/* <output>/.dicomsortd-state/pending */
+	pthread_mutex_t lock;
+	struct segment *segs;	/* newest first: segs is written to */
+	unsigned next_id;
+	unsigned long next_seq;
 };
 
 int records_open(struct records **out, const char *output_dir,
@@ -46,8 +72,23 @@ int records_open(struct records **out, const char *output_dir,
 		free(r);
 		return error_set(err, ERROR_SETUP, ENOMEM, "out of memory");
 	}
+	pthread_mutex_init(&r->lock, NULL);
 	*out = r;
 	return 0;
+}
+
+/* Its file goes with it when nothing in it is owed any more. */
+static void drop_segment(struct records *r, struct segment *seg)
+{
+	char path[PATH_MAX];
+
+	if (seg->open == 0) {
+		snprintf(path, sizeof(path), "%s/%s", r->state, seg->name);
+		unlink(path);
+	}
+	if (seg->fd != -1)
+		close(seg->fd);
+	free(seg);
 }
 
 void records_free(struct records *r)
@@ -56,10 +97,17 @@ void records_free(struct records *r)
 
 	if (r == NULL)
 		return;
+	while (r->segs != NULL) {
+		struct segment *next = r->segs->next;
+
+		drop_segment(r, r->segs);
+		r->segs = next;
+	}
 	/* Empty at a clean stop: the folders go (fine if not). */
 	rmdir(r->state);
 	snprintf(top, sizeof(top), "%s/" RECORDS_STATE_DIR, r->output);
 	rmdir(top);
+	pthread_mutex_destroy(&r->lock);
 	free(r->state);
 	free(r->output);
 	free(r);
@@ -95,21 +143,129 @@ static size_t put(char *buf, size_t used, const char *val)
 	return used + len + 1;
 }
 
-int records_note(struct records *r, const char *name,
+static struct segment *find_segment(struct records *r, unsigned id)
+{
+	struct segment *seg = r->segs;
+
+	while (seg != NULL && seg->id != id)
+		seg = seg->next;
+	return seg;
+}
+
+/* The log to append to: the newest, unless its file is gone (the output
+ * folder was removed) or it is long and a fresh one can take over. */
+static struct segment *current_segment(struct records *r, struct error *err)
+{
+	struct segment *seg = r->segs;
+	struct stat st;
+	int dirfd;
+
+	if (seg != NULL && seg->fd != -1 && fstat(seg->fd, &st) == 0 &&
+	    st.st_nlink > 0 && seg->size < LOG_ROTATE_BYTES)
+		return seg;
+	seg = calloc(1, sizeof(*seg));
+	if (seg == NULL) {
+		error_set(err, ERROR_TRANSIENT, ENOMEM, "pending record");
+		return NULL;
+	}
+	dirfd = open_state(r, true, err);
+	do {
+		seg->id = r->next_id++;
+		snprintf(seg->name, sizeof(seg->name), "%ld-%u" LOG_SUFFIX,
+			 (long)getpid(), seg->id);
+		seg->fd = dirfd == -1 ? -1 :
+			  openat(dirfd, seg->name, O_WRONLY | O_APPEND | O_CREAT |
+				 O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	} while (seg->fd == -1 && dirfd != -1 && errno == EEXIST);
+	if (seg->fd == -1) {
+		int e = errno;
+
+		free(seg);
+		if (dirfd != -1)
+			close(dirfd);
+		if (err->kind == ERROR_NONE)
+			error_set(err, error_kind_for_output_errno(e), e,
+				  "cannot write a pending record in %s", r->state);
+		return NULL;
+	}
+	close(dirfd);
+	seg->next = r->segs;
+	r->segs = seg;
+	return seg;
+}
+
+static int append(struct records *r, struct segment *seg, const char *buf,
+		  size_t len, struct error *err)
+{
+	ssize_t n = write(seg->fd, buf, len);
+
+	if (n == (ssize_t)len) {
+		seg->size += n;
+		return 0;
+	}
+	/* A part written would corrupt what follows: this log is done. */
+	if (n > 0)
+		seg->size = LOG_ROTATE_BYTES;
+	return error_set(err, error_kind_for_output_errno(n == -1 ? errno : ENOSPC),
+			 n == -1 ? errno : ENOSPC,
+			 "cannot write a pending record in %s", r->state);
+}
+
+void records_done(struct records *r, char *marker)
+{
+	char entry[40];
+	unsigned id;
+	unsigned long seq;
+	struct segment *seg;
+	struct error ignored = ERROR_INIT;
+
+	if (marker[0] == '\0' || sscanf(marker, "%u:%lu", &id, &seq) != 2)
+		return;
+	marker[0] = '\0';
+	pthread_mutex_lock(&r->lock);
+	seg = find_segment(r, id);
+	if (seg != NULL && seg->fd != -1) {
+		int n = snprintf(entry, sizeof(entry), "D%lu", seq);
+
+		append(r, seg, entry, (size_t)n + 1, &ignored);
+		/* Nothing owed in it: it goes (a burst keeps one log; a
+		 * file at a time makes and removes one each, as a marker
+		 * file each did). */
+		if (--seg->open == 0) {
+			struct segment **p = &r->segs;
+
+			while (*p != seg)
+				p = &(*p)->next;
+			*p = seg->next;
+			drop_segment(r, seg);
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+int records_note(struct records *r, char *marker, size_t len,
 		 const struct audit_record *rec, const struct stat *out_st,
 		 struct error *err)
 {
-	char num[3][32], *buf = malloc(MARKER_MAX);
+	char num[4][32], *buf;
 	size_t used = 0;
-	ssize_t n;
-	int dirfd, fd;
+	struct segment *seg;
+	unsigned long seq;
+	int rc;
 
+	/* Noted already (another name is tried): that one is not owed. */
+	records_done(r, marker);
+	buf = malloc(MARKER_MAX);
 	if (buf == NULL)
 		return error_set(err, ERROR_TRANSIENT, ENOMEM, "pending record");
+	pthread_mutex_lock(&r->lock);
+	seq = r->next_seq++;
+	snprintf(num[3], sizeof(num[3]), "N%lu", seq);
 	snprintf(num[0], sizeof(num[0]), "%llu", (unsigned long long)out_st->st_ino);
 	snprintf(num[1], sizeof(num[1]), "%lld", (long long)out_st->st_size);
 	snprintf(num[2], sizeof(num[2]), "%lld.%09ld",
 		 (long long)out_st->st_mtim.tv_sec, out_st->st_mtim.tv_nsec);
+	used = put(buf, used, num[3]);
 	used = put(buf, used, num[0]);
 	used = put(buf, used, num[1]);
 	used = put(buf, used, num[2]);
@@ -124,66 +280,56 @@ int records_note(struct records *r, const char *name,
 	/* No fsync: the threat is a killed process, and the page cache
 	 * outlives it. After a power loss journald's own unsynced tail is
 	 * as much at risk as this marker. */
-	dirfd = open_state(r, true, err);
-	fd = dirfd == -1 ? -1 : openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC |
-					O_NOFOLLOW | O_CLOEXEC, 0600);
-	if (fd == -1) {
-		free(buf);
-		if (dirfd != -1)
-			close(dirfd);
-		return error_set(err, error_kind_for_output_errno(errno), errno,
-				 "cannot write a pending record in %s", r->state);
+	seg = current_segment(r, err);
+	rc = seg == NULL ? -1 : append(r, seg, buf, used, err);
+	if (rc == 0) {
+		seg->open++;
+		snprintf(marker, len, "%u:%lu", seg->id, seq);
 	}
-	n = write(fd, buf, used);
-	close(fd);
+	pthread_mutex_unlock(&r->lock);
 	free(buf);
-	if (n != (ssize_t)used) {
-		int e = n == -1 ? errno : ENOSPC;
-
-		unlinkat(dirfd, name, 0);
-		close(dirfd);
-		return error_set(err, error_kind_for_output_errno(e), e,
-				 "cannot write a pending record in %s", r->state);
-	}
-	close(dirfd);
-	return 0;
+	return rc;
 }
 
-void records_done(struct records *r, const char *name)
+/* The F_COUNT fields at buf[0..n); bytes used, or -1 if cut short
+ * (killed while it was written: nothing was published after it). */
+static long parse_fields(const char *buf, size_t n, const char **f)
 {
-	char path[PATH_MAX];
-
-	snprintf(path, sizeof(path), "%s/%s", r->state, name);
-	unlink(path);
-}
-
-/* The fields of a marker file; -1 if it is cut short (killed while it
- * was written: nothing was published after it). */
-static int read_marker(int state_fd, const char *name, char *buf,
-		       const char **f)
-{
-	int fd = openat(state_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	ssize_t n;
 	size_t at = 0;
 
-	if (fd == -1)
-		return -1;
-	n = read(fd, buf, MARKER_MAX);
-	close(fd);
-	if (n <= 0)
-		return -1;
 	for (int i = 0; i < F_COUNT; i++) {
 		const char *end;
 
-		if (at >= (size_t)n)
+		if (at >= n)
 			return -1;
-		end = memchr(buf + at, '\0', (size_t)n - at);
+		end = memchr(buf + at, '\0', n - at);
 		if (end == NULL)
 			return -1;
 		f[i] = buf + at;
 		at = (size_t)(end - buf) + 1;
 	}
-	return 0;
+	return (long)at;
+}
+
+/* The whole of a file of the state folder, NUL-terminated; NULL if it
+ * cannot be read. */
+static char *read_all(int state_fd, const char *name, size_t *len)
+{
+	int fd = openat(state_fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	char *buf = NULL;
+	ssize_t n;
+
+	if (fd == -1)
+		return NULL;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (buf = malloc((size_t)st.st_size + 1)) != NULL) {
+		n = read(fd, buf, (size_t)st.st_size);
+		*len = n > 0 ? (size_t)n : 0;
+		buf[*len] = '\0';
+	}
+	close(fd);
+	return buf;
 }
 
 static const char *or_null(const char *s)
@@ -192,18 +338,15 @@ static const char *or_null(const char *s)
 }
 
 /* Send the record of one marker if its output is there as published. */
-static int recover_one(struct records *r, int state_fd, const char *name,
-		       char *buf, void (*owed)(void *, const char *), void *ctx)
+static int recover_fields(struct records *r, const char **f,
+			  void (*owed)(void *, const char *), void *ctx)
 {
-	const char *f[F_COUNT];
 	char mtime[48];
 	struct stat st;
 	struct audit_record rec = { .priority = LOG_INFO, .recovered = 1 };
 
 	char dest[PATH_MAX];
 
-	if (read_marker(state_fd, name, buf, f) == -1)
-		return 0;
 	snprintf(dest, sizeof(dest), "%s/%s", r->output, f[F_DEST]);
 	if (lstat(dest, &st) == -1)
 		return 0;
@@ -229,6 +372,84 @@ static int recover_one(struct records *r, int state_fd, const char *name,
 	return 1;
 }
 
+/* A marker file of an earlier version: one marker, no sequence. */
+static int recover_marker(struct records *r, int state_fd, const char *name,
+			  void (*owed)(void *, const char *), void *ctx)
+{
+	const char *f[F_COUNT];
+	size_t len = 0;
+	char *buf = read_all(state_fd, name, &len);
+	int sent = 0;
+
+	if (buf != NULL && parse_fields(buf, len, f) != -1)
+		sent = recover_fields(r, f, owed, ctx);
+	free(buf);
+	return sent;
+}
+
+struct noted {
+	unsigned long seq;
+	size_t at;		/* its fields in the log */
+	bool done;
+};
+
+/* A log: each note not followed by its "done" is owed. */
+static long recover_log(struct records *r, int state_fd, const char *name,
+			void (*owed)(void *, const char *), void *ctx)
+{
+	size_t len = 0, at = 0, count = 0, cap = 0;
+	char *buf = read_all(state_fd, name, &len);
+	struct noted *notes = NULL;
+	const char *f[F_COUNT];
+	long sent = 0;
+
+	while (buf != NULL && at < len) {
+		char kind = buf[at], *end = memchr(buf + at, '\0', len - at);
+		unsigned long seq = strtoul(buf + at + 1, NULL, 10);
+		long used;
+
+		if (end == NULL || (kind != 'N' && kind != 'D'))
+			break;
+		at = (size_t)(end - buf) + 1;
+		if (kind == 'D') {
+			for (size_t i = count; i-- > 0;)
+				if (notes[i].seq == seq) {
+					notes[i].done = true;
+					break;
+				}
+			continue;
+		}
+		used = parse_fields(buf + at, len - at, f);
+		if (used == -1)
+			break;
+		if (count == cap) {
+			struct noted *more = realloc(notes, (cap * 2 + 64) *
+						     sizeof(*notes));
+
+			if (more == NULL)
+				break;
+			notes = more;
+			cap = cap * 2 + 64;
+		}
+		notes[count++] = (struct noted){ seq, at, false };
+		at += (size_t)used;
+	}
+	for (size_t i = 0; i < count; i++)
+		if (!notes[i].done &&
+		    parse_fields(buf + notes[i].at, len - notes[i].at, f) != -1)
+			sent += recover_fields(r, f, owed, ctx);
+	free(notes);
+	free(buf);
+	return sent;
+}
+
+static bool has_suffix(const char *name, const char *suffix)
+{
+	size_t len = strlen(name), slen = strlen(suffix);
+
+	return len > slen && strcmp(name + len - slen, suffix) == 0;
+}
+
 long records_recover(struct records *r)
 {
 	return records_recover_hooked(r, NULL, NULL);
@@ -239,32 +460,27 @@ long records_recover_hooked(struct records *r,
 			    void *ctx)
 {
 	int fd = open_state(r, false, NULL);
-	char *buf;
 	long sent = 0;
 	DIR *dir;
 	struct dirent *de;
 
 	if (fd == -1)
 		return 0;	/* none: nothing was left */
-	buf = malloc(MARKER_MAX + 1);
 	dir = fdopendir(fd);
-	if (dir == NULL || buf == NULL) {
-		if (dir == NULL)
-			close(fd);
-		else
-			closedir(dir);
-		free(buf);
+	if (dir == NULL) {
+		close(fd);
 		return 0;
 	}
 	while ((de = readdir(dir)) != NULL) {
-		size_t len = strlen(de->d_name), slen = strlen(MARKER_SUFFIX);
-
-		if (len <= slen || strcmp(de->d_name + len - slen, MARKER_SUFFIX))
+		if (has_suffix(de->d_name, MARKER_SUFFIX))
+			sent += recover_marker(r, dirfd(dir), de->d_name, owed,
+					       ctx);
+		else if (has_suffix(de->d_name, LOG_SUFFIX))
+			sent += recover_log(r, dirfd(dir), de->d_name, owed, ctx);
+		else
 			continue;
-		sent += recover_one(r, dirfd(dir), de->d_name, buf, owed, ctx);
 		unlinkat(dirfd(dir), de->d_name, 0);
 	}
 	closedir(dir);
-	free(buf);
 	return sent;
 }

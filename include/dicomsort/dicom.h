@@ -245,11 +245,20 @@ void dicom_zero_preamble(struct dicom_file *file);
 /**
  * true when the file's own bytes can stand for what dicom_save_fd() would
  * write: nothing was changed since dicom_load(), and the object came with a
- * meta header that names its transfer syntax (not deflated) and its
- * SOPClassUID/SOPInstanceUID. The caller then copies the source unchanged
+ * meta header that names its transfer syntax (not deflated). Its SOP UIDs
+ * may disagree with the dataset's (dicom_meta_disagreement()): the bytes
+ * are copied as they came. The caller then copies the source unchanged
  * (it must still check for a 128-byte preamble and "DICM" itself).
  */
 bool dicom_bytes_reusable(const struct dicom_file *file);
+
+/**
+ * NULL when the meta header's MediaStorageSOPClassUID and
+ * MediaStorageSOPInstanceUID equal the dataset's SOPClassUID and
+ * SOPInstanceUID (or there is no meta header); otherwise a constant text
+ * naming which differ (no values: safe for any log).
+ */
+const char *dicom_meta_disagreement(const struct dicom_file *file);
 
 #ifdef __cplusplus
 }

@@ -36,6 +36,25 @@ int fsutil_open_dir(const char *path, bool create, struct error *err);
  */
 int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err);
 
+/* How fsutil_mkdirs_sync_at() makes the folders of a path durable (0
+ * and 1 are false and true: "fsync the parent of a new folder"). */
+enum fsutil_dirs_sync {
+	FSUTIL_DIRS_DEFER = 0,	/* none: the caller syncs the file system
+				   (syncfs) before anything relies on them */
+	FSUTIL_DIRS_SYNC_NEW = 1,	/* fsync the parent of each folder it
+					   makes (fsutil_mkdirs_at()) */
+	FSUTIL_DIRS_SYNC_PATH = 2,	/* fsync the parent of every folder
+					   on the path, made or found: durable
+					   even where another writer made one
+					   under FSUTIL_DIRS_DEFER (a clean
+					   folder's fsync costs no journal
+					   commit) */
+};
+
+/** fsutil_mkdirs_at() with the durability of the folders chosen. */
+int fsutil_mkdirs_sync_at(int rootfd, const char *relpath,
+			  enum fsutil_dirs_sync how, struct error *err);
+
 /** Create a new empty temp file in dirfd; its name goes to name. */
 int fsutil_tmpfile_at(int dirfd, char *name, size_t namelen, struct error *err);
 
@@ -48,6 +67,12 @@ int fsutil_tmpfile_at(int dirfd, char *name, size_t namelen, struct error *err);
  */
 int fsutil_anon_tmpfile_at(int dirfd, char *name, size_t namelen,
 			   struct error *err);
+
+/** fsutil_anon_tmpfile_at() created with mode (less the umask, as open()
+ *  applies it) instead of 0600 when anonymous (name starts with '/'); a
+ *  named fallback is 0600 and its caller fchmod()s it once complete. */
+int fsutil_anon_tmpfile_mode_at(int dirfd, mode_t mode, char *name,
+				size_t namelen, struct error *err);
 
 /** Remove an unpublished temp file by its name (nothing to do for an
  *  anonymous one: closing its descriptor frees it). */
@@ -137,6 +162,16 @@ enum fsutil_side {
  *      only then remove the source (copied).
  * On failure a claimed source gets its name back; side says which side
  * failed. After a SIGKILL a claim may be left: fsutil_recover_claims().
+ *
+ * Durability: both folders are fsynced before fsutil_move() returns -
+ * unless defer_sync, the group commit of a batch (dicomsort --move): the
+ * caller promises a syncfs of both file systems before it relies on the
+ * move or exits successfully. A rename destroys no byte (the inode is
+ * under one name or the other at every instant), so only the names wait
+ * for that syncfs; where a source is destroyed (a copy across file
+ * systems, or a source whose identical copy existed already) the
+ * destination's file system is still synced first (syncfs: its folders
+ * may be new and unsynced too), then the source goes.
  */
 struct fsutil_move {
 	const char *source;		/* path of the file */
@@ -154,6 +189,14 @@ struct fsutil_move {
 	int (*before_place)(void *ctx, int dirfd, const char *name,
 			    struct error *err);
 	void *ctx;
+	bool defer_sync;		/* see "Durability" above */
+	/* NULL, or the caller's open descriptor of the version read
+	 * (expect; O_RDONLY): the read lease is taken on it - and lasts
+	 * until the caller closes it - instead of on one opened here. */
+	const int *source_fd;
+	/* NULL, or an open descriptor of the source's folder (the folder
+	 * of source as the caller opened it), used instead of opening it. */
+	const int *source_dirfd;
 	/* out */
 	char final[NAME_MAX + 1];	/* the name it got */
 	bool copied;
@@ -161,7 +204,7 @@ struct fsutil_move {
 	bool changed;			/* not the version read: keep it */
 	enum fsutil_side side;
 	/* private */
-	bool placed, leased;
+	bool placed, leased, own_dirfd, own_lease;
 	int src_dirfd, tmp_fd, lease_fd;
 	struct stat src_st;
 	char src_base[NAME_MAX + 1], claim[NAME_MAX + 1], tmp[64];

@@ -10,6 +10,8 @@
  *   fsutil's claim-first safe move). A failed disposal leaves the result
  *   STORED (or DUPLICATE) with dispose_failed set: two facts, and the
  *   disposal alone is retried with pipeline_dispose().
+ * Under PIPELINE_SYNC_GROUP the two fsyncs become one syncfs for many files
+ * (pipeline_commit()), and the disposal waits for it.
  * If an identical file already has the name, the result is a duplicate and
  * nothing new is written, so processing the same input twice changes nothing.
  *
@@ -37,6 +39,12 @@ enum pipeline_sync {
 				   renamed into place loses nothing and
 				   waits for pipeline_sync_all() (batch
 				   --move) */
+	PIPELINE_SYNC_GROUP,	/* group commit (the daemon): no fsync per
+				   file; run() publishes and leaves the
+				   disposal pending (result.dispose_pending)
+				   until pipeline_commit() has made this and
+				   every earlier output durable, then
+				   pipeline_dispose_result() */
 };
 
 enum pipeline_disposal {
@@ -90,6 +98,10 @@ struct pipeline_result {
 	char series_description[256];
 	bool same_uid_conflict;		/* stored beside a different file of
 					   the same name (numbered name) */
+	const char *warning;		/* NULL, or a constant text (no values)
+					   about the stored file: its meta
+					   header disagrees with its dataset
+					   and was kept as it came */
 	struct deid_report deid;
 	struct error err;
 	bool policy_rejected;		/* REJECTED by the de-identification
@@ -105,6 +117,11 @@ struct pipeline_result {
 					   pipeline_dispose() */
 	char source_sha256[65];		/* of the source bytes, when
 					   opts.hash_source; "" if unread */
+	/* PIPELINE_SYNC_GROUP: STORED or DUPLICATE, published but not yet
+	 * durable; the source is untouched. pipeline_commit(), then
+	 * pipeline_dispose_result(). */
+	bool dispose_pending;
+	char read_sha256[65];		/* the version read, for that disposal */
 	/* Disposal of the source is a step of its own: the output may be
 	 * STORED (or DUPLICATE) while the source could not be removed. */
 	bool dispose_failed;
@@ -121,13 +138,16 @@ struct pipeline_result {
  * to output_dir) may appear, with the identity (st_ino, st_size, st_mtim)
  * the published file will have - the daemon notes a pending record there;
  * after_publish() runs once afterwards, published saying whether it did
- * appear (durable: file and folder synced). before_publish() returning
+ * appear (durable: file and folder synced; under PIPELINE_SYNC_GROUP only
+ * after the next pipeline_commit()). before_publish() returning
  * -1 (err filled) abandons the publication.
  */
 enum pipeline_point {
 	PIPELINE_AT_PARSED,	/* the snapshot is taken and parsed */
 	PIPELINE_AT_DURABLE,	/* the output is durable, the source not
-				   yet checked and disposed of */
+				   yet checked and disposed of (not told
+				   under PIPELINE_SYNC_GROUP: the caller
+				   disposes after its commit) */
 };
 
 struct pipeline_hooks {
@@ -199,5 +219,24 @@ int pipeline_dispose(struct pipeline *pipeline, const char *source_path,
 
 /** Make everything written so far durable (syncfs of the output). */
 int pipeline_sync_all(struct pipeline *pipeline, struct error *err);
+
+/**
+ * PIPELINE_SYNC_GROUP: make every output published before this call
+ * durable - one syncfs(2) of the output's file system, through the root
+ * descriptor opened by pipeline_new(), so a write-back error since then
+ * is reported here (once: errseq). -1 (ERROR_TRANSIENT): some output of
+ * the group may not be on disk; dispose of none of their sources.
+ */
+int pipeline_commit(struct pipeline *pipeline, struct error *err);
+
+/**
+ * After a pipeline_commit() that began after res was published: dispose
+ * of its source as run() does without group commit - still only if it is
+ * the version read (res->source_changed otherwise) - and fill
+ * disposed_as, dispose_failed and dispose_err. Clears dispose_pending.
+ */
+void pipeline_dispose_result(struct pipeline *pipeline, const char *source_path,
+			     const char *source_rel,
+			     struct pipeline_result *res);
 
 #endif

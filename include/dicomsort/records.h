@@ -1,7 +1,9 @@
 /*
  * records.h - `stored` audit records that survive SIGKILL.
  *
- * Owns: the pending-record markers in <output>/.dicomsortd-state/pending/.
+ * Owns: the pending-record markers in <output>/.dicomsortd-state/pending/
+ * (entries of an append-only log per process, <pid>-<n>.log; marker files
+ * *.pending of earlier versions are still recovered).
  * The output folder is the one place the daemon always writes (the unit's
  * ReadWritePaths= must include it), so the markers need no path of their
  * own. Just before an output is published, a marker notes its destination,
@@ -33,14 +35,17 @@ int records_open(struct records **out, const char *output_dir,
 		 struct error *err);
 void records_free(struct records *r);
 
-/** Write marker name: rec (its dest relative to the output folder) is
- *  owed once a file with out_st's identity is at rec->dest. */
-int records_note(struct records *r, const char *name,
+/** Note a marker: rec (its dest relative to the output folder) is owed
+ *  once a file with out_st's identity is at rec->dest. marker (len
+ *  bytes, "" at first) gets its name; one noted already is dropped
+ *  first (another name is being tried). Thread-safe. */
+int records_note(struct records *r, char *marker, size_t len,
 		 const struct audit_record *rec, const struct stat *out_st,
 		 struct error *err);
 
-/** The record was sent, or nothing was published: drop the marker. */
-void records_done(struct records *r, const char *name);
+/** The record was sent, or nothing was published: drop the marker (if
+ *  any: "" is none) and empty marker. Thread-safe. */
+void records_done(struct records *r, char *marker);
 
 /** At start, before any file is taken: send what a kill left owed and
  *  remove every marker. Returns how many records were sent. */

@@ -192,7 +192,10 @@ def read_sops(root):
     """SOPInstanceUID -> list of output paths, for every file below root."""
     out = {}
     for p in files_below(root):
-        if p.name.startswith("."):
+        # dot names are temp files; the daemon's own state (pending
+        # record logs, outbox, study state) lives in a dot folder
+        if any(part.startswith(".") for part in
+               p.relative_to(pathlib.Path(root)).parts):
             continue
         ds = pydicom.dcmread(str(p), stop_before_pixels=True)
         out.setdefault(str(ds.SOPInstanceUID), []).append(p)

@@ -77,8 +77,11 @@ def test_output_fills_up_then_space_is_freed(tmp_path, daemon, tmpfs,
     wait_until(lambda: "No space left on device" in d.log(), 30,
                what="the log to name ENOSPC")
     # Nothing lost: each item is stored or still waiting in the input.
-    stored = read_sops(out)
+    # The daemon works on meanwhile, so the input is listed first: a
+    # source is disposed of only once its output is durable, so whatever
+    # has left the input by then is in the output read afterwards.
     waiting = {p.name for p in files_below(d.input)}
+    stored = read_sops(out)
     for it in items:
         assert it.sop_uid in stored or it.name in waiting, it.name
     assert not files_below(d.quarantine), "a full disk quarantined input"

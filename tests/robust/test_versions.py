@@ -154,17 +154,19 @@ def test_same_size_rewrite_while_processing_never_mixes(daemon, tmp_path,
     assert d.stop()[0] == 0
 
 
-@pytest.mark.parametrize("window", ["parsed", "durable"])
+@pytest.mark.parametrize("window", ["parsed", "commit", "durable"])
 def test_rename_while_processing_gives_one_output(daemon, window):
-    """Item 4: the sender renames the file while it is processed: one
-    output, one `stored` record, the source disposed of under its new
-    name, never a second copy."""
+    """Item 4: the sender renames the file while it is processed (also
+    while its output waits for the group commit): one output, one
+    `stored` record, the source disposed of under its new name, never a
+    second copy."""
     d = daemon(env={"DICOMSORT_TEST_DELAY": "%s:%d" % (window, WINDOW_MS)},
                workers=1)
     a, _ = same_size_pair("rename" + window)
     src = d.input / "first.dcm"
     src.write_bytes(a)
-    where = "after parsing" if window == "parsed" else "durable"
+    where = {"parsed": "after parsing", "commit": "before a group commit",
+             "durable": "durable"}[window]
     wait_until(lambda: delays_logged(d, where) >= 1, 30 * SLOW,
                what="the worker in its window")
     (d.input / "sub").mkdir()

@@ -129,6 +129,76 @@ static void mkdirs_creates_and_refuses_dotdot(void **state)
 	close(rootfd);
 }
 
+/* Every durability mode makes the same folders and refuses the same
+ * paths; only the fsyncs differ. */
+static void mkdirs_sync_modes_make_the_same_folders(void **state)
+{
+	static const enum fsutil_dirs_sync modes[] = {
+		FSUTIL_DIRS_SYNC_NEW, FSUTIL_DIRS_SYNC_PATH, FSUTIL_DIRS_DEFER };
+	struct error err = ERROR_INIT;
+	int rootfd = fsutil_open_dir(root, false, &err);
+	char link[PATH_MAX];
+	struct stat st;
+
+	(void)state;
+	assert_true(rootfd >= 0);
+	snprintf(link, sizeof(link), "%s/evil", root);
+	assert_int_equal(symlink("/tmp", link), 0);
+	for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
+		char rel[32];
+		int fd;
+
+		/* Made (a new branch), then found (the same path again). */
+		snprintf(rel, sizeof(rel), "a/m%zu/c", i);
+		for (int pass = 0; pass < 2; pass++) {
+			fd = fsutil_mkdirs_sync_at(rootfd, rel, modes[i], &err);
+			assert_true(fd >= 0);
+			assert_int_equal(fstat(fd, &st), 0);
+			assert_true(S_ISDIR(st.st_mode));
+			close(fd);
+		}
+		assert_int_equal(fsutil_mkdirs_sync_at(rootfd, "evil/x", modes[i],
+						       &err), -1);
+		assert_int_equal(err.kind, ERROR_INPUT);
+		assert_int_equal(fsutil_mkdirs_sync_at(rootfd, "a/../../x",
+						       modes[i], &err), -1);
+	}
+	close(rootfd);
+}
+
+/* An anonymous temp file has the asked mode (less the umask) from the
+ * start, and keeps it once published. */
+static void anon_tmpfile_gets_its_mode_at_creation(void **state)
+{
+	struct error err = ERROR_INIT;
+	int rootfd = fsutil_open_dir(root, false, &err);
+	mode_t old = umask(022);
+	char tmp[64];
+	struct stat st;
+	int fd;
+
+	(void)state;
+	assert_true(rootfd >= 0);
+	fd = fsutil_anon_tmpfile_mode_at(rootfd, 0640, tmp, sizeof(tmp), &err);
+	assert_true(fd >= 0);
+	assert_int_equal(tmp[0], '/');	/* O_TMPFILE on this file system */
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	assert_int_equal(fsutil_publish(rootfd, tmp, "out.dcm", &err), 0);
+	close(fd);
+	assert_int_equal(fstatat(rootfd, "out.dcm", &st, 0), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	/* The umask still applies, as for open(). */
+	umask(027);
+	fd = fsutil_anon_tmpfile_mode_at(rootfd, 0666, tmp, sizeof(tmp), &err);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0640);
+	close(fd);
+	umask(old);
+	close(rootfd);
+}
+
 static void mkdirs_never_follows_a_planted_symlink(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -248,6 +318,9 @@ static int count_entries(const char *rel, int *ours)
 	return n;
 }
 
+/* Set by a test for the moves of move_into(): a batch's group commit. */
+static bool move_defer;
+
 static int move_into(const char *src_rel, const char *dst_rel,
 		     const char *name, struct fsutil_move *mv, struct error *err)
 {
@@ -256,6 +329,7 @@ static int move_into(const char *src_rel, const char *dst_rel,
 
 	snprintf(src, sizeof(src), "%s/%s", root, src_rel);
 	memset(mv, 0, sizeof(*mv));
+	mv->defer_sync = move_defer;
 	mv->source = src;
 	mv->name = name;
 	mv->dest_dirfd = open(at(dst_rel), O_RDONLY | O_DIRECTORY);
@@ -442,6 +516,100 @@ static void remove_keeps_a_file_open_for_writing(void **state)
 	assert_false(exists("in/a.dcm"));
 }
 
+/* The caller's open descriptors of the source and its folder (batch
+ * --move): the lease goes on the one read, both stay open and the
+ * caller's; the checks are those of a move that opens its own. */
+struct held {
+	char src[PATH_MAX];
+	struct stat st;
+	int fd, dirfd, dest;
+	struct fsutil_move mv;
+};
+
+static void hold(struct held *h, const char *src_rel, const char *name)
+{
+	snprintf(h->src, sizeof(h->src), "%s", at(src_rel));
+	h->fd = open(h->src, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+	assert_true(h->fd >= 0);
+	assert_int_equal(fstat(h->fd, &h->st), 0);
+	h->dirfd = open(at("in"), O_RDONLY | O_DIRECTORY);
+	h->dest = open(at("done"), O_RDONLY | O_DIRECTORY);
+	assert_true(h->dirfd >= 0 && h->dest >= 0);
+	memset(&h->mv, 0, sizeof(h->mv));
+	h->mv.source = h->src;
+	h->mv.expect = &h->st;
+	h->mv.name = name;
+	h->mv.dest_dirfd = h->dest;
+	h->mv.defer_sync = true;
+	h->mv.source_fd = &h->fd;
+	h->mv.source_dirfd = &h->dirfd;
+}
+
+static void let_go_of(struct held *h)
+{
+	/* Still the caller's to close: fsutil_move() closed neither. */
+	assert_int_equal(close(h->fd), 0);
+	assert_int_equal(close(h->dirfd), 0);
+	close(h->dest);
+}
+
+static void move_with_the_callers_descriptors(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct held h;
+	struct stat st;
+	int ours, writer;
+
+	(void)state;
+	make_dir("in");
+	make_dir("done");
+	/* A clash with other bytes: the next name, tried by the rename. */
+	put("in/a.dcm", "second");
+	put("done/a.dcm", "first");
+	hold(&h, "in/a.dcm", "a.dcm");
+	h.mv.mode = 0600;
+	assert_int_equal(fsutil_move(&h.mv, &err), 0);
+	assert_string_equal(h.mv.final, "a_1.dcm");
+	assert_false(h.mv.copied || h.mv.existed);
+	assert_int_equal(stat(at("done/a_1.dcm"), &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0600);
+	assert_string_equal(slurp("done/a.dcm"), "first");
+	let_go_of(&h);
+	/* The same bytes there already: the source goes, nothing twice. */
+	put("in/b.dcm", "same");
+	put("done/b.dcm", "same");
+	hold(&h, "in/b.dcm", "b.dcm");
+	assert_int_equal(fsutil_move(&h.mv, &err), 0);
+	assert_true(h.mv.existed);
+	let_go_of(&h);
+	assert_int_equal(count_entries("in", &ours), 0);
+	assert_int_equal(ours, 0);
+	/* A re-delivery under the name read: not the caller's file. */
+	put("in/c.dcm", "read");
+	hold(&h, "in/c.dcm", "c.dcm");
+	assert_int_equal(unlink(at("in/c.dcm")), 0);
+	put("in/c.dcm", "re-delivered");
+	assert_int_equal(fsutil_move(&h.mv, &err), -1);
+	assert_int_equal(h.mv.side, FSUTIL_SIDE_SOURCE);
+	assert_string_equal(slurp("in/c.dcm"), "re-delivered");
+	assert_false(exists("done/c.dcm"));
+	let_go_of(&h);
+	/* Open for writing: no lease on the caller's descriptor either. */
+	put("in/d.dcm", "being written");
+	hold(&h, "in/d.dcm", "d.dcm");
+	writer = open(at("in/d.dcm"), O_WRONLY);
+	assert_true(writer >= 0);
+	assert_int_equal(fsutil_move(&h.mv, &err), -1);
+	assert_true(h.mv.changed);
+	assert_string_equal(slurp("in/d.dcm"), "being written");
+	close(writer);
+	let_go_of(&h);
+	assert_int_equal(count_entries("in", &ours), 2);
+	assert_int_equal(ours, 0);
+	assert_int_equal(count_entries("done", &ours), 3);
+	assert_int_equal(ours, 0);
+}
+
 static void move_skips_a_name_with_a_companion(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -541,6 +709,24 @@ static void move_copies_across_a_bind_mount(void **state)
 	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
 }
 
+/* Under a group commit a copy still destroys its source only after the
+ * destination is synced: the same outcome, and no claim left. */
+static void move_deferred_copies_across_a_bind_mount(void **state)
+{
+	(void)state;
+	make_dir("in");
+	make_dir("mnt");
+	if (mount(at("mnt"), at("mnt"), NULL, MS_BIND, NULL) == -1) {
+		print_message("cannot bind-mount (%s): needs root\n",
+			      strerror(errno));
+		fail();
+	}
+	move_defer = true;
+	check_copy_across("bind, deferred");
+	move_defer = false;
+	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
+}
+
 static void move_copies_into_another_file_system(void **state)
 {
 	(void)state;
@@ -563,8 +749,13 @@ int main(void)
 		cmocka_unit_test(clash_names_turn_to_the_content_hash),
 		cmocka_unit_test_setup_teardown(mkdirs_creates_and_refuses_dotdot,
 						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(anon_tmpfile_gets_its_mode_at_creation,
+						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(mkdirs_never_follows_a_planted_symlink,
 						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			mkdirs_sync_modes_make_the_same_folders,
+			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(publish_never_overwrites,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(same_content_compares_bytes,
@@ -585,11 +776,16 @@ int main(void)
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_skips_a_name_with_a_companion,
 						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_with_the_callers_descriptors,
+						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(
 			claims_left_by_a_crash_get_their_names_back,
 			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_copies_across_a_bind_mount,
 						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			move_deferred_copies_across_a_bind_mount,
+			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_copies_into_another_file_system,
 						make_root, drop_root),
 	};

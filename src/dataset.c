@@ -710,7 +710,12 @@ static void put_node(const struct ds_file *f, struct out *o, const struct ds_nod
 	} else if (string_vr(n->vr)) {
 		put_text_value(o, f, n);
 	} else {
-		put_header(o, n->tag, n->vr, n->len);
+		/* Too long for a 16-bit length (only by an edit): UN, as
+		 * for text (put_text_value()). */
+		bool un = n->len > 0xffff &&
+			  !part10_long_vr((const unsigned char *)n->vr);
+
+		put_header(o, n->tag, un ? "UN" : n->vr, n->len);
 		put_bytes(o, n->edited ? n->edit : f->bytes + n->value, n->len);
 	}
 }
@@ -1350,6 +1355,16 @@ int ds_elem_put_string(struct ds_elem *e, const char *value, struct error *err)
 	if (string_vr(e->node->vr))
 		return put_text_string(e->f, e->node, value, err);
 	return put_binary_string(e->f, e->node, value, err);
+}
+
+int ds_elem_put_bytes(struct ds_elem *e, const void *bytes, size_t len,
+		      struct error *err)
+{
+	unsigned unit = binary_unit(e->node->vr);
+
+	if (e->node->kind != DS_VALUE || unit == 0 || len % 2 != 0)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	return set_value(e->f, e->node, bytes, len, err);
 }
 
 int ds_elem_empty(struct ds_elem *e, struct error *err)

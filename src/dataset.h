@@ -116,6 +116,11 @@ int ds_get_string(const struct ds_file *f, uint32_t tag, bool convert, char **ou
  *  binary value only as zeros ("0\\0...") or "" so far, and a UID's
  *  "=Name" not at all (-1, ERROR_INPUT: not yet the C backend's). */
 int ds_elem_put_string(struct ds_elem *elem, const char *value, struct error *err);
+/** A binary element's new value: len bytes (little endian, even length),
+ *  what DCMTK holds after its putString() of the text (dicom.cpp has
+ *  DCMTK parse it). -1 (ERROR_INPUT) for a text element or a sequence. */
+int ds_elem_put_bytes(struct ds_elem *elem, const void *bytes, size_t len,
+		      struct error *err);
 /** As dicom_elem_empty() (a sequence loses its items). */
 int ds_elem_empty(struct ds_elem *elem, struct error *err);
 /** As dicom_elem_keep_first_item(). */

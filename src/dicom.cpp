@@ -17,6 +17,7 @@
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrma.h>
+#include <dcmtk/dcmdata/dcostrmb.h>
 #include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcpixseq.h>
 #include <dcmtk/dcmdata/dcpxitem.h>
@@ -1317,12 +1318,57 @@ extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
 	}
 }
 
+/*
+ * Text put into a binary element of a file the C backend holds (a UID's
+ * pseudonym into a US written where the dictionary says UI): DCMTK parses
+ * it, as it would the element it read (putString(): sscanf() per value,
+ * an odd OB padded), and its encoded value becomes the C backend's. One
+ * parser, so the backends cannot disagree on a value's bytes.
+ */
+static int c_put_binary(struct dicom_elem *elem, const char *value,
+			struct error *err)
+{
+	uint32_t tag = ds_elem_tag(elem->c);
+	DcmTag t(DCM_GROUP(tag), DCM_ELEMENT(tag), DcmVR(ds_elem_vr(elem->c)));
+	DcmElement *e = nullptr;
+
+	if (DcmItem::newDicomElementWithVR(e, t).bad() || e == nullptr)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	std::unique_ptr<DcmElement> owned(e);
+	OFCondition cond = e->putString(value);
+	if (cond.bad())
+		return fail(err, ERROR_INPUT, 0, "cannot set value", cond);
+	Uint32 vlen = e->getLength(EXS_LittleEndianExplicit, EET_ExplicitLength);
+	Uint32 total = e->calcElementLength(EXS_LittleEndianExplicit,
+					    EET_ExplicitLength);
+	std::string buf(total, '\0');
+	DcmOutputBufferStream out(&buf[0], total);
+	e->transferInit();
+	cond = e->write(out, EXS_LittleEndianExplicit, EET_ExplicitLength, nullptr);
+	e->transferEnd();
+	void *written = nullptr;
+	offile_off_t n = 0;
+	out.flushBuffer(written, n);
+	if (cond.bad() || n != static_cast<offile_off_t>(total) || vlen > total)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	return ds_elem_put_bytes(elem->c, buf.data() + (total - vlen), vlen, err);
+}
+
 extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 				   struct error *err)
 {
 	elem->file->modified = true;
-	if (elem->c != nullptr)
-		return ds_elem_put_string(elem->c, value, err);
+	if (elem->c != nullptr) {
+		const char *vr = ds_elem_vr(elem->c);
+
+		if (strcmp(vr, "SQ") == 0 || text_vr(vr))
+			return ds_elem_put_string(elem->c, value, err);
+		try {
+			return c_put_binary(elem, value, err);
+		} catch (...) {
+			return error_set(err, ERROR_INPUT, 0, "cannot set value");
+		}
+	}
 	try {
 		OFCondition cond = elem->element->putString(value);
 		if (cond.bad())

@@ -6,7 +6,8 @@
  * same tag, VR, depth, private creator, keyword and value (as UTF-8); and
  * deid_apply() (basic, then seed) through dicom.h on the file held by
  * DCMTK and by the C backend (DICOMSORT_TEST_BACKEND=c) must give the same
- * result and bytes. A file the C backend declines is DCMTK's alone.
+ * result and bytes; and both must answer dicom_bytes_reusable() and
+ * dicom_meta_disagreement() alike. A file the C backend declines is DCMTK's alone.
  *
  * DCMTK's side runs with DICOMSORT_TEST_BACKEND=dcmtk (test-only, see
  * dicom.cpp): parsed by DCMTK, never by the fast path.
@@ -103,6 +104,43 @@ static void compare_deid(const uint8_t *data, size_t size)
 		free(a);
 		free(b);
 	}
+}
+
+/* dicom_bytes_reusable() and dicom_meta_disagreement() of the file as
+ * loaded by backend; 0 or -1 (load failed). */
+static int kept_with(const char *backend, const uint8_t *data, size_t size,
+		     bool *reusable, const char **disagreement)
+{
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	struct error err = ERROR_INIT;
+	unsigned char *to = dicom_bytes_new(&mem, size);
+	int rc;
+
+	if (to == NULL || setenv("DICOMSORT_TEST_BACKEND", backend, 1) == -1)
+		die("setup");
+	memcpy(to, data, size);
+	*reusable = false;
+	*disagreement = NULL;
+	if ((rc = dicom_load_bytes(&file, mem, &err)) == 0) {
+		*reusable = dicom_bytes_reusable(file);
+		*disagreement = dicom_meta_disagreement(file);
+	}
+	dicom_free(file);
+	dicom_bytes_free(mem);
+	if (setenv("DICOMSORT_TEST_BACKEND", "dcmtk", 1) == -1)
+		die("setup");
+	return rc;
+}
+
+static void compare_kept(const uint8_t *data, size_t size)
+{
+	bool ra, rb;
+	const char *da, *db;
+
+	if (kept_with("dcmtk", data, size, &ra, &da) !=
+	    kept_with("c", data, size, &rb, &db) || ra != rb || da != db)
+		die("the backends disagree on an unchanged file's meta header");
 }
 
 /* What fd holds; aborts on failure. */
@@ -256,6 +294,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	compare_visits(data, size, f);
 	ds_free(f);
+	compare_kept(data, size);
 	compare_deid(data, size);
 	return 0;
 }

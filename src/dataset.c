@@ -51,6 +51,7 @@ struct ds_file {
 	enum ds_charset charset;
 	bool charset_selected, charset_ok;
 	bool modified;
+	size_t dataset;		/* offset of the dataset (end of the meta header) */
 };
 
 /* ---- what the C backend claims ---- */
@@ -475,6 +476,51 @@ static bool known_charset(struct ds_file *f)
 	return false;
 }
 
+/* The value of the meta header's element (0002,element) and its VR, or
+ * NULL. Meta elements have explicit VRs, little endian. */
+static const unsigned char *meta_value(const unsigned char *bytes, size_t end,
+				       uint16_t element, const char **vr,
+				       size_t *len)
+{
+	size_t pos = 132;
+
+	while (pos + 8 <= end) {
+		const unsigned char *b = bytes + pos;
+		size_t header = part10_long_vr(b + 4) ? 12 : 8;
+		uint32_t n = header == 12 ?
+			(uint32_t)b[8] | (uint32_t)b[9] << 8 | (uint32_t)b[10] << 16 |
+			(uint32_t)b[11] << 24 : (uint32_t)(b[6] | b[7] << 8);
+
+		if (pos + header + n > end)
+			return NULL;
+		if ((uint16_t)(b[2] | b[3] << 8) == element) {
+			*vr = (const char *)b + 4;
+			*len = n;
+			return b + header;
+		}
+		pos += header + n;
+	}
+	return NULL;
+}
+
+/* The meta header's SOP UIDs: UI if present (DCMTK would read another
+ * VR's value by its own rules), and not longer than a UID the C backend
+ * cleans. */
+static bool plain_meta_uids(const struct part10 *p)
+{
+	static const uint16_t elements[] = { 0x0002, 0x0003 };
+
+	for (size_t i = 0; i < 2; i++) {
+		const char *vr;
+		size_t len;
+
+		if (meta_value(p->bytes, p->dataset, elements[i], &vr, &len) != NULL &&
+		    (memcmp(vr, "UI", 2) != 0 || len > UID_MAX))
+			return false;
+	}
+	return true;
+}
+
 /* The meta header's transfer syntax, byte for byte what DCMTK writes. */
 static bool explicit_le(const struct part10 *p)
 {
@@ -505,12 +551,14 @@ int ds_open(struct ds_file **out, const unsigned char *bytes, size_t size)
 	int rc;
 
 	*out = NULL;
-	if (part10_open(&p, bytes, size) == -1 || !explicit_le(&p))
+	if (part10_open(&p, bytes, size) == -1 || !explicit_le(&p) ||
+	    !plain_meta_uids(&p))
 		return DS_DECLINED;
 	if ((f = calloc(1, sizeof(*f))) == NULL)
 		return DS_NO_MEMORY;
 	f->bytes = bytes;
 	f->size = size;
+	f->dataset = p.dataset;
 	f->cap = 64;
 	if ((f->nodes = calloc(f->cap, sizeof(*f->nodes))) == NULL) {
 		free(f);
@@ -532,6 +580,43 @@ int ds_open(struct ds_file **out, const unsigned char *bytes, size_t size)
 	}
 	*out = f;
 	return 0;
+}
+
+/* A UID's first value as DCMTK's findAndGetOFString() gives it: the
+ * machine string up to the first '\\'. */
+static size_t first_uid(const unsigned char *v, size_t len)
+{
+	const unsigned char *bs = memchr(v, '\\', len);
+
+	return bs != NULL ? (size_t)(bs - v) : len;
+}
+
+/* Whether the meta header's (0002,element) names the dataset's tag as
+ * DCMTK compares them (same_uid() in dicom.cpp): both present, the same
+ * first value, not empty. */
+static bool meta_agrees(const struct ds_file *f, uint16_t element, uint32_t tag)
+{
+	unsigned char mbuf[UID_MAX], dbuf[UID_MAX];
+	const struct ds_node *n = find_top(f, tag);
+	const unsigned char *m, *d;
+	const char *vr;
+	size_t mlen, dlen;
+
+	m = meta_value(f->bytes, f->dataset, element, &vr, &mlen);
+	if (m == NULL || n == NULL || mlen > UID_MAX)
+		return false;
+	mlen = machine_text("UI", m, mlen, mbuf);
+	mlen = first_uid(mbuf, mlen);
+	if ((d = uid_value(f, n, &dlen, dbuf)) == NULL)
+		return false;
+	dlen = first_uid(d, dlen);
+	return mlen > 0 && mlen == dlen && memcmp(mbuf, d, mlen) == 0;
+}
+
+unsigned ds_meta_disagreement(const struct ds_file *f)
+{
+	return (meta_agrees(f, 0x0002, TAG_SOPClassUID) ? 0 : DS_META_CLASS) |
+	       (meta_agrees(f, 0x0003, TAG_SOPInstanceUID) ? 0 : DS_META_INSTANCE);
 }
 
 void ds_free(struct ds_file *f)

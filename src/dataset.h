@@ -148,6 +148,15 @@ int ds_append_code_sequence(struct ds_file *f, uint32_t tag,
 			    const struct dicom_code *codes, size_t count,
 			    struct error *err);
 
+/* ds_meta_disagreement()'s bits. */
+#define DS_META_CLASS 1
+#define DS_META_INSTANCE 2
+/** Which of the source's meta header SOP UIDs differ from the dataset's
+ *  top-level ones (as dicom_meta_disagreement() compares them for a file
+ *  DCMTK holds): DS_META_CLASS, DS_META_INSTANCE or both; 0 when both
+ *  agree. The tree as it is now: ask before changing the SOP UIDs. */
+unsigned ds_meta_disagreement(const struct ds_file *f);
+
 /** Whether anything was changed since ds_open(). */
 bool ds_modified(const struct ds_file *f);
 

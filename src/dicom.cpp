@@ -450,6 +450,8 @@ static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
  * META_*): a file copied or spliced keeps its meta header as it came -
  * the layout reads the dataset - and the result says it disagrees. */
 enum { META_CLASS = 1, META_INSTANCE = 2 };
+static_assert(META_CLASS == DS_META_CLASS && META_INSTANCE == DS_META_INSTANCE,
+	      "dataset.h's meta bits are dicom_meta_disagreement()'s");
 
 static unsigned light_meta_mismatch(const struct dicom_file *f)
 {
@@ -1564,9 +1566,10 @@ static bool same_uid(DcmItem *a, const DcmTagKey &ka, DcmItem *b,
 
 extern "C" bool dicom_bytes_reusable(const struct dicom_file *file)
 {
-	/* Test-only so far: the C backend always writes its own bytes. */
+	/* ds_open() vouched for the meta header's transfer syntax (explicit
+	 * VR little endian, as the dataset) and for every value's length. */
 	if (file->c != nullptr)
-		return false;
+		return !file->modified && !ds_modified(file->c);
 	try {
 		/* index_light() vouched for the meta header's transfer
 		 * syntax: the bytes parse as they are, whatever its SOP
@@ -1605,10 +1608,11 @@ extern "C" const char *dicom_meta_disagreement(const struct dicom_file *file)
 		"MediaStorageSOPInstanceUID differ from the dataset's SOP UIDs",
 	};
 
-	/* Test-only C backend: not answered yet (next: the meta header's
-	 * UIDs against the tree's). */
+	/* A changed file gets a fresh meta header from ds_save_fd(): none is
+	 * kept to disagree. */
 	if (file->c != nullptr)
-		return nullptr;
+		return file->modified || ds_modified(file->c) ? nullptr :
+		       what[ds_meta_disagreement(file->c) & 3];
 	try {
 		unsigned m = 0;
 

@@ -20,6 +20,9 @@
  * is none and at least N files were claimed (so a corpus the C backend
  * quietly stopped claiming does not pass as proof).
  *
+ * For the file as loaded, dicom_bytes_reusable() and
+ * dicom_meta_disagreement() must answer alike on both backends.
+ *
  * Last, the whole de-identification: deid_apply() (basic with several
  * options, and seed) through dicom.h with the file held by DCMTK and by the
  * C backend, then dicom_save_fd(): the same result, report and bytes.
@@ -537,6 +540,54 @@ static bool same_edits(const char *path, const unsigned char *bytes, size_t size
 	return same;
 }
 
+/* ---- the pipeline's questions about an unchanged file ---- */
+
+struct kept {
+	int rc;
+	bool reusable;
+	const char *disagreement;
+};
+
+static struct kept kept_with(const char *backend, const unsigned char *bytes,
+			     size_t size)
+{
+	struct dicom_bytes *mem;
+	struct dicom_file *file = NULL;
+	struct error err = ERROR_INIT;
+	unsigned char *to = dicom_bytes_new(&mem, size);
+	struct kept k = { .rc = -1 };
+
+	if (to == NULL || setenv("DICOMSORT_TEST_BACKEND", backend, 1) == -1)
+		abort();
+	memcpy(to, bytes, size);
+	if ((k.rc = dicom_load_bytes(&file, mem, &err)) == 0) {
+		k.reusable = dicom_bytes_reusable(file);
+		k.disagreement = dicom_meta_disagreement(file);
+	}
+	dicom_free(file);
+	dicom_bytes_free(mem);
+	if (setenv("DICOMSORT_TEST_BACKEND", "dcmtk", 1) == -1)
+		abort();
+	return k;
+}
+
+/* dicom_bytes_reusable() and dicom_meta_disagreement() (static strings)
+ * for the file as loaded, whichever backend holds it. */
+static bool same_kept(const char *path, const unsigned char *bytes, size_t size)
+{
+	struct kept a = kept_with("dcmtk", bytes, size);
+	struct kept b = kept_with("c", bytes, size);
+
+	if (a.rc == b.rc && a.reusable == b.reusable &&
+	    a.disagreement == b.disagreement)
+		return true;
+	fprintf(stderr, "KEPT DIFFERS %s: DCMTK %d reusable %d [%s], C %d "
+		"reusable %d [%s]\n", path, a.rc, a.reusable,
+		a.disagreement ? a.disagreement : "", b.rc, b.reusable,
+		b.disagreement ? b.disagreement : "");
+	return false;
+}
+
 /* ---- deid_apply() through dicom.h, on either backend ---- */
 
 static struct deid_secret *secret;
@@ -684,6 +735,8 @@ static void compare(const char *path, struct counts *c)
 		same = same_getters(path, bytes, size, f);
 	if (same)
 		same = same_edits(path, bytes, size, f, c);
+	if (same)
+		same = same_kept(path, bytes, size);
 	if (same)
 		same = same_deid(path, bytes, size, c);
 	if (same)

@@ -91,9 +91,9 @@ struct dicom_file {
 	 * is rejected rather than sorted on half-read values. */
 	bool unreadable = false;
 	struct error promote_err = ERROR_INIT;
-	/* The C backend (dataset.h) holds the object instead of DCMTK: only
-	 * with DICOMSORT_TEST_BACKEND=c so far (test_backend()), while it is
-	 * held to DCMTK by the differential tests. */
+	/* The C backend (dataset.h) holds the object instead of DCMTK: a
+	 * file it claims, once the fast path is left (promote()), or from the
+	 * load on with DICOMSORT_TEST_BACKEND=c (test_backend()). */
 	struct ds_file *c = nullptr;
 
 	~dicom_file()
@@ -501,10 +501,40 @@ static int replay_edit(struct dicom_file *f, const struct light_edit &ed)
 	return e->putString(ed.value.c_str()).good() ? 0 : -1;
 }
 
+static bool test_force_dcmtk(void);
+
 /*
- * Have DCMTK parse the bytes, then apply what was changed on the fast
- * path. The index vouched for the structure, so DCMTK refusing the file
- * here is a bug of the index; it is reported like any load failure.
+ * Hand a light file to the C backend (dataset.h) when it claims the bytes,
+ * replaying what was changed on the fast path: 1 done, 0 declined (DCMTK's
+ * then), -1 out of memory. A light edit is a top-level text value, which
+ * ds_put_string() keeps as DCMTK's putString() does.
+ */
+static int promote_c(struct dicom_file *f, struct error *err)
+{
+	int claimed = ds_open(&f->c, reinterpret_cast<const unsigned char *>(
+		f->mem.data()), f->mem.size());
+
+	if (claimed == DS_DECLINED)
+		return 0;
+	if (claimed == DS_NO_MEMORY)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot read");
+	for (const struct light_edit &ed : f->edits)
+		if (ds_put_string(f->c, ed.elem->tag, ed.value.c_str(), err) == -1) {
+			ds_free(f->c);
+			f->c = nullptr;
+			return -1;
+		}
+	return 1;
+}
+
+/*
+ * Leave the fast path for a parse of the whole object: the C backend's when
+ * it claims the file (every file it claims is held to DCMTK byte for byte
+ * by backend_diff and fuzz_backend), else DCMTK's; then apply what was
+ * changed on the fast path. The index vouched for the structure, so DCMTK
+ * refusing the file here is a bug of the index; it is reported like any
+ * load failure. DICOMSORT_TEST_BACKEND=dcmtk (test-only) has DCMTK parse
+ * every file.
  */
 static int promote(struct dicom_file *f, struct error *err)
 {
@@ -514,7 +544,18 @@ static int promote(struct dicom_file *f, struct error *err)
 	}
 	if (!f->light)
 		return 0;
+	int c = test_force_dcmtk() ? 0 : promote_c(f, err);
+	if (c == -1) {
+		f->unreadable = true;
+		f->promote_err = *err;
+		return -1;
+	}
 	f->light = false;
+	if (c == 1) {
+		f->edits.clear();
+		part10_free(&f->index);
+		return 0;
+	}
 	if (load(f, f->path.c_str(), &f->mem, err) == -1) {
 		f->unreadable = true;
 		f->promote_err = *err;
@@ -604,9 +645,10 @@ extern "C" int dicom_load(struct dicom_file **out, const char *path,
 /*
  * Test-only: DICOMSORT_TEST_BACKEND=dcmtk has every file parsed by DCMTK at
  * load (no fast path, no C backend), =c has the C backend (dataset.h) hold
- * every file it claims, so a differential test can compare the outputs of
- * both backends for the same input. Unset (production), it changes nothing:
- * the C backend is not used yet.
+ * every file it claims from the load on (not only once the fast path is
+ * left), so a differential test can compare the outputs of both backends
+ * for the same input. Unset (production): the fast path first, then the C
+ * backend for a file it claims (promote()), else DCMTK.
  */
 static bool test_backend(const char *name)
 {
@@ -925,8 +967,6 @@ static int element_string(struct dicom_file *f, DcmElement *e, char **out,
 
 static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 {
-	if (f->c != nullptr)
-		return ds_get_string(f->c, tag, convert, out);
 	try {
 		DcmElement *e = nullptr;
 		std::string raw;
@@ -945,6 +985,8 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 			if (promote(f, &ignored) == -1)
 				return -1;
 		}
+		if (f->c != nullptr)
+			return ds_get_string(f->c, tag, convert, out);
 		if (f->unreadable)
 			return -1;
 		if (f->dataset->findAndGetElement(DcmTagKey(DCM_GROUP(tag),
@@ -972,13 +1014,13 @@ extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 			      const char *value, struct error *err)
 {
 	file->modified = true;
-	if (file->c != nullptr)
-		return ds_put_string(file->c, tag, value, err);
 	try {
 		if (file->light && light_put(file, tag, value) == 0)
 			return 0;
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_put_string(file->c, tag, value, err);
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		OFCondition cond = file->dataset->putAndInsertString(key, value);
 		if (cond.bad())
@@ -994,14 +1036,14 @@ extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *err)
 {
 	file->modified = true;
-	if (file->c != nullptr)
-		return ds_empty(file->c, tag, err);
 	try {
 		if (file->light && (part10_find(&file->index, tag) == nullptr ||
 				    light_put(file, tag, "") == 0))
 			return 0;
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_empty(file->c, tag, err);
 		DcmElement *e = nullptr;
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		if (file->dataset->findAndGetElement(key, e, OFFalse).bad() || !e)
@@ -1019,11 +1061,11 @@ extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *
 extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error *err)
 {
 	file->modified = true;
-	if (file->c != nullptr)
-		return ds_delete(file->c, tag);
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_delete(file->c, tag);
 		file->dataset->findAndDeleteElement(DcmTagKey(DCM_GROUP(tag),
 						    DCM_ELEMENT(tag)), OFFalse, OFFalse);
 		return 0;
@@ -1035,11 +1077,11 @@ extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error 
 extern "C" int dicom_convert_to_utf8(struct dicom_file *file, struct error *err)
 {
 	file->modified = true;
-	if (file->c != nullptr)
-		return ds_convert_to_utf8(file->c, err);
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_convert_to_utf8(file->c, err);
 		OFCondition cond = file->dataset->convertToUTF8();
 		file->charset_tried = false;
 		if (cond.bad())
@@ -1069,11 +1111,11 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 				     struct error *err)
 {
 	file->modified = true;
-	if (file->c != nullptr)
-		return ds_put_code_sequence(file->c, tag, codes, count, err);
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_put_code_sequence(file->c, tag, codes, count, err);
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		file->dataset->findAndDeleteElement(key, OFFalse, OFFalse);
 		for (size_t i = 0; i < count; i++) {
@@ -1096,11 +1138,11 @@ extern "C" int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
 					struct error *err)
 {
 	file->modified = true;
-	if (file->c != nullptr)
-		return ds_append_code_sequence(file->c, tag, codes, count, err);
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_append_code_sequence(file->c, tag, codes, count, err);
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		DcmSequenceOfItems *sq = nullptr;
 		if (file->dataset->findAndGetSequence(key, sq, OFFalse).bad() ||
@@ -1240,6 +1282,12 @@ static int c_visitor(void *ctx, struct ds_elem *e)
 extern "C" int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 			 struct error *err)
 {
+	try {
+		if (promote(file, err) == -1)
+			return -1;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
+	}
 	if (file->c != nullptr) {
 		struct c_visit v = { file, fn, ctx };
 
@@ -1250,8 +1298,6 @@ extern "C" int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 		return 0;
 	}
 	try {
-		if (promote(file, err) == -1)
-			return -1;
 		return walk(file, file->dataset, 0, fn, ctx);
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
@@ -1502,12 +1548,12 @@ extern "C" int dicom_strip_pixel_metadata(struct dicom_file *file, int *removed,
 					  struct error *err)
 {
 	*removed = 0;
-	/* What the C backend claims has no encapsulated pixel data. */
-	if (file->c != nullptr)
-		return 0;
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		/* What the C backend claims has no encapsulated pixel data. */
+		if (file->c != nullptr)
+			return 0;
 		enum codestream_kind kind = codestream_kind_of(
 			DcmXfer(file->dataset->getOriginalXfer()).getXferID());
 		DcmElement *e = nullptr;
@@ -1781,8 +1827,6 @@ extern "C" int dicom_save_fd(struct dicom_file *file, int fd, struct error *err)
 static int save_fd(struct dicom_file *file, int fd, struct error *err)
 {
 	try {
-		if (file->c != nullptr)
-			return ds_save_fd(file->c, fd, file->zero_preamble, err);
 		/* Spliced: the source's bytes but for the edited values,
 		 * whatever the meta header says (dicom_meta_disagreement()). */
 		if (file->light)
@@ -1790,6 +1834,8 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 			       clear_preamble(file, fd, err);
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_save_fd(file->c, fd, file->zero_preamble, err);
 		OFCondition cond;
 		int werr;
 		bool flushed;

@@ -26,8 +26,8 @@
  * first value and not a UID's "=Name", private creators of a text VR, and a SpecificCharacterSet
  * (top level) the C backend converts exactly: none, ISO_IR 6, ISO_IR 100
  * (Latin-1) or ISO_IR 192 (UTF-8), at the top level only. Private to
- * src/: dicom.cpp dispatches to it, so far only under the test-only
- * DICOMSORT_TEST_BACKEND=c.
+ * src/: dicom.cpp hands it a file leaving the fast path (part10.h) when
+ * it claims the bytes (DICOMSORT_TEST_BACKEND=dcmtk, test-only: never).
  */
 #ifndef DICOMSORT_DATASET_H
 #define DICOMSORT_DATASET_H
@@ -113,8 +113,9 @@ int ds_elem_get_string(const struct ds_elem *elem, char **utf8);
 int ds_get_string(const struct ds_file *f, uint32_t tag, bool convert, char **out);
 
 /** As dicom_elem_put_string(): text as DCMTK's putString() keeps it; a
- *  binary value only as zeros ("0\\0...") or "" so far, and a UID's
- *  "=Name" not at all (-1, ERROR_INPUT: not yet the C backend's). */
+ *  binary value only as zeros ("0\\0...") or "" (dicom.cpp has DCMTK
+ *  parse other text for a binary element: ds_elem_put_bytes()), and a
+ *  UID's "=Name" not at all (-1, ERROR_INPUT: not yet the C backend's). */
 int ds_elem_put_string(struct ds_elem *elem, const char *value, struct error *err);
 /** A binary element's new value: len bytes (little endian, even length),
  *  what DCMTK holds after its putString() of the text (dicom.cpp has

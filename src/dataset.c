@@ -1525,27 +1525,33 @@ static uint32_t find_top_index(const struct ds_file *f, uint32_t tag, uint32_t *
 	return 0;
 }
 
-int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
-		  struct error *err)
+/*
+ * The top-level node DCMTK's putAndInsertString() would put into: a new
+ * element of the dictionary's VR, in tag order, in place of any element
+ * there (whatever its VR, a sequence included). Its index, 0 on failure.
+ */
+static uint32_t put_target(struct ds_file *f, uint32_t tag, struct error *err)
 {
 	uint32_t prev, i = find_top_index(f, tag, &prev);
 	const char *vr = NULL;
 
+	ds_dictionary(tag, &vr);
+	if (!string_vr(vr) && binary_unit(vr) == 0) {
+		error_set(err, ERROR_INPUT, 0, "cannot set attribute (VR %s: not "
+			  "supported by the C backend)", vr);
+		return 0;
+	}
+	if (!plain_tag(tag)) {
+		error_set(err, ERROR_INPUT, 0, "cannot set attribute (not "
+			  "supported by the C backend)");
+		return 0;
+	}
 	if (i == 0) {
-		/* A new element takes the dictionary's VR (putAndInsertString()). */
-		ds_dictionary(tag, &vr);
-		if (!string_vr(vr) && binary_unit(vr) == 0)
-			return error_set(err, ERROR_INPUT, 0, "cannot set attribute "
-					 "(VR %s: not supported by the C backend)", vr);
-		if (!plain_tag(tag))
-			return error_set(err, ERROR_INPUT, 0, "cannot set attribute "
-					 "(not supported by the C backend)");
-		if ((i = new_node(f)) == 0)
-			return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot set attribute");
+		if ((i = new_node(f)) == 0) {
+			error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot set attribute");
+			return 0;
+		}
 		f->nodes[i].tag = tag;
-		memcpy(f->nodes[i].vr, vr, 2);
-		f->nodes[i].kind = DS_VALUE;
-		f->nodes[i].edited = true;
 		if (prev == 0) {
 			f->nodes[i].next = f->nodes[0].child;
 			f->nodes[0].child = i;
@@ -1553,13 +1559,24 @@ int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
 			f->nodes[i].next = f->nodes[prev].next;
 			f->nodes[prev].next = i;
 		}
-		f->modified = true;
 	}
-	struct ds_elem e = { .f = f, .node = &f->nodes[i] };
-	int rc = ds_elem_put_string(&e, value, err);
+	struct ds_node *n = &f->nodes[i];
 
-	/* Later values are read in the new character set: one of those
-	 * the C backend converts, or none it can follow. */
+	free(n->edit);
+	n->edit = NULL;
+	n->edited = true;
+	n->len = 0;
+	n->child = 0;
+	n->kind = DS_VALUE;
+	memcpy(n->vr, vr, 2);
+	f->modified = true;
+	return i;
+}
+
+/* After SpecificCharacterSet was put: later values are read in the new
+ * set, one the C backend converts or none it can follow. */
+static int charset_put(struct ds_file *f, uint32_t tag, int rc, struct error *err)
+{
 	if (rc == 0 && tag == TAG_SpecificCharacterSet) {
 		f->charset_selected = false;
 		if (!known_charset(f))
@@ -1568,6 +1585,28 @@ int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
 					 "convert)");
 	}
 	return rc;
+}
+
+int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
+		  struct error *err)
+{
+	uint32_t i = put_target(f, tag, err);
+
+	if (i == 0)
+		return -1;
+	struct ds_elem e = { .f = f, .node = &f->nodes[i] };
+	return charset_put(f, tag, ds_elem_put_string(&e, value, err), err);
+}
+
+int ds_set_string(struct ds_file *f, uint32_t tag, const char *value,
+		  struct error *err)
+{
+	uint32_t prev, i = find_top_index(f, tag, &prev);
+
+	if (i == 0 || f->nodes[i].kind != DS_VALUE)
+		return error_set(err, ERROR_INPUT, 0, "cannot set attribute");
+	struct ds_elem e = { .f = f, .node = &f->nodes[i] };
+	return charset_put(f, tag, ds_elem_put_string(&e, value, err), err);
 }
 
 int ds_empty(struct ds_file *f, uint32_t tag, struct error *err)

@@ -126,10 +126,17 @@ int ds_elem_put_bytes(struct ds_elem *elem, const void *bytes, size_t len,
 int ds_elem_empty(struct ds_elem *elem, struct error *err);
 /** As dicom_elem_keep_first_item(). */
 int ds_elem_keep_first_item(struct ds_elem *elem, struct error *err);
-/** As dicom_put_string(): a new element takes the dictionary's VR and
- *  its place in tag order; -1 (ERROR_INPUT) for what the C backend does
- *  not do yet (a VR such as "xs", a character set it does not convert). */
+/** As dicom_put_string() (DCMTK's putAndInsertString()): a new element
+ *  of the dictionary's VR in its place in tag order, replacing any element
+ *  with the tag, whatever its VR (a sequence too); -1 (ERROR_INPUT) for
+ *  what the C backend does not do yet (a VR such as "xs", a character set
+ *  it does not convert). */
 int ds_put_string(struct ds_file *f, uint32_t tag, const char *value,
+		  struct error *err);
+/** As putString() on the top-level element with the tag, its VR kept
+ *  (the fast path's edits replayed, as promote() does on DCMTK): -1 when
+ *  there is no such value. */
+int ds_set_string(struct ds_file *f, uint32_t tag, const char *value,
 		  struct error *err);
 /** As dicom_empty() and dicom_delete(): top level, if present. */
 int ds_empty(struct ds_file *f, uint32_t tag, struct error *err);

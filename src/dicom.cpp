@@ -506,8 +506,8 @@ static bool test_force_dcmtk(void);
 /*
  * Hand a light file to the C backend (dataset.h) when it claims the bytes,
  * replaying what was changed on the fast path: 1 done, 0 declined (DCMTK's
- * then), -1 out of memory. A light edit is a top-level text value, which
- * ds_put_string() keeps as DCMTK's putString() does.
+ * then), -1 out of memory. A light edit is a top-level text value put into
+ * the element as it is (its VR kept), as replay_edit() does on DCMTK.
  */
 static int promote_c(struct dicom_file *f, struct error *err)
 {
@@ -519,7 +519,7 @@ static int promote_c(struct dicom_file *f, struct error *err)
 	if (claimed == DS_NO_MEMORY)
 		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot read");
 	for (const struct light_edit &ed : f->edits)
-		if (ds_put_string(f->c, ed.elem->tag, ed.value.c_str(), err) == -1) {
+		if (ds_set_string(f->c, ed.elem->tag, ed.value.c_str(), err) == -1) {
 			ds_free(f->c);
 			f->c = nullptr;
 			return -1;

@@ -531,7 +531,12 @@ static int load_source(struct job *job, struct error *err)
 	if ((head_only(job) ? dicom_load_fd_head : dicom_load_fd)(&job->file,
 			fd, job->source_st.st_size, proc_path, err) == -1)
 		return -1;
-	return job->snapshot ? 0 : check_source_version(job, err);
+	/* A rename candidate's version is checked where its output is made,
+	 * after every read: by its claim (fsutil_move(), under the lease)
+	 * or after its copy (fill_temp()). One fstat less per file. */
+	if (job->snapshot || rename_candidate(job))
+		return 0;
+	return check_source_version(job, err);
 }
 
 /* ---- step 2: where it goes ---- */

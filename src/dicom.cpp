@@ -75,7 +75,7 @@ struct dicom_file {
 	std::string path;		/* for promotion's error messages */
 	/* dicom_load_fd_head(): mem holds only the file's head, the rest
 	 * is read from this descriptor (the caller's) when it is needed
-	 * (complete()); -1 once mem holds every byte. */
+	 * (reach(), complete()); -1 once mem holds every byte. */
 	int head_fd = -1;
 	struct part10 index {};
 	std::vector<light_edit> edits;
@@ -413,7 +413,7 @@ static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
 		}
 	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()) ||
 	    e->value + e->len > f->index.size)
-		return LIGHT_ASK_DCMTK;	/* past a head: complete() first */
+		return LIGHT_ASK_DCMTK;	/* past a head: reach() first */
 	const char *v = reinterpret_cast<const char *>(f->index.bytes) + e->value;
 	size_t len = e->len;
 	while (len > 0 && (v[len - 1] == '\0' || v[len - 1] == ' '))
@@ -467,11 +467,17 @@ static bool open_light(struct dicom_file *f, bool *implicit)
 	return true;
 }
 
+static int reach(struct dicom_file *f, uint32_t tag, struct error *err);
+
 /* What load() requires of every object, from the index. */
 static bool vouch_light(struct dicom_file *f)
 {
+	struct error ignored = ERROR_INIT;
 	std::string sop_class, sop_instance;
 
+	if (reach(f, TAG_SOPClassUID, &ignored) == -1 ||
+	    reach(f, TAG_SOPInstanceUID, &ignored) == -1)
+		return false;
 	if (light_raw(f, TAG_SOPClassUID, sop_class) != 1 || sop_class.empty() ||
 	    light_raw(f, TAG_SOPInstanceUID, sop_instance) != 1 ||
 	    sop_instance.empty())
@@ -492,21 +498,23 @@ static bool index_light(struct dicom_file *f)
 
 /* Index the file of size bytes on fd whose head f->mem holds: the same
  * strict walk, the rest of the file read through the walker's window,
- * values skipped by offset. The SOP UIDs must lie in the head. */
+ * values skipped by offset. */
 static bool index_head(struct dicom_file *f, int fd, uint64_t size)
 {
 	bool implicit;
 
-	return open_light(f, &implicit) &&
-	       part10_index_fd(&f->index, fd, size, implicit, nullptr) == 0 &&
-	       vouch_light(f);
+	if (!open_light(f, &implicit) ||
+	    part10_index_fd(&f->index, fd, size, implicit, nullptr) == -1)
+		return false;
+	f->head_fd = fd;
+	return vouch_light(f);
 }
 
-/* mem.size() bytes of fd from its start; a file shorter than that is
- * being rewritten now. */
-static int read_at_start(int fd, std::string &mem, struct error *err)
+/* Bytes [from, mem.size()) of fd into mem at from; a file shorter than
+ * that is being rewritten now. */
+static int read_from(int fd, std::string &mem, size_t from, struct error *err)
 {
-	size_t got = 0;
+	size_t got = from;
 
 	while (got < mem.size()) {
 		ssize_t n = pread(fd, &mem[got], mem.size() - got,
@@ -525,11 +533,46 @@ static int read_at_start(int fd, std::string &mem, struct error *err)
 	return 0;
 }
 
+static int read_at_start(int fd, std::string &mem, struct error *err)
+{
+	return read_from(fd, mem, 0, err);
+}
+
+/* A file indexed from its head: its bytes up to upto in memory, what
+ * is missing read now (a value past the head, asked for). The index
+ * points into the grown bytes. */
+static int extend(struct dicom_file *f, size_t upto, struct error *err)
+{
+	size_t have = f->mem.size();
+	int rc;
+
+	if (f->head_fd == -1 || upto <= have)
+		return 0;
+	f->mem.resize(upto);
+	rc = read_from(f->head_fd, f->mem, have, err);
+	if (rc == -1)
+		f->mem.resize(have);
+	f->index.bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
+	f->index.size = f->mem.size();
+	return rc;
+}
+
+/* The value of top-level tag in memory, read if it lies past the head. */
+static int reach(struct dicom_file *f, uint32_t tag, struct error *err)
+{
+	const struct part10_elem *e;
+
+	if (f->head_fd == -1 || (e = part10_find(&f->index, tag)) == nullptr ||
+	    e->undefined_length)
+		return 0;
+	return extend(f, e->value + e->len, err);
+}
+
 /*
- * A file indexed from its head: every byte read now, for what the head
- * cannot answer (DCMTK, a value past it, a write). The index stays - it
- * walked the whole file - and points into the whole bytes from here on;
- * a head that reads differently now was another version.
+ * A file indexed from its head: every byte read now, for what only the
+ * whole file answers (DCMTK, a write). The index stays - it walked the
+ * whole file - and points into the whole bytes from here on; a head that
+ * reads differently now was another version.
  */
 static int complete(struct dicom_file *f, struct error *err)
 {
@@ -727,7 +770,6 @@ extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
 		f->path = path;
 		if (read_at_start(fd, f->mem, &ignored) == 0 &&
 		    index_head(f, fd, static_cast<uint64_t>(size))) {
-			f->head_fd = fd;
 			*out = f;
 			return 0;
 		}
@@ -988,7 +1030,11 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 		*out = nullptr;
 		if (f->light) {
 			struct error ignored = ERROR_INIT;
-			int rc = light_raw(f, tag, raw, convert);
+			int rc;
+
+			if (reach(f, tag, &ignored) == -1)
+				return -1;
+			rc = light_raw(f, tag, raw, convert);
 
 			if (rc == 1) {	/* nothing to convert */
 				*out = dup_string(raw);
@@ -996,12 +1042,6 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 			}
 			if (rc == 0)
 				return 0;
-			/* A value past the head: the whole file answers. */
-			if (f->head_fd != -1) {
-				if (complete(f, &ignored) == -1)
-					return -1;
-				return get_top(f, tag, out, convert);
-			}
 			if (promote(f, &ignored) == -1)
 				return -1;
 		}

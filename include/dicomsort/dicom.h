@@ -72,7 +72,7 @@ int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 
 /** What dicom_load_fd_head() reads first: the meta header and the
  *  attributes before the pixel data of most images. */
-#define DICOM_HEAD_BYTES (16 * 1024)
+#define DICOM_HEAD_BYTES 4096
 
 /**
  * dicom_load_fd() reading only what deciding needs, for a file that is
@@ -82,12 +82,12 @@ int dicom_load_fd(struct dicom_file **out, int fd, long long size,
  * values by offset, as strictly as a file in memory: a value longer than
  * the file, a broken item of encapsulated pixel data, trailing bytes are
  * all seen. Whatever it cannot vouch for (another transfer syntax, a
- * structure it cannot follow, SOP UIDs past the head), and a file of at
- * most DICOM_HEAD_BYTES or more than DICOM_LOAD_IN_MEMORY, is loaded by
- * dicom_load_fd(), which also names what is wrong with it. fd must stay
- * open while the file is used: a value past the head, a change, a save
- * or a full parse reads every byte then (and fails as "source changed"
- * if the head reads differently).
+ * structure it cannot follow), and a file of at most DICOM_HEAD_BYTES or
+ * more than DICOM_LOAD_IN_MEMORY, is loaded by dicom_load_fd(), which
+ * also names what is wrong with it. fd must stay open while the file is
+ * used: a value past the head is read when asked for (the bytes up to
+ * its end), and a save or a full parse reads every byte (failing as
+ * "source changed" if the head reads differently then).
  */
 int dicom_load_fd_head(struct dicom_file **out, int fd, long long size,
 		       const char *path, struct error *err);

@@ -147,6 +147,7 @@ struct spec {
 	int with_uids;
 	int pixels;		/* PixelData bytes (0: none) */
 	int filler;		/* PatientComments (LT) of this many bytes */
+	int late_uids;		/* ImageType (CS) this long before the UIDs */
 };
 
 static void dataset(struct buf *b, const struct spec *s)
@@ -155,6 +156,17 @@ static void dataset(struct buf *b, const struct spec *s)
 
 	if (s->charset)
 		str(b, im, 0x0008, 0x0005, "CS", s->charset);
+	if (s->late_uids > 0) {
+		char *v = malloc((size_t)s->late_uids + 1);
+
+		assert_non_null(v);
+		for (int i = 0; i < s->late_uids; i++)
+			v[i] = i % 8 == 7 ? '\\' : 'A';
+		v[s->late_uids - 1] = 'A';
+		v[s->late_uids] = '\0';
+		str(b, im, 0x0008, 0x0008, "CS", v);
+		free(v);
+	}
 	if (s->with_uids) {
 		str(b, im, 0x0008, 0x0016, "UI", CT_STORAGE);
 		str(b, im, 0x0008, 0x0018, "UI", SOP_UID);
@@ -863,14 +875,14 @@ static void head_load_reads_the_rest_to_save(void **state)
 	close(fd);
 }
 
-/* A value past the head is read when asked for (the whole file then),
- * without DCMTK. */
+/* A value past the head is read when asked for - the bytes up to its
+ * end, not the pixel data - without DCMTK; so are SOP UIDs past it. */
 static void head_load_reads_a_value_past_the_head(void **state)
 {
 	struct spec s = headed;
 	struct error err = ERROR_INIT;
 	struct dicom_file *f = NULL;
-	size_t len = 0;
+	size_t len = 0, head = 0;
 	int fd;
 
 	(void)state;
@@ -878,9 +890,26 @@ static void head_load_reads_a_value_past_the_head(void **state)
 	if (load_head(&f, make("head_late.dcm", &s, 0), &fd, &err) != 0)
 		fail_msg("dicom_load_fd_head: %s", err.msg);
 	assert_null(dicom_file_bytes(f, &len));
+	assert_non_null(dicom_file_head(f, &head));
+	assert_int_equal(head, DICOM_HEAD_BYTES);
 	assert_string_attr(f, TAG_SeriesNumber, "3");
-	assert_non_null(dicom_file_bytes(f, &len));
+	assert_null(dicom_file_bytes(f, &len));
+	assert_non_null(dicom_file_head(f, &head));
+	assert_true(head > (size_t)s.filler && head < (size_t)s.filler + 1000);
 	assert_false(dicom_parsed(f));
+	dicom_free(f);
+	close(fd);
+
+	/* The SOP UIDs after the filler: vouched for all the same. */
+	s.filler = 0;
+	s.charset = "ISO_IR 6";
+	s.patient_name = NULL;
+	s.late_uids = DICOM_HEAD_BYTES;
+	if (load_head(&f, make("head_late_uids.dcm", &s, 0), &fd, &err) != 0)
+		fail_msg("dicom_load_fd_head: %s", err.msg);
+	assert_false(dicom_parsed(f));
+	assert_null(dicom_file_bytes(f, &len));
+	assert_string_attr(f, TAG_SOPInstanceUID, SOP_UID);
 	dicom_free(f);
 	close(fd);
 }

@@ -84,6 +84,10 @@ struct dicom_file {
 	bool light = false;
 	std::string mem;		/* the file's bytes, parsed in memory */
 	std::string path;		/* for promotion's error messages */
+	/* dicom_load_fd_head(): mem holds only the file's head, the rest
+	 * is read from this descriptor (the caller's) when it is needed
+	 * (reach(), complete()); -1 once mem holds every byte. */
+	int head_fd = -1;
 	struct part10 index {};
 	std::vector<light_edit> edits;
 	/* DCMTK refused bytes the index vouched for (a bug of the index):
@@ -427,8 +431,9 @@ static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
 			trim(raw);
 			return 1;
 		}
-	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()))
-		return LIGHT_ASK_DCMTK;
+	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()) ||
+	    e->value + e->len > f->index.size)
+		return LIGHT_ASK_DCMTK;	/* past a head: reach() first */
 	const char *v = reinterpret_cast<const char *>(f->index.bytes) + e->value;
 	size_t len = e->len;
 	while (len > 0 && (v[len - 1] == '\0' || v[len - 1] == ' '))
@@ -467,11 +472,11 @@ static unsigned light_meta_mismatch(const struct dicom_file *f)
 	return m;
 }
 
-/* Index f->mem; true when the fast path vouches for the file. */
-static bool index_light(struct dicom_file *f)
+/* The meta header of f->mem, when its transfer syntax is one the fast
+ * path walks (little endian, not deflated): *implicit says which. */
+static bool open_light(struct dicom_file *f, bool *implicit)
 {
 	const unsigned char *bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
-	std::string sop_class, sop_instance;
 
 	if (part10_open(&f->index, bytes, f->mem.size()) == -1)
 		return false;
@@ -480,15 +485,133 @@ static bool index_light(struct dicom_file *f)
 	    xfer.getByteOrder() != EBO_LittleEndian ||
 	    xfer.getStreamCompression() != ESC_none)
 		return false;
-	if (part10_index(&f->index, xfer.isImplicitVR(), nullptr) == -1)
+	*implicit = xfer.isImplicitVR();
+	return true;
+}
+
+static int reach(struct dicom_file *f, uint32_t tag, struct error *err);
+
+/* What load() requires of every object, from the index. */
+static bool vouch_light(struct dicom_file *f)
+{
+	struct error ignored = ERROR_INIT;
+	std::string sop_class, sop_instance;
+
+	if (reach(f, TAG_SOPClassUID, &ignored) == -1 ||
+	    reach(f, TAG_SOPInstanceUID, &ignored) == -1)
 		return false;
-	/* What load() requires of every object. */
 	if (light_raw(f, TAG_SOPClassUID, sop_class) != 1 || sop_class.empty() ||
 	    light_raw(f, TAG_SOPInstanceUID, sop_instance) != 1 ||
 	    sop_instance.empty())
 		return false;
 	f->light = true;
 	return true;
+}
+
+/* Index f->mem; true when the fast path vouches for the file. */
+static bool index_light(struct dicom_file *f)
+{
+	bool implicit;
+
+	return open_light(f, &implicit) &&
+	       part10_index(&f->index, implicit, nullptr) == 0 &&
+	       vouch_light(f);
+}
+
+/* Index the file of size bytes on fd whose head f->mem holds: the same
+ * strict walk, the rest of the file read through the walker's window,
+ * values skipped by offset. */
+static bool index_head(struct dicom_file *f, int fd, uint64_t size)
+{
+	bool implicit;
+
+	if (!open_light(f, &implicit) ||
+	    part10_index_fd(&f->index, fd, size, implicit, nullptr) == -1)
+		return false;
+	f->head_fd = fd;
+	return vouch_light(f);
+}
+
+/* Bytes [from, mem.size()) of fd into mem at from; a file shorter than
+ * that is being rewritten now. */
+static int read_from(int fd, std::string &mem, size_t from, struct error *err)
+{
+	size_t got = from;
+
+	while (got < mem.size()) {
+		ssize_t n = pread(fd, &mem[got], mem.size() - got,
+				  static_cast<off_t>(got));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
+		if (n == 0)
+			break;
+		got += static_cast<size_t>(n);
+	}
+	if (got != mem.size())
+		return error_set(err, ERROR_TRANSIENT, 0, "source changed "
+				 "while it was read");
+	return 0;
+}
+
+static int read_at_start(int fd, std::string &mem, struct error *err)
+{
+	return read_from(fd, mem, 0, err);
+}
+
+/* A file indexed from its head: its bytes up to upto in memory, what
+ * is missing read now (a value past the head, asked for). The index
+ * points into the grown bytes. */
+static int extend(struct dicom_file *f, size_t upto, struct error *err)
+{
+	size_t have = f->mem.size();
+	int rc;
+
+	if (f->head_fd == -1 || upto <= have)
+		return 0;
+	f->mem.resize(upto);
+	rc = read_from(f->head_fd, f->mem, have, err);
+	if (rc == -1)
+		f->mem.resize(have);
+	f->index.bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
+	f->index.size = f->mem.size();
+	return rc;
+}
+
+/* The value of top-level tag in memory, read if it lies past the head. */
+static int reach(struct dicom_file *f, uint32_t tag, struct error *err)
+{
+	const struct part10_elem *e;
+
+	if (f->head_fd == -1 || (e = part10_find(&f->index, tag)) == nullptr ||
+	    e->undefined_length)
+		return 0;
+	return extend(f, e->value + e->len, err);
+}
+
+/*
+ * A file indexed from its head: every byte read now, for what only the
+ * whole file answers (DCMTK, a write). The index stays - it walked the
+ * whole file - and points into the whole bytes from here on; a head that
+ * reads differently now was another version.
+ */
+static int complete(struct dicom_file *f, struct error *err)
+{
+	if (f->head_fd == -1)
+		return 0;
+	std::string mem(static_cast<size_t>(f->index.file_size), '\0');
+
+	if (read_at_start(f->head_fd, mem, err) == -1)
+		return -1;
+	if (memcmp(mem.data(), f->mem.data(), f->mem.size()) != 0)
+		return error_set(err, ERROR_TRANSIENT, 0, "source changed "
+				 "while it was read");
+	f->mem.swap(mem);
+	f->index.bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
+	f->index.size = f->mem.size();
+	f->head_fd = -1;
+	return 0;
 }
 
 static int replay_edit(struct dicom_file *f, const struct light_edit &ed)
@@ -544,6 +667,8 @@ static int promote(struct dicom_file *f, struct error *err)
 	}
 	if (!f->light)
 		return 0;
+	if (complete(f, err) == -1)
+		return -1;
 	int c = test_force_dcmtk() ? 0 : promote_c(f, err);
 	if (c == -1) {
 		f->unreadable = true;
@@ -708,27 +833,49 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 		return dicom_load(out, path, err);
 	try {
 		std::string mem(static_cast<size_t>(size), '\0');
-		size_t got = 0;
 
-		while (got < mem.size()) {
-			ssize_t n = pread(fd, &mem[got], mem.size() - got,
-					  static_cast<off_t>(got));
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n == -1)
-				return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
-			if (n == 0)
-				break;
-			got += static_cast<size_t>(n);
-		}
-		/* Shorter than its size said: it is being rewritten now. */
-		if (got != mem.size())
-			return error_set(err, ERROR_TRANSIENT, 0, "source changed "
-					 "while it was read");
+		if (read_at_start(fd, mem, err) == -1)
+			return -1;
 		return load_mem(out, mem, path, err);
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
 	}
+}
+
+extern "C" int dicom_load_fd_head(struct dicom_file **out, int fd,
+				  long long size, const char *path,
+				  struct error *err)
+{
+	return dicom_load_fd_head_n(out, fd, size, path, DICOM_HEAD_BYTES, err);
+}
+
+extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
+				    long long size, const char *path,
+				    size_t head, struct error *err)
+{
+	struct dicom_file *f = nullptr;
+
+	/* A test's backend (test_backend()) reads the whole file. */
+	if (size <= static_cast<long long>(head) || size > DICOM_LOAD_IN_MEMORY ||
+	    test_force_dcmtk() || test_backend("c"))
+		return dicom_load_fd(out, fd, size, path, err);
+	try {
+		struct error ignored = ERROR_INIT;
+
+		f = new dicom_file;
+		f->mem.resize(head);
+		f->path = path;
+		if (read_at_start(fd, f->mem, &ignored) == 0 &&
+		    index_head(f, fd, static_cast<uint64_t>(size))) {
+			*out = f;
+			return 0;
+		}
+	} catch (...) {
+	}
+	/* Whatever the head cannot vouch for, the whole file decides, as
+	 * it always did: the same result, the same reason. */
+	delete f;
+	return dicom_load_fd(out, fd, size, path, err);
 }
 
 struct dicom_bytes {
@@ -767,6 +914,14 @@ extern "C" const unsigned char *dicom_file_bytes(const struct dicom_file *file,
 						 size_t *len)
 {
 	*len = file->mem.size();
+	return file->mem.empty() || file->head_fd != -1 ? nullptr :
+	       reinterpret_cast<const unsigned char *>(file->mem.data());
+}
+
+extern "C" const unsigned char *dicom_file_head(const struct dicom_file *file,
+						size_t *len)
+{
+	*len = file->mem.size();
 	return file->mem.empty() ? nullptr :
 	       reinterpret_cast<const unsigned char *>(file->mem.data());
 }
@@ -794,8 +949,10 @@ extern "C" const char *dicom_transfer_syntax(const struct dicom_file *file)
 
 extern "C" int dicom_load_all(struct dicom_file *file, struct error *err)
 {
-	if (file->light || file->c != nullptr)
+	if (file->c != nullptr)
 		return 0;	/* the bytes are in memory */
+	if (file->light)
+		return complete(file, err);
 	try {
 		OFCondition cond = file->format.loadAllDataIntoMemory();
 		if (cond.bad())
@@ -974,7 +1131,11 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 		*out = nullptr;
 		if (f->light) {
 			struct error ignored = ERROR_INIT;
-			int rc = light_raw(f, tag, raw, convert);
+			int rc;
+
+			if (reach(f, tag, &ignored) == -1)
+				return -1;
+			rc = light_raw(f, tag, raw, convert);
 
 			if (rc == 1) {	/* nothing to convert */
 				*out = dup_string(raw);
@@ -1830,7 +1991,8 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 		/* Spliced: the source's bytes but for the edited values,
 		 * whatever the meta header says (dicom_meta_disagreement()). */
 		if (file->light)
-			return light_save(file, fd, err) == -1 ? -1 :
+			return complete(file, err) == -1 ||
+			       light_save(file, fd, err) == -1 ? -1 :
 			       clear_preamble(file, fd, err);
 		if (promote(file, err) == -1)
 			return -1;

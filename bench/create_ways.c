@@ -1,6 +1,6 @@
 /*
  * create_ways: the file-system part of dicomsort's sort mode alone, to
- * compare ways of creating the outputs (bench/PROFILE.md section 9). For
+ * compare ways of creating the outputs (bench/PROFILE.md section 10). For
  * each line "SRC-REL<TAB>DEST-DIR" of a corpus's .plan file (make_corpus.py),
  * THREADS threads each read the source in one pread and write it to
  * DST/DEST-DIR/<basename> as:

@@ -5,21 +5,24 @@ Usage: make_big.py PATH SIZE_MB
 The dataset is written with pydicom, then the PixelData element (explicit VR
 little endian OW) is appended chunk by chunk, so this script stays small too.
 """
+import os
 import struct
 import sys
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tests", "tools"))
+from gendicom import file_meta, set_grey_pixels  # noqa: E402
 
 path, size_mb = sys.argv[1], int(sys.argv[2])
 side = 1
 while side * side * 2 < size_mb * 1024 * 1024:
     side += 256
-meta = FileMetaDataset()
-meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-meta.MediaStorageSOPInstanceUID = generate_uid()
-meta.TransferSyntaxUID = ExplicitVRLittleEndian
+meta = file_meta("1.2.840.10008.5.1.4.1.1.2", generate_uid(),
+                 ExplicitVRLittleEndian, implementation=None)
 ds = Dataset()
 ds.file_meta = meta
 ds.is_little_endian = True
@@ -35,14 +38,7 @@ ds.SeriesInstanceUID = generate_uid()
 ds.SeriesNumber = "1"
 ds.SeriesDescription = "big image"
 ds.Modality = "CT"
-ds.Rows = side
-ds.Columns = side
-ds.SamplesPerPixel = 1
-ds.PhotometricInterpretation = "MONOCHROME2"
-ds.BitsAllocated = 16
-ds.BitsStored = 16
-ds.HighBit = 15
-ds.PixelRepresentation = 0
+set_grey_pixels(ds, side, side)
 pydicom.dcmwrite(path, ds, write_like_original=False)
 length = side * side * 2
 chunk = bytes(range(256)) * 4096

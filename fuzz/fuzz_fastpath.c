@@ -10,6 +10,8 @@
  *   - after the seed profile's changes (PatientBirthDate emptied,
  *     PatientName and PatientID replaced), the spliced output and DCMTK's
  *     re-encoded one must both load with DCMTK and give the same values.
+ * And dicom_load_fd_head() (only a head read, the rest walked from the
+ * descriptor) against dicom_load_fd(): see head_vs_whole().
  * Anything else is left to fuzz_pipeline.
  */
 #include <fcntl.h>
@@ -131,6 +133,45 @@ static struct dicom_file *save_and_load(struct dicom_file *f, const char *path)
 	return again;
 }
 
+/*
+ * dicom_load_fd_head() - a head of a few hundred bytes here, so that the
+ * fuzzed files are larger than it - must judge as dicom_load_fd() does:
+ * the same result and reason, the same values, and after the seed's
+ * changes (the rest of the file read then) outputs that agree.
+ */
+static void head_vs_whole(int fd, size_t size, const char *proc)
+{
+	struct dicom_file *head = NULL, *whole = NULL, *out[2];
+	struct error e1 = ERROR_INIT, e2 = ERROR_INIT;
+	int rc1 = dicom_load_fd_head_n(&head, fd, (long long)size, proc,
+				       200 + size % 300, &e1);
+	int rc2 = dicom_load_fd(&whole, fd, (long long)size, proc, &e2);
+
+	if (rc1 != rc2)
+		die("head and whole file disagree", rc1 == -1 ? e1.msg : e2.msg);
+	if (rc1 == -1) {
+		if (e1.kind != e2.kind || strcmp(e1.msg, e2.msg) != 0)
+			die("head and whole file give different reasons", e1.msg);
+		return;
+	}
+	if (dicom_bytes_reusable(head) != dicom_bytes_reusable(whole))
+		die("reusable differs (head)", "");
+	compare(head, whole, false);
+	seed(head);
+	seed(whole);
+	out[0] = save_and_load(head, saved[0]);
+	out[1] = save_and_load(whole, saved[1]);
+	if ((out[0] == NULL) != (out[1] == NULL))
+		die("head: one path saved, the other did not", "");
+	if (out[0] != NULL)
+		compare(out[0], out[1], true);
+	compare(head, whole, true);
+	dicom_free(out[0]);
+	dicom_free(out[1]);
+	dicom_free(head);
+	dicom_free(whole);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct dicom_file *fast = NULL, *slow = NULL, *out[2];
@@ -143,6 +184,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (fd == -1)
 		die("open", input);
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	head_vs_whole(fd, size, proc);
 	if (dicom_load_fd(&fast, fd, (long long)size, proc, &err) == -1 ||
 	    dicom_parsed(fast)) {
 		dicom_free(fast);

@@ -10,7 +10,8 @@
  * window byte sizes the descriptor's window (PART10_MIN_WINDOW up).
  *
  * The same bytes are walked from memory, from a memfd (seekable, size
- * known: skips are lseek()s), from a pipe (read(2) only) with the size
+ * known: skips are lseek()s), from the memfd read positionally (pread(2)
+ * beyond a head held in memory, as part10_index_fd() does), from a pipe (read(2) only) with the size
  * known and, for a lenient walk, unknown. Every walk must give the same
  * headers in the same order and the same result; a strict walk that ends
  * cleanly must have every header and value inside the bytes, in order.
@@ -193,6 +194,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	walk(&other, &src);
 	same_walk(&mem, &other, "memfd");
 	free(other.trace.h);
+
+	/* Positional (pread(2), the offset left where it is: at the end
+	 * here) with some of the head held in memory already. */
+	src.positional = true;
+	src.head = data;
+	src.held = size == 0 ? 0 : (size_t)data[0] * 131 % (size + 1);
+	walk(&other, &src);
+	same_walk(&mem, &other, "memfd, positional");
+	free(other.trace.h);
+	src.positional = false;
+	src.head = NULL;
+	src.held = 0;
 	close(src.fd);
 
 	if ((fd = pipe_of(data, size)) != -1) {

@@ -36,7 +36,7 @@
 #include "dicomsort/workers.h"
 
 enum slot { SLOT_SIGNAL, SLOT_WATCH, SLOT_TIMER, SLOT_DONE, SLOT_COMMIT,
-	    SLOT_COUNT };
+	    SLOT_DISPOSED, SLOT_COUNT };
 
 /*
  * Group commit (issue 14): a stored file's output is published without an
@@ -52,6 +52,17 @@ enum slot { SLOT_SIGNAL, SLOT_WATCH, SLOT_TIMER, SLOT_DONE, SLOT_COMMIT,
 #define COMMIT_FILES 128
 #define COMMIT_WAIT_MS 20
 #define COMMIT_MAX_WAITING 1024
+
+/*
+ * A committed group's sources are disposed of by threads of their own,
+ * several at once, not by the committer: the next commit need not wait
+ * for them, and each may wait for the disk - on ext4 mounted with discard
+ * and no journal, the close that frees an unlinked source's blocks waits
+ * for the device's discard, about a millisecond per file, which one
+ * thread doing 2,000 files in a row made the burst's bottleneck. They
+ * wait rather than compute, so their number is not tied to the cores.
+ */
+#define DISPOSERS 4
 
 /* What a worker decided about one file. */
 enum outcome {
@@ -170,13 +181,15 @@ struct daemon {
 	long fail_commits;		/* DICOMSORT_TEST_DELAY=commit-fails:N
 					   (committer thread only) */
 	struct workers *committer;	/* one thread: the group commits */
+	struct workers *disposers;	/* DISPOSERS threads: then sources */
 	struct owner_cache owner_cache;
-	bool committer_stopped;
+	bool committer_stopped, disposers_stopped;
 	struct job *waiting, **waiting_tail;	/* loop thread: published,
 						   not committed */
 	size_t nwaiting;
 	int64_t waiting_since_ms;	/* when the first of them came */
 	size_t ncommitting;		/* files in the commit under way */
+	size_t ndisposing;		/* committed, sources not yet gone */
 	unsigned long table_gen;	/* loop thread: bumped by each reload */
 	int quarantine_fd;
 	int hold_fd;		/* -1 unless the hold policy is on */
@@ -616,9 +629,9 @@ static void commit_failed(struct job *job, const struct error *err)
 	job->outcome = OUTCOME_RETRY_OUTPUT;
 }
 
-/* One syncfs for the group, then each file as run() would have finished
- * it under SYNC_EACH: its record, then its source (still only the version
- * read). DICOMSORT_TEST_DELAY=commit:MS holds the group before the syncfs. */
+/* One syncfs for the group, then each file's record, as run() would
+ * have sent it under SYNC_EACH; the sources go afterwards (dispose_run()).
+ * DICOMSORT_TEST_DELAY=commit:MS holds the group before the syncfs. */
 static void commit_run(void *ctx, void *p)
 {
 	struct daemon *d = ctx;
@@ -634,21 +647,27 @@ static void commit_run(void *ctx, void *p)
 	} else {
 		c->rc = pipeline_commit(d->pipeline, &c->err);
 	}
-	/* Every record first: each is owed from now, not after the other
-	 * files' disposals. */
+	/* Each record is owed from now, not after any file's disposal. */
 	for (struct job *job = c->jobs; job != NULL; job = job->commit_next)
 		if (c->rc == -1)
 			commit_failed(job, &c->err);
 		else if (job->outcome == OUTCOME_STORED)
 			log_stored(job);
-	for (struct job *job = c->jobs; job != NULL && c->rc == 0;
-	     job = job->commit_next) {
-		checkpoint(job, PIPELINE_AT_DURABLE);
-		pipeline_dispose_result(d->pipeline, job->path, job->rel,
-					&job->result);
-		if (job->result.dispose_failed)
-			explain_input_side(d, job, &job->result.dispose_err);
-	}
+}
+
+/* ---- on a disposer thread ---- */
+
+/* A committed file's source, as run() would have disposed of it under
+ * SYNC_EACH: only if it is still the version read. */
+static void dispose_run(void *ctx, void *p)
+{
+	struct daemon *d = ctx;
+	struct job *job = p;
+
+	checkpoint(job, PIPELINE_AT_DURABLE);
+	pipeline_dispose_result(d->pipeline, job->path, job->rel, &job->result);
+	if (job->result.dispose_failed)
+		explain_input_side(d, job, &job->result.dispose_err);
 }
 
 /* ---- back on the loop thread ---- */
@@ -680,7 +699,8 @@ static void status_text(const struct daemon *d, char *buf, size_t len)
 		 d->count.stored,
 		 d->count.duplicates, d->count.quarantined, d->count.held,
 		 watch_pending_count(d->watch) + workers_outstanding(d->workers) +
-		 d->nwaiting + d->ncommitting, d->count.retries, degraded,
+		 d->nwaiting + d->ncommitting + d->ndisposing,
+		 d->count.retries, degraded,
 		 d->watch != NULL && watch_scanning(d->watch) ?
 		 "; scanning the input folder" : "",
 		 d->output_trouble ? "; output problem, retrying" : "",
@@ -1214,12 +1234,14 @@ static struct commit *take_waiting(struct daemon *d)
 	return c;
 }
 
-/* A commit ended: each of its files is done (or retried) now. */
+/* A commit ended: its files' sources go now (the disposers), or, when
+ * it failed, each file is retried. */
 static void commit_finished(struct daemon *d, struct commit *c)
 {
 	struct job *job = c->jobs;
+	int rc = c->rc;
 
-	if (c->rc == -1)
+	if (rc == -1)
 		log_msg(LOG_ERR, "group commit of %zu files failed, their "
 			"sources are kept and taken again: %s", d->ncommitting,
 			c->err.msg);
@@ -1228,12 +1250,36 @@ static void commit_finished(struct daemon *d, struct commit *c)
 		struct job *next = job->commit_next;
 
 		job->commit_next = NULL;
-		finish_job(d, job);
+		if (rc == 0) {
+			d->ndisposing++;
+			workers_submit(d->disposers, job);
+		} else {
+			finish_job(d, job);
+		}
 		job = next;
 	}
 	free(c);
-	update_status(d);
-	d->cleanup_due = d->cfg->cleanup.remove_empty_dirs;
+	if (rc == -1) {
+		update_status(d);
+		d->cleanup_due = d->cfg->cleanup.remove_empty_dirs;
+	}
+}
+
+/* Sources disposed of: their files are done. Returns how many. */
+static size_t collect_disposed(struct daemon *d)
+{
+	void *jobs[64];
+	size_t n = workers_take_done(d->disposers, jobs, 64);
+
+	for (size_t i = 0; i < n; i++) {
+		d->ndisposing--;
+		finish_job(d, jobs[i]);
+	}
+	if (n > 0) {
+		update_status(d);
+		d->cleanup_due = d->cfg->cleanup.remove_empty_dirs;
+	}
+	return n;
 }
 
 static void collect_commits(struct daemon *d)
@@ -1264,7 +1310,8 @@ static void maybe_commit(struct daemon *d, int64_t now)
 	workers_submit(d->committer, take_waiting(d));
 }
 
-/* At a stop: the commit under way ends, what waits is committed here. */
+/* At a stop: the commit under way ends, what waits is committed here,
+ * and every committed file's source goes before the disposers end. */
 static int commit_all(struct daemon *d, int64_t deadline)
 {
 	int rc = workers_stop(d->committer, deadline);
@@ -1279,6 +1326,11 @@ static int commit_all(struct daemon *d, int64_t deadline)
 		commit_run(d, c);
 		commit_finished(d, c);
 	}
+	if (workers_finish(d->disposers, deadline) == -1)
+		return -1;
+	d->disposers_stopped = true;
+	while (d->ndisposing > 0 && collect_disposed(d) > 0)
+		;
 	return 0;
 }
 
@@ -1313,8 +1365,11 @@ static void schedule_cleanup(struct daemon *d, int64_t now)
 {
 	int64_t at;
 
+	/* Done means disposed of: a file waiting for its commit, or its
+	 * source for a disposer, still has its folder. */
 	if (!d->cleanup_due || watch_pending_count(d->watch) > 0 ||
-	    workers_outstanding(d->workers) > 0)
+	    workers_outstanding(d->workers) > 0 ||
+	    d->nwaiting + d->ncommitting + d->ndisposing > 0)
 		return;
 	d->cleanup_due = false;
 	/* mtime has whole seconds: a little past the age makes it. */
@@ -1421,20 +1476,28 @@ static void submit(struct daemon *d, char *path)
 	workers_submit(d->workers, job);
 }
 
-/* Keep the pool a little ahead of the threads, no more: files left in the
- * watch still get their events (a late write pushes them back). */
+/* How many more files the pool may take now: it is kept a few files per
+ * thread ahead (the loop then refills it once per few files, when it
+ * runs low, not once per file), no more (files left in the watch still
+ * get their events: a late write pushes them back; one written after it
+ * was queued is caught when opened, see pipeline_hooks.judged), and no
+ * more are taken while COMMIT_MAX_WAITING wait for their commit. */
+static size_t dispatch_room(const struct daemon *d)
+{
+	size_t outstanding = workers_outstanding(d->workers);
+
+	if (d->stopping || outstanding >= d->max_outstanding ||
+	    d->nwaiting + d->ncommitting + d->ndisposing >= COMMIT_MAX_WAITING)
+		return 0;
+	return d->max_outstanding - outstanding;
+}
+
 static void dispatch(struct daemon *d)
 {
 	char *paths[64];
+	size_t room, n;
 
-	while (!d->stopping) {
-		size_t outstanding = workers_outstanding(d->workers);
-		size_t room, n;
-
-		if (outstanding >= d->max_outstanding ||
-		    d->nwaiting + d->ncommitting >= COMMIT_MAX_WAITING)
-			return;
-		room = d->max_outstanding - outstanding;
+	while ((room = dispatch_room(d)) > 0) {
 		n = watch_take_ready(d->watch, paths, room < 64 ? room : 64);
 		if (n == 0)
 			return;
@@ -1734,7 +1797,10 @@ static void purge_quarantine(struct daemon *d)
 
 static void arm_timer(struct daemon *d, int64_t now)
 {
-	int64_t ready = watch_next_ready_ms(d->watch);
+	/* With no room, a settled file waits for a finished one, whose
+	 * eventfd wakes the loop: a timer for it would fire every
+	 * millisecond of a burst for nothing. */
+	int64_t ready = dispatch_room(d) > 0 ? watch_next_ready_ms(d->watch) : -1;
 	int64_t at = ready < 0 ? -1 : now + ready;
 	struct itimerspec its = { 0 };
 	int64_t due;
@@ -2227,12 +2293,14 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 		return -1;
 	*config_error = false;
 	d->waiting_tail = &d->waiting;
-	/* The committer first: teardown() stops it if the workers fail. */
+	/* The committer and disposers first: teardown() stops them if the
+	 * workers fail. */
 	if (workers_start(&d->committer, 1, commit_run, d, err) == -1 ||
+	    workers_start(&d->disposers, DISPOSERS, dispose_run, d, err) == -1 ||
 	    workers_start(&d->workers, (size_t)d->cfg->workers, run_job, d,
 			  err) == -1)
 		return -1;
-	d->max_outstanding = (size_t)d->cfg->workers * 2;
+	d->max_outstanding = (size_t)d->cfg->workers * 8;
 	d->watchdog_ms = notify_watchdog_ms();
 	d->next_watchdog_ms = d->watchdog_ms > 0 ? now : -1;
 	d->next_rescan_ms = d->cfg->rescan.interval_s > 0 ?
@@ -2246,6 +2314,7 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 		d->fds[i].events = POLLIN;
 	d->fds[SLOT_DONE].fd = workers_fd(d->workers);
 	d->fds[SLOT_COMMIT].fd = workers_fd(d->committer);
+	d->fds[SLOT_DISPOSED].fd = workers_fd(d->disposers);
 	return 0;
 }
 
@@ -2258,6 +2327,11 @@ static void teardown(struct daemon *d)
 	workers_free(d->workers, job_free);
 	if (d->committer_stopped)
 		workers_free(d->committer, free_commit);
+	if (d->disposers != NULL && !d->disposers_stopped &&
+	    workers_stop(d->disposers, watch_now_ms() + 10000) == 0)
+		d->disposers_stopped = true;
+	if (d->disposers_stopped)
+		workers_free(d->disposers, job_free);
 	while (d->waiting != NULL) {
 		struct job *next = d->waiting->commit_next;
 
@@ -2370,6 +2444,8 @@ static void serve(struct daemon *d)
 			collect_done(d);
 		if (d->fds[SLOT_COMMIT].revents & POLLIN)
 			collect_commits(d);
+		if (d->fds[SLOT_DISPOSED].revents & POLLIN)
+			collect_disposed(d);
 		if (d->fds[SLOT_TIMER].revents & POLLIN)
 			handle_timer(d, now);
 		if (!d->stopping)

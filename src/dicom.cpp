@@ -5,6 +5,7 @@
  */
 #include "dicomsort/dicom.h"
 #include "dicomsort/codestream.h"
+#include "dataset.h"
 #include "part10.h"
 
 #include <dcmtk/config/osconfig.h>
@@ -16,6 +17,7 @@
 #include <dcmtk/dcmdata/dcitem.h>
 #include <dcmtk/dcmdata/dcmetinf.h>
 #include <dcmtk/dcmdata/dcostrma.h>
+#include <dcmtk/dcmdata/dcostrmb.h>
 #include <dcmtk/dcmdata/dcpixel.h>
 #include <dcmtk/dcmdata/dcpixseq.h>
 #include <dcmtk/dcmdata/dcpxitem.h>
@@ -43,6 +45,15 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* The C backend (dataset.h) writes the meta header this DCMTK would. */
+static constexpr bool same_text(const char *a, const char *b)
+{
+	return *a == *b && (*a == '\0' || same_text(a + 1, b + 1));
+}
+static_assert(same_text(DS_IMPLEMENTATION_CLASS_UID, OFFIS_IMPLEMENTATION_CLASS_UID) &&
+	      same_text(DS_IMPLEMENTATION_VERSION, OFFIS_DTK_IMPLEMENTATION_VERSION_NAME),
+	      "dataset.h names another DCMTK version's implementation");
 
 /* A top-level value changed on the fast path: its new bytes, padded. */
 struct light_edit {
@@ -73,6 +84,10 @@ struct dicom_file {
 	bool light = false;
 	std::string mem;		/* the file's bytes, parsed in memory */
 	std::string path;		/* for promotion's error messages */
+	/* dicom_load_fd_head(): mem holds only the file's head, the rest
+	 * is read from this descriptor (the caller's) when it is needed
+	 * (reach(), complete()); -1 once mem holds every byte. */
+	int head_fd = -1;
 	struct part10 index {};
 	std::vector<light_edit> edits;
 	/* DCMTK refused bytes the index vouched for (a bug of the index):
@@ -80,11 +95,20 @@ struct dicom_file {
 	 * is rejected rather than sorted on half-read values. */
 	bool unreadable = false;
 	struct error promote_err = ERROR_INIT;
+	/* The C backend (dataset.h) holds the object instead of DCMTK: a
+	 * file it claims, once the fast path is left (promote()), or from the
+	 * load on with DICOMSORT_TEST_BACKEND=c (test_backend()). */
+	struct ds_file *c = nullptr;
 
-	~dicom_file() { part10_free(&index); }
+	~dicom_file()
+	{
+		ds_free(c);
+		part10_free(&index);
+	}
 };
 
 struct dicom_elem {
+	struct ds_elem *c;	/* the C backend's element, or NULL */
 	struct dicom_file *file;
 	DcmElement *element;
 	DcmItem *parent;
@@ -407,8 +431,9 @@ static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
 			trim(raw);
 			return 1;
 		}
-	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()))
-		return LIGHT_ASK_DCMTK;
+	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()) ||
+	    e->value + e->len > f->index.size)
+		return LIGHT_ASK_DCMTK;	/* past a head: reach() first */
 	const char *v = reinterpret_cast<const char *>(f->index.bytes) + e->value;
 	size_t len = e->len;
 	while (len > 0 && (v[len - 1] == '\0' || v[len - 1] == ' '))
@@ -430,6 +455,8 @@ static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
  * META_*): a file copied or spliced keeps its meta header as it came -
  * the layout reads the dataset - and the result says it disagrees. */
 enum { META_CLASS = 1, META_INSTANCE = 2 };
+static_assert(META_CLASS == DS_META_CLASS && META_INSTANCE == DS_META_INSTANCE,
+	      "dataset.h's meta bits are dicom_meta_disagreement()'s");
 
 static unsigned light_meta_mismatch(const struct dicom_file *f)
 {
@@ -445,11 +472,11 @@ static unsigned light_meta_mismatch(const struct dicom_file *f)
 	return m;
 }
 
-/* Index f->mem; true when the fast path vouches for the file. */
-static bool index_light(struct dicom_file *f)
+/* The meta header of f->mem, when its transfer syntax is one the fast
+ * path walks (little endian, not deflated): *implicit says which. */
+static bool open_light(struct dicom_file *f, bool *implicit)
 {
 	const unsigned char *bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
-	std::string sop_class, sop_instance;
 
 	if (part10_open(&f->index, bytes, f->mem.size()) == -1)
 		return false;
@@ -458,15 +485,133 @@ static bool index_light(struct dicom_file *f)
 	    xfer.getByteOrder() != EBO_LittleEndian ||
 	    xfer.getStreamCompression() != ESC_none)
 		return false;
-	if (part10_index(&f->index, xfer.isImplicitVR(), nullptr) == -1)
+	*implicit = xfer.isImplicitVR();
+	return true;
+}
+
+static int reach(struct dicom_file *f, uint32_t tag, struct error *err);
+
+/* What load() requires of every object, from the index. */
+static bool vouch_light(struct dicom_file *f)
+{
+	struct error ignored = ERROR_INIT;
+	std::string sop_class, sop_instance;
+
+	if (reach(f, TAG_SOPClassUID, &ignored) == -1 ||
+	    reach(f, TAG_SOPInstanceUID, &ignored) == -1)
 		return false;
-	/* What load() requires of every object. */
 	if (light_raw(f, TAG_SOPClassUID, sop_class) != 1 || sop_class.empty() ||
 	    light_raw(f, TAG_SOPInstanceUID, sop_instance) != 1 ||
 	    sop_instance.empty())
 		return false;
 	f->light = true;
 	return true;
+}
+
+/* Index f->mem; true when the fast path vouches for the file. */
+static bool index_light(struct dicom_file *f)
+{
+	bool implicit;
+
+	return open_light(f, &implicit) &&
+	       part10_index(&f->index, implicit, nullptr) == 0 &&
+	       vouch_light(f);
+}
+
+/* Index the file of size bytes on fd whose head f->mem holds: the same
+ * strict walk, the rest of the file read through the walker's window,
+ * values skipped by offset. */
+static bool index_head(struct dicom_file *f, int fd, uint64_t size)
+{
+	bool implicit;
+
+	if (!open_light(f, &implicit) ||
+	    part10_index_fd(&f->index, fd, size, implicit, nullptr) == -1)
+		return false;
+	f->head_fd = fd;
+	return vouch_light(f);
+}
+
+/* Bytes [from, mem.size()) of fd into mem at from; a file shorter than
+ * that is being rewritten now. */
+static int read_from(int fd, std::string &mem, size_t from, struct error *err)
+{
+	size_t got = from;
+
+	while (got < mem.size()) {
+		ssize_t n = pread(fd, &mem[got], mem.size() - got,
+				  static_cast<off_t>(got));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
+		if (n == 0)
+			break;
+		got += static_cast<size_t>(n);
+	}
+	if (got != mem.size())
+		return error_set(err, ERROR_TRANSIENT, 0, "source changed "
+				 "while it was read");
+	return 0;
+}
+
+static int read_at_start(int fd, std::string &mem, struct error *err)
+{
+	return read_from(fd, mem, 0, err);
+}
+
+/* A file indexed from its head: its bytes up to upto in memory, what
+ * is missing read now (a value past the head, asked for). The index
+ * points into the grown bytes. */
+static int extend(struct dicom_file *f, size_t upto, struct error *err)
+{
+	size_t have = f->mem.size();
+	int rc;
+
+	if (f->head_fd == -1 || upto <= have)
+		return 0;
+	f->mem.resize(upto);
+	rc = read_from(f->head_fd, f->mem, have, err);
+	if (rc == -1)
+		f->mem.resize(have);
+	f->index.bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
+	f->index.size = f->mem.size();
+	return rc;
+}
+
+/* The value of top-level tag in memory, read if it lies past the head. */
+static int reach(struct dicom_file *f, uint32_t tag, struct error *err)
+{
+	const struct part10_elem *e;
+
+	if (f->head_fd == -1 || (e = part10_find(&f->index, tag)) == nullptr ||
+	    e->undefined_length)
+		return 0;
+	return extend(f, e->value + e->len, err);
+}
+
+/*
+ * A file indexed from its head: every byte read now, for what only the
+ * whole file answers (DCMTK, a write). The index stays - it walked the
+ * whole file - and points into the whole bytes from here on; a head that
+ * reads differently now was another version.
+ */
+static int complete(struct dicom_file *f, struct error *err)
+{
+	if (f->head_fd == -1)
+		return 0;
+	std::string mem(static_cast<size_t>(f->index.file_size), '\0');
+
+	if (read_at_start(f->head_fd, mem, err) == -1)
+		return -1;
+	if (memcmp(mem.data(), f->mem.data(), f->mem.size()) != 0)
+		return error_set(err, ERROR_TRANSIENT, 0, "source changed "
+				 "while it was read");
+	f->mem.swap(mem);
+	f->index.bytes = reinterpret_cast<const unsigned char *>(f->mem.data());
+	f->index.size = f->mem.size();
+	f->head_fd = -1;
+	return 0;
 }
 
 static int replay_edit(struct dicom_file *f, const struct light_edit &ed)
@@ -479,10 +624,40 @@ static int replay_edit(struct dicom_file *f, const struct light_edit &ed)
 	return e->putString(ed.value.c_str()).good() ? 0 : -1;
 }
 
+static bool test_force_dcmtk(void);
+
 /*
- * Have DCMTK parse the bytes, then apply what was changed on the fast
- * path. The index vouched for the structure, so DCMTK refusing the file
- * here is a bug of the index; it is reported like any load failure.
+ * Hand a light file to the C backend (dataset.h) when it claims the bytes,
+ * replaying what was changed on the fast path: 1 done, 0 declined (DCMTK's
+ * then), -1 out of memory. A light edit is a top-level text value put into
+ * the element as it is (its VR kept), as replay_edit() does on DCMTK.
+ */
+static int promote_c(struct dicom_file *f, struct error *err)
+{
+	int claimed = ds_open(&f->c, reinterpret_cast<const unsigned char *>(
+		f->mem.data()), f->mem.size());
+
+	if (claimed == DS_DECLINED)
+		return 0;
+	if (claimed == DS_NO_MEMORY)
+		return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot read");
+	for (const struct light_edit &ed : f->edits)
+		if (ds_set_string(f->c, ed.elem->tag, ed.value.c_str(), err) == -1) {
+			ds_free(f->c);
+			f->c = nullptr;
+			return -1;
+		}
+	return 1;
+}
+
+/*
+ * Leave the fast path for a parse of the whole object: the C backend's when
+ * it claims the file (every file it claims is held to DCMTK byte for byte
+ * by backend_diff and fuzz_backend), else DCMTK's; then apply what was
+ * changed on the fast path. The index vouched for the structure, so DCMTK
+ * refusing the file here is a bug of the index; it is reported like any
+ * load failure. DICOMSORT_TEST_BACKEND=dcmtk (test-only) has DCMTK parse
+ * every file.
  */
 static int promote(struct dicom_file *f, struct error *err)
 {
@@ -492,7 +667,20 @@ static int promote(struct dicom_file *f, struct error *err)
 	}
 	if (!f->light)
 		return 0;
+	if (complete(f, err) == -1)
+		return -1;
+	int c = test_force_dcmtk() ? 0 : promote_c(f, err);
+	if (c == -1) {
+		f->unreadable = true;
+		f->promote_err = *err;
+		return -1;
+	}
 	f->light = false;
+	if (c == 1) {
+		f->edits.clear();
+		part10_free(&f->index);
+		return 0;
+	}
 	if (load(f, f->path.c_str(), &f->mem, err) == -1) {
 		f->unreadable = true;
 		f->promote_err = *err;
@@ -579,6 +767,26 @@ extern "C" int dicom_load(struct dicom_file **out, const char *path,
 	}
 }
 
+/*
+ * Test-only: DICOMSORT_TEST_BACKEND=dcmtk has every file parsed by DCMTK at
+ * load (no fast path, no C backend), =c has the C backend (dataset.h) hold
+ * every file it claims from the load on (not only once the fast path is
+ * left), so a differential test can compare the outputs of both backends
+ * for the same input. Unset (production): the fast path first, then the C
+ * backend for a file it claims (promote()), else DCMTK.
+ */
+static bool test_backend(const char *name)
+{
+	const char *v = getenv("DICOMSORT_TEST_BACKEND");
+
+	return v != nullptr && strcmp(v, name) == 0;
+}
+
+static bool test_force_dcmtk(void)
+{
+	return test_backend("dcmtk");
+}
+
 /* Parse the file's bytes in mem (taken), labelled path in messages. */
 static int load_mem(struct dicom_file **out, std::string &mem,
 		    const char *path, struct error *err)
@@ -591,7 +799,19 @@ static int load_mem(struct dicom_file **out, std::string &mem,
 		f->path = path;
 		/* The bytes stay, parsed by DCMTK or not: they are what
 		 * dicom_file_bytes() gives a caller copying them unchanged. */
-		if (!index_light(f)) {
+		int claimed = test_backend("c") ?
+			ds_open(&f->c, reinterpret_cast<const unsigned char *>(
+				f->mem.data()), f->mem.size()) : DS_DECLINED;
+
+		if (claimed == DS_NO_MEMORY) {
+			delete f;
+			return error_set(err, ERROR_TRANSIENT, ENOMEM, "cannot read");
+		}
+		if (claimed == 0) {
+			*out = f;
+			return 0;
+		}
+		if (test_force_dcmtk() || !index_light(f)) {
 			part10_free(&f->index);
 			if (load(f, path, &f->mem, err) == -1) {
 				delete f;
@@ -613,27 +833,49 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 		return dicom_load(out, path, err);
 	try {
 		std::string mem(static_cast<size_t>(size), '\0');
-		size_t got = 0;
 
-		while (got < mem.size()) {
-			ssize_t n = pread(fd, &mem[got], mem.size() - got,
-					  static_cast<off_t>(got));
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n == -1)
-				return error_set(err, ERROR_TRANSIENT, errno, "cannot read");
-			if (n == 0)
-				break;
-			got += static_cast<size_t>(n);
-		}
-		/* Shorter than its size said: it is being rewritten now. */
-		if (got != mem.size())
-			return error_set(err, ERROR_TRANSIENT, 0, "source changed "
-					 "while it was read");
+		if (read_at_start(fd, mem, err) == -1)
+			return -1;
 		return load_mem(out, mem, path, err);
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "unreadable DICOM file");
 	}
+}
+
+extern "C" int dicom_load_fd_head(struct dicom_file **out, int fd,
+				  long long size, const char *path,
+				  struct error *err)
+{
+	return dicom_load_fd_head_n(out, fd, size, path, DICOM_HEAD_BYTES, err);
+}
+
+extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
+				    long long size, const char *path,
+				    size_t head, struct error *err)
+{
+	struct dicom_file *f = nullptr;
+
+	/* A test's backend (test_backend()) reads the whole file. */
+	if (size <= static_cast<long long>(head) || size > DICOM_LOAD_IN_MEMORY ||
+	    test_force_dcmtk() || test_backend("c"))
+		return dicom_load_fd(out, fd, size, path, err);
+	try {
+		struct error ignored = ERROR_INIT;
+
+		f = new dicom_file;
+		f->mem.resize(head);
+		f->path = path;
+		if (read_at_start(fd, f->mem, &ignored) == 0 &&
+		    index_head(f, fd, static_cast<uint64_t>(size))) {
+			*out = f;
+			return 0;
+		}
+	} catch (...) {
+	}
+	/* Whatever the head cannot vouch for, the whole file decides, as
+	 * it always did: the same result, the same reason. */
+	delete f;
+	return dicom_load_fd(out, fd, size, path, err);
 }
 
 struct dicom_bytes {
@@ -672,6 +914,14 @@ extern "C" const unsigned char *dicom_file_bytes(const struct dicom_file *file,
 						 size_t *len)
 {
 	*len = file->mem.size();
+	return file->mem.empty() || file->head_fd != -1 ? nullptr :
+	       reinterpret_cast<const unsigned char *>(file->mem.data());
+}
+
+extern "C" const unsigned char *dicom_file_head(const struct dicom_file *file,
+						size_t *len)
+{
+	*len = file->mem.size();
 	return file->mem.empty() ? nullptr :
 	       reinterpret_cast<const unsigned char *>(file->mem.data());
 }
@@ -683,11 +933,13 @@ extern "C" void dicom_free(struct dicom_file *file)
 
 extern "C" bool dicom_parsed(const struct dicom_file *file)
 {
-	return !file->light;
+	return !file->light && file->c == nullptr;
 }
 
 extern "C" const char *dicom_transfer_syntax(const struct dicom_file *file)
 {
+	if (file->c != nullptr)
+		return UID_LittleEndianExplicitTransferSyntax;
 	if (file->light || file->dataset == nullptr)
 		return file->index.syntax;
 	DcmXfer xfer(file->dataset->getOriginalXfer());
@@ -697,8 +949,10 @@ extern "C" const char *dicom_transfer_syntax(const struct dicom_file *file)
 
 extern "C" int dicom_load_all(struct dicom_file *file, struct error *err)
 {
-	if (file->light)
+	if (file->c != nullptr)
 		return 0;	/* the bytes are in memory */
+	if (file->light)
+		return complete(file, err);
 	try {
 		OFCondition cond = file->format.loadAllDataIntoMemory();
 		if (cond.bad())
@@ -877,7 +1131,11 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 		*out = nullptr;
 		if (f->light) {
 			struct error ignored = ERROR_INIT;
-			int rc = light_raw(f, tag, raw, convert);
+			int rc;
+
+			if (reach(f, tag, &ignored) == -1)
+				return -1;
+			rc = light_raw(f, tag, raw, convert);
 
 			if (rc == 1) {	/* nothing to convert */
 				*out = dup_string(raw);
@@ -888,6 +1146,8 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 			if (promote(f, &ignored) == -1)
 				return -1;
 		}
+		if (f->c != nullptr)
+			return ds_get_string(f->c, tag, convert, out);
 		if (f->unreadable)
 			return -1;
 		if (f->dataset->findAndGetElement(DcmTagKey(DCM_GROUP(tag),
@@ -920,6 +1180,8 @@ extern "C" int dicom_put_string(struct dicom_file *file, uint32_t tag,
 			return 0;
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_put_string(file->c, tag, value, err);
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		OFCondition cond = file->dataset->putAndInsertString(key, value);
 		if (cond.bad())
@@ -941,6 +1203,8 @@ extern "C" int dicom_empty(struct dicom_file *file, uint32_t tag, struct error *
 			return 0;
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_empty(file->c, tag, err);
 		DcmElement *e = nullptr;
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		if (file->dataset->findAndGetElement(key, e, OFFalse).bad() || !e)
@@ -961,6 +1225,8 @@ extern "C" int dicom_delete(struct dicom_file *file, uint32_t tag, struct error 
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_delete(file->c, tag);
 		file->dataset->findAndDeleteElement(DcmTagKey(DCM_GROUP(tag),
 						    DCM_ELEMENT(tag)), OFFalse, OFFalse);
 		return 0;
@@ -975,6 +1241,8 @@ extern "C" int dicom_convert_to_utf8(struct dicom_file *file, struct error *err)
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_convert_to_utf8(file->c, err);
 		OFCondition cond = file->dataset->convertToUTF8();
 		file->charset_tried = false;
 		if (cond.bad())
@@ -1007,6 +1275,8 @@ extern "C" int dicom_put_code_sequence(struct dicom_file *file, uint32_t tag,
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_put_code_sequence(file->c, tag, codes, count, err);
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		file->dataset->findAndDeleteElement(key, OFFalse, OFFalse);
 		for (size_t i = 0; i < count; i++) {
@@ -1032,6 +1302,8 @@ extern "C" int dicom_append_code_sequence(struct dicom_file *file, uint32_t tag,
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_append_code_sequence(file->c, tag, codes, count, err);
 		DcmTagKey key(DCM_GROUP(tag), DCM_ELEMENT(tag));
 		DcmSequenceOfItems *sq = nullptr;
 		if (file->dataset->findAndGetSequence(key, sq, OFFalse).bad() ||
@@ -1129,6 +1401,7 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 	for (DcmElement *e : elements) {
 		struct dicom_elem elem;
 
+		elem.c = nullptr;
 		elem.file = f;
 		elem.element = e;
 		elem.parent = item;
@@ -1149,12 +1422,43 @@ static int walk(struct dicom_file *f, DcmItem *item, int depth, dicom_visitor fn
 	return 0;
 }
 
+/* The C backend's visit, each element handed on as a struct dicom_elem. */
+struct c_visit {
+	struct dicom_file *file;
+	dicom_visitor fn;
+	void *ctx;
+};
+
+static int c_visitor(void *ctx, struct ds_elem *e)
+{
+	struct c_visit *v = static_cast<struct c_visit *>(ctx);
+	struct dicom_elem elem = {};
+
+	elem.c = e;
+	elem.file = v->file;
+	return v->fn(v->ctx, &elem) == DCM_VISIT_REMOVE ? DS_VISIT_REMOVE :
+	       DS_VISIT_KEEP;
+}
+
 extern "C" int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 			 struct error *err)
 {
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+	} catch (...) {
+		return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
+	}
+	if (file->c != nullptr) {
+		struct c_visit v = { file, fn, ctx };
+
+		if (ds_visit(file->c, c_visitor, &v) == -1)
+			return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
+		if (ds_modified(file->c))
+			file->modified = true;
+		return 0;
+	}
+	try {
 		return walk(file, file->dataset, 0, fn, ctx);
 	} catch (...) {
 		return error_set(err, ERROR_INPUT, 0, "cannot walk the dataset");
@@ -1163,26 +1467,38 @@ extern "C" int dicom_visit(struct dicom_file *file, dicom_visitor fn, void *ctx,
 
 extern "C" uint32_t dicom_elem_tag(const struct dicom_elem *elem)
 {
+	if (elem->c != nullptr)
+		return ds_elem_tag(elem->c);
 	return DCM_TAG(elem->element->getGTag(), elem->element->getETag());
 }
 
 extern "C" const char *dicom_elem_vr(const struct dicom_elem *elem)
 {
+	if (elem->c != nullptr)
+		return ds_elem_vr(elem->c);
 	return elem->vr;
 }
 
 extern "C" int dicom_elem_depth(const struct dicom_elem *elem)
 {
+	if (elem->c != nullptr)
+		return ds_elem_depth(elem->c);
 	return elem->depth;
 }
 
 extern "C" const char *dicom_elem_private_creator(const struct dicom_elem *elem)
 {
+	if (elem->c != nullptr)
+		return ds_elem_private_creator(elem->c);
 	return elem->creator;
 }
 
 extern "C" void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t len)
 {
+	if (elem->c != nullptr) {
+		ds_elem_keyword(elem->c, buf, len);
+		return;
+	}
 	try {
 		/* One look-up: a DcmTag made anew (dicom_keyword_from_tag())
 		 * looks its VR up in the dictionary before its name. */
@@ -1201,6 +1517,8 @@ extern "C" void dicom_elem_keyword(struct dicom_elem *elem, char *buf, size_t le
 
 extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
 {
+	if (elem->c != nullptr)
+		return ds_elem_get_string(elem->c, utf8);
 	try {
 		return element_string(elem->file, elem->element, utf8, true);
 	} catch (...) {
@@ -1209,10 +1527,57 @@ extern "C" int dicom_elem_get_string(struct dicom_elem *elem, char **utf8)
 	}
 }
 
+/*
+ * Text put into a binary element of a file the C backend holds (a UID's
+ * pseudonym into a US written where the dictionary says UI): DCMTK parses
+ * it, as it would the element it read (putString(): sscanf() per value,
+ * an odd OB padded), and its encoded value becomes the C backend's. One
+ * parser, so the backends cannot disagree on a value's bytes.
+ */
+static int c_put_binary(struct dicom_elem *elem, const char *value,
+			struct error *err)
+{
+	uint32_t tag = ds_elem_tag(elem->c);
+	DcmTag t(DCM_GROUP(tag), DCM_ELEMENT(tag), DcmVR(ds_elem_vr(elem->c)));
+	DcmElement *e = nullptr;
+
+	if (DcmItem::newDicomElementWithVR(e, t).bad() || e == nullptr)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	std::unique_ptr<DcmElement> owned(e);
+	OFCondition cond = e->putString(value);
+	if (cond.bad())
+		return fail(err, ERROR_INPUT, 0, "cannot set value", cond);
+	Uint32 vlen = e->getLength(EXS_LittleEndianExplicit, EET_ExplicitLength);
+	Uint32 total = e->calcElementLength(EXS_LittleEndianExplicit,
+					    EET_ExplicitLength);
+	std::string buf(total, '\0');
+	DcmOutputBufferStream out(&buf[0], total);
+	e->transferInit();
+	cond = e->write(out, EXS_LittleEndianExplicit, EET_ExplicitLength, nullptr);
+	e->transferEnd();
+	void *written = nullptr;
+	offile_off_t n = 0;
+	out.flushBuffer(written, n);
+	if (cond.bad() || n != static_cast<offile_off_t>(total) || vlen > total)
+		return error_set(err, ERROR_INPUT, 0, "cannot set value");
+	return ds_elem_put_bytes(elem->c, buf.data() + (total - vlen), vlen, err);
+}
+
 extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 				   struct error *err)
 {
 	elem->file->modified = true;
+	if (elem->c != nullptr) {
+		const char *vr = ds_elem_vr(elem->c);
+
+		if (strcmp(vr, "SQ") == 0 || text_vr(vr))
+			return ds_elem_put_string(elem->c, value, err);
+		try {
+			return c_put_binary(elem, value, err);
+		} catch (...) {
+			return error_set(err, ERROR_INPUT, 0, "cannot set value");
+		}
+	}
 	try {
 		OFCondition cond = elem->element->putString(value);
 		if (cond.bad())
@@ -1226,6 +1591,13 @@ extern "C" int dicom_elem_put_string(struct dicom_elem *elem, const char *value,
 extern "C" int dicom_elem_keep_first_item(struct dicom_elem *elem,
 					  struct error *err)
 {
+	if (elem->c != nullptr) {
+		int rc = ds_elem_keep_first_item(elem->c, err);
+
+		if (ds_modified(elem->file->c))
+			elem->file->modified = true;
+		return rc;
+	}
 	try {
 		if (elem->element->ident() != EVR_SQ)
 			return error_set(err, ERROR_INPUT, 0, "not a sequence");
@@ -1243,6 +1615,8 @@ extern "C" int dicom_elem_keep_first_item(struct dicom_elem *elem,
 extern "C" int dicom_elem_empty(struct dicom_elem *elem, struct error *err)
 {
 	elem->file->modified = true;
+	if (elem->c != nullptr)
+		return ds_elem_empty(elem->c, err);
 	try {
 		DcmElement *e = elem->element;
 		OFCondition cond = e->ident() == EVR_SQ ?
@@ -1338,6 +1712,9 @@ extern "C" int dicom_strip_pixel_metadata(struct dicom_file *file, int *removed,
 	try {
 		if (promote(file, err) == -1)
 			return -1;
+		/* What the C backend claims has no encapsulated pixel data. */
+		if (file->c != nullptr)
+			return 0;
 		enum codestream_kind kind = codestream_kind_of(
 			DcmXfer(file->dataset->getOriginalXfer()).getXferID());
 		DcmElement *e = nullptr;
@@ -1396,6 +1773,10 @@ static bool same_uid(DcmItem *a, const DcmTagKey &ka, DcmItem *b,
 
 extern "C" bool dicom_bytes_reusable(const struct dicom_file *file)
 {
+	/* ds_open() vouched for the meta header's transfer syntax (explicit
+	 * VR little endian, as the dataset) and for every value's length. */
+	if (file->c != nullptr)
+		return !file->modified && !ds_modified(file->c);
 	try {
 		/* index_light() vouched for the meta header's transfer
 		 * syntax: the bytes parse as they are, whatever its SOP
@@ -1434,6 +1815,11 @@ extern "C" const char *dicom_meta_disagreement(const struct dicom_file *file)
 		"MediaStorageSOPInstanceUID differ from the dataset's SOP UIDs",
 	};
 
+	/* A changed file gets a fresh meta header from ds_save_fd(): none is
+	 * kept to disagree. */
+	if (file->c != nullptr)
+		return file->modified || ds_modified(file->c) ? nullptr :
+		       what[ds_meta_disagreement(file->c) & 3];
 	try {
 		unsigned m = 0;
 
@@ -1605,10 +1991,13 @@ static int save_fd(struct dicom_file *file, int fd, struct error *err)
 		/* Spliced: the source's bytes but for the edited values,
 		 * whatever the meta header says (dicom_meta_disagreement()). */
 		if (file->light)
-			return light_save(file, fd, err) == -1 ? -1 :
+			return complete(file, err) == -1 ||
+			       light_save(file, fd, err) == -1 ? -1 :
 			       clear_preamble(file, fd, err);
 		if (promote(file, err) == -1)
 			return -1;
+		if (file->c != nullptr)
+			return ds_save_fd(file->c, fd, file->zero_preamble, err);
 		OFCondition cond;
 		int werr;
 		bool flushed;

@@ -105,6 +105,7 @@ int part10_open(struct part10 *p, const unsigned char *bytes, size_t size)
 	memset(p, 0, sizeof(*p));
 	p->bytes = bytes;
 	p->size = size;
+	p->file_size = size;
 	if (size < META_START || memcmp(bytes + 128, "DICM", 4) != 0)
 		return -1;
 	while (pos + 8 <= size && get16(bytes + pos) == 0x0002) {
@@ -201,6 +202,9 @@ struct reader {
 	uint64_t size;		/* of the raw source, or UNKNOWN */
 	uint64_t raw;		/* raw bytes taken from the source */
 	bool seekable;
+	bool positional;	/* pread(2) at raw; see part10_source */
+	const unsigned char *head;
+	size_t held;
 	bool direct;		/* memory, not inflating: bytes + pos */
 	/* The window: the stream from pos on is buf[lo, hi). */
 	unsigned char *buf;
@@ -228,7 +232,15 @@ static int reader_init(struct reader *r, const struct part10_source *src)
 		r->direct = true;
 		return 0;
 	}
-	r->seekable = r->size != UNKNOWN && lseek(r->fd, 0, SEEK_CUR) != -1;
+	r->positional = src->positional && r->size != UNKNOWN;
+	if (r->positional) {
+		r->head = src->head;
+		r->held = src->head != NULL ? src->held : 0;
+		if (r->held > r->size)
+			r->held = (size_t)r->size;
+	}
+	r->seekable = r->positional ||
+		      (r->size != UNKNOWN && lseek(r->fd, 0, SEEK_CUR) != -1);
 	r->buf = malloc(r->cap);
 	return r->buf == NULL ? -1 : 0;
 }
@@ -247,8 +259,17 @@ static size_t read_raw(struct reader *r, unsigned char *dst, size_t want)
 {
 	if (r->size != UNKNOWN && want > r->size - r->raw)
 		want = (size_t)(r->size - r->raw);
+	if (r->raw < r->held) {
+		size_t n = want < r->held - r->raw ? want : (size_t)(r->held - r->raw);
+
+		memcpy(dst, r->head + r->raw, n);
+		r->raw += n;
+		return n;
+	}
 	while (want > 0) {
-		ssize_t n = read(r->fd, dst, want);
+		ssize_t n = r->positional ?
+			    pread(r->fd, dst, want, (off_t)r->raw) :
+			    read(r->fd, dst, want);
 
 		if (n == -1 && errno == EINTR)
 			continue;
@@ -368,8 +389,8 @@ static bool skip(struct reader *r, uint64_t n)
 
 	r->lo = r->hi = 0;
 	if (!r->inflating && r->seekable) {
-		if (left > r->size - r->raw ||
-		    lseek(r->fd, (off_t)left, SEEK_CUR) == -1)
+		if (left > r->size - r->raw || (!r->positional &&
+		    lseek(r->fd, (off_t)left, SEEK_CUR) == -1))
 			return false;
 		r->raw += left;
 		r->pos += n;
@@ -836,13 +857,14 @@ static int note_top(void *ctx, const struct part10_header *h)
 	return 0;
 }
 
-int part10_index(struct part10 *p, bool implicit, part10_is_sequence_fn is_sequence)
+static int index_source(struct part10 *p, const struct part10_source *src,
+			bool implicit, part10_is_sequence_fn is_sequence)
 {
-	struct part10_source src = { .bytes = p->bytes, .size = p->size };
 	struct indexing x = { .p = p };
 
 	p->implicit = implicit;
-	if (part10_walk(&src, p->dataset, PART10_STRICT |
+	p->file_size = src->size;
+	if (part10_walk(src, p->dataset, PART10_STRICT |
 			(implicit ? PART10_IMPLICIT : 0), is_sequence,
 			note_top, &x) == 0)
 		return 0;
@@ -850,6 +872,30 @@ int part10_index(struct part10 *p, bool implicit, part10_is_sequence_fn is_seque
 	p->top = NULL;
 	p->count = 0;
 	return -1;
+}
+
+int part10_index(struct part10 *p, bool implicit, part10_is_sequence_fn is_sequence)
+{
+	struct part10_source src = { .bytes = p->bytes, .size = p->size };
+
+	return index_source(p, &src, implicit, is_sequence);
+}
+
+/* The window is small: past the head it is read only around element
+ * headers (the pixel data's, then nothing when its value ends the file),
+ * and each pread(2) of it copies that much. */
+#define HEAD_WINDOW 4096
+
+int part10_index_fd(struct part10 *p, int fd, uint64_t size, bool implicit,
+		    part10_is_sequence_fn is_sequence)
+{
+	struct part10_source src = { .fd = fd, .size = size,
+				     .window = HEAD_WINDOW, .positional = true,
+				     .head = p->bytes, .held = p->size };
+
+	if (size < p->size)
+		return -1;
+	return index_source(p, &src, implicit, is_sequence);
 }
 
 const struct part10_elem *part10_find(const struct part10 *p, uint32_t tag)
@@ -922,6 +968,13 @@ int part10_write(const struct part10 *p, const struct part10_edit *edits,
 	size_t from = 0;
 	int n = 0, rc;
 
+	/* Only the head in memory: the rest would be missing. */
+	if (p->file_size != p->size) {
+		free(iov);
+		free(headers);
+		return error_set(err, ERROR_INPUT, 0, "cannot write DICOM file "
+				 "(only its head was read)");
+	}
 	if (iov == NULL || headers == NULL) {
 		free(iov);
 		free(headers);

@@ -54,6 +54,8 @@ struct part10 {
 	char media_class[65];
 	char media_instance[65];
 	size_t dataset;		/* offset of the dataset's first element */
+	uint64_t file_size;	/* of the file indexed; more than size when
+				   bytes hold only its head (part10_index_fd()) */
 	bool implicit;
 	bool group_lengths;	/* the dataset has (gggg,0000) elements */
 	struct part10_elem *top;
@@ -86,6 +88,17 @@ bool part10_dictionary_sequence(uint32_t tag);
  */
 int part10_index(struct part10 *p, bool implicit, part10_is_sequence_fn is_sequence);
 
+/**
+ * part10_index() of a file of which p holds only the head (part10_open()
+ * of its first bytes): the rest is walked from fd, a regular file of size
+ * bytes, through a small window with pread(2) - element headers read,
+ * large values (pixel data) skipped by offset, not read - and checked as
+ * strictly, to its last byte. The values of p->top past the head are not
+ * in memory; part10_write() refuses such an index.
+ */
+int part10_index_fd(struct part10 *p, int fd, uint64_t size, bool implicit,
+		    part10_is_sequence_fn is_sequence);
+
 /* The indexed element with tag, or NULL. */
 const struct part10_elem *part10_find(const struct part10 *p, uint32_t tag);
 
@@ -102,7 +115,8 @@ struct part10_edit {
  * at most once) spliced in; everything else is the file's own bytes. Only
  * elements of defined length with a VR of short or long text form can be
  * edited (the caller checks); p->group_lengths must be false if any edit
- * changes a length. -1 with ERROR_TRANSIENT when writing fails.
+ * changes a length. -1 with ERROR_TRANSIENT when writing fails (and with
+ * ERROR_INPUT, writing nothing, when p holds only the file's head).
  */
 int part10_write(const struct part10 *p, const struct part10_edit *edits,
 		 size_t count, int fd, struct error *err);
@@ -131,6 +145,13 @@ struct part10_source {
 				   reads until EOF) */
 	size_t window;		/* fd or deflated: bytes buffered, 0: 64 KiB;
 				   at least PART10_MIN_WINDOW */
+	/* fd a regular file of size bytes, read with pread(2) from its
+	 * start, its offset never used: a value skipped costs no system
+	 * call. Its first held bytes are at head already (the caller read
+	 * them): taken from there, not read again. */
+	bool positional;
+	const unsigned char *head;
+	size_t held;
 };
 
 /* How the dataset is encoded, and how much the walk forgives. */

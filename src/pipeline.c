@@ -61,8 +61,10 @@ struct job {
 	 * source read once, hashed as it is read; a small one in memory
 	 * (snap_mem), a larger one in an anonymous file on the output's
 	 * file system (snap_fd). Neither when the source itself may become
-	 * the output (rename_unchanged): then nothing is read from it after
-	 * the version check that follows the last read. */
+	 * the output (rename_unchanged): then only what deciding needs is
+	 * read from it (head_only()), and whatever is read - a value past
+	 * the head included - comes before the version check of its claim
+	 * (a rename) or of its copy. */
 	bool snapshot;
 	struct dicom_bytes *snap_bytes;	/* owns snap_mem until parsed */
 	unsigned char *snap_mem;
@@ -500,6 +502,18 @@ static int take_snapshot(struct job *job, struct error *err)
 	return rc;
 }
 
+static bool rename_candidate(const struct job *job);
+
+/* A rename candidate that nothing will change: its bytes are never read
+ * here (the inode becomes the output), so only what the decision needs
+ * is (dicom_load_fd_head()). Anything else - a copy after all, a changed
+ * PatientID - has the adapter read the rest. */
+static bool head_only(const struct job *job)
+{
+	return !job->snapshot && rename_candidate(job) &&
+	       job->pipeline->opts.deid.profile == DEID_NONE;
+}
+
 /* Parse the snapshot (or, with no snapshot, the descriptor opened: a
  * large value is then re-read through its /proc path, the same inode,
  * and the version is checked after the last read). */
@@ -514,10 +528,15 @@ static int load_source(struct job *job, struct error *err)
 		return dicom_load_bytes(&job->file, job->snap_bytes, err);
 	}
 	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
-	if (dicom_load_fd(&job->file, fd, job->source_st.st_size, proc_path,
-			  err) == -1)
+	if ((head_only(job) ? dicom_load_fd_head : dicom_load_fd)(&job->file,
+			fd, job->source_st.st_size, proc_path, err) == -1)
 		return -1;
-	return job->snapshot ? 0 : check_source_version(job, err);
+	/* A rename candidate's version is checked where its output is made,
+	 * after every read: by its claim (fsutil_move(), under the lease)
+	 * or after its copy (fill_temp()). One fstat less per file. */
+	if (job->snapshot || rename_candidate(job))
+		return 0;
+	return check_source_version(job, err);
 }
 
 /* ---- step 2: where it goes ---- */
@@ -609,7 +628,7 @@ static bool reuse_source_bytes(struct job *job)
 
 	if (!dicom_bytes_reusable(job->file) || job->source_st.st_size < 132)
 		return false;
-	mem = dicom_file_bytes(job->file, &len);
+	mem = dicom_file_head(job->file, &len);
 	if (mem != NULL)
 		return len >= 132 && memcmp(mem + 128, "DICM", 4) == 0;
 	/* A snapshot in memory without its bytes: DCMTK writes the parsed

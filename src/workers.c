@@ -28,10 +28,12 @@ struct workers {
 	size_t running;
 	size_t alive;
 	bool stopping;
+	bool finishing;			/* stopping, but the queue runs first */
 	workers_run_fn run;
 	void *ctx;
 	int event_fd;
 	size_t nthreads;
+	size_t low_water;		/* queued jobs: at most this, wake */
 	pthread_t *threads;
 };
 
@@ -78,7 +80,7 @@ static void *thread_main(void *arg)
 
 		while (!pool->stopping && pool->todo.len == 0)
 			pthread_cond_wait(&pool->work, &pool->lock);
-		if (pool->stopping)
+		if (pool->stopping && (!pool->finishing || pool->todo.len == 0))
 			break;
 		n = fifo_pop(&pool->todo);
 		pool->running++;
@@ -87,7 +89,11 @@ static void *thread_main(void *arg)
 		pthread_mutex_lock(&pool->lock);
 		pool->running--;
 		fifo_push(&pool->done, n);
-		wake_loop(pool);
+		/* Only when the loop has something to do: refill a queue
+		 * that runs low (or dry), and take every finished job at
+		 * once - not once per job, each a wake-up of its own. */
+		if (pool->todo.len <= pool->low_water)
+			wake_loop(pool);
 	}
 	pool->alive--;
 	pthread_cond_broadcast(&pool->idle);
@@ -107,6 +113,7 @@ int workers_start(struct workers **out, size_t threads, workers_run_fn run,
 	pthread_cond_init(&pool->idle, NULL);
 	pool->run = run;
 	pool->ctx = ctx;
+	pool->low_water = threads;
 	pool->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pool->threads = calloc(threads, sizeof(*pool->threads));
 	*out = pool;
@@ -199,7 +206,7 @@ static void deadline_to_timespec(int64_t deadline_ms, struct timespec *ts)
 	}
 }
 
-int workers_stop(struct workers *pool, int64_t deadline_ms)
+static int stop(struct workers *pool, bool finish, int64_t deadline_ms)
 {
 	struct timespec ts;
 	int rc = 0;
@@ -207,6 +214,7 @@ int workers_stop(struct workers *pool, int64_t deadline_ms)
 	deadline_to_timespec(deadline_ms, &ts);
 	pthread_mutex_lock(&pool->lock);
 	pool->stopping = true;
+	pool->finishing = finish;
 	pthread_cond_broadcast(&pool->work);
 	while (pool->alive > 0 && rc == 0)
 		if (pthread_cond_timedwait(&pool->idle, &pool->lock, &ts) == ETIMEDOUT)
@@ -217,6 +225,16 @@ int workers_stop(struct workers *pool, int64_t deadline_ms)
 	for (size_t i = 0; i < pool->nthreads; i++)
 		pthread_join(pool->threads[i], NULL);
 	return 0;
+}
+
+int workers_stop(struct workers *pool, int64_t deadline_ms)
+{
+	return stop(pool, false, deadline_ms);
+}
+
+int workers_finish(struct workers *pool, int64_t deadline_ms)
+{
+	return stop(pool, true, deadline_ms);
 }
 
 static void drain(struct fifo *f, void (*free_job)(void *job))

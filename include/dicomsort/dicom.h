@@ -70,6 +70,32 @@ int dicom_load(struct dicom_file **out, const char *path, struct error *err);
 int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 		  const char *path, struct error *err);
 
+/** What dicom_load_fd_head() reads first: the meta header and the
+ *  attributes before the pixel data of most images. */
+#define DICOM_HEAD_BYTES 4096
+
+/**
+ * dicom_load_fd() reading only what deciding needs, for a file that is
+ * moved as it is (a rename: its bytes are never copied here). The first
+ * DICOM_HEAD_BYTES are read; the fast path (part10.h) indexes them and
+ * walks the rest of the file's element headers from fd, skipping large
+ * values by offset, as strictly as a file in memory: a value longer than
+ * the file, a broken item of encapsulated pixel data, trailing bytes are
+ * all seen. Whatever it cannot vouch for (another transfer syntax, a
+ * structure it cannot follow), and a file of at most DICOM_HEAD_BYTES or
+ * more than DICOM_LOAD_IN_MEMORY, is loaded by dicom_load_fd(), which
+ * also names what is wrong with it. fd must stay open while the file is
+ * used: a value past the head is read when asked for (the bytes up to
+ * its end), and a save or a full parse reads every byte (failing as
+ * "source changed" if the head reads differently then).
+ */
+int dicom_load_fd_head(struct dicom_file **out, int fd, long long size,
+		       const char *path, struct error *err);
+/* The same with a head of head bytes: for tests and fuzz targets, whose
+ * files are smaller than DICOM_HEAD_BYTES. */
+int dicom_load_fd_head_n(struct dicom_file **out, int fd, long long size,
+			 const char *path, size_t head, struct error *err);
+
 /*
  * A file's bytes read by the caller straight into memory the adapter then
  * parses without a copy: dicom_bytes_new() gives size writable bytes (NULL
@@ -87,6 +113,11 @@ int dicom_load_bytes(struct dicom_file **out, struct dicom_bytes *bytes,
 /** The bytes a file loaded from memory (dicom_load_bytes(), or
  *  dicom_load_fd() of a small file) was parsed from; NULL otherwise. */
 const unsigned char *dicom_file_bytes(const struct dicom_file *file, size_t *len);
+
+/** The first *len bytes of the file held in memory: all of them as
+ *  dicom_file_bytes() gives, or the head of dicom_load_fd_head(); NULL
+ *  when none are (a large file loaded from its path). */
+const unsigned char *dicom_file_head(const struct dicom_file *file, size_t *len);
 
 void dicom_free(struct dicom_file *file);
 

@@ -46,6 +46,10 @@ size_t workers_queued(const struct workers *pool);
  */
 int workers_stop(struct workers *pool, int64_t deadline_ms);
 
+/** Like workers_stop(), but every job queued runs first (work that must
+ *  not be left for the next start). */
+int workers_finish(struct workers *pool, int64_t deadline_ms);
+
 /** Free the pool after a successful workers_stop(); free_job (may be
  *  NULL) is called for every job still queued or not taken back. */
 void workers_free(struct workers *pool, void (*free_job)(void *job));

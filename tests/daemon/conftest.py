@@ -30,12 +30,13 @@ import time
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "tools"))
 from figures import Figures  # noqa: E402
+from gendicom import file_meta, set_grey_pixels  # noqa: E402
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 UID_ROOT = "1.2.826.0.1.3680043.10.4242"
@@ -78,13 +79,9 @@ def dicom_bytes(patient_id="PAT001", patient_name="Doe^John",
     """One small CT image (16-bit) as Part 10 bytes."""
     if sop_uid is None:
         sop_uid = pydicom.uid.generate_uid(prefix=UID_ROOT + ".")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = UID_ROOT + ".1"
     ds = Dataset()
-    ds.file_meta = meta
+    ds.file_meta = file_meta(CT_IMAGE_STORAGE, sop_uid,
+                             ExplicitVRLittleEndian, UID_ROOT + ".1")
     ds.is_little_endian = True
     ds.is_implicit_VR = False
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -102,14 +99,7 @@ def dicom_bytes(patient_id="PAT001", patient_name="Doe^John",
     ds.SeriesInstanceUID = ds.StudyInstanceUID + "." + str(series_number)
     ds.SeriesNumber = series_number
     ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    set_grey_pixels(ds, rows, cols)
     # Distinct, deterministic pixels per seed: a fixed ramp whose first
     # eight bytes carry the seed.
     n = rows * cols * 2

@@ -269,6 +269,7 @@ def test_max_depth_is_checked_by_check_config(tmp_path):
 # ---- item 7: more folders than inotify watches ----
 
 WATCH_LIMIT = 20
+UNWATCHED_RESCAN_S = 3
 
 
 def in_watch_limited_userns(limit):
@@ -310,8 +311,11 @@ def test_more_folders_than_inotify_watches(daemon, tmp_path):
     for f, it in zip(folders, first):
         write_items(f, [it])
     try:
-        # watch.unwatched_rescan_s stays at its default (30 s).
+        # A short watch.unwatched_rescan_s (default 30 s): the rounds
+        # below wait for it twice, and a few rescans in between put the
+        # "no rebuild loop, the warning once" checks to the test.
         d = daemon(wrapper=in_watch_limited_userns(WATCH_LIMIT),
+                   watch={"unwatched_rescan_s": UNWATCHED_RESCAN_S},
                    env={"NOTIFY_SOCKET": listener.path})
         d.wait_stored(len(first), timeout=60)
         warn = [ln for ln in d.log_lines() if "degraded:" in ln]

@@ -14,6 +14,14 @@ from conftest import (SLOW, files_below, make_items, pydicom, read_sops,
                       wait_until, write_items)
 
 
+def folder_empty_or_gone(folder):
+    """The daemon's cleanup may remove the folder while it is listed."""
+    try:
+        return not any(folder.iterdir())
+    except FileNotFoundError:
+        return True
+
+
 def test_folder_removed_and_made_again_is_watched(daemon):
     """Issue 12 item 6: the daemon's own empty-folder cleanup removes sub/;
     sub/ made again must be watched again, or files written into it wait
@@ -34,7 +42,7 @@ def test_folder_removed_and_made_again_is_watched(daemon):
             wait_until(lambda: not sub.exists(), 20 * SLOW,
                        what="the emptied folder to be removed")
         else:
-            wait_until(lambda: not any(sub.iterdir()), 20 * SLOW,
+            wait_until(lambda: folder_empty_or_gone(sub), 20 * SLOW,
                        what="the folder to empty")
             try:
                 os.rmdir(sub)

@@ -260,6 +260,51 @@ def test_no_leak_batch(clean, report, leak_input, run_dicomsort, secret,
                     pytrace=False)
 
 
+def backend_claims(path):
+    """backend_diff's verdict on one file: (claimed by the C backend,
+    identical to DCMTK in bytes, visits, edits and deid_apply())."""
+    tool = pathlib.Path(os.environ.get("DICOMSORT_BUILD_DIR", REPO / "build")) \
+        / "tests" / "backend_diff"
+    if not tool.exists():
+        pytest.skip("backend_diff not built")
+    r = subprocess.run([str(tool), str(path)], capture_output=True, text=True,
+                       timeout=120)
+    return " 1 claimed" in r.stdout, r.returncode == 0
+
+
+@pytest.mark.parametrize("clean", [False, True],
+                         ids=["basic", "basic+clean-descriptors"])
+def test_no_leak_c_backend(clean, run_dicomsort, secret, tmp_path):
+    """The planted files without their UN element (which the C backend of
+    dicom.h declines) are the C backend's: it must claim every one, match
+    DCMTK, and leak nothing - private tags, nested sequences, SR content,
+    Latin-1 and UTF-8 included."""
+    in_dir = tmp_path / "in"
+    n = 0
+    for k, p in enumerate(PATIENTS):
+        ds = planted_dataset(p, k)
+        for d in (ds, ds.PerformedProtocolCodeSequence[0]):
+            del d[0x00291004]
+            d.add_new(0x00291005, "LT", p["address"])
+        write(ds, in_dir / f"f{n:03d}.dcm")
+        n += 1
+    for path in sorted(in_dir.iterdir()):
+        claimed, identical = backend_claims(path)
+        assert claimed and identical, (path.name, claimed, identical)
+    args = ["--profile", "basic", "--secret", secret, "--json"]
+    if clean:
+        args.append("--clean-descriptors")
+    result = run_dicomsort(in_dir, tmp_path / "out", *args)
+    assert result.rc == 0, result
+    assert result.json["stored"] == n, result
+    problems = scan_output(tmp_path / "out")
+    problems += leaks_in(result.stdout, "stdout")
+    problems += leaks_in(result.stderr, "stderr")
+    if problems:
+        pytest.fail(f"{len(problems)} leak(s):\n" + "\n".join(problems),
+                    pytrace=False)
+
+
 def test_no_leak_in_rejections(leak_input, run_dicomsort, secret, tmp_path):
     """Rejected files (unknown ID, burned-in text): reasons stay clean."""
     in_dir, count = leak_input

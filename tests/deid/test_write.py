@@ -22,10 +22,29 @@ from conftest import ct_image, new_meta, output_files, read, write
 PAYLOAD = b"MZ" + b"Preamble-Hofstaetter".ljust(126, b"\0")
 
 
-def image(path, side):
+def ramp_image(side):
+    """A side x side CT image whose 12-bit pixels are a ramp."""
     ds = ct_image(rows=side, columns=side)
     ds.PixelData = b"".join(struct.pack("<H", (i * 7) & 0xFFF)
                             for i in range(side * side))
+    return ds
+
+
+def basic_output(run_dicomsort, secret, tmp_path):
+    """Run basic over tmp_path/in into tmp_path/out: it succeeds with one
+    output that starts with a zeroed preamble and DICM. Returns the
+    output's bytes and the output read by pydicom."""
+    result = run_dicomsort(tmp_path / "in", tmp_path / "out", "--profile",
+                           "basic", "--secret", secret)
+    assert result.rc == 0, result
+    (out,) = output_files(tmp_path / "out")
+    data = out.read_bytes()
+    assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM"
+    return data, read(out)
+
+
+def image(path, side):
+    ds = ramp_image(side)
     path = write(ds, path)
     data = path.read_bytes()
     path.write_bytes(PAYLOAD + data[128:])
@@ -36,13 +55,7 @@ def image(path, side):
                          ids=["9k", "128k", "288k-over-buffer", "1.2M-lazy"])
 def test_pixel_data_written_whole(run_dicomsort, secret, tmp_path, side):
     pixels = image(tmp_path / "in" / "a.dcm", side)
-    result = run_dicomsort(tmp_path / "in", tmp_path / "out", "--profile",
-                           "basic", "--secret", secret)
-    assert result.rc == 0, result
-    (out,) = output_files(tmp_path / "out")
-    data = out.read_bytes()
-    assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM"
-    got = read(out)
+    data, got = basic_output(run_dicomsort, secret, tmp_path)
     assert got.PixelData == pixels
     assert got.Rows == side and got.Columns == side
     assert b"Hofstaetter" not in data and b"Testperson" not in data
@@ -59,9 +72,7 @@ def test_every_transfer_syntax_written_whole(run_dicomsort, secret, tmp_path,
     """Each encoding DCMTK writes back, deflated included (a deflate
     filter sits between DCMTK and the buffer: its bytes must all come out,
     the meta header's too)."""
-    ds = ct_image(rows=side, columns=side)
-    ds.PixelData = b"".join(struct.pack("<H", (i * 7) & 0xFFF)
-                            for i in range(side * side))
+    ds = ramp_image(side)
     path = tmp_path / "in" / "a.dcm"
     path.parent.mkdir(parents=True)
     new_meta(ds, syntax)
@@ -69,13 +80,7 @@ def test_every_transfer_syntax_written_whole(run_dicomsort, secret, tmp_path,
     ds.is_implicit_VR = syntax == ImplicitVRLittleEndian
     ds.save_as(str(path), write_like_original=False)
     pixels = read(path).PixelData
-    result = run_dicomsort(tmp_path / "in", tmp_path / "out", "--profile",
-                           "basic", "--secret", secret)
-    assert result.rc == 0, result
-    (out,) = output_files(tmp_path / "out")
-    data = out.read_bytes()
-    assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM"
-    got = read(out)
+    _, got = basic_output(run_dicomsort, secret, tmp_path)
     assert got.file_meta.TransferSyntaxUID == syntax
     assert got.PixelData == pixels
     assert got.PatientID.startswith("ANON")

@@ -27,8 +27,10 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 import pydicom.encaps  # noqa: E402
 import pydicom.filewriter  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.filebase import DicomBytesIO  # noqa: E402
+
+from gendicom import file_meta, meta_header, set_grey_pixels  # noqa: E402
 
 SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"		# Secondary Capture
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -57,12 +59,7 @@ def build(name="Doe^Jane", patient_id="OLD7", birth="19800131",
     """The bytes of a Part 10 file: meta header as given, then the
     dataset ending in the encapsulated pixel data (explicit VR little
     endian), or native pixel data when implicit (implicit VR)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = media_class
-    meta.MediaStorageSOPInstanceUID = media_instance
-    meta.TransferSyntaxUID = meta_syntax
-    meta.ImplementationClassUID = ROOT + ".1"
-
+    meta = file_meta(media_class, media_instance, meta_syntax, ROOT + ".1")
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = SOP_CLASS
@@ -77,21 +74,8 @@ def build(name="Doe^Jane", patient_id="OLD7", birth="19800131",
     ds.SeriesNumber = 4
     ds.SeriesDescription = "BYTES"
     ds.InstanceNumber = 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = 8
-    ds.Columns = 8
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    set_grey_pixels(ds, 8, 8, bits_allocated=8)
 
-    head = io.BytesIO()
-    head.write(b"\0" * 128 + b"DICM")
-    mf = DicomBytesIO()
-    mf.is_little_endian, mf.is_implicit_VR = True, False
-    pydicom.filewriter.write_file_meta_info(mf, meta, enforce_standard=True)
-    head.write(mf.getvalue())
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, implicit
     pydicom.filewriter.write_dataset(body, ds)
@@ -100,7 +84,7 @@ def build(name="Doe^Jane", patient_id="OLD7", birth="19800131",
                   bytes(range(64)))
     else:
         pixels = encapsulated(fragment)
-    return head.getvalue() + body.getvalue() + pixels
+    return meta_header(meta) + body.getvalue() + pixels
 
 
 def run_json(run_dicomsort, *args):

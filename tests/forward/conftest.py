@@ -8,7 +8,7 @@ Run from the build folder (ctest does this with the label `forward`):
 
 Fixtures:
     orthanc          a running Orthanc (tests/forward/orthanc.py), no auth,
-                     stopped at teardown; orthanc.stop()/start() keep data.
+                     killed at teardown; orthanc.stop()/start() keep data.
     orthanc_auth     the same with HTTP basic auth; .auth = (user, password).
     make_orthanc     make_orthanc(**kw) -> a started Orthanc with the given
                      options (aet, auth, lua, extra, check_called_aet).

@@ -17,6 +17,7 @@ import importlib.util
 import io
 import os
 import pathlib
+import re
 import resource
 import struct
 import subprocess
@@ -52,9 +53,10 @@ SANITIZED = helpers.SANITIZED
 UID_ROOT = helpers.UID_ROOT
 
 import pydicom  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.filebase import DicomBytesIO  # noqa: E402
-from pydicom.filewriter import write_dataset, write_file_meta_info  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.filewriter import write_dataset  # noqa: E402
+
+from gendicom import file_meta, meta_header  # noqa: E402
 
 LONG = os.environ.get("DICOMSORT_LONG_TESTS") == "1"
 IS_ROOT = os.geteuid() == 0
@@ -101,6 +103,25 @@ def run_measured(argv, timeout=120, **kw):
                 usage.ru_maxrss)
 
 
+# ---- the daemon's audit lines and outputs ----
+
+# The daemon's own folder in the output root (pending-record markers).
+STATE = ".dicomsortd-state"
+
+
+def field(line, key):
+    """The value of key="..." in an audit line, its escapes left as they
+    are; None if the line has no such field."""
+    m = re.search(r' %s="((?:[^"\\]|\\.)*)"' % key, line)
+    return m.group(1) if m else None
+
+
+def outputs(root):
+    """The files stored below an output root, the daemon's state folder
+    left out."""
+    return [p for p in files_below(root) if STATE not in p.parts]
+
+
 # ---- hand-built DICOM bytes (explicit VR little endian) ----
 
 _LONG_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "SQ", "UT", "UN", "UC", "UR",
@@ -134,16 +155,7 @@ def padu(s):
 
 
 def meta_bytes(sop_uid, syntax=EXPLICIT_LE):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = UID_ROOT + ".1"
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = False
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return b"\0" * 128 + b"DICM" + buf.getvalue()
+    return meta_header(file_meta(CT, sop_uid, syntax, UID_ROOT + ".1"))
 
 
 _uid_seq = [0]

@@ -171,6 +171,55 @@ def count_files(root):
     return n
 
 
+def place_nested(pending, inp, count, folders, also=None):
+    """Write the next count of pending (index, item) pairs into nested
+    input folders, like a PACS export: inp/export<index % folders>/.
+    also(index, item, path), if given, runs after each write."""
+    for _ in range(min(count, len(pending))):
+        i, it = pending.pop(0)
+        sub = inp / ("export%d" % (i % folders))
+        sub.mkdir(exist_ok=True)
+        (sub / it.name).write_bytes(it.data)
+        if also is not None:
+            also(i, it, sub)
+
+
+def run_and_kill(argv, cwd, left, rng, anywhere, anywhere_s, ahead,
+                 poll_s):
+    """Start one run of argv and SIGKILL it: anywhere (start-up and the
+    claim recovery included) after a random pause up to anywhere_s, else
+    mid-run, once left() - the inputs still waiting - is 1..ahead below
+    its count before the start, however slow the machine (ASan, load)
+    makes the start-up. Returns whether the kill landed (the run may
+    finish first); a run that finished must have succeeded."""
+    target = left() - rng.randint(1, ahead) if not anywhere else None
+    p = subprocess.Popen(argv, cwd=str(cwd), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
+    if anywhere:
+        time.sleep(rng.uniform(0, anywhere_s))
+    else:
+        while p.poll() is None and left() > target:
+            time.sleep(poll_s)
+    killed = p.poll() is None
+    if killed:
+        p.kill()
+    p.wait(60)
+    assert p.returncode in (0, 1, -signal.SIGKILL), p.stderr.read()
+    p.stderr.close()
+    return killed
+
+
+def final_run(argv, cwd, inp, out, expected):
+    """The last run, not killed: it succeeds, leaves the input empty (no
+    claim or other debris) and the output complete. Returns the number
+    of files checked."""
+    r = subprocess.run(argv, cwd=str(cwd), capture_output=True,
+                       timeout=300 * SLOW)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    assert not files_below(inp), files_below(inp)[:5]
+    return verify_output(out, expected)
+
+
 def test_dicomsort_move_survives_sigkill(tmp_path):
     # Twice the files: a run renames unchanged files thousands a second,
     # and each kill lands a few dozen files after its target.
@@ -179,15 +228,6 @@ def test_dicomsort_move_survives_sigkill(tmp_path):
     out = tmp_path / "out"
     inp.mkdir()
     pending = list(enumerate(items))
-
-    def place(n):
-        # Nested input folders, like a PACS export.
-        for _ in range(min(n, len(pending))):
-            i, it = pending.pop(0)
-            sub = inp / ("export%d" % (i % 7))
-            sub.mkdir(exist_ok=True)
-            (sub / it.name).write_bytes(it.data)
-
     argv = [dicomsort_bin(), "--dicomin", str(inp), "--dicomout", str(out),
             "--move", "--quiet", "--jobs", "2"]
     rng = random.Random(2)
@@ -195,40 +235,25 @@ def test_dicomsort_move_survives_sigkill(tmp_path):
     # a kill during the walk of the input tree). --move of an unchanged
     # file is a rename, so a run is quick: inputs arrive in waves to keep
     # every run busy until its kill.
-    place(FILES // 2)
+    place_nested(pending, inp, FILES // 2, 7)
     kills = runs = 0
     while kills < KILLS:
         if count_files(inp) < 100:
             if not pending:
                 break
-            place(200)
-        p = subprocess.Popen(argv, cwd=str(tmp_path),
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+            place_nested(pending, inp, 200, 7)
         runs += 1
-        if runs % 10 == 0:
-            time.sleep(rng.uniform(0, 0.02))
-        else:
-            # A run renames thousands of files a second: look often, or
-            # the inputs run out before the kills are done.
-            target = count_files(inp) - rng.randint(1, 20)
-            while p.poll() is None and count_files(inp) > target:
-                time.sleep(0.0002)
-        if p.poll() is None:
-            p.kill()
+        # A run renames thousands of files a second: look often, or the
+        # inputs run out before the kills are done.
+        if run_and_kill(argv, tmp_path, lambda: count_files(inp), rng,
+                        anywhere=runs % 10 == 0, anywhere_s=0.02, ahead=20,
+                        poll_s=0.0002):
             kills += 1
-        p.wait(60)
-        assert p.returncode in (0, 1, -signal.SIGKILL), p.stderr.read()
-        p.stderr.close()
-    place(len(pending))
+    place_nested(pending, inp, len(pending), 7)
     # Kills never lose a source: what was not moved is still there.
     left_before_final = len(files_below(inp))
-    r = subprocess.run(argv, cwd=str(tmp_path), capture_output=True,
-                       timeout=300 * SLOW)
+    checked = final_run(argv, tmp_path, inp, out, expected)
     runs += 1
-    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
-    assert not files_below(inp), files_below(inp)[:5]
-    checked = verify_output(out, expected)
     report_figure("crash test (dicomsort --move): %d kills in %d runs, %d "
                   "files left for the final run, %d files checked" % (
                       kills, runs, left_before_final, checked))
@@ -272,23 +297,21 @@ def test_dicomsort_move_mixed_survives_sigkill(tmp_path):
     linked = []
     pending = list(enumerate(items))
 
+    def note(i, it, sub):
+        placed[hashlib.sha256(it.data).hexdigest()] = it.name
+        if i % 3 == 0:
+            # nlink 2: not renamed (it would stay reachable from
+            # outside the output) but copied, then unlinked here.
+            link = keep / ("%d-%s" % (i, it.name))
+            os.link(sub / it.name, link)
+            linked.append((link, it.data))
+        if i % 10 == 1:
+            dup = inp / "again"
+            dup.mkdir(exist_ok=True)
+            (dup / it.name).write_bytes(it.data)
+
     def place(count):
-        for _ in range(min(count, len(pending))):
-            i, it = pending.pop(0)
-            sub = inp / ("export%d" % (i % 5))
-            sub.mkdir(exist_ok=True)
-            (sub / it.name).write_bytes(it.data)
-            placed[hashlib.sha256(it.data).hexdigest()] = it.name
-            if i % 3 == 0:
-                # nlink 2: not renamed (it would stay reachable from
-                # outside the output) but copied, then unlinked here.
-                link = keep / ("%d-%s" % (i, it.name))
-                os.link(sub / it.name, link)
-                linked.append((link, it.data))
-            if i % 10 == 1:
-                dup = inp / "again"
-                dup.mkdir(exist_ok=True)
-                (dup / it.name).write_bytes(it.data)
+        place_nested(pending, inp, count, 5, also=note)
 
     argv = [dicomsort_bin(), "--dicomin", str(inp), "--dicomout", str(out),
             "--move", "--quiet", "--jobs", "2"]
@@ -301,36 +324,17 @@ def test_dicomsort_move_mixed_survives_sigkill(tmp_path):
                 break
             place(n // 8)
         before = len(files_below(inp))
-        p = subprocess.Popen(argv, cwd=str(tmp_path),
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
         runs += 1
-        if runs % 4 == 0:
-            # Anywhere, start-up and the claim recovery included.
-            time.sleep(rng.uniform(0, 0.05))
-        else:
-            # Mid-run: once a few more inputs are gone, however slow
-            # the machine (ASan, load) makes the start-up.
-            target = before - rng.randint(1, 30)
-            while p.poll() is None and len(files_below(inp)) > target:
-                time.sleep(0.001)
-        if p.poll() is None:
-            p.kill()
+        if run_and_kill(argv, tmp_path, lambda: len(files_below(inp)), rng,
+                        anywhere=runs % 4 == 0, anywhere_s=0.05, ahead=30,
+                        poll_s=0.001):
             kills += 1
-        p.wait(60)
-        assert p.returncode in (0, 1, -signal.SIGKILL), p.stderr.read()
-        p.stderr.close()
         if 0 < len(files_below(inp)) < before:
             midrun += 1
         check_kill_left_nothing_lost(inp, out, placed)
     place(len(pending))
-    r = subprocess.run(argv, cwd=str(tmp_path), capture_output=True,
-                       timeout=300 * SLOW)
+    checked = final_run(argv, tmp_path, inp, out, expected)
     runs += 1
-    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
-    # No claim (nor any other) debris: the input is empty.
-    assert not files_below(inp), files_below(inp)[:5]
-    checked = verify_output(out, expected)
     # The other links of the copied sources are untouched.
     for link, data in linked:
         assert link.read_bytes() == data, link

@@ -12,19 +12,8 @@ file; a SIGTERM then commits what waits before the daemon exits.
 
 import re
 
-from conftest import SLOW, files_below, make_items, wait_until, write_items
-
-STATE = ".dicomsortd-state"
-
-
-def field(line, key):
-    m = re.search(r' %s="((?:[^"\\]|\\.)*)"' % key, line)
-    return m.group(1) if m else None
-
-
-def outputs(root):
-    return [p for p in files_below(root) if STATE not in p.parts]
-
+from conftest import (SLOW, STATE, field, files_below, make_items, outputs,
+                      wait_until, write_items)
 
 def commits_held(d):
     return sum(1 for ln in d.log_lines()

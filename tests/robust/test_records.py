@@ -19,21 +19,9 @@ import time
 
 import pytest
 
-from conftest import (IS_ROOT, SLOW, files_below, helpers, make_items,
-                      report_figure, temp_files_below, wait_until,
-                      write_items)
-
-STATE = ".dicomsortd-state"
-
-
-def field(line, key):
-    m = re.search(r' %s="((?:[^"\\]|\\.)*)"' % key, line)
-    return m.group(1) if m else None
-
-
-def outputs(root):
-    return [p for p in files_below(root) if STATE not in p.parts]
-
+from conftest import (IS_ROOT, SLOW, STATE, field, files_below, helpers,
+                      make_items, outputs, report_figure, temp_files_below,
+                      wait_until, write_items)
 
 def stored_dests(d):
     return [field(ln, "dest") for ln in d.events("stored")]

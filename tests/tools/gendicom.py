@@ -31,6 +31,8 @@ import zlib  # noqa: F401  (pydicom deflates with it)
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.sequence import Sequence
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -72,6 +74,45 @@ SERIES_KINDS = {
     "CT": ["Ax 5.0mm", "Cor MPR 3.0", "Sag Bone 1.25mm", "Scout", "Lung 1.0 HR"],
     "MR": ["T1 SE tra", "T2 TSE cor", "FLAIR 3D", "DWI b1000", "T1 KM. sag"],
 }
+
+
+def file_meta(sop_class, sop_instance, syntax_uid,
+              implementation=UID_ROOT + ".1"):
+    """The file meta information of one object: its SOP class and
+    instance, its transfer syntax, and our implementation UID (None: the
+    writer's own)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = syntax_uid
+    if implementation is not None:
+        meta.ImplementationClassUID = implementation
+    return meta
+
+
+def meta_header(meta):
+    """The bytes a Part 10 file begins with: a zeroed preamble, DICM and
+    meta as written (explicit VR little endian, with its group length),
+    the meta's values taken as given, even when the dataset disagrees."""
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return b"\0" * 128 + b"DICM" + buf.getvalue()
+
+
+def set_grey_pixels(ds, rows, cols, bits_allocated=16, bits_stored=None):
+    """The Image Pixel module of a single-sample grey image (unsigned,
+    MONOCHROME2); bits_stored defaults to bits_allocated. The pixel data
+    itself is the caller's."""
+    stored = bits_allocated if bits_stored is None else bits_stored
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = stored
+    ds.HighBit = stored - 1
+    ds.PixelRepresentation = 0
 
 
 def uid(*parts):
@@ -195,15 +236,8 @@ def make_dataset(patient_id="PAT0001", patient_name=None, charset="latin1",
     ds.FrameOfReferenceUID = uid(seed, patient_id, "for", study_index)
     ds.ImagePositionPatient = ["0", "0", "%d" % (instance_number * 5)]
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
+    set_grey_pixels(ds, rows, cols, bits_stored=12)
     ds.PixelSpacing = ["0.5", "0.5"]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
     ds.WindowCenter = "40"
     ds.WindowWidth = "400"
     if modality == "CT":
@@ -252,11 +286,7 @@ def make_dataset(patient_id="PAT0001", patient_name=None, charset="latin1",
         ds.PixelData = raw
         ds["PixelData"].VR = "OW"
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ts_uid
-    meta.ImplementationClassUID = UID_ROOT + ".1"
+    meta = file_meta(sop_class, sop_instance_uid, ts_uid)
     meta.ImplementationVersionName = "GENDICOM_1"
     ds.file_meta = meta
     ds.is_implicit_VR = implicit

@@ -146,6 +146,8 @@ struct spec {
 	const char *patient_name;	/* raw bytes */
 	int with_uids;
 	int pixels;		/* PixelData bytes (0: none) */
+	int filler;		/* PatientComments (LT) of this many bytes */
+	int late_uids;		/* ImageType (CS) this long before the UIDs */
 };
 
 static void dataset(struct buf *b, const struct spec *s)
@@ -154,6 +156,17 @@ static void dataset(struct buf *b, const struct spec *s)
 
 	if (s->charset)
 		str(b, im, 0x0008, 0x0005, "CS", s->charset);
+	if (s->late_uids > 0) {
+		char *v = malloc((size_t)s->late_uids + 1);
+
+		assert_non_null(v);
+		for (int i = 0; i < s->late_uids; i++)
+			v[i] = i % 8 == 7 ? '\\' : 'A';
+		v[s->late_uids - 1] = 'A';
+		v[s->late_uids] = '\0';
+		str(b, im, 0x0008, 0x0008, "CS", v);
+		free(v);
+	}
 	if (s->with_uids) {
 		str(b, im, 0x0008, 0x0016, "UI", CT_STORAGE);
 		str(b, im, 0x0008, 0x0018, "UI", SOP_UID);
@@ -174,6 +187,15 @@ static void dataset(struct buf *b, const struct spec *s)
 	    "Doe^John");
 	str(b, im, 0x0010, 0x0020, "LO", "PAT0001");
 	str(b, im, 0x0010, 0x0030, "DA", "19700101");
+	if (s->filler > 0) {
+		char *v = malloc((size_t)s->filler + 1);
+
+		assert_non_null(v);
+		memset(v, 'x', (size_t)s->filler);
+		v[s->filler] = '\0';
+		str(b, im, 0x0010, 0x4000, "LT", v);
+		free(v);
+	}
 	str(b, im, 0x0020, 0x0011, "IS", "3");
 	str(b, im, 0x0028, 0x0030, "DS", "0.5\\0.25 ");
 	us(b, im, 0x0028, 0x0100, 16);
@@ -771,6 +793,195 @@ static void save_to_bad_descriptor_fails_transient(void **state)
 	dicom_free(f);
 }
 
+/* ---- reading only the head (dicom_load_fd_head(), --move) ---- */
+
+/* Pixel data well past the head. */
+#define HEAD_PIXELS (3 * DICOM_HEAD_BYTES)
+
+static const struct spec headed = {
+	.part10 = 1, .with_uids = 1, .pixels = HEAD_PIXELS,
+};
+
+static int load_head(struct dicom_file **f, const char *path, int *fd,
+		     struct error *err)
+{
+	struct stat st;
+
+	*fd = open(path, O_RDONLY);
+	assert_true(*fd >= 0);
+	assert_int_equal(fstat(*fd, &st), 0);
+	return dicom_load_fd_head(f, *fd, (long long)st.st_size, path, err);
+}
+
+static void head_load_reads_only_the_head(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct dicom_file *f = NULL;
+	size_t len = 0;
+	int fd;
+
+	(void)state;
+	for (int implicit = 0; implicit <= 1; implicit++) {
+		struct spec s = headed;
+
+		s.implicit = implicit;
+		if (load_head(&f, make("head.dcm", &s, 0), &fd, &err) != 0)
+			fail_msg("dicom_load_fd_head: %s", err.msg);
+		assert_false(dicom_parsed(f));
+		assert_null(dicom_file_bytes(f, &len));
+		assert_non_null(dicom_file_head(f, &len));
+		assert_int_equal(len, DICOM_HEAD_BYTES);
+		assert_string_attr(f, TAG_SOPInstanceUID, SOP_UID);
+		assert_string_attr(f, TAG_SeriesNumber, "3");
+		assert_string_attr(f, TAG_PatientID, "PAT0001");
+		assert_true(dicom_bytes_reusable(f));
+		assert_null(dicom_file_bytes(f, &len));	/* still */
+		assert_false(dicom_parsed(f));
+		dicom_free(f);
+		close(fd);
+	}
+}
+
+/* A change is written from every byte of the file: the rest is read
+ * then, the value spliced into it. */
+static void head_load_reads_the_rest_to_save(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct dicom_file *f = NULL, *g;
+	char in[PATH_MAX + 64];
+	size_t len = 0;
+	int fd;
+
+	(void)state;
+	snprintf(in, sizeof(in), "%s", make("head_save.dcm", &headed, 0));
+	if (load_head(&f, in, &fd, &err) != 0)
+		fail_msg("dicom_load_fd_head: %s", err.msg);
+	assert_int_equal(dicom_put_string(f, TAG_PatientID, "SAVED", &err), 0);
+	g = save_and_reload(f, "head_saved.dcm");
+	assert_false(dicom_parsed(f));	/* spliced, not re-encoded */
+	assert_non_null(dicom_file_bytes(f, &len));
+	assert_string_attr(g, TAG_PatientID, "SAVED");
+	assert_string_attr(g, TAG_SOPInstanceUID, SOP_UID);
+	assert_same_pixels(in, path_of("head_saved.dcm"));
+	{
+		struct stat a, b;
+
+		assert_int_equal(stat(in, &a), 0);
+		assert_int_equal(stat(path_of("head_saved.dcm"), &b), 0);
+		assert_int_equal(b.st_size, a.st_size - 2);	/* PAT0001 */
+	}
+	dicom_free(g);
+	dicom_free(f);
+	close(fd);
+}
+
+/* A value past the head is read when asked for - the bytes up to its
+ * end, not the pixel data - without DCMTK; so are SOP UIDs past it. */
+static void head_load_reads_a_value_past_the_head(void **state)
+{
+	struct spec s = headed;
+	struct error err = ERROR_INIT;
+	struct dicom_file *f = NULL;
+	size_t len = 0, head = 0;
+	int fd;
+
+	(void)state;
+	s.filler = DICOM_HEAD_BYTES + 100;
+	if (load_head(&f, make("head_late.dcm", &s, 0), &fd, &err) != 0)
+		fail_msg("dicom_load_fd_head: %s", err.msg);
+	assert_null(dicom_file_bytes(f, &len));
+	assert_non_null(dicom_file_head(f, &head));
+	assert_int_equal(head, DICOM_HEAD_BYTES);
+	assert_string_attr(f, TAG_SeriesNumber, "3");
+	assert_null(dicom_file_bytes(f, &len));
+	assert_non_null(dicom_file_head(f, &head));
+	assert_true(head > (size_t)s.filler && head < (size_t)s.filler + 1000);
+	assert_false(dicom_parsed(f));
+	dicom_free(f);
+	close(fd);
+
+	/* The SOP UIDs after the filler: vouched for all the same. */
+	s.filler = 0;
+	s.charset = "ISO_IR 6";
+	s.patient_name = NULL;
+	s.late_uids = DICOM_HEAD_BYTES;
+	if (load_head(&f, make("head_late_uids.dcm", &s, 0), &fd, &err) != 0)
+		fail_msg("dicom_load_fd_head: %s", err.msg);
+	assert_false(dicom_parsed(f));
+	assert_null(dicom_file_bytes(f, &len));
+	assert_string_attr(f, TAG_SOPInstanceUID, SOP_UID);
+	dicom_free(f);
+	close(fd);
+}
+
+/* A head that reads differently when the rest is read was another
+ * version of the file: nothing is written from it. */
+static void head_load_sees_a_changed_head(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct dicom_file *f = NULL;
+	const char *path = make("head_changed.dcm", &headed, 0);
+	int fd, out, w;
+
+	(void)state;
+	if (load_head(&f, path, &fd, &err) != 0)
+		fail_msg("dicom_load_fd_head: %s", err.msg);
+	w = open(path, O_WRONLY);
+	assert_true(w >= 0);
+	assert_int_equal(pwrite(w, "X", 1, 0), 1);	/* the preamble */
+	close(w);
+	assert_int_equal(dicom_put_string(f, TAG_PatientID, "SAVED", &err), 0);
+	out = open(path_of("head_changed_out.dcm"), O_RDWR | O_CREAT | O_TRUNC,
+		   0644);
+	assert_true(out >= 0);
+	assert_int_equal(dicom_save_fd(f, out, &err), -1);
+	assert_int_equal(err.kind, ERROR_TRANSIENT);
+	assert_non_null(strstr(err.msg, "changed"));
+	close(out);
+	dicom_free(f);
+	close(fd);
+}
+
+/* Cut inside its pixel data, a byte short, bytes after its end, an
+ * element after the pixel data running past the end: each refused with
+ * the reason reading the whole file gives. */
+static void head_load_refuses_as_the_whole_file_does(void **state)
+{
+	struct buf b = { 0 };
+	static const unsigned char tail[] = {
+		0xfc, 0xff, 0xfc, 0xff, 'O', 'B', 0, 0, 0, 0x10, 0, 0, 0, 0,
+	};
+
+	(void)state;
+	build(&b, &headed);
+	put(&b, tail, sizeof(tail));
+	{
+		size_t whole = b.len - sizeof(tail);
+		size_t lens[] = { DICOM_HEAD_BYTES + 2, whole - HEAD_PIXELS / 2,
+				  whole - 1, whole + 3, b.len };
+
+		for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			struct error e1 = ERROR_INIT, e2 = ERROR_INIT;
+			struct dicom_file *f = NULL, *g = NULL;
+			const char *path = path_of("head_cut.dcm");
+			struct stat st;
+			int fd, rc1, rc2;
+
+			write_bytes(path, b.p, lens[i]);
+			rc1 = load_head(&f, path, &fd, &e1);
+			assert_int_equal(fstat(fd, &st), 0);
+			rc2 = dicom_load_fd(&g, fd, (long long)st.st_size, path, &e2);
+			assert_int_equal(rc1, -1);
+			assert_int_equal(rc2, -1);
+			assert_int_equal(e1.kind, ERROR_INPUT);
+			assert_int_equal(e1.kind, e2.kind);
+			assert_string_equal(e1.msg, e2.msg);
+			close(fd);
+		}
+	}
+	free(b.p);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -786,6 +997,11 @@ int main(void)
 		cmocka_unit_test(save_keeps_transfer_syntax_and_values),
 		cmocka_unit_test(load_all_reads_lazy_values),
 		cmocka_unit_test(save_to_bad_descriptor_fails_transient),
+		cmocka_unit_test(head_load_reads_only_the_head),
+		cmocka_unit_test(head_load_reads_the_rest_to_save),
+		cmocka_unit_test(head_load_reads_a_value_past_the_head),
+		cmocka_unit_test(head_load_sees_a_changed_head),
+		cmocka_unit_test(head_load_refuses_as_the_whole_file_does),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

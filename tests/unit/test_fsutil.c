@@ -693,18 +693,30 @@ static void check_copy_across(const char *how)
 	(void)how;
 }
 
-static void move_copies_across_a_bind_mount(void **state)
+/* in/ and mnt/ under the test root, with mnt/ made a file system of its
+ * own (mount(2) with source, type, flags and data as given): a move from
+ * in/ into mnt/ cannot be a rename(2). Needs root. */
+static void mount_over_mnt(const char *source, const char *type,
+			   unsigned long flags, const char *data)
 {
-	(void)state;
+	const char *src = source != NULL ? source : at("mnt");
+
 	make_dir("in");
 	make_dir("mnt");
-	/* What systemd's ReadWritePaths= does: the same file system, but a
-	 * mount of its own, so rename(2) fails with EXDEV. */
-	if (mount(at("mnt"), at("mnt"), NULL, MS_BIND, NULL) == -1) {
-		print_message("cannot bind-mount (%s): needs root\n",
+	if (mount(src, at("mnt"), type, flags, data) == -1) {
+		print_message("cannot mount %s (%s): needs root\n",
+			      type != NULL ? type : "a bind mount",
 			      strerror(errno));
 		fail();
 	}
+}
+
+static void move_copies_across_a_bind_mount(void **state)
+{
+	(void)state;
+	/* What systemd's ReadWritePaths= does: the same file system, but a
+	 * mount of its own, so rename(2) fails with EXDEV. */
+	mount_over_mnt(NULL, NULL, MS_BIND, NULL);
 	check_copy_across("bind");
 	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
 }
@@ -714,13 +726,7 @@ static void move_copies_across_a_bind_mount(void **state)
 static void move_deferred_copies_across_a_bind_mount(void **state)
 {
 	(void)state;
-	make_dir("in");
-	make_dir("mnt");
-	if (mount(at("mnt"), at("mnt"), NULL, MS_BIND, NULL) == -1) {
-		print_message("cannot bind-mount (%s): needs root\n",
-			      strerror(errno));
-		fail();
-	}
+	mount_over_mnt(NULL, NULL, MS_BIND, NULL);
 	move_defer = true;
 	check_copy_across("bind, deferred");
 	move_defer = false;
@@ -730,13 +736,7 @@ static void move_deferred_copies_across_a_bind_mount(void **state)
 static void move_copies_into_another_file_system(void **state)
 {
 	(void)state;
-	make_dir("in");
-	make_dir("mnt");
-	if (mount("tmpfs", at("mnt"), "tmpfs", 0, "size=1m") == -1) {
-		print_message("cannot mount a tmpfs (%s): needs root\n",
-			      strerror(errno));
-		fail();
-	}
+	mount_over_mnt("tmpfs", "tmpfs", 0, "size=1m");
 	check_copy_across("tmpfs");
 	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
 }

@@ -50,6 +50,27 @@ static void u32(struct buf *b, uint32_t v)
 	u16(b, v >> 16);
 }
 
+/* A tag and a 32-bit length: an implicit VR element's header, or an item
+ * or a delimiter (group FFFE). */
+static void tag_len(struct buf *b, uint16_t g, uint16_t e, uint32_t len)
+{
+	u16(b, g);
+	u16(b, e);
+	u32(b, len);
+}
+
+/* An explicit VR header of the long form (OB, SQ, UN...): tag, VR, two
+ * reserved bytes, a 32-bit length (0xffffffff: undefined). */
+static void long_head(struct buf *b, uint16_t g, uint16_t e, const char *vr,
+		      uint32_t len)
+{
+	u16(b, g);
+	u16(b, e);
+	put(b, vr, 2);
+	u16(b, 0);
+	u32(b, len);
+}
+
 /* An explicit VR element with a short header; value padded to even. */
 static void elem(struct buf *b, uint16_t g, uint16_t e, const char *vr,
 		 const char *value)
@@ -91,39 +112,19 @@ static void dataset(struct buf *b)
 {
 	elem(b, 0x0008, 0x0016, "UI", CT_STORAGE);
 	elem(b, 0x0008, 0x0018, "UI", SOP_UID);
-	u16(b, 0x0008);
-	u16(b, 0x1140);
-	put(b, "SQ", 2);
-	u16(b, 0);
-	u32(b, 0xffffffff);
-	u16(b, 0xfffe);
-	u16(b, 0xe000);
-	u32(b, 0xffffffff);
+	long_head(b, 0x0008, 0x1140, "SQ", 0xffffffff);
+	tag_len(b, 0xfffe, 0xe000, 0xffffffff);
 	elem(b, 0x0008, 0x1155, "UI", "9.8.7");
-	u16(b, 0xfffe);
-	u16(b, 0xe00d);
-	u32(b, 0);
-	u16(b, 0xfffe);
-	u16(b, 0xe0dd);
-	u32(b, 0);
+	tag_len(b, 0xfffe, 0xe00d, 0);
+	tag_len(b, 0xfffe, 0xe0dd, 0);
 	elem(b, 0x0010, 0x0010, "PN", "Doe^Jane");
 	elem(b, 0x0010, 0x0020, "LO", "PAT001");
 	elem(b, 0x0010, 0x0030, "DA", "19700101");
-	u16(b, 0x7fe0);
-	u16(b, 0x0010);
-	put(b, "OB", 2);
-	u16(b, 0);
-	u32(b, 0xffffffff);
-	u16(b, 0xfffe);		/* basic offset table, empty */
-	u16(b, 0xe000);
-	u32(b, 0);
-	u16(b, 0xfffe);		/* one fragment */
-	u16(b, 0xe000);
-	u32(b, 4);
+	long_head(b, 0x7fe0, 0x0010, "OB", 0xffffffff);
+	tag_len(b, 0xfffe, 0xe000, 0);		/* basic offset table, empty */
+	tag_len(b, 0xfffe, 0xe000, 4);		/* one fragment */
 	put(b, "\1\2\3\4", 4);
-	u16(b, 0xfffe);
-	u16(b, 0xe0dd);
-	u32(b, 0);
+	tag_len(b, 0xfffe, 0xe0dd, 0);
 }
 
 static bool never_sequence(uint32_t tag)
@@ -423,19 +424,11 @@ static void walks_implicit_and_big_endian(void **state)
 	assert_false(part10_dictionary_sequence(TAG_PatientName));
 	assert_false(part10_dictionary_sequence(DCM_TAG(0x0029, 0x1010)));
 	/* ReferencedSeriesSequence of defined length, an item, a UID. */
-	u16(&b, 0x0008);
-	u16(&b, 0x1115);
-	u32(&b, 24);
-	u16(&b, 0xfffe);
-	u16(&b, 0xe000);
-	u32(&b, 16);
-	u16(&b, 0x0020);
-	u16(&b, 0x000e);
-	u32(&b, 8);
+	tag_len(&b, 0x0008, 0x1115, 24);
+	tag_len(&b, 0xfffe, 0xe000, 16);
+	tag_len(&b, 0x0020, 0x000e, 8);
 	put(&b, "1.2.3.4", 8);
-	u16(&b, 0x0010);
-	u16(&b, 0x0010);
-	u32(&b, 0);
+	tag_len(&b, 0x0010, 0x0010, 0);
 	assert_int_equal(walk_mem(&b, PART10_STRICT | PART10_IMPLICIT, &m), 0);
 	assert_int_equal(m.count, 4);
 	assert_int_equal(m.node[0], PART10_SEQUENCE);
@@ -469,11 +462,8 @@ static void walks_a_descriptor_like_memory(void **state)
 	(void)state;
 	b.len = 0;
 	elem(&b, 0x0008, 0x0016, "UI", CT_STORAGE);
-	u16(&b, 0x0009);		/* a long private value to skip */
-	u16(&b, 0x1010);
-	put(&b, "OB", 2);
-	u16(&b, 0);
-	u32(&b, 3000);
+	/* a long private value to skip */
+	long_head(&b, 0x0009, 0x1010, "OB", 3000);
 	for (int i = 0; i < 3000; i++)
 		put(&b, "x", 1);
 	dataset(&b);
@@ -525,22 +515,12 @@ static void nested(struct buf *b, int depth)
 	preamble_and_meta(b, false, 0);
 	elem(b, 0x0008, 0x0016, "UI", CT_STORAGE);
 	for (int i = 0; i < depth; i++) {
-		u16(b, 0x0008);
-		u16(b, 0x1115);
-		put(b, "SQ", 2);
-		u16(b, 0);
-		u32(b, 0xffffffff);
-		u16(b, 0xfffe);
-		u16(b, 0xe000);
-		u32(b, 0xffffffff);
+		long_head(b, 0x0008, 0x1115, "SQ", 0xffffffff);
+		tag_len(b, 0xfffe, 0xe000, 0xffffffff);
 	}
 	for (int i = 0; i < depth; i++) {
-		u16(b, 0xfffe);
-		u16(b, 0xe00d);
-		u32(b, 0);
-		u16(b, 0xfffe);
-		u16(b, 0xe0dd);
-		u32(b, 0);
+		tag_len(b, 0xfffe, 0xe00d, 0);
+		tag_len(b, 0xfffe, 0xe0dd, 0);
 	}
 }
 

@@ -1,5 +1,6 @@
 /* test_workers.c - the daemon's thread pool: every job runs once and comes
- * back through the eventfd; stop waits for running jobs within a bound. */
+ * back through the eventfd; stop waits for running jobs within a bound,
+ * finish runs the queued ones too. */
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -87,11 +88,37 @@ static void stop_waits_for_running_jobs_within_bound(void **state)
 	workers_free(pool, NULL);
 }
 
+/* The daemon's disposers at a stop: no committed file's source may be
+ * left for the next start, so every queued job runs before they end. */
+static void finish_runs_every_queued_job(void **state)
+{
+	enum { N = 200 };
+	struct error err = ERROR_INIT;
+	struct workers *pool;
+	struct job *jobs = calloc(N, sizeof(*jobs));
+	void *done[N];
+	size_t back = 0, n;
+
+	(void)state;
+	assert_int_equal(workers_start(&pool, 3, run, NULL, &err), 0);
+	for (int i = 0; i < N; i++)
+		workers_submit(pool, &jobs[i]);
+	assert_int_equal(workers_finish(pool, now_ms() + 30000), 0);
+	while ((n = workers_take_done(pool, done + back, N - back)) > 0)
+		back += n;
+	assert_int_equal(back, N);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(atomic_load(&jobs[i].runs), 1);
+	workers_free(pool, NULL);
+	free(jobs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(every_job_runs_once_and_comes_back),
 		cmocka_unit_test(stop_waits_for_running_jobs_within_bound),
+		cmocka_unit_test(finish_runs_every_queued_job),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

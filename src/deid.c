@@ -672,18 +672,25 @@ static char *transliterated(const char *value)
 		{ "\xc3\xb8", "oe" }, { "\xc3\x98", "OE" }, { "\xc3\xa5", "aa" },
 		{ "\xc3\x85", "AA" }, { "\xc3\xa6", "ae" }, { "\xc3\x86", "AE" },
 	};
-	size_t len = strlen(value), o = 0;
+	size_t len, o = 0;
 	bool changed = false;
-	char *out = malloc(len + 1);	/* 2 bytes become 2 */
+	char *out;
 
+	/* Every letter above starts with 0xC3: most names have none, and
+	 * basic reads every name of every file. */
+	if (strchr(value, '\xc3') == NULL)
+		return NULL;
+	len = strlen(value);
+	out = malloc(len + 1);	/* 2 bytes become 2 */
 	if (out == NULL)
 		return NULL;
 	for (size_t i = 0; i < len;) {
-		size_t k;
+		size_t k = sizeof(map) / sizeof(*map);
 
-		for (k = 0; k < sizeof(map) / sizeof(*map); k++)
-			if (strncmp(value + i, map[k].from, 2) == 0)
-				break;
+		if (value[i] == '\xc3')
+			for (k = 0; k < sizeof(map) / sizeof(*map); k++)
+				if (value[i + 1] == map[k].from[1])
+					break;
 		if (k < sizeof(map) / sizeof(*map)) {
 			memcpy(out + o, map[k].to, 2);
 			o += 2;
@@ -1526,8 +1533,10 @@ static bool free_text_vr(const char *vr)
 	static const char *const vrs[] = { "PN", "LO", "SH", "ST", "LT", "UT",
 					    "UC", "UR", "AE" };
 
+	/* strcmp() without the calls (every unlisted attribute asks); the
+	 * && stops at vr's end. */
 	for (size_t i = 0; i < sizeof(vrs) / sizeof(*vrs); i++)
-		if (strcmp(vr, vrs[i]) == 0)
+		if (vr[0] == vrs[i][0] && vr[1] == vrs[i][1] && vr[2] == '\0')
 			return true;
 	return false;
 }

@@ -1654,21 +1654,13 @@ static enum dicom_visit_action visit_basic(void *ctx, struct dicom_elem *e)
 
 /* ---- basic: before and after the walk ---- */
 
-/* What identifies on its own, and how its text is split into tokens. */
+/* What identifies on its own, and how its text is split into tokens.
+ * Sorted by tag: collect_identifiers() searches it for every attribute. */
 static const struct {
 	uint32_t tag;
 	enum token_kind kind;
 } identifying[] = {
 	{ DCM_TAG(0x0008, 0x0050), TOKEN_WHOLE },	/* AccessionNumber */
-	{ DCM_TAG(0x0020, 0x0010), TOKEN_ID },	/* StudyID */
-	{ DCM_TAG(0x0010, 0x1090), TOKEN_ID },	/* MedicalRecordLocator */
-	{ DCM_TAG(0x0038, 0x0010), TOKEN_ID },	/* AdmissionID */
-	{ DCM_TAG(0x0038, 0x0060), TOKEN_ID },	/* ServiceEpisodeID */
-	{ DCM_TAG(0x0040, 0x0009), TOKEN_ID },	/* ScheduledProcedureStepID */
-	{ DCM_TAG(0x0040, 0x0253), TOKEN_ID },	/* PerformedProcedureStepID */
-	{ DCM_TAG(0x0040, 0x1001), TOKEN_ID },	/* RequestedProcedureID */
-	{ DCM_TAG(0x0040, 0x2016), TOKEN_ID },	/* PlacerOrderNumberImagingServiceRequest */
-	{ DCM_TAG(0x0040, 0x2017), TOKEN_ID },	/* FillerOrderNumberImagingServiceRequest */
 	{ DCM_TAG(0x0008, 0x0080), TOKEN_TEXT },	/* InstitutionName */
 	{ DCM_TAG(0x0008, 0x0081), TOKEN_TEXT },	/* InstitutionAddress */
 	{ DCM_TAG(0x0008, 0x0092), TOKEN_TEXT },	/* ReferringPhysicianAddress */
@@ -1679,13 +1671,22 @@ static const struct {
 	{ DCM_TAG(0x0010, 0x0021), TOKEN_TEXT },	/* IssuerOfPatientID */
 	{ DCM_TAG(0x0010, 0x1000), TOKEN_WHOLE },	/* OtherPatientIDs */
 	{ DCM_TAG(0x0010, 0x1040), TOKEN_TEXT },	/* PatientAddress */
+	{ DCM_TAG(0x0010, 0x1090), TOKEN_ID },	/* MedicalRecordLocator */
 	{ DCM_TAG(0x0010, 0x2152), TOKEN_TEXT },	/* RegionOfResidence */
 	{ DCM_TAG(0x0010, 0x2154), TOKEN_WHOLE },	/* PatientTelephoneNumbers */
 	{ DCM_TAG(0x0010, 0x2155), TOKEN_TEXT },	/* PatientTelecomInformation */
+	{ DCM_TAG(0x0020, 0x0010), TOKEN_ID },	/* StudyID */
+	{ DCM_TAG(0x0038, 0x0010), TOKEN_ID },	/* AdmissionID */
+	{ DCM_TAG(0x0038, 0x0060), TOKEN_ID },	/* ServiceEpisodeID */
 	{ DCM_TAG(0x0038, 0x0300), TOKEN_TEXT },	/* CurrentPatientLocation */
 	{ DCM_TAG(0x0038, 0x0400), TOKEN_TEXT },	/* PatientInstitutionResidence */
+	{ DCM_TAG(0x0040, 0x0009), TOKEN_ID },	/* ScheduledProcedureStepID */
+	{ DCM_TAG(0x0040, 0x0253), TOKEN_ID },	/* PerformedProcedureStepID */
+	{ DCM_TAG(0x0040, 0x1001), TOKEN_ID },	/* RequestedProcedureID */
 	{ DCM_TAG(0x0040, 0x1102), TOKEN_TEXT },	/* PersonAddress */
 	{ DCM_TAG(0x0040, 0x1103), TOKEN_WHOLE },	/* PersonTelephoneNumbers */
+	{ DCM_TAG(0x0040, 0x2016), TOKEN_ID },	/* PlacerOrderNumberImagingServiceRequest */
+	{ DCM_TAG(0x0040, 0x2017), TOKEN_ID },	/* FillerOrderNumberImagingServiceRequest */
 	{ DCM_TAG(0x0040, 0xA027), TOKEN_TEXT },	/* VerifyingOrganization */
 };
 
@@ -1714,14 +1715,20 @@ static enum dicom_visit_action collect_identifiers(void *ctx, struct dicom_elem 
 		return DCM_VISIT_KEEP;
 	}
 	if (strcmp(vr, "PN") != 0) {
-		size_t i;
+		size_t lo = 0, hi = sizeof(identifying) / sizeof(*identifying);
 
-		for (i = 0; i < sizeof(identifying) / sizeof(*identifying); i++)
-			if (identifying[i].tag == tag)
-				break;
-		if (i == sizeof(identifying) / sizeof(*identifying))
+		while (lo < hi) {
+			size_t mid = lo + (hi - lo) / 2;
+
+			if (identifying[mid].tag < tag)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo == sizeof(identifying) / sizeof(*identifying) ||
+		    identifying[lo].tag != tag)
 			return DCM_VISIT_KEEP;
-		kind = identifying[i].kind;
+		kind = identifying[lo].kind;
 	}
 	if (strcmp(vr, "SQ") != 0) {
 		int rc = dicom_elem_get_string(e, &value);

@@ -1107,7 +1107,16 @@ void ds_elem_keyword(const struct ds_elem *e, char *buf, size_t len)
 		keyword = private_dictionary(e->node->tag, e->dict_creator);
 	else
 		keyword = ds_dictionary(e->node->tag, &vr);
-	snprintf(buf, len, "%s", keyword ? keyword : "");
+	/* snprintf("%s")'s result without its cost: basic asks this for
+	 * every attribute no rule names. */
+	if (len > 0) {
+		size_t n = keyword ? strlen(keyword) : 0;
+
+		if (n > len - 1)
+			n = len - 1;
+		memcpy(buf, keyword ? keyword : "", n);
+		buf[n] = '\0';
+	}
 }
 
 /* ---- values as text ---- */

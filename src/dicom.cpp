@@ -389,15 +389,24 @@ static int load(struct dicom_file *f, const char *path, const std::string *mem,
 static void trim(std::string &s);
 
 /* Text VRs: their values are their bytes. */
+/* A switch, not a strcmp() list: asked for every value read per file. */
 static bool text_vr(const char *vr)
 {
-	static const char *const vrs[] = { "AE", "AS", "CS", "DA", "DS", "DT",
-					   "IS", "LO", "LT", "PN", "SH", "ST",
-					   "TM", "UC", "UI", "UR", "UT" };
-	for (const char *v : vrs)
-		if (strcmp(vr, v) == 0)
-			return true;
-	return false;
+	if (vr[0] == '\0' || vr[1] == '\0' || vr[2] != '\0')
+		return false;
+	switch (vr[0]) {
+	case 'A': return vr[1] == 'E' || vr[1] == 'S';
+	case 'C': return vr[1] == 'S';
+	case 'D': return vr[1] == 'A' || vr[1] == 'S' || vr[1] == 'T';
+	case 'I': return vr[1] == 'S';
+	case 'L': return vr[1] == 'O' || vr[1] == 'T';
+	case 'P': return vr[1] == 'N';
+	case 'S': return vr[1] == 'H' || vr[1] == 'T';
+	case 'T': return vr[1] == 'M';
+	case 'U': return vr[1] == 'C' || vr[1] == 'I' || vr[1] == 'R' ||
+			 vr[1] == 'T';
+	default: return false;
+	}
 }
 
 /* The VR of an indexed element: as written, or the dictionary's. */

@@ -410,11 +410,13 @@ static bool text_vr(const char *vr)
 }
 
 /* The VR of an indexed element: as written, or the dictionary's. */
-static std::string light_vr(const struct dicom_file *f, const struct part10_elem *e)
+static const char *light_vr(const struct dicom_file *f,
+			    const struct part10_elem *e)
 {
 	if (!f->index.implicit)
 		return e->vr;
 	DcmTag t(DCM_GROUP(e->tag), DCM_ELEMENT(e->tag));
+	/* DCMTK's static table of VR names: it outlives the DcmVR. */
 	return DcmVR(t.getEVR()).getVRName();
 }
 
@@ -427,37 +429,59 @@ enum { LIGHT_ASK_DCMTK = -2 };
  * for a value about to be converted - one with bytes outside printable
  * ASCII (character sets, escape sequences). 1 present, 0 absent.
  */
-static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
-		     bool ascii = false)
+static int light_view(const struct dicom_file *f, uint32_t tag,
+		      const char **out, size_t *outlen, bool ascii = false)
 {
 	const struct part10_elem *e = part10_find(&f->index, tag);
+	const char *v = nullptr;
+	size_t len = 0, start = 0;
+	bool edited = false;
 
 	if (e == nullptr)
 		return 0;
 	for (const struct light_edit &ed : f->edits)
-		if (ed.elem == e) {
-			raw = ed.value;
-			trim(raw);
-			return 1;
+		if (ed.elem == e) {	/* as it was put, trimmed */
+			v = ed.value.data();
+			len = ed.value.size();
+			edited = true;
+			break;
 		}
-	if (e->undefined_length || !text_vr(light_vr(f, e).c_str()) ||
-	    e->value + e->len > f->index.size)
-		return LIGHT_ASK_DCMTK;	/* past a head: reach() first */
-	const char *v = reinterpret_cast<const char *>(f->index.bytes) + e->value;
-	size_t len = e->len;
+	if (!edited) {
+		if (e->undefined_length || !text_vr(light_vr(f, e)) ||
+		    e->value + e->len > f->index.size)
+			return LIGHT_ASK_DCMTK;	/* past a head: reach() first */
+		v = reinterpret_cast<const char *>(f->index.bytes) + e->value;
+		len = e->len;
+	}
+	/* trim(): trailing NUL/space, then leading space. */
 	while (len > 0 && (v[len - 1] == '\0' || v[len - 1] == ' '))
 		len--;
-	if (memchr(v, '\0', len) != nullptr)
+	if (!edited && memchr(v, '\0', len) != nullptr)
 		return LIGHT_ASK_DCMTK;
-	for (size_t i = 0; ascii && i < len; i++)
+	for (size_t i = 0; !edited && ascii && i < len; i++)
 		if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] >= 0x7f) {
 			/* Text VRs allow CR, LF, FF and TAB. */
 			if (v[i] != '\r' && v[i] != '\n' && v[i] != '\f' && v[i] != '\t')
 				return LIGHT_ASK_DCMTK;
 		}
-	raw.assign(v, len);
-	trim(raw);
+	while (start < len && v[start] == ' ')
+		start++;
+	*out = v + start;
+	*outlen = len - start;
 	return 1;
+}
+
+/* light_view() into a string. */
+static int light_raw(const struct dicom_file *f, uint32_t tag, std::string &raw,
+		     bool ascii = false)
+{
+	const char *v;
+	size_t len;
+	int rc = light_view(f, tag, &v, &len, ascii);
+
+	if (rc == 1)
+		raw.assign(v, len);
+	return rc;
 }
 
 /* Which SOP UIDs of the meta header differ from the dataset's (bits of
@@ -724,8 +748,8 @@ static int light_put(struct dicom_file *f, uint32_t tag, const char *value)
 	if (e == nullptr || e->undefined_length || f->index.group_lengths ||
 	    tag == TAG_SpecificCharacterSet)
 		return 1;
-	std::string vr = light_vr(f, e);
-	if (!text_vr(vr.c_str()) || vr == "UI")
+	const char *vr = light_vr(f, e);
+	if (!text_vr(vr) || strcmp(vr, "UI") == 0)
 		return 1;
 	for (unsigned char c : v)
 		if (c < 0x20 || c >= 0x7f)
@@ -1001,16 +1025,17 @@ extern "C" void dicom_keyword_from_tag(uint32_t tag, char *buf, size_t len)
 
 /* ---- strings ---- */
 
+/* Trailing NUL/space, then leading space, off; in place, no copy. */
 static void trim(std::string &s)
 {
-	size_t end = s.find_last_not_of(std::string(" \0", 2));
-	size_t start = s.find_first_not_of(' ');
+	size_t end = s.size(), start = 0;
 
-	if (end == std::string::npos || start == std::string::npos) {
-		s.clear();
-		return;
-	}
-	s = s.substr(start, end - start + 1);
+	while (end > 0 && (s[end - 1] == ' ' || s[end - 1] == '\0'))
+		end--;
+	while (start < end && s[start] == ' ')
+		start++;
+	s.erase(end);
+	s.erase(0, start);
 }
 
 static std::string replace_non_ascii(const std::string &raw)
@@ -1108,6 +1133,17 @@ static int element_raw(DcmElement *e, std::string &raw)
 	return 1;
 }
 
+static char *dup_bytes(const char *s, size_t len)
+{
+	char *p = (char *)malloc(len + 1);
+
+	if (p != nullptr) {
+		memcpy(p, s, len);
+		p[len] = '\0';
+	}
+	return p;
+}
+
 static char *dup_string(const std::string &s)
 {
 	char *p = (char *)malloc(s.size() + 1);
@@ -1144,10 +1180,12 @@ static int get_top(struct dicom_file *f, uint32_t tag, char **out, bool convert)
 
 			if (reach(f, tag, &ignored) == -1)
 				return -1;
-			rc = light_raw(f, tag, raw, convert);
+			const char *v;
+			size_t len;
 
+			rc = light_view(f, tag, &v, &len, convert);
 			if (rc == 1) {	/* nothing to convert */
-				*out = dup_string(raw);
+				*out = dup_bytes(v, len);
 				return *out ? 1 : -1;
 			}
 			if (rc == 0)

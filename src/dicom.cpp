@@ -491,16 +491,24 @@ enum { META_CLASS = 1, META_INSTANCE = 2 };
 static_assert(META_CLASS == DS_META_CLASS && META_INSTANCE == DS_META_INSTANCE,
 	      "dataset.h's meta bits are dicom_meta_disagreement()'s");
 
+/* Whether the top-level value of tag is present and reads as s. */
+static bool light_value_is(const struct dicom_file *f, uint32_t tag,
+			   const char *s)
+{
+	const char *v;
+	size_t len;
+
+	return light_view(f, tag, &v, &len) == 1 && len == strlen(s) &&
+	       memcmp(v, s, len) == 0;
+}
+
 static unsigned light_meta_mismatch(const struct dicom_file *f)
 {
-	std::string sop_class, sop_instance;
 	unsigned m = 0;
 
-	if (light_raw(f, TAG_SOPClassUID, sop_class) != 1 ||
-	    sop_class != f->index.media_class)
+	if (!light_value_is(f, TAG_SOPClassUID, f->index.media_class))
 		m |= META_CLASS;
-	if (light_raw(f, TAG_SOPInstanceUID, sop_instance) != 1 ||
-	    sop_instance != f->index.media_instance)
+	if (!light_value_is(f, TAG_SOPInstanceUID, f->index.media_instance))
 		m |= META_INSTANCE;
 	return m;
 }

@@ -172,7 +172,7 @@ int fsutil_anon_tmpfile_mode_at(int dirfd, mode_t mode, char *name,
 	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
 
 	if (fd != -1) {
-		snprintf(name, namelen, "/proc/self/fd/%d", fd);
+		fsutil_proc_fd_path(name, namelen, fd);
 		return fd;
 	}
 	/* EOPNOTSUPP (or EISDIR from old kernels): no O_TMPFILE here. */
@@ -410,6 +410,27 @@ size_t fsutil_copy_str(char *out, size_t len, const char *s)
 	if (len > 0)
 		out[put_bytes(out, len, 0, s, n)] = '\0';
 	return n;
+}
+
+size_t fsutil_proc_fd_path(char *out, size_t len, int fd)
+{
+	static const char prefix[] = "/proc/self/fd/";
+	char digits[16], *d = digits + sizeof(digits);
+	unsigned v = fd < 0 ? 0u - (unsigned)fd : (unsigned)fd;
+	size_t at, n;
+
+	do {
+		*--d = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	if (fd < 0)
+		*--d = '-';
+	n = (size_t)(digits + sizeof(digits) - d);
+	if (len == 0)
+		return sizeof(prefix) - 1 + n;
+	at = put_bytes(out, len, 0, prefix, sizeof(prefix) - 1);
+	out[put_bytes(out, len, at, d, n)] = '\0';
+	return sizeof(prefix) - 1 + n;
 }
 
 size_t fsutil_join_path(char *out, size_t len, const char *dir,

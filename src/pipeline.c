@@ -527,7 +527,7 @@ static int load_source(struct job *job, struct error *err)
 		job->snap_mem = NULL;	/* the parsed file's bytes now */
 		return dicom_load_bytes(&job->file, job->snap_bytes, err);
 	}
-	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
+	fsutil_proc_fd_path(proc_path, sizeof(proc_path), fd);
 	if ((head_only(job) ? dicom_load_fd_head : dicom_load_fd)(&job->file,
 			fd, job->source_st.st_size, proc_path, err) == -1)
 		return -1;

@@ -30,6 +30,9 @@
  *  returns strlen(s) (>= len: cut short). */
 size_t fsutil_copy_str(char *out, size_t len, const char *s);
 
+/** snprintf(out, len, "/proc/self/fd/%d", fd) the same way. */
+size_t fsutil_proc_fd_path(char *out, size_t len, int fd);
+
 /** snprintf(out, len, "%s/%s", dir, name) the same way. */
 size_t fsutil_join_path(char *out, size_t len, const char *dir,
 			const char *name);

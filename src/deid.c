@@ -18,6 +18,7 @@
 #include <unictype.h>
 #include <uninorm.h>
 
+#include "dicomsort/fsutil.h"
 #include "deid_rules.h"
 
 #define SECRET_MIN 16
@@ -350,11 +351,9 @@ static int new_patient_id(const struct deid_options *o, const char *id,
 {
 	const char *mapped = o->table ? correlation_lookup(o->table, id) : NULL;
 
-	snprintf(out, len, "%s", id);
-	if (mapped != NULL) {
-		snprintf(out, len, "%s", mapped);
+	fsutil_copy_str(out, len, mapped != NULL ? mapped : id);
+	if (mapped != NULL)
 		return 0;
-	}
 	if (o->table == NULL && o->profile != DEID_BASIC &&
 	    o->unknown_id == DEID_UNKNOWN_DEFAULT)
 		return 0;	/* nothing to map against: the original's way */

@@ -172,7 +172,7 @@ int fsutil_anon_tmpfile_mode_at(int dirfd, mode_t mode, char *name,
 	int fd = openat(dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, mode);
 
 	if (fd != -1) {
-		snprintf(name, namelen, "/proc/self/fd/%d", fd);
+		fsutil_proc_fd_path(name, namelen, fd);
 		return fd;
 	}
 	/* EOPNOTSUPP (or EISDIR from old kernels): no O_TMPFILE here. */
@@ -391,15 +391,67 @@ static int suffixed_name(const char *base, const char *suffix, char *out,
 	return w < 0 || (size_t)w >= len ? -1 : 0;
 }
 
+/* Copies what of s[0..n) fits at out + at (len > at): the end offset. */
+static size_t put_bytes(char *out, size_t len, size_t at, const char *s,
+			size_t n)
+{
+	size_t room = len - 1 - at;
+
+	if (n > room)
+		n = room;
+	memcpy(out + at, s, n);
+	return at + n;
+}
+
+size_t fsutil_copy_str(char *out, size_t len, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (len > 0)
+		out[put_bytes(out, len, 0, s, n)] = '\0';
+	return n;
+}
+
+size_t fsutil_proc_fd_path(char *out, size_t len, int fd)
+{
+	static const char prefix[] = "/proc/self/fd/";
+	char digits[16], *d = digits + sizeof(digits);
+	unsigned v = fd < 0 ? 0u - (unsigned)fd : (unsigned)fd;
+	size_t at, n;
+
+	do {
+		*--d = (char)('0' + v % 10);
+		v /= 10;
+	} while (v != 0);
+	if (fd < 0)
+		*--d = '-';
+	n = (size_t)(digits + sizeof(digits) - d);
+	if (len == 0)
+		return sizeof(prefix) - 1 + n;
+	at = put_bytes(out, len, 0, prefix, sizeof(prefix) - 1);
+	out[put_bytes(out, len, at, d, n)] = '\0';
+	return sizeof(prefix) - 1 + n;
+}
+
+size_t fsutil_join_path(char *out, size_t len, const char *dir,
+			const char *name)
+{
+	size_t d = strlen(dir), n = strlen(name), at;
+
+	if (len == 0)
+		return d + 1 + n;
+	at = put_bytes(out, len, 0, dir, d);
+	at = put_bytes(out, len, at, "/", 1);
+	out[put_bytes(out, len, at, name, n)] = '\0';
+	return d + 1 + n;
+}
+
 int fsutil_numbered_name(const char *base, unsigned n, char *out, size_t len)
 {
 	char suffix[16];
-	int w;
 
-	if (n == 0) {
-		w = snprintf(out, len, "%s", base);
-		return w < 0 || (size_t)w >= len ? -1 : 0;
-	}
+	if (n == 0)
+		return fsutil_copy_str(out, len, base) >= len ? -1 : 0;
 	snprintf(suffix, sizeof(suffix), "_%u", n);
 	return suffixed_name(base, suffix, out, len);
 }

@@ -527,7 +527,7 @@ static int load_source(struct job *job, struct error *err)
 		job->snap_mem = NULL;	/* the parsed file's bytes now */
 		return dicom_load_bytes(&job->file, job->snap_bytes, err);
 	}
-	snprintf(proc_path, sizeof(proc_path), "/proc/self/fd/%d", fd);
+	fsutil_proc_fd_path(proc_path, sizeof(proc_path), fd);
 	if ((head_only(job) ? dicom_load_fd_head : dicom_load_fd)(&job->file,
 			fd, job->source_st.st_size, proc_path, err) == -1)
 		return -1;
@@ -576,8 +576,8 @@ static int destination(struct job *job, const char *source_path,
 		return -1;
 	if (in->name.layout != NULL)
 		return expand(job, &in->name, name, namelen, err);
-	snprintf(base, sizeof(base), "%s", source_path);
-	if (snprintf(name, namelen, "%s", basename(base)) >= (int)namelen)
+	fsutil_copy_str(base, sizeof(base), source_path);
+	if (fsutil_copy_str(name, namelen, basename(base)) >= namelen)
 		return error_set(err, ERROR_INPUT, ENAMETOOLONG, "file name");
 	return 0;
 }
@@ -1041,7 +1041,7 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 			drop_source_folder();
 		return -1;
 	}
-	snprintf(final, finallen, "%s", mv.final);
+	fsutil_copy_str(final, finallen, mv.final);
 	if (mv.existed) {
 		res->status = PIPELINE_DUPLICATE;
 		return 0;
@@ -1140,7 +1140,7 @@ static void stored_value(struct dicom_file *file, uint32_t tag, char *out,
 
 	out[0] = '\0';
 	if (dicom_get_string(file, tag, &v) == 1 && v != NULL)
-		snprintf(out, len, "%s", v);
+		fsutil_copy_str(out, len, v);
 	free(v);
 }
 
@@ -1193,8 +1193,8 @@ static int run(struct job *job, const char *path, const char *rel,
 		return 0;
 	}
 	if (dicom_get_string(job->file, TAG_SOPInstanceUID, &uid) == 1)
-		snprintf(res->sop_instance_uid, sizeof(res->sop_instance_uid),
-			 "%s", uid);
+		fsutil_copy_str(res->sop_instance_uid,
+				sizeof(res->sop_instance_uid), uid);
 	free(uid);
 	stored_value(job->file, TAG_StudyInstanceUID, res->study_uid,
 		     sizeof(res->study_uid));
@@ -1219,8 +1219,8 @@ static int run(struct job *job, const char *path, const char *rel,
 
 		if (rc != 1) {
 			if (rc == 0)
-				snprintf(res->dest, sizeof(res->dest), "%s/%s", dir,
-					 final);
+				fsutil_join_path(res->dest, sizeof(res->dest),
+						 dir, final);
 			return rc;
 		}
 	}
@@ -1229,7 +1229,7 @@ static int run(struct job *job, const char *path, const char *rel,
 	note_kept_meta(job, res);	/* the splice decided at the write */
 	if (publish(job, dir, name, final, sizeof(final), res) == -1)
 		return -1;
-	snprintf(res->dest, sizeof(res->dest), "%s/%s", dir, final);
+	fsutil_join_path(res->dest, sizeof(res->dest), dir, final);
 	if (!res->dispose_pending)
 		dispose_source(job, path, rel, res);
 	return 0;

@@ -25,6 +25,18 @@
  *  is "<prefix><inode in hex>.<original name>" in the source's folder. */
 #define FSUTIL_CLAIM_PREFIX FSUTIL_TMP_PREFIX "claim-"
 
+/** snprintf(out, len, "%s", s) without the format machinery, for the
+ *  per-file paths: copies what fits, always NUL-terminates (len > 0),
+ *  returns strlen(s) (>= len: cut short). */
+size_t fsutil_copy_str(char *out, size_t len, const char *s);
+
+/** snprintf(out, len, "/proc/self/fd/%d", fd) the same way. */
+size_t fsutil_proc_fd_path(char *out, size_t len, int fd);
+
+/** snprintf(out, len, "%s/%s", dir, name) the same way. */
+size_t fsutil_join_path(char *out, size_t len, const char *dir,
+			const char *name);
+
 /** Open (creating with parents if create) the directory path. */
 int fsutil_open_dir(const char *path, bool create, struct error *err);
 

@@ -741,9 +741,48 @@ static void move_copies_into_another_file_system(void **state)
 	assert_int_equal(umount2(at("mnt"), MNT_DETACH), 0);
 }
 
+/* The per-file string helpers write exactly what snprintf() would, in
+ * every buffer size (cut short, NUL-terminated, the rest untouched), and
+ * return its length. */
+static void string_helpers_write_what_snprintf_writes(void **state)
+{
+	static const char *const strs[] = { "", "a", "abcdef", "/x/y",
+					    "0123456789abcdefghij" };
+	static const int fds[] = { 0, 7, 10, 99, 123456, INT_MAX, -1, INT_MIN };
+	char want[64], got[64];
+
+	(void)state;
+	for (size_t len = 1; len < 40; len++) {
+		for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+			for (size_t k = 0; k < sizeof(strs) / sizeof(strs[0]); k++) {
+				memset(want, 'x', sizeof(want));
+				memset(got, 'x', sizeof(got));
+				int w = snprintf(want, len, "%s/%s", strs[i], strs[k]);
+				size_t n = fsutil_join_path(got, len, strs[i], strs[k]);
+				assert_int_equal(n, (size_t)w);
+				assert_memory_equal(got, want, sizeof(want));
+			}
+			memset(want, 'x', sizeof(want));
+			memset(got, 'x', sizeof(got));
+			int w = snprintf(want, len, "%s", strs[i]);
+			assert_int_equal(fsutil_copy_str(got, len, strs[i]), (size_t)w);
+			assert_memory_equal(got, want, sizeof(want));
+		}
+		for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+			memset(want, 'x', sizeof(want));
+			memset(got, 'x', sizeof(got));
+			int w = snprintf(want, len, "/proc/self/fd/%d", fds[i]);
+			assert_int_equal(fsutil_proc_fd_path(got, len, fds[i]),
+					 (size_t)w);
+			assert_memory_equal(got, want, sizeof(want));
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(string_helpers_write_what_snprintf_writes),
 		cmocka_unit_test(numbered_names_follow_splitext),
 		cmocka_unit_test(numbered_names_stay_within_name_max),
 		cmocka_unit_test(clash_names_turn_to_the_content_hash),

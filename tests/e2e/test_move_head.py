@@ -33,11 +33,8 @@ ITEM = b"\xfe\xff\x00\xe0"
 SEQ_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
-def image(gen, n, syntax="explicit_le", **kw):
-    """The bytes of one 128x128 image, written by pydicom."""
-    ds = gen.make_dataset(patient_id="HEAD", rows=ROWS, cols=COLS,
-                          instance_number=n, syntax=syntax, seed=15,
-                          charset="ascii", **kw)
+def written(gen, ds, n):
+    """The bytes pydicom writes for ds."""
     path = f"/dev/shm/move15-{os.getpid()}-{n}.dcm"
     try:
         gen.write(ds, path)
@@ -45,6 +42,14 @@ def image(gen, n, syntax="explicit_le", **kw):
             return f.read()
     finally:
         os.unlink(path)
+
+
+def image(gen, n, syntax="explicit_le", **kw):
+    """The bytes of one 128x128 image, written by pydicom."""
+    ds = gen.make_dataset(patient_id="HEAD", rows=ROWS, cols=COLS,
+                          instance_number=n, syntax=syntax, seed=15,
+                          charset="ascii", **kw)
+    return written(gen, ds, n)
 
 
 def with_big_value(gen, n, tag, vr, value):
@@ -53,13 +58,7 @@ def with_big_value(gen, n, tag, vr, value):
     ds = gen.make_dataset(patient_id="HEAD", rows=ROWS, cols=COLS,
                           instance_number=n, seed=15, charset="ascii")
     ds.add_new(tag, vr, value)
-    path = f"/dev/shm/move15-{os.getpid()}-{n}.dcm"
-    try:
-        gen.write(ds, path)
-        with open(path, "rb") as f:
-            return f.read()
-    finally:
-        os.unlink(path)
+    return written(gen, ds, n)
 
 
 def broken_fragments(whole):

@@ -1,9 +1,10 @@
-"""DCMTK's data dictionary is parsed on first use, not at start (issue 14):
-a run whose files all take the C path never pays for it, a file that needs
-DCMTK still has it - whichever worker comes first, with others parsing at
-the same instant - and a dictionary that is not there still stops
-dicomsort, dicomsortd and --check-config at start with a clear message,
-before any file is touched."""
+"""What a start no longer does (issue 14): DCMTK's data dictionary is
+parsed on first use, not at start - a run whose files all take the C path
+never pays for it, a file that needs DCMTK still has it, whichever worker
+comes first, with others parsing at the same instant - and a dictionary
+that is not there still stops dicomsort, dicomsortd and --check-config at
+start with a clear message, before any file is touched. libcurl is opened
+only by a STOW-RS forward (tests/forward/test_stow.py), never linked."""
 
 import os
 import pathlib
@@ -179,3 +180,20 @@ def test_missing_dictionary_stops_dicomsortd_at_start(tmp_path):
     assert dropped.read_bytes() == b"not even DICOM"
     assert list((tmp_path / "out").iterdir()) == []
     assert list((tmp_path / "quarantine").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["dicomsort", "dicomsortd"])
+def test_libcurl_is_not_linked(name):
+    """Neither binary needs libcurl to start: the dynamic loader maps
+    none of it (nor what it pulls in) for a run that forwards nothing."""
+    build = os.environ.get("DICOMSORT_BUILD_DIR")
+    if not build:
+        pytest.skip("DICOMSORT_BUILD_DIR is not set")
+    binary = os.path.join(build, name)
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"{binary} is not built")
+    p = subprocess.run(["ldd", binary], capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    assert "libdcmdata" in p.stdout
+    assert "libcurl" not in p.stdout

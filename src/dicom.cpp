@@ -132,6 +132,48 @@ static int fail(struct error *err, enum error_kind kind, int errnum,
 	return error_set(err, kind, errnum, "%s (%s)", what, cond.text());
 }
 
+/*
+ * The dictionary files DCMTK will read, as DcmDataDictionary::
+ * loadExternalDictionaries() finds them: DCMDICTPATH, a list separated by
+ * ENVIRONMENT_PATH_SEPARATOR (empty entries skipped), or the built-in
+ * default when it is unset or empty. Each must be a regular file we can
+ * read. A cheap check at start (an open and an fstat each): the parse
+ * itself (430 KB of text, ~25 ms) waits for the first file that needs
+ * DCMTK - most never do (the fast path, the C backend).
+ */
+static int check_dictionary_files(struct error *err)
+{
+	const char *env = getenv(DCM_DICT_ENVIRONMENT_VARIABLE);
+	std::string list = env != nullptr && *env != '\0' ? env :
+			   DCM_DICT_DEFAULT_PATH;
+	size_t at = 0;
+
+	while (at <= list.size()) {
+		size_t end = list.find(ENVIRONMENT_PATH_SEPARATOR, at);
+		std::string file = list.substr(at, end == std::string::npos ?
+					       std::string::npos : end - at);
+		struct stat st;
+		int fd;
+
+		at = end == std::string::npos ? list.size() + 1 : end + 1;
+		if (file.empty())
+			continue;
+		fd = open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd == -1)
+			return error_set(err, ERROR_SETUP, errno, "the DICOM "
+					 "data dictionary could not be loaded "
+					 "(DCMDICTPATH?): %s", file.c_str());
+		bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+		close(fd);
+		if (!regular)
+			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
+					 "dictionary could not be loaded "
+					 "(DCMDICTPATH?): %s: not a regular file",
+					 file.c_str());
+	}
+	return 0;
+}
+
 extern "C" int dicom_init(struct error *err)
 {
 	try {
@@ -144,13 +186,26 @@ extern "C" int dicom_init(struct error *err)
 		 * length form and is on by default). */
 		dcmEnableUnknownVRConversion.set(OFTrue);
 		dcmEnableCP246Support.set(OFTrue);
-		if (!dcmDataDict.isDictionaryLoaded())
-			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
-					 "dictionary could not be loaded (DCMDICTPATH?)");
-		return 0;
+		/* The dictionary itself is parsed on first use: DCMTK's
+		 * global (GlobalDcmDataDictionary::rdlock()) creates it
+		 * once, under its write lock, whichever thread comes first;
+		 * dictionary_ready() checks the result before a parse. */
+		return check_dictionary_files(err);
 	} catch (...) {
 		return error_set(err, ERROR_SETUP, 0, "DICOM library setup failed");
 	}
+}
+
+/* Before DCMTK parses anything: its dictionary loaded (on the first call,
+ * by whichever thread; a read lock afterwards). Files that were there at
+ * start but do not parse as a dictionary fail each file that needs DCMTK
+ * - kept, never quarantined - rather than read it without one. */
+static int dictionary_ready(struct error *err)
+{
+	if (dcmDataDict.isDictionaryLoaded())
+		return 0;
+	return error_set(err, ERROR_SETUP, 0, "the DICOM data dictionary "
+			 "could not be loaded (DCMDICTPATH?)");
 }
 
 /* ---- loading ---- */
@@ -361,6 +416,8 @@ static int load(struct dicom_file *f, const char *path, const std::string *mem,
 	case PART10_WITHIN_LIMITS:
 		break;
 	}
+	if (dictionary_ready(err) == -1)
+		return -1;
 	OFCondition cond = mem ? read_mem(f, *mem, ERM_fileOnly) :
 		f->format().loadFile(path, EXS_Unknown, EGL_noChange,
 				   DCM_MaxReadLength, ERM_fileOnly);
@@ -1004,6 +1061,10 @@ extern "C" int dicom_load_all(struct dicom_file *file, struct error *err)
 
 extern "C" int dicom_tag_from_keyword(const char *keyword, uint32_t *tag)
 {
+	/* A keyword only one standard entry has (every layout's): the C
+	 * tables know it without DCMTK's dictionary being loaded. */
+	if (ds_tag_from_keyword(keyword, tag) == 1)
+		return 0;
 	try {
 		DcmTag t;
 		if (DcmTag::findTagFromName(keyword, t).bad())

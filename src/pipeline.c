@@ -72,6 +72,10 @@ struct job {
 	char snap_name[64];
 	char sha256[65];		/* of the snapshot; "" unless hashed */
 	bool leased;			/* source_fd holds a read lease */
+	/* source_fd was leased before source_st was fstat'ed (a possible
+	 * rename candidate, open_source()): its claim skips the look at
+	 * the name (fsutil_move's source_leased). */
+	bool leased_early;
 	bool busy;			/* not finished: see source_busy() */
 	struct dicom_file *file;
 	bool copy_bytes;		/* output = the source's bytes */
@@ -258,6 +262,15 @@ static int open_source(struct job *job, const char *path, struct error *err)
 			return error_set(err, ERROR_TRANSIENT, errno, "cannot open");
 		return error_set(err, ERROR_INPUT, errno, "cannot open");
 	}
+	/* A file dicomsort --move may rename into the output is leased
+	 * before its version is taken: its claim then needs no look at the
+	 * name first (fsutil.h, source_leased). Not had (another owner, a
+	 * file open for writing): the claim takes it later, as before. */
+	if (job->pipeline->opts.rename_unchanged &&
+	    job->pipeline->opts.disposal == PIPELINE_DELETE_SOURCE &&
+	    !job->pipeline->opts.dry_run)
+		job->leased_early = fsutil_lease(job->source_fd,
+				job->pipeline->opts.sigio_ignored) == 1;
 	if (fstat(job->source_fd, &job->source_st) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
 	if (!S_ISREG(job->source_st.st_mode))
@@ -330,7 +343,7 @@ static int unlease_source(struct job *job, struct error *err)
 		rc = source_busy(job, err, "source opened for writing while it "
 				 "was read");
 	fcntl(job->source_fd, F_SETLEASE, F_UNLCK);
-	job->leased = false;
+	job->leased = job->leased_early = false;
 	return rc;
 }
 
@@ -1017,7 +1030,8 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
 				  .name = name, .mode = in->file_mode,
 				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
-				  .source_fd = &job->source_fd };
+				  .source_fd = &job->source_fd,
+				  .source_leased = job->leased_early };
 	int src_dirfd;
 
 	/* Renamed, the inode becomes the output. One with other links would

@@ -75,6 +75,9 @@ struct pipeline_options {
 	unsigned long long max_file_size;	/* bytes; a larger source is
 						   rejected unread. 0: no limit */
 	bool hash_source;		/* fill result.source_sha256 */
+	bool sigio_ignored;		/* the process ignores SIGIO
+					   (fsutil_ignore_sigio()): its read
+					   leases need no F_SETSIG */
 };
 
 enum pipeline_status {

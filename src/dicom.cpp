@@ -55,6 +55,38 @@ static_assert(same_text(DS_IMPLEMENTATION_CLASS_UID, OFFIS_IMPLEMENTATION_CLASS_
 	      same_text(DS_IMPLEMENTATION_VERSION, OFFIS_DTK_IMPLEMENTATION_VERSION_NAME),
 	      "dataset.h names another DCMTK version's implementation");
 
+/*
+ * A file's bytes. std::allocator, but a char it makes is left unset
+ * (default-initialised): the bytes are read into it right away, so
+ * resize() does not zero them first, as std::string's does (a memset of
+ * the whole file, 128 KiB for a 256x256 image, before its read).
+ */
+template <typename T> struct uninit_allocator : std::allocator<T> {
+	template <typename U> struct rebind {
+		typedef uninit_allocator<U> other;
+	};
+	uninit_allocator() = default;
+	template <typename U>
+	uninit_allocator(const uninit_allocator<U> &) noexcept {}
+	template <typename U> void construct(U *p) noexcept
+	{
+		::new (static_cast<void *>(p)) U;
+	}
+	template <typename U, typename... Args>
+	void construct(U *p, Args &&...args)
+	{
+		::new (static_cast<void *>(p)) U(std::forward<Args>(args)...);
+	}
+};
+typedef std::vector<char, uninit_allocator<char>> file_bytes;
+
+/* size unset bytes; data() is never NULL, even for none. */
+static void make_bytes(file_bytes &mem, size_t size)
+{
+	mem.reserve(size > 0 ? size : 1);
+	mem.resize(size);
+}
+
 /* A top-level value changed on the fast path: its new bytes, padded. */
 struct light_edit {
 	const struct part10_elem *elem;
@@ -91,7 +123,7 @@ struct dicom_file {
 	 * replays the edits onto DCMTK's dataset.
 	 */
 	bool light = false;
-	std::string mem;		/* the file's bytes, parsed in memory */
+	file_bytes mem;		/* the file's bytes, parsed in memory */
 	std::string path;		/* for promotion's error messages */
 	/* dicom_load_fd_head(): mem holds only the file's head, the rest
 	 * is read from this descriptor (the caller's) when it is needed
@@ -212,7 +244,7 @@ static int dictionary_ready(struct error *err)
 
 /* Up to len bytes from the start of path (or of mem, the file's bytes
  * when they are in memory); 0 if it cannot be read. */
-static size_t read_head(const char *path, const std::string *mem,
+static size_t read_head(const char *path, const file_bytes *mem,
 			unsigned char *buf, size_t len)
 {
 	if (mem != nullptr) {
@@ -233,7 +265,7 @@ static size_t read_head(const char *path, const std::string *mem,
 
 /* Something that starts like a bare dataset: a tag of group 0008 (or
  * 0002/0010, rarer) in either byte order. */
-static bool looks_like_dataset(const char *path, const std::string *mem)
+static bool looks_like_dataset(const char *path, const file_bytes *mem)
 {
 	unsigned char b[4];
 
@@ -246,7 +278,7 @@ static bool looks_like_dataset(const char *path, const std::string *mem)
 /* The start of a Part 10 file: "DICM" after the preamble, or a meta
  * header (group 0002) written without the preamble; or a file cut inside
  * the usual all-zero preamble. */
-static bool looks_like_part10(const char *path, const std::string *mem)
+static bool looks_like_part10(const char *path, const file_bytes *mem)
 {
 	unsigned char b[132];
 	size_t n = read_head(path, mem, b, sizeof(b));
@@ -269,7 +301,7 @@ static bool has_value(DcmDataset *ds, const DcmTagKey &key)
 	return ds->findAndGetOFString(key, v).good() && !v.empty();
 }
 
-static long long file_size(const char *path, const std::string *mem)
+static long long file_size(const char *path, const file_bytes *mem)
 {
 	struct stat st;
 
@@ -324,7 +356,7 @@ static bool values_within(DcmItem *item, long long size)
 	return true;
 }
 
-static int classify_load_error(const char *path, const std::string *mem,
+static int classify_load_error(const char *path, const file_bytes *mem,
 			       const OFCondition &cond, struct error *err)
 {
 	long long size = file_size(path, mem);
@@ -354,7 +386,7 @@ static int classify_load_error(const char *path, const std::string *mem,
  * tag order: the byte layer walks its headers (DCMTK's recursive, quadratic
  * reader must not meet such a file). A file it cannot open is DCMTK's to
  * refuse. */
-static enum part10_limit check_limits(const char *path, const std::string *mem)
+static enum part10_limit check_limits(const char *path, const file_bytes *mem)
 {
 	struct part10_source src = {};
 	struct stat st;
@@ -376,7 +408,7 @@ static enum part10_limit check_limits(const char *path, const std::string *mem)
 
 /* What loadFile() does, from the file's bytes in memory: every value is
  * read now (a buffer stream makes no lazy values), none re-read later. */
-static OFCondition read_mem(struct dicom_file *f, const std::string &mem,
+static OFCondition read_mem(struct dicom_file *f, const file_bytes &mem,
 			    E_FileReadMode mode)
 {
 	DcmInputBufferStream in;
@@ -403,7 +435,7 @@ static OFCondition read_mem(struct dicom_file *f, const std::string &mem,
 }
 
 /* mem: the whole file, already read (NULL: load lazily from path). */
-static int load(struct dicom_file *f, const char *path, const std::string *mem,
+static int load(struct dicom_file *f, const char *path, const file_bytes *mem,
 		struct error *err)
 {
 	switch (check_limits(path, mem)) {
@@ -628,7 +660,7 @@ static bool index_head(struct dicom_file *f, int fd, uint64_t size)
 
 /* Bytes [from, mem.size()) of fd into mem at from; a file shorter than
  * that is being rewritten now. */
-static int read_from(int fd, std::string &mem, size_t from, struct error *err)
+static int read_from(int fd, file_bytes &mem, size_t from, struct error *err)
 {
 	size_t got = from;
 
@@ -649,7 +681,7 @@ static int read_from(int fd, std::string &mem, size_t from, struct error *err)
 	return 0;
 }
 
-static int read_at_start(int fd, std::string &mem, struct error *err)
+static int read_at_start(int fd, file_bytes &mem, struct error *err)
 {
 	return read_from(fd, mem, 0, err);
 }
@@ -694,8 +726,9 @@ static int complete(struct dicom_file *f, struct error *err)
 {
 	if (f->head_fd == -1)
 		return 0;
-	std::string mem(static_cast<size_t>(f->index.file_size), '\0');
+	file_bytes mem;
 
+	make_bytes(mem, static_cast<size_t>(f->index.file_size));
 	if (read_at_start(f->head_fd, mem, err) == -1)
 		return -1;
 	if (memcmp(mem.data(), f->mem.data(), f->mem.size()) != 0)
@@ -882,7 +915,7 @@ static bool test_force_dcmtk(void)
 }
 
 /* Parse the file's bytes in mem (taken), labelled path in messages. */
-static int load_mem(struct dicom_file **out, std::string &mem,
+static int load_mem(struct dicom_file **out, file_bytes &mem,
 		    const char *path, struct error *err)
 {
 	struct dicom_file *f = nullptr;
@@ -926,8 +959,9 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 	if (size <= 0 || size > DICOM_LOAD_IN_MEMORY)
 		return dicom_load(out, path, err);
 	try {
-		std::string mem(static_cast<size_t>(size), '\0');
+		file_bytes mem;
 
+		make_bytes(mem, static_cast<size_t>(size));
 		if (read_at_start(fd, mem, err) == -1)
 			return -1;
 		return load_mem(out, mem, path, err);
@@ -957,7 +991,7 @@ extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
 		struct error ignored = ERROR_INIT;
 
 		f = new dicom_file;
-		f->mem.resize(head);
+		make_bytes(f->mem, head);
 		f->path = path;
 		if (read_at_start(fd, f->mem, &ignored) == 0 &&
 		    index_head(f, fd, static_cast<uint64_t>(size))) {
@@ -973,15 +1007,15 @@ extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
 }
 
 struct dicom_bytes {
-	std::string mem;
+	file_bytes mem;
 };
 
 extern "C" unsigned char *dicom_bytes_new(struct dicom_bytes **out, size_t size)
 {
 	try {
 		*out = new dicom_bytes;
-		(*out)->mem.resize(size);
-		return reinterpret_cast<unsigned char *>(&(*out)->mem[0]);
+		make_bytes((*out)->mem, size);
+		return reinterpret_cast<unsigned char *>((*out)->mem.data());
 	} catch (...) {
 		delete *out;
 		*out = nullptr;

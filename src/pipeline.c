@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1158,6 +1159,19 @@ static void stored_value(struct dicom_file *file, uint32_t tag, char *out,
 	free(v);
 }
 
+void pipeline_result_set_study(struct pipeline_result *res,
+			       struct dicom_file *file)
+{
+	stored_value(file, TAG_StudyInstanceUID, res->study_uid,
+		     sizeof(res->study_uid));
+	stored_value(file, TAG_SeriesInstanceUID, res->series_uid,
+		     sizeof(res->series_uid));
+	stored_value(file, TAG_SeriesNumber, res->series_number,
+		     sizeof(res->series_number));
+	stored_value(file, TAG_SeriesDescription, res->series_description,
+		     sizeof(res->series_description));
+}
+
 static void inspect(struct job *job, bool deidentified)
 {
 	if (job->hooks != NULL && job->hooks->inspect != NULL)
@@ -1210,14 +1224,7 @@ static int run(struct job *job, const char *path, const char *rel,
 		fsutil_copy_str(res->sop_instance_uid,
 				sizeof(res->sop_instance_uid), uid);
 	free(uid);
-	stored_value(job->file, TAG_StudyInstanceUID, res->study_uid,
-		     sizeof(res->study_uid));
-	stored_value(job->file, TAG_SeriesInstanceUID, res->series_uid,
-		     sizeof(res->series_uid));
-	stored_value(job->file, TAG_SeriesNumber, res->series_number,
-		     sizeof(res->series_number));
-	stored_value(job->file, TAG_SeriesDescription, res->series_description,
-		     sizeof(res->series_description));
+	pipeline_result_set_study(res, job->file);
 	if (destination(job, path, dir, sizeof(dir), name, sizeof(name), err) == -1)
 		return -1;
 	if (job->pipeline->opts.dry_run) {
@@ -1249,6 +1256,24 @@ static int run(struct job *job, const char *path, const char *rel,
 	return 0;
 }
 
+/* Every field zero, every text "": as a memset of the whole, without
+ * writing the 8 KiB of the two path buffers past their first byte. What
+ * follows them (padding; a field added there by mistake) is zeroed too. */
+static void result_clear(struct pipeline_result *res)
+{
+	size_t tail = offsetof(struct pipeline_result, disposed_as) +
+		      sizeof(res->disposed_as);
+
+	_Static_assert(offsetof(struct pipeline_result, dest) +
+		       sizeof(((struct pipeline_result *)0)->dest) ==
+		       offsetof(struct pipeline_result, disposed_as),
+		       "dest and disposed_as must stay last, side by side");
+	memset(res, 0, offsetof(struct pipeline_result, dest));
+	memset((char *)res + tail, 0, sizeof(*res) - tail);
+	res->dest[0] = '\0';
+	res->disposed_as[0] = '\0';
+}
+
 int pipeline_file(struct pipeline *in, const char *source_path,
 		const char *source_rel, struct pipeline_result *res)
 {
@@ -1263,7 +1288,7 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 			   .tmp_fd = -1, .snap_fd = -1, .hooks = hooks };
 	int rc;
 
-	memset(res, 0, sizeof(*res));
+	result_clear(res);
 	rc = run(&job, source_path, source_rel, res);
 	res->source_busy = rc == -1 && job.busy;
 	job_release(&job);

@@ -43,6 +43,8 @@ struct pipeline {
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
 	uid_t euid;			/* ours: whose sources can be renamed */
+	gid_t new_gid;			/* a new file's group in the output
+					   root (rename_same_group) */
 	atomic_bool dirs_deferred;	/* a rename left new folders to the
 					   final syncfs (SYNC_DISPOSAL) */
 	mode_t file_mode;		/* 0666 less the umask, as open() gives */
@@ -163,6 +165,7 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 			return error_set(err, ERROR_SETUP, errno, "fstat %s",
 					 opts->output_dir);
 		in->output_dev = st.st_dev;
+		in->new_gid = st.st_mode & S_ISGID ? st.st_gid : getegid();
 	}
 	if (opts->disposal == PIPELINE_MOVE_SOURCE) {
 		if (opts->processed_dir == NULL)
@@ -462,16 +465,25 @@ static bool wants_hash(const struct pipeline *in)
  * else writes (the snapshot's /proc/self/fd path); and a sort copies the
  * snapshot, never the source again.
  */
+static bool rename_candidate(const struct job *job);
+
 static int take_snapshot(struct job *job, struct error *err)
 {
 	struct pipeline *in = job->pipeline;
 	EVP_MD_CTX *ctx = wants_hash(in) ? EVP_MD_CTX_new() : NULL;
+	/* A rename candidate too large for memory is only hashed: no
+	 * snapshot file is written for an inode that may become the output
+	 * itself (read as the batch reads it, checked at its claim). */
+	bool hash_only = rename_candidate(job) &&
+			 job->source_st.st_size > DICOM_LOAD_IN_MEMORY;
 	int rc = 0;
 
 	if (wants_hash(in) && (ctx == NULL ||
 			       EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1))
 		rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
-	if (rc == 0 && job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) {
+	if (rc == 0 && hash_only) {
+		/* read_source_once() hashes through a buffer of its own. */
+	} else if (rc == 0 && job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) {
 		job->snap_mem = dicom_bytes_new(&job->snap_bytes,
 						(size_t)job->source_st.st_size);
 		if (job->snap_mem == NULL)
@@ -498,11 +510,9 @@ static int take_snapshot(struct job *job, struct error *err)
 	if (rc == 0 && ctx != NULL)
 		hex_digest(ctx, job->sha256);
 	EVP_MD_CTX_free(ctx);
-	job->snapshot = rc == 0;
+	job->snapshot = rc == 0 && !hash_only;
 	return rc;
 }
-
-static bool rename_candidate(const struct job *job);
 
 /* A rename candidate that nothing will change: its bytes are never read
  * here (the inode becomes the output), so only what the decision needs
@@ -950,7 +960,9 @@ static bool rename_candidate(const struct job *job)
 	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
 	       job->source_st.st_dev == in->output_dev &&
 	       job->source_st.st_nlink == 1 &&
-	       (job->source_st.st_uid == in->euid || in->euid == 0);
+	       (job->source_st.st_uid == in->euid || in->euid == 0) &&
+	       (!in->opts.rename_same_group ||
+		job->source_st.st_gid == in->new_gid);
 }
 
 /*
@@ -994,6 +1006,30 @@ static int source_folder(const struct pipeline *in, const char *path)
 	return fd;
 }
 
+/* What fsutil_move() tells rename_source()'s hooks about. */
+struct naming {
+	struct job *job;
+	struct pipeline_result *res;
+	const char *dir;
+};
+
+/* Each name the claimed source may take, told as publish_as() tells a
+ * temp file's: the daemon notes its pending record there, with the
+ * identity the output will have (the source's own inode, size, mtime). */
+static int tell_naming(void *ctx, const char *name, const struct stat *st,
+		       struct error *err)
+{
+	struct naming *n = ctx;
+	const struct pipeline_hooks *h = n->job->hooks;
+
+	fsutil_join_path(n->res->dest, sizeof(n->res->dest), n->dir, name);
+	if (h->checkpoint != NULL)
+		h->checkpoint(h->ctx, PIPELINE_AT_CLAIMED);
+	if (h->before_publish == NULL)
+		return 0;
+	return h->before_publish(h->ctx, n->res, st, err);
+}
+
 /*
  * Deleting a source whose bytes are the output, on the output's file
  * system: move the source itself to its final name (fsutil_move: claimed,
@@ -1001,24 +1037,36 @@ static int source_folder(const struct pipeline *in, const char *path)
  * makes it a copy). No byte is destroyed - the inode keeps its data
  * under one name or the other, whatever happens - so "durable before
  * disposal" holds without an fsync; SYNC_EACH still fsyncs the file and
- * its new folder, SYNC_DISPOSAL leaves that to pipeline_sync_all(). A
- * clash with identical bytes is a duplicate and the source goes.
- * Returns 1 when this cannot be done here (caller copies instead).
+ * its new folder, SYNC_DISPOSAL leaves that to pipeline_sync_all(), and
+ * SYNC_GROUP to the next pipeline_commit() (result.renamed, pending like
+ * a copy: the caller sends its record after the commit and has nothing
+ * to dispose of). A clash with identical bytes is a duplicate and the
+ * source goes (after a syncfs of the destination). The hooks hear of it
+ * as of a publication. Returns 1 when this cannot be done here (caller
+ * copies instead).
  */
 static int rename_source(struct job *job, const char *path, const char *dir,
 			 const char *name, char *final, size_t finallen,
 			 struct pipeline_result *res)
 {
 	struct pipeline *in = job->pipeline;
+	const struct pipeline_hooks *h = job->hooks;
 	struct error *err = &res->err;
+	struct naming naming = { job, res, dir };
 	/* Under SYNC_DISPOSAL (batch --move) the names wait for
 	 * pipeline_sync_all(): a group commit, no fsync per file. The lease
-	 * goes on the descriptor read; its folder is the cached one. */
+	 * goes on the descriptor read; its folder is the cached one. A
+	 * ctime moved since the read (our rename in, a chmod) is the same
+	 * version if the bytes still hash to what was read. */
 	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
+				  .expect_sha256 = job->sha256[0] ?
+						   job->sha256 : NULL,
 				  .name = name, .mode = in->file_mode,
+				  .naming = h != NULL ? tell_naming : NULL,
+				  .ctx = &naming,
 				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
 				  .source_fd = &job->source_fd };
-	int src_dirfd;
+	int src_dirfd, rc;
 
 	/* Renamed, the inode becomes the output. One with other links would
 	 * stay reachable (and writable) from outside the output tree, and a
@@ -1033,25 +1081,44 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
-	src_dirfd = source_folder(in, path);
+	/* A watched input (the daemon's, SYNC_GROUP) is not held open
+	 * between files: an open folder removed (the daemon's cleanup of
+	 * emptied folders) sends its IN_DELETE_SELF only once closed, and
+	 * until then the watch takes a folder made again under its name
+	 * for the dead one. fsutil_move() opens it for the one file. */
+	src_dirfd = in->opts.sync == PIPELINE_SYNC_GROUP ? -1 :
+		    source_folder(in, path);
 	if (src_dirfd != -1)
 		mv.source_dirfd = &src_dirfd;
-	if (fsutil_move(&mv, err) == -1) {
+	rc = fsutil_move(&mv, err);
+	if (rc == -1) {
 		if (mv.side == FSUTIL_SIDE_SOURCE)
 			drop_source_folder();
-		return -1;
+		/* A writer has it open, or it changed since it was read:
+		 * not finished, taken again once settled. */
+		if (mv.changed)
+			job->busy = true;
+	} else {
+		fsutil_copy_str(final, finallen, mv.final);
+		res->status = mv.existed ? PIPELINE_DUPLICATE : PIPELINE_STORED;
 	}
-	fsutil_copy_str(final, finallen, mv.final);
-	if (mv.existed) {
-		res->status = PIPELINE_DUPLICATE;
-		return 0;
+	if (rc == 0 && !mv.existed) {
+		res->same_uid_conflict = strcmp(mv.final, name) != 0 &&
+					 in->name.layout;
+		/* A copy (another mount) was synced and its source removed
+		 * by fsutil_move() itself; a rename waits for the commit. */
+		res->renamed = !mv.copied;
+		res->dispose_pending = res->renamed &&
+				       in->opts.sync == PIPELINE_SYNC_GROUP;
+		if (in->opts.sync == PIPELINE_SYNC_EACH && !mv.copied &&
+		    fsutil_fsync(job->source_fd, "output file", err) == -1)
+			rc = -1;
 	}
-	res->status = PIPELINE_STORED;
-	res->same_uid_conflict = strcmp(mv.final, name) != 0 && in->name.layout;
-	if (in->opts.sync == PIPELINE_SYNC_EACH && !mv.copied &&
-	    fsutil_fsync(job->source_fd, "output file", err) == -1)
-		return -1;
-	return 0;
+	/* Records match files: a name taken is owed its record even when
+	 * a later step failed (the retry finds it, a duplicate). */
+	if (h != NULL && h->after_publish != NULL)
+		h->after_publish(h->ctx, res, mv.placed && !mv.existed);
+	return rc;
 }
 
 int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
@@ -1170,8 +1237,12 @@ static int run(struct job *job, const char *path, const char *rel,
 	if (open_source(job, path, err) == -1)
 		return -1;
 	res->source_st = job->source_st;
-	/* A dry run writes nothing and disposes of nothing: no snapshot. */
-	if (!job->pipeline->opts.dry_run && !rename_candidate(job) &&
+	/* A dry run writes nothing and disposes of nothing: no snapshot.
+	 * A rename candidate needs none either, unless its hash is asked
+	 * for (the daemon's records): then it is read and hashed once, in
+	 * memory, and its claim checks that version is what is renamed. */
+	if (!job->pipeline->opts.dry_run &&
+	    (!rename_candidate(job) || job->pipeline->opts.hash_source) &&
 	    take_snapshot(job, err) == -1)
 		return -1;
 	if (job->pipeline->opts.hash_source)
@@ -1269,6 +1340,8 @@ void pipeline_dispose_result(struct pipeline *in, const char *path,
 
 	memcpy(read.sha256, res->read_sha256, sizeof(read.sha256));
 	res->dispose_pending = false;
+	if (res->renamed)
+		return;		/* the source is the output */
 	if (pipeline_dispose(in, path, rel, &read, res->disposed_as,
 			     sizeof(res->disposed_as), &res->source_changed,
 			     &res->dispose_err) == -1)

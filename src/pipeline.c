@@ -465,25 +465,16 @@ static bool wants_hash(const struct pipeline *in)
  * else writes (the snapshot's /proc/self/fd path); and a sort copies the
  * snapshot, never the source again.
  */
-static bool rename_candidate(const struct job *job);
-
 static int take_snapshot(struct job *job, struct error *err)
 {
 	struct pipeline *in = job->pipeline;
 	EVP_MD_CTX *ctx = wants_hash(in) ? EVP_MD_CTX_new() : NULL;
-	/* A rename candidate too large for memory is only hashed: no
-	 * snapshot file is written for an inode that may become the output
-	 * itself (read as the batch reads it, checked at its claim). */
-	bool hash_only = rename_candidate(job) &&
-			 job->source_st.st_size > DICOM_LOAD_IN_MEMORY;
 	int rc = 0;
 
 	if (wants_hash(in) && (ctx == NULL ||
 			       EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1))
 		rc = error_set(err, ERROR_TRANSIENT, ENOMEM, "sha256");
-	if (rc == 0 && hash_only) {
-		/* read_source_once() hashes through a buffer of its own. */
-	} else if (rc == 0 && job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) {
+	if (rc == 0 && job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) {
 		job->snap_mem = dicom_bytes_new(&job->snap_bytes,
 						(size_t)job->source_st.st_size);
 		if (job->snap_mem == NULL)
@@ -510,9 +501,11 @@ static int take_snapshot(struct job *job, struct error *err)
 	if (rc == 0 && ctx != NULL)
 		hex_digest(ctx, job->sha256);
 	EVP_MD_CTX_free(ctx);
-	job->snapshot = rc == 0 && !hash_only;
+	job->snapshot = rc == 0;
 	return rc;
 }
+
+static bool rename_candidate(const struct job *job);
 
 /* A rename candidate that nothing will change: its bytes are never read
  * here (the inode becomes the output), so only what the decision needs
@@ -950,13 +943,22 @@ static int move_source(struct pipeline *in, const struct pipeline_read *read,
 	return rc;
 }
 
-/* dicomsort --move of a file that may become the output itself: no
- * snapshot is taken (the inode is the output, checked at its claim). */
+/*
+ * A file that may become the output itself. dicomsort --move takes no
+ * snapshot of it (the inode is the output, checked at its claim). One
+ * whose hash is asked for (the daemon's records) is read whole anyway:
+ * into memory, which a failed rename can still copy from (the version
+ * read is stored, as a copy's would be); a larger one goes to a snapshot
+ * file on the output's file system, which becomes the output itself
+ * (linked, no byte written twice), so it is not renamed.
+ */
 static bool rename_candidate(const struct job *job)
 {
 	const struct pipeline *in = job->pipeline;
 
 	return in->opts.rename_unchanged &&
+	       (!in->opts.hash_source ||
+		job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) &&
 	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
 	       job->source_st.st_dev == in->output_dev &&
 	       job->source_st.st_nlink == 1 &&
@@ -1043,7 +1045,8 @@ static int tell_naming(void *ctx, const char *name, const struct stat *st,
  * to dispose of). A clash with identical bytes is a duplicate and the
  * source goes (after a syncfs of the destination). The hooks hear of it
  * as of a publication. Returns 1 when this cannot be done here (caller
- * copies instead).
+ * copies instead): another link or owner, or a source that cannot be
+ * claimed.
  */
 static int rename_source(struct job *job, const char *path, const char *dir,
 			 const char *name, char *final, size_t finallen,
@@ -1091,6 +1094,20 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	if (src_dirfd != -1)
 		mv.source_dirfd = &src_dirfd;
 	rc = fsutil_move(&mv, err);
+	if (rc == -1 && mv.side == FSUTIL_SIDE_SOURCE && !mv.placed &&
+	    (!mv.changed || job->snapshot)) {
+		/* Not claimed (a folder that does not let us rename in it,
+		 * the name gone), or no longer the version read (a writer
+		 * has it open, or rewrote it): copied as any other file -
+		 * the version read, from the snapshot - whose disposal then
+		 * says what became of the source. Without a snapshot a
+		 * changed source is taken again once settled. */
+		drop_source_folder();
+		if (h != NULL && h->after_publish != NULL)
+			h->after_publish(h->ctx, res, false);
+		error_clear(err);
+		return 1;
+	}
 	if (rc == -1) {
 		if (mv.side == FSUTIL_SIDE_SOURCE)
 			drop_source_folder();

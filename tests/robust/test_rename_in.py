@@ -127,9 +127,10 @@ def test_input_on_another_mount_is_copied_then_deleted(daemon, tmp_path,
 def test_sender_holding_the_file_open_is_not_renamed(daemon):
     """A sender opens the file for writing again after it was read
     (DICOMSORT_TEST_DELAY=parsed holds that window) and keeps it open: the
-    rename's lease is refused, the file stays in the input, untouched, and
-    nothing is stored while it is open; once closed it is stored whole,
-    renamed into place."""
+    rename's lease is refused, so the file is never renamed while open.
+    As for any copy, the version read is stored (copied from memory), the
+    source stays untouched while open (its audit record: changed), and
+    once closed it is taken again: one output, the bytes sent."""
     d = daemon(settle_ms=300, workers=1,
                env={"DICOMSORT_TEST_DELAY": "parsed:%d" % int(800 * SLOW)})
     it = make_items(1)[0]
@@ -138,26 +139,80 @@ def test_sender_holding_the_file_open_is_not_renamed(daemon):
     wait_until(lambda: "after parsing" in d.log(), 30 * SLOW,
                what=lambda: d.log()[-3000:])
     with open(path, "ab"):
-        # Open for writing across the claim and several retries.
-        wait_until(lambda: len(d.events("retry")) >= 2, 30 * SLOW,
+        # Open for writing across the rename's claim and the retries.
+        wait_until(lambda: d.events("changed"), 30 * SLOW,
+                   what=lambda: d.log()[-3000:])
+        wait_until(lambda: d.events("retry"), 30 * SLOW,
                    what=lambda: d.log()[-3000:])
         assert path.read_bytes() == it.data
-        assert not outputs(d.output), "renamed while open for writing"
-        assert not d.events("stored")
+        assert os.stat(path).st_ino == ino
+        assert all(os.stat(p).st_ino != ino for p in outputs(d.output)), \
+            "renamed while open for writing"
         assert not claims_below(d.input)
-    d.wait_stored(1, 30 * SLOW)
     d.wait_input_empty(30 * SLOW)
+    wait_until(lambda: d.events("disposed"), 30 * SLOW,
+               what=lambda: d.log()[-3000:])
     assert d.stop()[0] == 0
-    retries = d.events("retry")
     assert all("open for writing" in ln or "opened for writing" in ln
-               for ln in retries), retries
+               for ln in d.events("retry")), d.events("retry")
     (out,) = outputs(d.output)
     assert out.read_bytes() == it.data
-    assert os.stat(out).st_ino == ino
     assert len(d.events("stored")) == 1
     assert [field(ln, "disposal") for ln in d.events("disposed")] == [
-        "moved into the output"]
+        "deleted"]
     assert not (d.output / STATE).exists()
+
+
+def test_kill_while_renamed_outputs_wait_for_their_commit(daemon):
+    """SIGKILL with sources renamed into place and their commit held
+    (DICOMSORT_TEST_DELAY=commit): each source is its output, whole, and
+    no record was sent; the next start sends each output's `stored`
+    record once (recovered from its pending marker) and nothing is stored
+    twice."""
+    n = 8
+    d = daemon(env={"DICOMSORT_TEST_DELAY": "commit:600000"})
+    items = make_items(n)
+    write_items(d.input, items)
+    wait_until(lambda: len(outputs(d.output)) == n and
+               "before a group commit" in d.log(), 60 * SLOW,
+               what=lambda: d.log()[-3000:])
+    assert not files_below(d.input)
+    assert d.events("stored") == [] and d.events("disposed") == []
+    d.kill()
+    data = {it.name: it.data for it in items}
+    for p in outputs(d.output):
+        assert p.read_bytes() == data[p.name], "%s is not complete" % p
+    d.env.pop("DICOMSORT_TEST_DELAY")
+    d.start()
+    wait_until(lambda: len(d.events("stored")) >= n, 30 * SLOW,
+               what=lambda: d.log()[-3000:])
+    assert d.stop()[0] == 0
+    outs = outputs(d.output)
+    assert sorted(p.name for p in outs) == sorted(data)
+    stored = d.events("stored")
+    assert sorted(field(ln, "dest") for ln in stored) == sorted(
+        str(p.relative_to(d.output)) for p in outs)
+    assert all(field(ln, "recovered") == "1" for ln in stored), stored
+    assert not d.events("duplicate")
+    assert not (d.output / STATE).exists()
+
+
+def test_failed_commit_of_renamed_sources(daemon):
+    """A group commit that fails (DICOMSORT_TEST_DELAY=commit-fails:1):
+    a source renamed into place has no second copy to keep or take
+    again; each gets its one `stored` record and its `disposed` record,
+    nothing is retried or stored twice."""
+    n = 5
+    d = daemon(env={"DICOMSORT_TEST_DELAY": "commit-fails:1"})
+    items = make_items(n)
+    write_items(d.input, items)
+    wait_until(lambda: "test failure" in d.log(), 30 * SLOW,
+               what=lambda: d.log()[-3000:])
+    d.wait_stored(n, 30 * SLOW)
+    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
+               what=lambda: d.log()[-3000:])
+    assert d.stop()[0] == 0
+    check_records(d, items, "moved into the output")
 
 
 def test_kill_with_the_source_claimed_gives_it_back(daemon):

@@ -1254,7 +1254,8 @@ static void commit_finished(struct daemon *d, struct commit *c)
 
 	if (rc == -1)
 		log_msg(LOG_ERR, "group commit of %zu files failed, their "
-			"sources are kept and taken again: %s", d->ncommitting,
+			"sources are kept and taken again (one renamed into "
+			"place is stored as it is): %s", d->ncommitting,
 			c->err.msg);
 	d->ncommitting = 0;
 	while (job != NULL) {

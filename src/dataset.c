@@ -243,6 +243,36 @@ const char *ds_dictionary(uint32_t tag, const char **vr)
 	return NULL;
 }
 
+int ds_tag_from_keyword(const char *keyword, uint32_t *tag)
+{
+	size_t even = 0;
+	uint32_t t = 0;
+
+	/* DCMTK reads "gggg,eeee" as a tag; no keyword has a comma. */
+	if (keyword[0] == '\0' || strchr(keyword, ',') != NULL)
+		return 0;
+	/* DcmDataDictionary::findEntry(name) answers the first entry of its
+	 * hash table (plain entries and those with a creator) in an even
+	 * group, before any odd one or repeating range: certain when there
+	 * is exactly one, and a plain one. */
+	for (size_t i = 0; i < sizeof(dict_tags) / sizeof(*dict_tags); i++)
+		if (dict_tags[i].keyword[0] == keyword[0] &&
+		    DCM_GROUP(dict_tags[i].tag) % 2 == 0 &&
+		    strcmp(dict_tags[i].keyword, keyword) == 0) {
+			t = dict_tags[i].tag;
+			even++;
+		}
+	for (size_t i = 0; i < sizeof(dict_private) / sizeof(*dict_private); i++)
+		if (dict_private[i].keyword[0] == keyword[0] &&
+		    DCM_GROUP(dict_private[i].tag) % 2 == 0 &&
+		    strcmp(dict_private[i].keyword, keyword) == 0)
+			return 0;
+	if (even != 1)
+		return 0;
+	*tag = t;
+	return 1;
+}
+
 /* The dictionary's private entry for tag under creator (DCMTK's
  * DcmHashDict::get(), then its repeating list), or NULL. */
 static const char *private_dictionary(uint32_t tag, const char *creator)

@@ -81,6 +81,16 @@ int ds_save_fd(const struct ds_file *f, int fd, bool zero_preamble,
  */
 const char *ds_dictionary(uint32_t tag, const char **vr);
 
+/**
+ * The tag whose keyword is keyword, from the same tables, where the answer
+ * is DCMTK's DcmTag::findTagFromName() beyond doubt: 1 and *tag when
+ * exactly one entry in an even group has that keyword, a plain one (DCMTK
+ * prefers it to any odd-group or repeating entry); 0 otherwise (none,
+ * several, a "gggg,eeee" form): ask DCMTK. What a layout template names
+ * is then known without DCMTK's dictionary being loaded.
+ */
+int ds_tag_from_keyword(const char *keyword, uint32_t *tag);
+
 /* ---- visiting: what dicom_visit() and dicom_elem_*() answer ---- */
 
 struct ds_elem;		/* an element met by ds_visit(); valid in the callback */

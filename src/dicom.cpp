@@ -55,6 +55,38 @@ static_assert(same_text(DS_IMPLEMENTATION_CLASS_UID, OFFIS_IMPLEMENTATION_CLASS_
 	      same_text(DS_IMPLEMENTATION_VERSION, OFFIS_DTK_IMPLEMENTATION_VERSION_NAME),
 	      "dataset.h names another DCMTK version's implementation");
 
+/*
+ * A file's bytes. std::allocator, but a char it makes is left unset
+ * (default-initialised): the bytes are read into it right away, so
+ * resize() does not zero them first, as std::string's does (a memset of
+ * the whole file, 128 KiB for a 256x256 image, before its read).
+ */
+template <typename T> struct uninit_allocator : std::allocator<T> {
+	template <typename U> struct rebind {
+		typedef uninit_allocator<U> other;
+	};
+	uninit_allocator() = default;
+	template <typename U>
+	uninit_allocator(const uninit_allocator<U> &) noexcept {}
+	template <typename U> void construct(U *p) noexcept
+	{
+		::new (static_cast<void *>(p)) U;
+	}
+	template <typename U, typename... Args>
+	void construct(U *p, Args &&...args)
+	{
+		::new (static_cast<void *>(p)) U(std::forward<Args>(args)...);
+	}
+};
+typedef std::vector<char, uninit_allocator<char>> file_bytes;
+
+/* size unset bytes; data() is never NULL, even for none. */
+static void make_bytes(file_bytes &mem, size_t size)
+{
+	mem.reserve(size > 0 ? size : 1);
+	mem.resize(size);
+}
+
 /* A top-level value changed on the fast path: its new bytes, padded. */
 struct light_edit {
 	const struct part10_elem *elem;
@@ -91,7 +123,7 @@ struct dicom_file {
 	 * replays the edits onto DCMTK's dataset.
 	 */
 	bool light = false;
-	std::string mem;		/* the file's bytes, parsed in memory */
+	file_bytes mem;		/* the file's bytes, parsed in memory */
 	std::string path;		/* for promotion's error messages */
 	/* dicom_load_fd_head(): mem holds only the file's head, the rest
 	 * is read from this descriptor (the caller's) when it is needed
@@ -132,6 +164,48 @@ static int fail(struct error *err, enum error_kind kind, int errnum,
 	return error_set(err, kind, errnum, "%s (%s)", what, cond.text());
 }
 
+/*
+ * The dictionary files DCMTK will read, as DcmDataDictionary::
+ * loadExternalDictionaries() finds them: DCMDICTPATH, a list separated by
+ * ENVIRONMENT_PATH_SEPARATOR (empty entries skipped), or the built-in
+ * default when it is unset or empty. Each must be a regular file we can
+ * read. A cheap check at start (an open and an fstat each): the parse
+ * itself (430 KB of text, ~25 ms) waits for the first file that needs
+ * DCMTK - most never do (the fast path, the C backend).
+ */
+static int check_dictionary_files(struct error *err)
+{
+	const char *env = getenv(DCM_DICT_ENVIRONMENT_VARIABLE);
+	std::string list = env != nullptr && *env != '\0' ? env :
+			   DCM_DICT_DEFAULT_PATH;
+	size_t at = 0;
+
+	while (at <= list.size()) {
+		size_t end = list.find(ENVIRONMENT_PATH_SEPARATOR, at);
+		std::string file = list.substr(at, end == std::string::npos ?
+					       std::string::npos : end - at);
+		struct stat st;
+		int fd;
+
+		at = end == std::string::npos ? list.size() + 1 : end + 1;
+		if (file.empty())
+			continue;
+		fd = open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd == -1)
+			return error_set(err, ERROR_SETUP, errno, "the DICOM "
+					 "data dictionary could not be loaded "
+					 "(DCMDICTPATH?): %s", file.c_str());
+		bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+		close(fd);
+		if (!regular)
+			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
+					 "dictionary could not be loaded "
+					 "(DCMDICTPATH?): %s: not a regular file",
+					 file.c_str());
+	}
+	return 0;
+}
+
 extern "C" int dicom_init(struct error *err)
 {
 	try {
@@ -144,20 +218,33 @@ extern "C" int dicom_init(struct error *err)
 		 * length form and is on by default). */
 		dcmEnableUnknownVRConversion.set(OFTrue);
 		dcmEnableCP246Support.set(OFTrue);
-		if (!dcmDataDict.isDictionaryLoaded())
-			return error_set(err, ERROR_SETUP, 0, "the DICOM data "
-					 "dictionary could not be loaded (DCMDICTPATH?)");
-		return 0;
+		/* The dictionary itself is parsed on first use: DCMTK's
+		 * global (GlobalDcmDataDictionary::rdlock()) creates it
+		 * once, under its write lock, whichever thread comes first;
+		 * dictionary_ready() checks the result before a parse. */
+		return check_dictionary_files(err);
 	} catch (...) {
 		return error_set(err, ERROR_SETUP, 0, "DICOM library setup failed");
 	}
+}
+
+/* Before DCMTK parses anything: its dictionary loaded (on the first call,
+ * by whichever thread; a read lock afterwards). Files that were there at
+ * start but do not parse as a dictionary fail each file that needs DCMTK
+ * - kept, never quarantined - rather than read it without one. */
+static int dictionary_ready(struct error *err)
+{
+	if (dcmDataDict.isDictionaryLoaded())
+		return 0;
+	return error_set(err, ERROR_SETUP, 0, "the DICOM data dictionary "
+			 "could not be loaded (DCMDICTPATH?)");
 }
 
 /* ---- loading ---- */
 
 /* Up to len bytes from the start of path (or of mem, the file's bytes
  * when they are in memory); 0 if it cannot be read. */
-static size_t read_head(const char *path, const std::string *mem,
+static size_t read_head(const char *path, const file_bytes *mem,
 			unsigned char *buf, size_t len)
 {
 	if (mem != nullptr) {
@@ -178,7 +265,7 @@ static size_t read_head(const char *path, const std::string *mem,
 
 /* Something that starts like a bare dataset: a tag of group 0008 (or
  * 0002/0010, rarer) in either byte order. */
-static bool looks_like_dataset(const char *path, const std::string *mem)
+static bool looks_like_dataset(const char *path, const file_bytes *mem)
 {
 	unsigned char b[4];
 
@@ -191,7 +278,7 @@ static bool looks_like_dataset(const char *path, const std::string *mem)
 /* The start of a Part 10 file: "DICM" after the preamble, or a meta
  * header (group 0002) written without the preamble; or a file cut inside
  * the usual all-zero preamble. */
-static bool looks_like_part10(const char *path, const std::string *mem)
+static bool looks_like_part10(const char *path, const file_bytes *mem)
 {
 	unsigned char b[132];
 	size_t n = read_head(path, mem, b, sizeof(b));
@@ -214,7 +301,7 @@ static bool has_value(DcmDataset *ds, const DcmTagKey &key)
 	return ds->findAndGetOFString(key, v).good() && !v.empty();
 }
 
-static long long file_size(const char *path, const std::string *mem)
+static long long file_size(const char *path, const file_bytes *mem)
 {
 	struct stat st;
 
@@ -269,7 +356,7 @@ static bool values_within(DcmItem *item, long long size)
 	return true;
 }
 
-static int classify_load_error(const char *path, const std::string *mem,
+static int classify_load_error(const char *path, const file_bytes *mem,
 			       const OFCondition &cond, struct error *err)
 {
 	long long size = file_size(path, mem);
@@ -299,7 +386,7 @@ static int classify_load_error(const char *path, const std::string *mem,
  * tag order: the byte layer walks its headers (DCMTK's recursive, quadratic
  * reader must not meet such a file). A file it cannot open is DCMTK's to
  * refuse. */
-static enum part10_limit check_limits(const char *path, const std::string *mem)
+static enum part10_limit check_limits(const char *path, const file_bytes *mem)
 {
 	struct part10_source src = {};
 	struct stat st;
@@ -321,7 +408,7 @@ static enum part10_limit check_limits(const char *path, const std::string *mem)
 
 /* What loadFile() does, from the file's bytes in memory: every value is
  * read now (a buffer stream makes no lazy values), none re-read later. */
-static OFCondition read_mem(struct dicom_file *f, const std::string &mem,
+static OFCondition read_mem(struct dicom_file *f, const file_bytes &mem,
 			    E_FileReadMode mode)
 {
 	DcmInputBufferStream in;
@@ -348,7 +435,7 @@ static OFCondition read_mem(struct dicom_file *f, const std::string &mem,
 }
 
 /* mem: the whole file, already read (NULL: load lazily from path). */
-static int load(struct dicom_file *f, const char *path, const std::string *mem,
+static int load(struct dicom_file *f, const char *path, const file_bytes *mem,
 		struct error *err)
 {
 	switch (check_limits(path, mem)) {
@@ -361,6 +448,8 @@ static int load(struct dicom_file *f, const char *path, const std::string *mem,
 	case PART10_WITHIN_LIMITS:
 		break;
 	}
+	if (dictionary_ready(err) == -1)
+		return -1;
 	OFCondition cond = mem ? read_mem(f, *mem, ERM_fileOnly) :
 		f->format().loadFile(path, EXS_Unknown, EGL_noChange,
 				   DCM_MaxReadLength, ERM_fileOnly);
@@ -571,7 +660,7 @@ static bool index_head(struct dicom_file *f, int fd, uint64_t size)
 
 /* Bytes [from, mem.size()) of fd into mem at from; a file shorter than
  * that is being rewritten now. */
-static int read_from(int fd, std::string &mem, size_t from, struct error *err)
+static int read_from(int fd, file_bytes &mem, size_t from, struct error *err)
 {
 	size_t got = from;
 
@@ -592,7 +681,7 @@ static int read_from(int fd, std::string &mem, size_t from, struct error *err)
 	return 0;
 }
 
-static int read_at_start(int fd, std::string &mem, struct error *err)
+static int read_at_start(int fd, file_bytes &mem, struct error *err)
 {
 	return read_from(fd, mem, 0, err);
 }
@@ -637,8 +726,9 @@ static int complete(struct dicom_file *f, struct error *err)
 {
 	if (f->head_fd == -1)
 		return 0;
-	std::string mem(static_cast<size_t>(f->index.file_size), '\0');
+	file_bytes mem;
 
+	make_bytes(mem, static_cast<size_t>(f->index.file_size));
 	if (read_at_start(f->head_fd, mem, err) == -1)
 		return -1;
 	if (memcmp(mem.data(), f->mem.data(), f->mem.size()) != 0)
@@ -825,7 +915,7 @@ static bool test_force_dcmtk(void)
 }
 
 /* Parse the file's bytes in mem (taken), labelled path in messages. */
-static int load_mem(struct dicom_file **out, std::string &mem,
+static int load_mem(struct dicom_file **out, file_bytes &mem,
 		    const char *path, struct error *err)
 {
 	struct dicom_file *f = nullptr;
@@ -869,8 +959,9 @@ extern "C" int dicom_load_fd(struct dicom_file **out, int fd, long long size,
 	if (size <= 0 || size > DICOM_LOAD_IN_MEMORY)
 		return dicom_load(out, path, err);
 	try {
-		std::string mem(static_cast<size_t>(size), '\0');
+		file_bytes mem;
 
+		make_bytes(mem, static_cast<size_t>(size));
 		if (read_at_start(fd, mem, err) == -1)
 			return -1;
 		return load_mem(out, mem, path, err);
@@ -900,7 +991,7 @@ extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
 		struct error ignored = ERROR_INIT;
 
 		f = new dicom_file;
-		f->mem.resize(head);
+		make_bytes(f->mem, head);
 		f->path = path;
 		if (read_at_start(fd, f->mem, &ignored) == 0 &&
 		    index_head(f, fd, static_cast<uint64_t>(size))) {
@@ -916,15 +1007,15 @@ extern "C" int dicom_load_fd_head_n(struct dicom_file **out, int fd,
 }
 
 struct dicom_bytes {
-	std::string mem;
+	file_bytes mem;
 };
 
 extern "C" unsigned char *dicom_bytes_new(struct dicom_bytes **out, size_t size)
 {
 	try {
 		*out = new dicom_bytes;
-		(*out)->mem.resize(size);
-		return reinterpret_cast<unsigned char *>(&(*out)->mem[0]);
+		make_bytes((*out)->mem, size);
+		return reinterpret_cast<unsigned char *>((*out)->mem.data());
 	} catch (...) {
 		delete *out;
 		*out = nullptr;
@@ -1004,6 +1095,10 @@ extern "C" int dicom_load_all(struct dicom_file *file, struct error *err)
 
 extern "C" int dicom_tag_from_keyword(const char *keyword, uint32_t *tag)
 {
+	/* A keyword only one standard entry has (every layout's): the C
+	 * tables know it without DCMTK's dictionary being loaded. */
+	if (ds_tag_from_keyword(keyword, tag) == 1)
+		return 0;
 	try {
 		DcmTag t;
 		if (DcmTag::findTagFromName(keyword, t).bad())

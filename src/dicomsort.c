@@ -785,6 +785,8 @@ static struct pipeline *setup_pipeline(const struct options *o,
 		/* Like mv: on one file system an unchanged file is renamed. */
 		.rename_unchanged = o->move && o->forward == NULL,
 		.dry_run = o->dry_run,
+		/* main() ignores SIGIO: one fcntl less per leased file. */
+		.sigio_ignored = true,
 	};
 	struct pipeline *pipeline;
 
@@ -895,6 +897,13 @@ int main(int argc, char **argv)
 	bool unsynced = false;
 
 	parse_args(argc, argv, &o);
+	/* A broken read lease (a writer opening a file being moved) is
+	 * signalled with SIGIO, whose default would end us; the break is
+	 * looked for with F_GETLEASE (fsutil.h). Before any thread. */
+	if (fsutil_ignore_sigio() == -1) {
+		fprintf(stderr, "dicomsort: sigaction: %s\n", strerror(errno));
+		return EXIT_USAGE;
+	}
 	if (stat(o.dicomin, &st) == -1 || !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "dicomsort: --dicomin %s: not a folder\n", o.dicomin);
 		return EXIT_USAGE;

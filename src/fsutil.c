@@ -667,11 +667,24 @@ static int hold_source(struct fsutil_move *mv)
 		if (fstat(mv->lease_fd, &st) == -1 || !S_ISREG(st.st_mode))
 			return 0;
 	}
-	if (fcntl(mv->lease_fd, F_SETSIG, SIGURG) == -1)
+	return fsutil_lease(mv->lease_fd, false);
+}
+
+int fsutil_lease(int fd, bool sigio_ignored)
+{
+	if (!sigio_ignored && fcntl(fd, F_SETSIG, SIGURG) == -1)
 		return 0;
-	if (fcntl(mv->lease_fd, F_SETLEASE, F_RDLCK) == 0)
+	if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0)
 		return 1;
 	return errno == EAGAIN ? -1 : 0;
+}
+
+int fsutil_ignore_sigio(void)
+{
+	struct sigaction sa = { .sa_handler = SIG_IGN };
+
+	sigemptyset(&sa.sa_mask);
+	return sigaction(SIGIO, &sa, NULL);
 }
 
 /* The lease was broken (a writer is waiting to open the file). */
@@ -712,6 +725,41 @@ static int content_matches(struct fsutil_move *mv, struct error *err)
 }
 
 /*
+ * The claim of a source the caller leased before it fstat'ed expect
+ * (source_leased, see fsutil.h): no write reached the inode since expect
+ * without breaking the lease, so its version needs no look before the
+ * claim, and the name is checked once claimed - whatever the rename took
+ * is looked at under its claim name, and anything but expect's inode
+ * goes back to its name (or, after a crash, gets it back from
+ * fsutil_recover_claims()): it never leaves its folder.
+ */
+static int claim_leased(struct fsutil_move *mv, struct error *err)
+{
+	struct stat now;
+
+	mv->lease_fd = *mv->source_fd;
+	mv->own_lease = false;
+	mv->leased = true;
+	claim_name(mv->src_base, mv->expect->st_ino, mv->claim,
+		   sizeof(mv->claim));
+	if (rename_noreplace(mv->src_dirfd, mv->src_base, mv->src_dirfd,
+			     mv->claim) == -1) {
+		mv->claim[0] = '\0';
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "cannot claim the source in its folder");
+	}
+	if (fstatat(mv->src_dirfd, mv->claim, &now, AT_SYMLINK_NOFOLLOW) == -1)
+		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
+				 errno, "source was replaced while it was processed");
+	/* Another file under the name read (re-delivered, swapped in):
+	 * not ours, and not the version read either. */
+	if (!same_identity(&now, mv->expect))
+		return changed(mv, err, "source changed after it was read");
+	mv->src_st = now;
+	return 0;
+}
+
+/*
  * Claim mv->source: check it is still the file the caller read, then
  * rename it to its private claim name in its own folder. From here on a
  * sender re-delivering under the original name writes a new file that
@@ -742,6 +790,8 @@ static int claim(struct fsutil_move *mv, struct error *err)
 	if (mv->src_dirfd == -1)
 		return move_fail(mv, FSUTIL_SIDE_SOURCE, err, ERROR_TRANSIENT,
 				 errno, "cannot open the source's folder");
+	if (mv->source_leased && mv->source_fd != NULL && mv->expect != NULL)
+		return claim_leased(mv, err);
 	/* Only a regular file is opened for the lease: opening a device a
 	 * sender swapped in could have effects of its own. The caller's
 	 * descriptor is the regular file it read. */

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,10 @@ struct job {
 	char snap_name[64];
 	char sha256[65];		/* of the snapshot; "" unless hashed */
 	bool leased;			/* source_fd holds a read lease */
+	/* source_fd was leased before source_st was fstat'ed (a possible
+	 * rename candidate, open_source()): its claim skips the look at
+	 * the name (fsutil_move's source_leased). */
+	bool leased_early;
 	bool busy;			/* not finished: see source_busy() */
 	struct dicom_file *file;
 	bool copy_bytes;		/* output = the source's bytes */
@@ -261,6 +266,15 @@ static int open_source(struct job *job, const char *path, struct error *err)
 			return error_set(err, ERROR_TRANSIENT, errno, "cannot open");
 		return error_set(err, ERROR_INPUT, errno, "cannot open");
 	}
+	/* A file dicomsort --move may rename into the output is leased
+	 * before its version is taken: its claim then needs no look at the
+	 * name first (fsutil.h, source_leased). Not had (another owner, a
+	 * file open for writing): the claim takes it later, as before. */
+	if (job->pipeline->opts.rename_unchanged &&
+	    job->pipeline->opts.disposal == PIPELINE_DELETE_SOURCE &&
+	    !job->pipeline->opts.dry_run)
+		job->leased_early = fsutil_lease(job->source_fd,
+				job->pipeline->opts.sigio_ignored) == 1;
 	if (fstat(job->source_fd, &job->source_st) == -1)
 		return error_set(err, ERROR_TRANSIENT, errno, "fstat");
 	if (!S_ISREG(job->source_st.st_mode))
@@ -333,7 +347,7 @@ static int unlease_source(struct job *job, struct error *err)
 		rc = source_busy(job, err, "source opened for writing while it "
 				 "was read");
 	fcntl(job->source_fd, F_SETLEASE, F_UNLCK);
-	job->leased = false;
+	job->leased = job->leased_early = false;
 	return rc;
 }
 
@@ -1068,7 +1082,8 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 				  .naming = h != NULL ? tell_naming : NULL,
 				  .ctx = &naming,
 				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
-				  .source_fd = &job->source_fd };
+				  .source_fd = &job->source_fd,
+				  .source_leased = job->leased_early };
 	int src_dirfd, rc;
 
 	/* Renamed, the inode becomes the output. One with other links would
@@ -1228,6 +1243,19 @@ static void stored_value(struct dicom_file *file, uint32_t tag, char *out,
 	free(v);
 }
 
+void pipeline_result_set_study(struct pipeline_result *res,
+			       struct dicom_file *file)
+{
+	stored_value(file, TAG_StudyInstanceUID, res->study_uid,
+		     sizeof(res->study_uid));
+	stored_value(file, TAG_SeriesInstanceUID, res->series_uid,
+		     sizeof(res->series_uid));
+	stored_value(file, TAG_SeriesNumber, res->series_number,
+		     sizeof(res->series_number));
+	stored_value(file, TAG_SeriesDescription, res->series_description,
+		     sizeof(res->series_description));
+}
+
 static void inspect(struct job *job, bool deidentified)
 {
 	if (job->hooks != NULL && job->hooks->inspect != NULL)
@@ -1284,14 +1312,7 @@ static int run(struct job *job, const char *path, const char *rel,
 		fsutil_copy_str(res->sop_instance_uid,
 				sizeof(res->sop_instance_uid), uid);
 	free(uid);
-	stored_value(job->file, TAG_StudyInstanceUID, res->study_uid,
-		     sizeof(res->study_uid));
-	stored_value(job->file, TAG_SeriesInstanceUID, res->series_uid,
-		     sizeof(res->series_uid));
-	stored_value(job->file, TAG_SeriesNumber, res->series_number,
-		     sizeof(res->series_number));
-	stored_value(job->file, TAG_SeriesDescription, res->series_description,
-		     sizeof(res->series_description));
+	pipeline_result_set_study(res, job->file);
 	if (destination(job, path, dir, sizeof(dir), name, sizeof(name), err) == -1)
 		return -1;
 	if (job->pipeline->opts.dry_run) {
@@ -1323,6 +1344,24 @@ static int run(struct job *job, const char *path, const char *rel,
 	return 0;
 }
 
+/* Every field zero, every text "": as a memset of the whole, without
+ * writing the 8 KiB of the two path buffers past their first byte. What
+ * follows them (padding; a field added there by mistake) is zeroed too. */
+static void result_clear(struct pipeline_result *res)
+{
+	size_t tail = offsetof(struct pipeline_result, disposed_as) +
+		      sizeof(res->disposed_as);
+
+	_Static_assert(offsetof(struct pipeline_result, dest) +
+		       sizeof(((struct pipeline_result *)0)->dest) ==
+		       offsetof(struct pipeline_result, disposed_as),
+		       "dest and disposed_as must stay last, side by side");
+	memset(res, 0, offsetof(struct pipeline_result, dest));
+	memset((char *)res + tail, 0, sizeof(*res) - tail);
+	res->dest[0] = '\0';
+	res->disposed_as[0] = '\0';
+}
+
 int pipeline_file(struct pipeline *in, const char *source_path,
 		const char *source_rel, struct pipeline_result *res)
 {
@@ -1337,7 +1376,7 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 			   .tmp_fd = -1, .snap_fd = -1, .hooks = hooks };
 	int rc;
 
-	memset(res, 0, sizeof(*res));
+	result_clear(res);
 	rc = run(&job, source_path, source_rel, res);
 	res->source_busy = rc == -1 && job.busy;
 	job_release(&job);

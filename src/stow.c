@@ -32,6 +32,7 @@
 #include "dicomsort/delivery.h"
 
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -87,14 +88,101 @@ struct answer {
 	bool too_big;
 };
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_rc;
+/*
+ * libcurl is opened on first use (dlopen), not linked: a dicomsort that
+ * forwards nothing never maps it and the 18 libraries it pulls in (TLS,
+ * Kerberos, LDAP, SSH, ...), ~7 ms of every start under BIND_NOW. Written
+ * once, under curl_once, before any use; read-only afterwards. The
+ * package depends on libcurl4 by name (packaging/CMakeLists.txt).
+ */
+static struct {
+	CURLcode (*global_init)(long);
+	CURL *(*easy_init)(void);
+	CURLcode (*easy_setopt)(CURL *, CURLoption, ...);
+	CURLcode (*easy_perform)(CURL *);
+	CURLcode (*easy_getinfo)(CURL *, CURLINFO, ...);
+	void (*easy_cleanup)(CURL *);
+	const char *(*easy_strerror)(CURLcode);
+	struct curl_slist *(*slist_append)(struct curl_slist *, const char *);
+	void (*slist_free_all)(struct curl_slist *);
+	CURLU *(*url)(void);
+	CURLUcode (*url_set)(CURLU *, CURLUPart, const char *, unsigned int);
+	CURLUcode (*url_get)(const CURLU *, CURLUPart, char **, unsigned int);
+	void (*url_cleanup)(CURLU *);
+	void (*free)(void *);
+} lc;
 
-/* curl_global_init is not thread-safe on every build; run it once. */
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+static bool curl_symbol(void *lib, const char *name, void *fn, size_t size)
+{
+	void *sym = dlsym(lib, name);
+
+	if (sym == NULL)
+		return false;
+	memcpy(fn, &sym, size);	/* object to function pointer, as POSIX allows */
+	return true;
+}
+
+#define CURL_SYMBOL(lib, field, name) \
+	curl_symbol(lib, name, &lc.field, sizeof(lc.field))
+
+/* Open libcurl and run curl_global_init (not thread-safe on every build):
+ * once. Nothing of it works unless curl_init_rc is CURLE_OK. */
 static void curl_init(void)
 {
-	curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+	void *lib = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
+
+	if (lib == NULL ||
+	    !CURL_SYMBOL(lib, global_init, "curl_global_init") ||
+	    !CURL_SYMBOL(lib, easy_init, "curl_easy_init") ||
+	    !CURL_SYMBOL(lib, easy_setopt, "curl_easy_setopt") ||
+	    !CURL_SYMBOL(lib, easy_perform, "curl_easy_perform") ||
+	    !CURL_SYMBOL(lib, easy_getinfo, "curl_easy_getinfo") ||
+	    !CURL_SYMBOL(lib, easy_cleanup, "curl_easy_cleanup") ||
+	    !CURL_SYMBOL(lib, easy_strerror, "curl_easy_strerror") ||
+	    !CURL_SYMBOL(lib, slist_append, "curl_slist_append") ||
+	    !CURL_SYMBOL(lib, slist_free_all, "curl_slist_free_all") ||
+	    !CURL_SYMBOL(lib, url, "curl_url") ||
+	    !CURL_SYMBOL(lib, url_set, "curl_url_set") ||
+	    !CURL_SYMBOL(lib, url_get, "curl_url_get") ||
+	    !CURL_SYMBOL(lib, url_cleanup, "curl_url_cleanup") ||
+	    !CURL_SYMBOL(lib, free, "curl_free"))
+		return;
+	curl_init_rc = lc.global_init(CURL_GLOBAL_DEFAULT);
 }
+
+static bool curl_ready(void)
+{
+	pthread_once(&curl_once, curl_init);
+	return curl_init_rc == CURLE_OK;
+}
+
+/* From here on every curl_* call goes through the table (the type-check
+ * macros of curl.h call the linked function by name). */
+#undef curl_easy_setopt
+#undef curl_easy_getinfo
+#define curl_easy_init lc.easy_init
+#define curl_easy_setopt lc.easy_setopt
+#define curl_easy_perform lc.easy_perform
+#define curl_easy_getinfo lc.easy_getinfo
+#define curl_easy_cleanup lc.easy_cleanup
+#define curl_easy_strerror lc.easy_strerror
+#define curl_slist_append lc.slist_append
+#define curl_url lc.url
+#define curl_url_set lc.url_set
+#define curl_url_get lc.url_get
+#define curl_url_cleanup lc.url_cleanup
+#define curl_free lc.free
+
+/* A list is only ever made once libcurl is open; NULL needs no call. */
+static void slist_free(struct curl_slist *l)
+{
+	if (l != NULL)
+		lc.slist_free_all(l);
+}
+#define curl_slist_free_all slist_free
 
 /* ---- credentials ---- */
 
@@ -198,8 +286,7 @@ static CURL *peer_handle(const struct stow_peer *peer, const char *url,
 {
 	CURL *h;
 
-	pthread_once(&curl_once, curl_init);
-	if (curl_init_rc != CURLE_OK || (h = curl_easy_init()) == NULL) {
+	if (!curl_ready() || (h = curl_easy_init()) == NULL) {
 		error_set(err, ERROR_TRANSIENT, 0, "STOW-RS: libcurl does not "
 			  "start");
 		return NULL;
@@ -234,11 +321,11 @@ static CURL *peer_handle(const struct stow_peer *peer, const char *url,
  * query. */
 static void peer_name(const char *url, char *buf, size_t len)
 {
-	CURLU *u = curl_url();
+	CURLU *u;
 	char *scheme = NULL, *host = NULL, *port = NULL;
 
 	snprintf(buf, len, "the STOW-RS peer");
-	if (u == NULL)
+	if (!curl_ready() || (u = curl_url()) == NULL)
 		return;
 	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&

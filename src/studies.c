@@ -206,17 +206,6 @@ int studies_note(struct studies *s, const struct pipeline_result *res,
 		    res->series_description, res->dest, err);
 }
 
-static void get_value(struct dicom_file *file, uint32_t tag, char *out,
-		      size_t len)
-{
-	char *v = NULL;
-
-	out[0] = '\0';
-	if (dicom_get_string(file, tag, &v) == 1 && v != NULL)
-		snprintf(out, len, "%s", v);
-	free(v);
-}
-
 void studies_recovered(struct studies *s, const char *dest)
 {
 	struct pipeline_result *res;
@@ -232,14 +221,7 @@ void studies_recovered(struct studies *s, const char *dest)
 		return;
 	}
 	if (dicom_load(&file, path, &err) == 0) {
-		get_value(file, TAG_StudyInstanceUID, res->study_uid,
-			  sizeof(res->study_uid));
-		get_value(file, TAG_SeriesInstanceUID, res->series_uid,
-			  sizeof(res->series_uid));
-		get_value(file, TAG_SeriesNumber, res->series_number,
-			  sizeof(res->series_number));
-		get_value(file, TAG_SeriesDescription, res->series_description,
-			  sizeof(res->series_description));
+		pipeline_result_set_study(res, file);
 		snprintf(res->dest, sizeof(res->dest), "%s", dest);
 		if (studies_note(s, res, &err) == -1)
 			log_msg(LOG_ERR, "%s: cannot note it for its study's "

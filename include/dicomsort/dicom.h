@@ -8,7 +8,9 @@
  *
  * Protocol:
  *   1. dicom_init() once in main(), before any thread starts: it silences
- *      DCMTK's console logger and loads the data dictionary (fails fast).
+ *      DCMTK's console logger and checks that the data dictionary's files
+ *      are there (fails fast); DCMTK parses them on first use (thread-safe),
+ *      so a run whose files never need DCMTK never pays for it.
  *   2. dicom_load() a file, read/modify it, dicom_save_fd() it, dicom_free() it.
  *      One struct dicom_file belongs to one thread at a time.
  *
@@ -39,8 +41,8 @@ extern "C" {
 struct dicom_file;
 struct dicom_elem;	/* an element met by dicom_visit(); valid only in the callback */
 
-/** Once per process, before threads start. -1 (ERROR_SETUP) if the DICOM
- *  dictionary cannot be loaded. */
+/** Once per process, before threads start. -1 (ERROR_SETUP) if a file of
+ *  the DICOM dictionary (DCMDICTPATH, or DCMTK's default) cannot be read. */
 int dicom_init(struct error *err);
 
 /**

@@ -213,6 +213,19 @@ struct fsutil_move {
 	 * (expect; O_RDONLY): the read lease is taken on it - and lasts
 	 * until the caller closes it - instead of on one opened here. */
 	const int *source_fd;
+	/* With source_fd and expect: the caller holds a read lease on
+	 * *source_fd (fsutil_lease() returned 1), taken before it fstat'ed
+	 * expect. Then no write can have reached the inode since expect
+	 * without breaking the lease (a writer's open breaks it and waits;
+	 * one open for writing already refuses it), which the look at the
+	 * lease right before the file takes its new name catches: the name
+	 * is not looked at before the claim (one fstatat and the lease's two
+	 * fcntl less per file). What the claim's rename took is checked
+	 * under its claim name - inode, size and mtime of expect - and
+	 * anything else gets its name back (changed): a file a sender
+	 * swapped in under the name never leaves its folder, and after a
+	 * crash fsutil_recover_claims() gives it its name back too. */
+	bool source_leased;
 	/* NULL, or an open descriptor of the source's folder (the folder
 	 * of source as the caller opened it), used instead of opening it. */
 	const int *source_dirfd;
@@ -232,6 +245,21 @@ struct fsutil_move {
 };
 
 int fsutil_move(struct fsutil_move *mv, struct error *err);
+
+/** A read lease on fd (a regular file open O_RDONLY): 1 held until fd is
+ *  closed or F_UNLCK, 0 none to be had (not the owner and no CAP_LEASE, a
+ *  file system without leases), -1 the file is open for writing. Its
+ *  break is signalled with SIGIO unless F_SETSIG names another, and SIGIO
+ *  would end the process: SIGURG (ignored by default) is set per file -
+ *  unless sigio_ignored, the caller's promise that the process ignores
+ *  SIGIO (fsutil_ignore_sigio()), which saves that fcntl. Either way the
+ *  break is seen by F_GETLEASE, never by a handler. */
+int fsutil_lease(int fd, bool sigio_ignored);
+
+/** SIGIO ignored process-wide (SIG_IGN, before any thread starts): a
+ *  lease break then needs no F_SETSIG per file (fsutil_lease()). For a
+ *  process that uses no O_ASYNC/F_SETOWN I/O (dicomsort). -1 on error. */
+int fsutil_ignore_sigio(void);
 
 /** Delete source - only if it is still expect - by claiming it first
  *  (see fsutil_move()); *side (may be NULL) says which side failed. */

@@ -30,6 +30,8 @@
 #include "dicomsort/error.h"
 #include "dicomsort/layout.h"
 
+struct dicom_file;
+
 enum pipeline_sync {
 	PIPELINE_SYNC_EACH,	/* fsync file and directory before disposal */
 	PIPELINE_SYNC_NONE,	/* caller syncs once at the end (plain copy) */
@@ -80,6 +82,9 @@ struct pipeline_options {
 	unsigned long long max_file_size;	/* bytes; a larger source is
 						   rejected unread. 0: no limit */
 	bool hash_source;		/* fill result.source_sha256 */
+	bool sigio_ignored;		/* the process ignores SIGIO
+					   (fsutil_ignore_sigio()): its read
+					   leases need no F_SETSIG */
 };
 
 enum pipeline_status {
@@ -93,7 +98,6 @@ enum pipeline_status {
 
 struct pipeline_result {
 	enum pipeline_status status;
-	char dest[PATH_MAX + NAME_MAX + 2];	/* relative to output_dir */
 	char sop_instance_uid[65];	/* after de-identification */
 	/* The study and series as stored (after de-identification), for
 	 * the study-complete manifests (studies.h); "" when absent. */
@@ -141,6 +145,10 @@ struct pipeline_result {
 					   is no longer the version read:
 					   it stays, to be processed again */
 	struct error dispose_err;
+	/* The two long texts last: pipeline_file() zeroes every field
+	 * before them and only the first byte of each (8 KiB less to clear
+	 * per file). Keep new fields above. */
+	char dest[PATH_MAX + NAME_MAX + 2];	/* relative to output_dir */
 	char disposed_as[PATH_MAX];	/* MOVE: relative to processed_dir */
 };
 
@@ -220,6 +228,16 @@ int pipeline_file(struct pipeline *pipeline, const char *source_path,
 int pipeline_file_hooked(struct pipeline *pipeline, const char *source_path,
 			 const char *source_rel, const struct pipeline_hooks *hooks,
 			 struct pipeline_result *result);
+
+/**
+ * The study and series of file as stored - study_uid, series_uid,
+ * series_number, series_description of res, each "" when absent and cut
+ * to fit - for the study-complete manifests (studies.h): filled by
+ * pipeline_file() after de-identification, and by a recovery from the
+ * stored file itself.
+ */
+void pipeline_result_set_study(struct pipeline_result *res,
+			       struct dicom_file *file);
 
 /**
  * Dispose of a source whose output is stored already (a retry after

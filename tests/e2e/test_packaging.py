@@ -305,7 +305,9 @@ def test_deb_control(deb):
 
     assert field("Package") == "dicomsortd"
     depends = [d.split()[0] for d in field("Depends").split(", ")]
-    # dcmnet and dcmtls are in libdcmtk17; STOW-RS links curl and json-c.
+    # dcmnet and dcmtls are in libdcmtk17; STOW-RS uses json-c and opens
+    # libcurl on first use (dlopen: named in Depends, not found by
+    # dpkg-shlibdeps).
     need_libs = ["libdcmtk17", "procps", "libcurl4", "libjson-c5"]
     if daemon_binary():
         need_libs += ["libconfig9", "libinotifytools0", "libsystemd0"]

@@ -25,12 +25,16 @@ The scenario:
                           gains the ID; a truncated file; 4 more SIGKILLs
   end                     `systemctl stop`
   phase 3 (instances)     issue 15: /etc/dicomsortd/a.conf (profile seed,
-                          a table) and b.conf (profile none), each with its
-                          own folders below /srv/dicom/inst-a|b;
-                          `systemctl daemon-reload` runs the generator,
-                          dicomsortd@a and dicomsortd@b run at once and
-                          each sorts its own drop folder; `systemctl
-                          reload dicomsortd@a` reaches a only; both stop.
+                          a table), b.conf (profile none) and c.conf
+                          (profile basic, a table, a site secret made as
+                          the README says), each with its own folders
+                          below /srv/dicom/inst-a|b|c; `systemctl
+                          daemon-reload` runs the generator, the three
+                          instances run at once and each sorts its own
+                          drop folder; `systemctl reload dicomsortd@a`
+                          reaches a only; all stop. c's outputs and its
+                          journal are searched for every identifying
+                          value dropped (a privacy audit under the unit).
   then                    the checks.
 
 Every wait is a condition with a generous timeout. A wait that times out is
@@ -147,6 +151,7 @@ INSTANCES = {
     # name: (profile, PatientID dropped, PatientID stored)
     "a": ("seed", "INSTA1", "ANONIA"),
     "b": ("none", "INSTB2", "INSTB2"),
+    "c": ("basic", "INSTC3", "ANONIC"),
 }
 INSTANCE_FILES = 6
 GENERATED = "/run/systemd/generator/dicomsortd@%s.service.d/50-folders.conf"
@@ -163,9 +168,25 @@ def instance_conf(name):
             '{SeriesDescription}/";\nsettle_ms = %d;\nprofile = "%s";\n'
             % (inst_dir(name, "incoming"), inst_dir(name, "sorted"),
                inst_dir(name, "quarantine"), SETTLE_MS, profile))
-    if profile == "seed":
+    if profile in ("seed", "basic"):
         text += 'correlation_table = "/etc/dicomsortd/%s.csv";\n' % name
+    if profile == "basic":
+        text += 'deid = {\n  secret = "%s";\n};\n' % secret_path(name)
     return text
+
+
+def secret_path(name):
+    return "/etc/dicomsortd/%s.secret" % name
+
+
+def readme_secret_command(path):
+    """The README's command for the site secret, for path: the admin's
+    way, run as root in the machine (the test of the README's words)."""
+    readme = pathlib.Path(os.environ.get("DICOMSORT_SOURCE_DIR", pathlib.Path(
+        __file__).resolve().parents[2])) / "README.md"
+    m = re.search(r"`([^`]*head -c 32 /dev/urandom[^`]*)`", readme.read_text())
+    assert m, "README.md gives no command for the site secret"
+    return m.group(1).replace("/etc/dicomsortd/secret", path)
 
 
 class World:
@@ -636,10 +657,12 @@ class World:
                     inst_dir(name, "incoming")))
             self.host("/etc/dicomsortd/%s.conf" % name).write_text(
                 instance_conf(name))
-            if profile == "seed":
+            if profile in ("seed", "basic"):
                 table = self.host("/etc/dicomsortd/%s.csv" % name)
                 table.write_text("%s,%s\n" % (pid_in, pid_out))
                 table.chmod(0o644)
+            if profile == "basic":
+                self.machine.sh(readme_secret_command(secret_path(name)))
         # The generator runs at daemon-reload; nothing else writes these.
         self.machine.sh("systemctl daemon-reload", timeout=120)
         for name in INSTANCES:
@@ -647,11 +670,12 @@ class World:
             f["dropin_" + name] = r.stdout if r.returncode == 0 else None
             self.machine.sh("dicomsortd --check-config -c "
                             "/etc/dicomsortd/%s.conf" % name)
-        r = self.machine.sh("systemctl start dicomsortd@a dicomsortd@b",
+        units = " ".join("dicomsortd@%s" % n for n in INSTANCES)
+        r = self.machine.sh("systemctl start %s" % units,
                             check=False, timeout=180)
         if r.returncode != 0:
-            raise ContainerError("systemctl start dicomsortd@a dicomsortd@b: "
-                                 "%s\n%s" % (r.stderr, self.machine.sh(
+            raise ContainerError("systemctl start %s: %s\n%s" % (
+                                 units, r.stderr, self.machine.sh(
                                      "journalctl -u 'dicomsortd@*' -n 60 "
                                      "--no-pager", check=False).stdout))
         for name in INSTANCES:
@@ -676,6 +700,9 @@ class World:
                 stage = "i%05d.dcm" % self.counter
                 gendicom.write(ds, str(self.stage / stage))
                 f["expected"][str(ds.SOPInstanceUID)] = name
+                f.setdefault("dropped_" + name, []).append(
+                    (str(ds.PatientName), str(ds.StudyInstanceUID),
+                     str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
                 files.append((stage, "s%d/IM%04d.dcm" % (self.counter, i)))
             script = self.drop_script(files, MEMBER[1]).replace(
                 "cd %s" % INCOMING, "cd %s" % inst_dir(name, "incoming"))
@@ -702,6 +729,8 @@ class World:
                             str(ds.PatientID), str(ds.PatientName)))
             f["incoming_left_" + name] = self.files_below(
                 inst_dir(name, "incoming"))
+            if INSTANCES[name][0] == "basic":
+                self.audit_identity(name)
             f["quarantine_" + name] = self.files_below(
                 inst_dir(name, "quarantine"))
         # Reload a, and only a.
@@ -721,7 +750,7 @@ class World:
         f["status_files"] = self.machine.sh(
             "ls /run/dicomsortd", check=False).stdout.split()
         t = time.monotonic()
-        r = self.machine.sh("systemctl stop dicomsortd@a dicomsortd@b",
+        r = self.machine.sh("systemctl stop %s" % units,
                             check=False, timeout=120)
         f["stop"] = {"rc": r.returncode, "stderr": r.stderr,
                      "seconds": round(time.monotonic() - t, 1)}
@@ -733,6 +762,29 @@ class World:
         log("instances: %s" % json.dumps(
             {k: v for k, v in f.items() if k.startswith(("stop", "reload",
                                                          "pids"))}))
+
+    def audit_identity(self, name):
+        """Every identifying value dropped at a de-identifying instance,
+        searched for in its outputs (bytes and paths) and in everything
+        its journal holds (every field of every record)."""
+        f = self.facts["instances"]
+        pid_in = INSTANCES[name][1]
+        values = {pid_in}
+        for pname, study, series, sop in f["dropped_" + name]:
+            values |= {pname, study, series, sop}
+            values |= {part for part in pname.split("^") if len(part) > 3}
+        leaks = []
+        for rel in self.files_below(inst_dir(name, "sorted")):
+            data = self.host(inst_dir(name, "sorted") + "/" + rel).read_bytes()
+            leaks += ["%s: %r in the bytes" % (rel, v) for v in values
+                      if v.encode() in data]
+            leaks += ["%r in the path %s" % (v, rel) for v in values
+                      if v in rel]
+        journal = json.dumps(self.inst_journal(name))
+        leaks += ["%r in the journal of dicomsortd@%s" % (v, name)
+                  for v in values if v in journal]
+        f["leaks_" + name] = leaks
+        f["journal_records_" + name] = journal.count("DICOMSORTD_EVENT")
 
     # ---- what is left ----
 
@@ -1026,14 +1078,35 @@ def test_two_instances_sort_their_own_folders(world):
     for name, (profile, pid_in, pid_out) in INSTANCES.items():
         got = f["sorted"][name]
         want = sorted(s for s, n in f["expected"].items() if n == name)
-        assert sorted(g[1] for g in got) == want, got
+        if profile == "basic":
+            # New UIDs: one output per file dropped, none of the old ones.
+            assert len({g[1] for g in got}) == len(want) == len(got), got
+            assert not set(want) & {g[1] for g in got}, got
+        else:
+            assert sorted(g[1] for g in got) == want, got
         for rel, sop, pid, pname in got:
             assert pid == pid_out and rel.startswith(pid_out + "/"), got
-            # The profile is the instance's own: seed at a, none at b.
+            # The profile is the instance's own: seed at a, none at b,
+            # basic at c (PatientName becomes the new PatientID).
             if profile == "seed":
                 assert pname == "ANONYMIZED", got
+            elif profile == "basic":
+                assert pname == pid_out, got
             else:
                 assert pname.startswith("Doe^Inst"), got
+
+
+def test_basic_instance_leaks_no_identity_under_the_unit(world):
+    """A privacy audit of dicomsortd@c (profile basic, the secret made
+    with the README's command): no dropped name, ID or UID in its
+    outputs' bytes, its paths or anything its journal holds."""
+    completed(world)
+    f = world.facts["instances"]
+    for name, (profile, _, _) in INSTANCES.items():
+        if profile != "basic":
+            continue
+        assert f["journal_records_" + name] > 0, "no records to audit"
+        assert f["leaks_" + name] == [], f["leaks_" + name]
 
 
 def test_reload_reaches_that_instance_only(world):

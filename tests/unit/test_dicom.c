@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "dicomsort/dicom.h"
+#include "dicomsort/pipeline.h"
 
 #define EXPLICIT_LE "1.2.840.10008.1.2.1"
 #define IMPLICIT_LE "1.2.840.10008.1.2"
@@ -570,6 +571,45 @@ static void keywords_and_tags(void **state)
 	assert_string_equal(kw, "");
 }
 
+/* pipeline_result_set_study(): the values the study manifests take from
+ * a stored file (pipeline's result and the daemon's recovery alike):
+ * "" when absent, whatever the field held, and cut to fit. */
+static void result_study_values_as_stored(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct pipeline_result *res = malloc(sizeof(*res));
+	struct dicom_file *f;
+	char longer[301];
+
+	(void)state;
+	assert_non_null(res);
+	memset(res, 'x', sizeof(*res));
+	f = load_ok(make("study.dcm", &standard, 0));
+	pipeline_result_set_study(res, f);
+	assert_string_equal(res->study_uid, "");
+	assert_string_equal(res->series_uid, "");
+	assert_string_equal(res->series_number, "3");
+	assert_string_equal(res->series_description, "Ax 5.0mm");
+
+	memset(longer, 'D', sizeof(longer) - 1);
+	longer[sizeof(longer) - 1] = '\0';
+	assert_int_equal(dicom_put_string(f, TAG_SeriesDescription, longer,
+					  &err), 0);
+	assert_int_equal(dicom_put_string(f, TAG_StudyInstanceUID, "1.2.3.4",
+					  &err), 0);
+	assert_int_equal(dicom_delete(f, TAG_SeriesNumber, &err), 0);
+	pipeline_result_set_study(res, f);
+	assert_string_equal(res->study_uid, "1.2.3.4");
+	assert_string_equal(res->series_number, "");
+	assert_int_equal(strlen(res->series_description),
+			 sizeof(res->series_description) - 1);
+	assert_memory_equal(res->series_description, longer,
+			    sizeof(res->series_description) - 1);
+	dicom_free(f);
+	free(res);
+}
+
+/* ---- visiting ---- */
 /* ---- visiting ---- */
 
 struct seen {
@@ -993,6 +1033,7 @@ int main(void)
 		cmocka_unit_test(convert_to_utf8_rewrites_values),
 		cmocka_unit_test(put_empty_delete),
 		cmocka_unit_test(keywords_and_tags),
+		cmocka_unit_test(result_study_values_as_stored),
 		cmocka_unit_test(visit_recurses_into_sequences_and_private),
 		cmocka_unit_test(save_keeps_transfer_syntax_and_values),
 		cmocka_unit_test(load_all_reads_lazy_values),

@@ -685,6 +685,114 @@ static void move_with_the_callers_descriptors(void **state)
 	assert_int_equal(ours, 0);
 }
 
+/* hold() with the lease taken before the version is fstat'ed, as
+ * pipeline's open_source() does for dicomsort --move: 0 when this file
+ * system grants none (the test then has nothing to check). */
+static int hold_leased(struct held *h, const char *src_rel, const char *name,
+		       bool sigio_ignored)
+{
+	hold(h, src_rel, name);
+	if (fsutil_lease(h->fd, sigio_ignored) != 1)
+		return 0;
+	assert_int_equal(fstat(h->fd, &h->st), 0);
+	h->mv.source_leased = true;
+	return 1;
+}
+
+/* A writer opening rel (appending " more") from a child process; back
+ * once its open waits on our lease, which then shows broken. */
+static pid_t writer_breaks_the_lease(struct held *h, const char *rel)
+{
+	char path[PATH_MAX], byte;
+	int ready[2];
+	pid_t writer;
+
+	snprintf(path, sizeof(path), "%s", at(rel));
+	assert_int_equal(pipe(ready), 0);
+	writer = fork();
+	assert_true(writer >= 0);
+	if (writer == 0) {
+		int fd;
+
+		/* The lease lives as long as the open file: not ours here. */
+		close(h->fd);
+		close(ready[0]);
+		if (write(ready[1], "x", 1) != 1)
+			_exit(2);
+		fd = open(path, O_WRONLY | O_APPEND);
+		_exit(fd >= 0 && write(fd, " more", 5) == 5 ? 0 : 1);
+	}
+	close(ready[1]);
+	assert_int_equal(read(ready[0], &byte, 1), 1);
+	close(ready[0]);
+	for (int i = 0; i < 3000 && fcntl(h->fd, F_GETLEASE) == F_RDLCK; i++)
+		usleep(10000);
+	assert_int_not_equal(fcntl(h->fd, F_GETLEASE), F_RDLCK);
+	return writer;
+}
+
+/* source_leased: no look at the name before the claim. Still: a file
+ * swapped in under the name never reaches the destination (it gets its
+ * name back), and a writer opening the source meanwhile keeps it - with
+ * the break signalled by SIGURG or, where the process ignores SIGIO, by
+ * SIGIO (it must not end us). */
+static void move_leased_before_the_read(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct held h;
+	int ours, status;
+	char other[PATH_MAX];
+	pid_t writer;
+
+	(void)state;
+	make_dir("in");
+	make_dir("done");
+	put("in/a.dcm", "read");
+	if (!hold_leased(&h, "in/a.dcm", "a.dcm", false)) {
+		let_go_of(&h);
+		skip();
+	}
+	assert_int_equal(fsutil_move(&h.mv, &err), 0);
+	assert_string_equal(h.mv.final, "a.dcm");
+	assert_string_equal(slurp("done/a.dcm"), "read");
+	assert_false(exists("in/a.dcm"));
+	let_go_of(&h);
+	/* A sender renames another file over the name read. */
+	put("in/b.dcm", "read");
+	put("in/other", "swapped in");
+	assert_int_equal(hold_leased(&h, "in/b.dcm", "b.dcm", false), 1);
+	snprintf(other, sizeof(other), "%s", at("in/other"));
+	assert_int_equal(rename(other, at("in/b.dcm")), 0);
+	assert_int_equal(fsutil_move(&h.mv, &err), -1);
+	assert_true(h.mv.changed);
+	assert_int_equal(h.mv.side, FSUTIL_SIDE_SOURCE);
+	assert_string_equal(slurp("in/b.dcm"), "swapped in");
+	assert_false(exists("done/b.dcm"));
+	let_go_of(&h);
+	/* A writer opens it after the lease: its open waits for us; the
+	 * move sees the break and keeps the source. */
+	for (int ignored = 0; ignored < 2; ignored++) {
+		const char *rel = ignored ? "in/d.dcm" : "in/c.dcm";
+
+		if (ignored)
+			assert_int_equal(fsutil_ignore_sigio(), 0);
+		put(rel, "read");
+		assert_int_equal(hold_leased(&h, rel, rel + 3, ignored), 1);
+		writer = writer_breaks_the_lease(&h, rel);
+		assert_int_equal(fsutil_move(&h.mv, &err), -1);
+		assert_true(h.mv.changed);
+		let_go_of(&h);
+		assert_int_equal(waitpid(writer, &status, 0), writer);
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		assert_string_equal(slurp(rel), "read more");
+	}
+	assert_false(exists("done/c.dcm") || exists("done/d.dcm"));
+	assert_int_equal(count_entries("in", &ours), 3);
+	assert_int_equal(ours, 0);
+	assert_int_equal(count_entries("done", &ours), 1);
+	assert_int_equal(ours, 0);
+}
+
 static void move_skips_a_name_with_a_companion(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -893,6 +1001,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(move_skips_a_name_with_a_companion,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_with_the_callers_descriptors,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_leased_before_the_read,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(
 			claims_left_by_a_crash_get_their_names_back,

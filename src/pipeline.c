@@ -472,6 +472,8 @@ static bool wants_hash(const struct pipeline *in)
 	return in->opts.hash_source || in->opts.disposal != PIPELINE_KEEP_SOURCE;
 }
 
+static bool rename_candidate(const struct job *job);
+
 /*
  * Read the source exactly once into the private snapshot, hashing as it
  * goes, and check it was one version throughout: DCMTK re-reads large
@@ -500,14 +502,25 @@ static int take_snapshot(struct job *job, struct error *err)
 		if (job->snap_fd == -1)
 			rc = -1;
 	}
-	if (rc == 0 && wants_lease(in))
-		rc = lease_source(job, err);
+	/* Leased at open already (open_source()): that lease covers the
+	 * read, and a rename candidate's, found intact after it, is kept
+	 * until its claim (fsutil_move's source_leased): three fcntl and a
+	 * look at the name less per renamed file. */
+	if (rc == 0 && wants_lease(in)) {
+		if (job->leased_early)
+			job->leased = true;
+		else
+			rc = lease_source(job, err);
+	}
 	if (rc == 0)
 		rc = read_source_once(job, job->snap_mem, job->snap_fd, ctx, err);
 	if (job->leased) {
 		struct error ignored = ERROR_INIT;
 
-		if (unlease_source(job, rc == 0 ? err : &ignored) == -1)
+		if (rc == 0 && job->leased_early && rename_candidate(job) &&
+		    fcntl(job->source_fd, F_GETLEASE) == F_RDLCK)
+			job->leased = false;	/* kept, see above */
+		else if (unlease_source(job, rc == 0 ? err : &ignored) == -1)
 			rc = -1;
 	}
 	if (rc == 0)
@@ -518,8 +531,6 @@ static int take_snapshot(struct job *job, struct error *err)
 	job->snapshot = rc == 0;
 	return rc;
 }
-
-static bool rename_candidate(const struct job *job);
 
 /* A rename candidate that nothing will change: its bytes are never read
  * here (the inode becomes the output), so only what the decision needs

@@ -125,6 +125,7 @@ static const struct key root_keys[] = {
 	{ "correlation_table", KEY_STRING, NULL },
 	{ "after_success", KEY_STRING, NULL },
 	{ "processed", KEY_STRING, NULL },
+	{ "rename_unchanged", KEY_BOOL, NULL },
 	{ "hold", KEY_STRING, NULL },
 	{ "settle_ms", KEY_INT, NULL },
 	{ "ignore", KEY_STRINGS, NULL },
@@ -534,6 +535,7 @@ static int read_processing(struct reader *r)
 	    read_strings(r, "ignore", &cfg->ignore) == -1)
 		return -1;
 	cfg->after_success = after_success;
+	read_bool(r, "rename_unchanged", &cfg->rename_unchanged);
 	cfg->log_target = target;
 	s = lookup(r, "profile");
 	if (s && deid_profile_from_name(config_setting_get_string(s),
@@ -861,6 +863,7 @@ static int set_defaults(struct config *cfg, const char *path)
 	cfg->ignore = copy_strings(default_ignore, 3);
 	cfg->profile = DEID_NONE;
 	cfg->after_success = AFTER_SUCCESS_DELETE;
+	cfg->rename_unchanged = true;
 	cfg->settle_ms = 2000;
 	cfg->workers = 0;
 	cfg->log_target = LOG_TARGET_AUTO;

@@ -178,6 +178,7 @@ struct daemon {
 	long delay_parsed_ms;		/* DICOMSORT_TEST_DELAY=parsed:MS */
 	long delay_durable_ms;		/* DICOMSORT_TEST_DELAY=durable:MS */
 	long delay_commit_ms;		/* DICOMSORT_TEST_DELAY=commit:MS */
+	long delay_claimed_ms;		/* DICOMSORT_TEST_DELAY=claimed:MS */
 	long fail_commits;		/* DICOMSORT_TEST_DELAY=commit-fails:N
 					   (committer thread only) */
 	struct workers *committer;	/* one thread: the group commits */
@@ -467,6 +468,9 @@ static void checkpoint(void *ctx, enum pipeline_point point)
 	if (point == PIPELINE_AT_DURABLE && job->d->delay_durable_ms > 0)
 		test_sleep(job->d->delay_durable_ms,
 			   "after the output is durable");
+	if (point == PIPELINE_AT_CLAIMED && job->d->delay_claimed_ms > 0)
+		test_sleep(job->d->delay_claimed_ms,
+			   "with the source claimed, before its rename");
 }
 
 static void quarantine_job(struct daemon *d, struct job *job, const char *rule)
@@ -624,6 +628,10 @@ static void commit_failed(struct job *job, const struct error *err)
 	if (job->outcome == OUTCOME_STORED)
 		log_stored(job);
 	job->result.dispose_pending = false;
+	/* A source renamed into place is the output: no second copy is
+	 * left to keep or to take again, it is stored as it is. */
+	if (job->result.renamed)
+		return;
 	job->result.status = PIPELINE_FAILED;
 	job->result.err = *err;
 	job->outcome = OUTCOME_RETRY_OUTPUT;
@@ -903,7 +911,9 @@ static void log_disposed(const struct daemon *d, const struct job *job)
 
 	/* The processed path repeats the source's: withheld when
 	 * de-identifying, like the source's name. */
-	if (d->cfg->after_success == AFTER_SUCCESS_MOVE)
+	if (job->result.renamed)
+		snprintf(where, sizeof(where), "moved into the output");
+	else if (d->cfg->after_success == AFTER_SUCCESS_MOVE)
 		snprintf(where, sizeof(where), "moved to %s%s%s",
 			 d->cfg->processed, job->logged_source[0] ? "" : "/",
 			 job->logged_source[0] ? "" : job->result.disposed_as);
@@ -1240,26 +1250,32 @@ static void commit_finished(struct daemon *d, struct commit *c)
 {
 	struct job *job = c->jobs;
 	int rc = c->rc;
+	bool finished = false;
 
 	if (rc == -1)
 		log_msg(LOG_ERR, "group commit of %zu files failed, their "
-			"sources are kept and taken again: %s", d->ncommitting,
+			"sources are kept and taken again (one renamed into "
+			"place is stored as it is): %s", d->ncommitting,
 			c->err.msg);
 	d->ncommitting = 0;
 	while (job != NULL) {
 		struct job *next = job->commit_next;
 
 		job->commit_next = NULL;
-		if (rc == 0) {
+		if (rc == 0 && !job->result.renamed) {
 			d->ndisposing++;
 			workers_submit(d->disposers, job);
 		} else {
+			/* Failed, or renamed into place: nothing to dispose
+			 * of (its record went out with the commit). */
+			job->result.dispose_pending = false;
 			finish_job(d, job);
+			finished = true;
 		}
 		job = next;
 	}
 	free(c);
-	if (rc == -1) {
+	if (finished) {
 		update_status(d);
 		d->cleanup_due = d->cfg->cleanup.remove_empty_dirs;
 	}
@@ -2075,6 +2091,19 @@ static int open_pipeline(const struct config *cfg, bool dry_run,
 		.disposal = cfg->after_success == AFTER_SUCCESS_MOVE ?
 			    PIPELINE_MOVE_SOURCE : PIPELINE_DELETE_SOURCE,
 		.processed_dir = cfg->processed,
+		/* A source that needs no change is renamed into place:
+		 * no copy, no deletion of the source (after_success =
+		 * "delete" only; "move" keeps the source). Not when
+		 * forwarding: a copy's source stays until its outbox entry
+		 * is durable, so a crash before that finds it again and
+		 * queues it; a renamed source cannot be found again, and
+		 * its entry would rest on the pending marker alone, which
+		 * a power loss can lose (records.h: no fsync). Only a
+		 * source of the group an output gets: who may read it. */
+		.rename_unchanged = cfg->rename_unchanged &&
+				    cfg->after_success == AFTER_SUCCESS_DELETE &&
+				    cfg->n_forward == 0,
+		.rename_same_group = true,
 		.max_file_size = config_max_file_size(cfg),
 		.dry_run = dry_run,
 		.hash_source = true,
@@ -2195,7 +2224,10 @@ static int setup_watch(struct daemon *d, struct error *err)
  * the source is checked and disposed of: windows for a test to rewrite or
  * rename the source. DICOMSORT_TEST_DELAY=commit:MS sleeps (and says so)
  * before each group commit's syncfs: files published and not yet durable,
- * for a kill that must find every source still there.
+ * for a kill that must find every source still there (or, renamed into
+ * place, its output). DICOMSORT_TEST_DELAY=claimed:MS sleeps (and says
+ * so) with a source that needs no change claimed, before its rename into
+ * the output: a kill there must give it its name back at the next start.
  * DICOMSORT_TEST_DELAY=commit-fails:N makes the first N group commits fail
  * as a syncfs reporting EIO would (nothing is synced): a write-back error
  * cannot be had on demand. Without the variable nothing changes.
@@ -2214,6 +2246,8 @@ static void test_delays(struct daemon *d)
 		d->delay_durable_ms = strtol(v + 8, NULL, 10);
 	if (v != NULL && strncmp(v, "commit:", 7) == 0)
 		d->delay_commit_ms = strtol(v + 7, NULL, 10);
+	if (v != NULL && strncmp(v, "claimed:", 8) == 0)
+		d->delay_claimed_ms = strtol(v + 8, NULL, 10);
 	if (v != NULL && strncmp(v, "commit-fails:", 13) == 0)
 		d->fail_commits = strtol(v + 13, NULL, 10);
 	if (v != NULL && strncmp(v, "release-entry:", 14) == 0) {

@@ -1087,9 +1087,33 @@ static int try_name(struct fsutil_move *mv, const char *cand, struct error *err)
 	return rc;
 }
 
+/* mv->naming, told the name and the identity the file will have. */
+static int tell_name(struct fsutil_move *mv, const char *cand,
+		     struct error *err)
+{
+	struct stat st;
+
+	if (mv->naming == NULL)
+		return 0;
+	if (mv->tmp[0] == '\0')
+		st = mv->src_st;
+	else if ((mv->tmp_fd != -1 ? fstat(mv->tmp_fd, &st) :
+		  fstatat(mv->dest_dirfd, mv->tmp, &st,
+			  AT_SYMLINK_NOFOLLOW)) == -1)
+		return move_fail(mv, FSUTIL_SIDE_DEST, err, ERROR_TRANSIENT,
+				 errno, "fstat of the copy");
+	if (mv->naming(mv->ctx, cand, &st, err) == -1) {
+		mv->side = FSUTIL_SIDE_DEST;
+		return -1;
+	}
+	return 0;
+}
+
 /* Give the claimed source (or its copy) the name cand: see try_name(). */
 static int place_at(struct fsutil_move *mv, const char *cand, struct error *err)
 {
+	if (tell_name(mv, cand, err) == -1)
+		return -1;
 	if (mv->tmp[0] == '\0') {
 		if (rename_noreplace(mv->src_dirfd, mv->claim, mv->dest_dirfd,
 				     cand) == 0) {

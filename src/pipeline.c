@@ -44,6 +44,8 @@ struct pipeline {
 	unsigned long generation;	/* keys the per-thread folder cache */
 	dev_t output_dev;		/* a source here can be renamed in */
 	uid_t euid;			/* ours: whose sources can be renamed */
+	gid_t new_gid;			/* a new file's group in the output
+					   root (rename_same_group) */
 	atomic_bool dirs_deferred;	/* a rename left new folders to the
 					   final syncfs (SYNC_DISPOSAL) */
 	mode_t file_mode;		/* 0666 less the umask, as open() gives */
@@ -168,6 +170,7 @@ int pipeline_new(struct pipeline **out, const struct pipeline_options *opts,
 			return error_set(err, ERROR_SETUP, errno, "fstat %s",
 					 opts->output_dir);
 		in->output_dev = st.st_dev;
+		in->new_gid = st.st_mode & S_ISGID ? st.st_gid : getegid();
 	}
 	if (opts->disposal == PIPELINE_MOVE_SOURCE) {
 		if (opts->processed_dir == NULL)
@@ -469,6 +472,8 @@ static bool wants_hash(const struct pipeline *in)
 	return in->opts.hash_source || in->opts.disposal != PIPELINE_KEEP_SOURCE;
 }
 
+static bool rename_candidate(const struct job *job);
+
 /*
  * Read the source exactly once into the private snapshot, hashing as it
  * goes, and check it was one version throughout: DCMTK re-reads large
@@ -497,14 +502,25 @@ static int take_snapshot(struct job *job, struct error *err)
 		if (job->snap_fd == -1)
 			rc = -1;
 	}
-	if (rc == 0 && wants_lease(in))
-		rc = lease_source(job, err);
+	/* Leased at open already (open_source()): that lease covers the
+	 * read, and a rename candidate's, found intact after it, is kept
+	 * until its claim (fsutil_move's source_leased): three fcntl and a
+	 * look at the name less per renamed file. */
+	if (rc == 0 && wants_lease(in)) {
+		if (job->leased_early)
+			job->leased = true;
+		else
+			rc = lease_source(job, err);
+	}
 	if (rc == 0)
 		rc = read_source_once(job, job->snap_mem, job->snap_fd, ctx, err);
 	if (job->leased) {
 		struct error ignored = ERROR_INIT;
 
-		if (unlease_source(job, rc == 0 ? err : &ignored) == -1)
+		if (rc == 0 && job->leased_early && rename_candidate(job) &&
+		    fcntl(job->source_fd, F_GETLEASE) == F_RDLCK)
+			job->leased = false;	/* kept, see above */
+		else if (unlease_source(job, rc == 0 ? err : &ignored) == -1)
 			rc = -1;
 	}
 	if (rc == 0)
@@ -515,8 +531,6 @@ static int take_snapshot(struct job *job, struct error *err)
 	job->snapshot = rc == 0;
 	return rc;
 }
-
-static bool rename_candidate(const struct job *job);
 
 /* A rename candidate that nothing will change: its bytes are never read
  * here (the inode becomes the output), so only what the decision needs
@@ -954,17 +968,28 @@ static int move_source(struct pipeline *in, const struct pipeline_read *read,
 	return rc;
 }
 
-/* dicomsort --move of a file that may become the output itself: no
- * snapshot is taken (the inode is the output, checked at its claim). */
+/*
+ * A file that may become the output itself. dicomsort --move takes no
+ * snapshot of it (the inode is the output, checked at its claim). One
+ * whose hash is asked for (the daemon's records) is read whole anyway:
+ * into memory, which a failed rename can still copy from (the version
+ * read is stored, as a copy's would be); a larger one goes to a snapshot
+ * file on the output's file system, which becomes the output itself
+ * (linked, no byte written twice), so it is not renamed.
+ */
 static bool rename_candidate(const struct job *job)
 {
 	const struct pipeline *in = job->pipeline;
 
 	return in->opts.rename_unchanged &&
+	       (!in->opts.hash_source ||
+		job->source_st.st_size <= DICOM_LOAD_IN_MEMORY) &&
 	       in->opts.disposal == PIPELINE_DELETE_SOURCE &&
 	       job->source_st.st_dev == in->output_dev &&
 	       job->source_st.st_nlink == 1 &&
-	       (job->source_st.st_uid == in->euid || in->euid == 0);
+	       (job->source_st.st_uid == in->euid || in->euid == 0) &&
+	       (!in->opts.rename_same_group ||
+		job->source_st.st_gid == in->new_gid);
 }
 
 /*
@@ -1008,6 +1033,30 @@ static int source_folder(const struct pipeline *in, const char *path)
 	return fd;
 }
 
+/* What fsutil_move() tells rename_source()'s hooks about. */
+struct naming {
+	struct job *job;
+	struct pipeline_result *res;
+	const char *dir;
+};
+
+/* Each name the claimed source may take, told as publish_as() tells a
+ * temp file's: the daemon notes its pending record there, with the
+ * identity the output will have (the source's own inode, size, mtime). */
+static int tell_naming(void *ctx, const char *name, const struct stat *st,
+		       struct error *err)
+{
+	struct naming *n = ctx;
+	const struct pipeline_hooks *h = n->job->hooks;
+
+	fsutil_join_path(n->res->dest, sizeof(n->res->dest), n->dir, name);
+	if (h->checkpoint != NULL)
+		h->checkpoint(h->ctx, PIPELINE_AT_CLAIMED);
+	if (h->before_publish == NULL)
+		return 0;
+	return h->before_publish(h->ctx, n->res, st, err);
+}
+
 /*
  * Deleting a source whose bytes are the output, on the output's file
  * system: move the source itself to its final name (fsutil_move: claimed,
@@ -1015,25 +1064,38 @@ static int source_folder(const struct pipeline *in, const char *path)
  * makes it a copy). No byte is destroyed - the inode keeps its data
  * under one name or the other, whatever happens - so "durable before
  * disposal" holds without an fsync; SYNC_EACH still fsyncs the file and
- * its new folder, SYNC_DISPOSAL leaves that to pipeline_sync_all(). A
- * clash with identical bytes is a duplicate and the source goes.
- * Returns 1 when this cannot be done here (caller copies instead).
+ * its new folder, SYNC_DISPOSAL leaves that to pipeline_sync_all(), and
+ * SYNC_GROUP to the next pipeline_commit() (result.renamed, pending like
+ * a copy: the caller sends its record after the commit and has nothing
+ * to dispose of). A clash with identical bytes is a duplicate and the
+ * source goes (after a syncfs of the destination). The hooks hear of it
+ * as of a publication. Returns 1 when this cannot be done here (caller
+ * copies instead): another link or owner, or a source that cannot be
+ * claimed.
  */
 static int rename_source(struct job *job, const char *path, const char *dir,
 			 const char *name, char *final, size_t finallen,
 			 struct pipeline_result *res)
 {
 	struct pipeline *in = job->pipeline;
+	const struct pipeline_hooks *h = job->hooks;
 	struct error *err = &res->err;
+	struct naming naming = { job, res, dir };
 	/* Under SYNC_DISPOSAL (batch --move) the names wait for
 	 * pipeline_sync_all(): a group commit, no fsync per file. The lease
-	 * goes on the descriptor read; its folder is the cached one. */
+	 * goes on the descriptor read; its folder is the cached one. A
+	 * ctime moved since the read (our rename in, a chmod) is the same
+	 * version if the bytes still hash to what was read. */
 	struct fsutil_move mv = { .source = path, .expect = &job->source_st,
+				  .expect_sha256 = job->sha256[0] ?
+						   job->sha256 : NULL,
 				  .name = name, .mode = in->file_mode,
+				  .naming = h != NULL ? tell_naming : NULL,
+				  .ctx = &naming,
 				  .defer_sync = in->opts.sync != PIPELINE_SYNC_EACH,
 				  .source_fd = &job->source_fd,
 				  .source_leased = job->leased_early };
-	int src_dirfd;
+	int src_dirfd, rc;
 
 	/* Renamed, the inode becomes the output. One with other links would
 	 * stay reachable (and writable) from outside the output tree, and a
@@ -1048,25 +1110,58 @@ static int rename_source(struct job *job, const char *path, const char *dir,
 	if (job->dir_fd == -1)
 		return -1;
 	mv.dest_dirfd = job->dir_fd;
-	src_dirfd = source_folder(in, path);
+	/* A watched input (the daemon's, SYNC_GROUP) is not held open
+	 * between files: an open folder removed (the daemon's cleanup of
+	 * emptied folders) sends its IN_DELETE_SELF only once closed, and
+	 * until then the watch takes a folder made again under its name
+	 * for the dead one. fsutil_move() opens it for the one file. */
+	src_dirfd = in->opts.sync == PIPELINE_SYNC_GROUP ? -1 :
+		    source_folder(in, path);
 	if (src_dirfd != -1)
 		mv.source_dirfd = &src_dirfd;
-	if (fsutil_move(&mv, err) == -1) {
+	rc = fsutil_move(&mv, err);
+	if (rc == -1 && mv.side == FSUTIL_SIDE_SOURCE && !mv.placed &&
+	    (!mv.changed || job->snapshot)) {
+		/* Not claimed (a folder that does not let us rename in it,
+		 * the name gone), or no longer the version read (a writer
+		 * has it open, or rewrote it): copied as any other file -
+		 * the version read, from the snapshot - whose disposal then
+		 * says what became of the source. Without a snapshot a
+		 * changed source is taken again once settled. */
+		drop_source_folder();
+		if (h != NULL && h->after_publish != NULL)
+			h->after_publish(h->ctx, res, false);
+		error_clear(err);
+		return 1;
+	}
+	if (rc == -1) {
 		if (mv.side == FSUTIL_SIDE_SOURCE)
 			drop_source_folder();
-		return -1;
+		/* A writer has it open, or it changed since it was read:
+		 * not finished, taken again once settled. */
+		if (mv.changed)
+			job->busy = true;
+	} else {
+		fsutil_copy_str(final, finallen, mv.final);
+		res->status = mv.existed ? PIPELINE_DUPLICATE : PIPELINE_STORED;
 	}
-	fsutil_copy_str(final, finallen, mv.final);
-	if (mv.existed) {
-		res->status = PIPELINE_DUPLICATE;
-		return 0;
+	if (rc == 0 && !mv.existed) {
+		res->same_uid_conflict = strcmp(mv.final, name) != 0 &&
+					 in->name.layout;
+		/* A copy (another mount) was synced and its source removed
+		 * by fsutil_move() itself; a rename waits for the commit. */
+		res->renamed = !mv.copied;
+		res->dispose_pending = res->renamed &&
+				       in->opts.sync == PIPELINE_SYNC_GROUP;
+		if (in->opts.sync == PIPELINE_SYNC_EACH && !mv.copied &&
+		    fsutil_fsync(job->source_fd, "output file", err) == -1)
+			rc = -1;
 	}
-	res->status = PIPELINE_STORED;
-	res->same_uid_conflict = strcmp(mv.final, name) != 0 && in->name.layout;
-	if (in->opts.sync == PIPELINE_SYNC_EACH && !mv.copied &&
-	    fsutil_fsync(job->source_fd, "output file", err) == -1)
-		return -1;
-	return 0;
+	/* Records match files: a name taken is owed its record even when
+	 * a later step failed (the retry finds it, a duplicate). */
+	if (h != NULL && h->after_publish != NULL)
+		h->after_publish(h->ctx, res, mv.placed && !mv.existed);
+	return rc;
 }
 
 int pipeline_dispose(struct pipeline *in, const char *path, const char *rel,
@@ -1198,8 +1293,12 @@ static int run(struct job *job, const char *path, const char *rel,
 	if (open_source(job, path, err) == -1)
 		return -1;
 	res->source_st = job->source_st;
-	/* A dry run writes nothing and disposes of nothing: no snapshot. */
-	if (!job->pipeline->opts.dry_run && !rename_candidate(job) &&
+	/* A dry run writes nothing and disposes of nothing: no snapshot.
+	 * A rename candidate needs none either, unless its hash is asked
+	 * for (the daemon's records): then it is read and hashed once, in
+	 * memory, and its claim checks that version is what is renamed. */
+	if (!job->pipeline->opts.dry_run &&
+	    (!rename_candidate(job) || job->pipeline->opts.hash_source) &&
 	    take_snapshot(job, err) == -1)
 		return -1;
 	if (job->pipeline->opts.hash_source)
@@ -1308,6 +1407,8 @@ void pipeline_dispose_result(struct pipeline *in, const char *path,
 
 	memcpy(read.sha256, res->read_sha256, sizeof(read.sha256));
 	res->dispose_pending = false;
+	if (res->renamed)
+		return;		/* the source is the output */
 	if (pipeline_dispose(in, path, rel, &read, res->disposed_as,
 			     sizeof(res->disposed_as), &res->source_changed,
 			     &res->dispose_err) == -1)

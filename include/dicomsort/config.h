@@ -18,6 +18,9 @@
  *   correlation_table              path, optional
  *   after_success                  "delete" (default) | "move"
  *   processed                      folder, required when after_success=move
+ *   rename_unchanged               after_success=delete: a source that needs
+ *                                  no change, on the output's file system,
+ *                                  ours, is renamed into place (true)
  *   hold                           folder for files whose PatientID is not
  *                                  in the table yet (deid.unknown_id="hold")
  *   settle_ms                      quiet time before a file is taken (2000)
@@ -139,6 +142,7 @@ struct config {
 	char *correlation_table;	/* NULL: none */
 	enum after_success after_success;
 	char *processed;		/* NULL unless after_success=move */
+	bool rename_unchanged;		/* see rename_unchanged above */
 	char *hold;			/* NULL unless deid.unknown_id=hold */
 	long settle_ms;
 	char **ignore;			/* NULL-terminated list of globs */

@@ -201,6 +201,13 @@ struct fsutil_move {
 	int (*before_place)(void *ctx, int dirfd, const char *name,
 			    struct error *err);
 	void *ctx;
+	/* NULL, or told each candidate name right before the file may take
+	 * it (no sidecar: the rename itself refuses a taken name), with the
+	 * identity it will have there (the claimed source's, or its copy's):
+	 * a caller notes what is owed once the name exists. -1 (err
+	 * filled) abandons the move. Shares ctx with before_place. */
+	int (*naming)(void *ctx, const char *name, const struct stat *st,
+		      struct error *err);
 	bool defer_sync;		/* see "Durability" above */
 	/* NULL, or the caller's open descriptor of the version read
 	 * (expect; O_RDONLY): the read lease is taken on it - and lasts
@@ -227,9 +234,11 @@ struct fsutil_move {
 	bool copied;
 	bool existed;
 	bool changed;			/* not the version read: keep it */
+	bool placed;			/* it took mv->final (also when a
+					   later step then failed) */
 	enum fsutil_side side;
 	/* private */
-	bool placed, leased, own_dirfd, own_lease;
+	bool leased, own_dirfd, own_lease;
 	int src_dirfd, tmp_fd, lease_fd;
 	struct stat src_st;
 	char src_base[NAME_MAX + 1], claim[NAME_MAX + 1], tmp[64];

@@ -74,6 +74,11 @@ struct pipeline_options {
 					   change), on the output's file system,
 					   is renamed into place instead of
 					   copied and deleted (keeps its mtime) */
+	bool rename_same_group;		/* rename_unchanged only for a source
+					   whose group is the one a file made
+					   in the output root gets (its setgid
+					   group, or ours): the group decides
+					   who may read the output */
 	unsigned long long max_file_size;	/* bytes; a larger source is
 						   rejected unread. 0: no limit */
 	bool hash_source;		/* fill result.source_sha256 */
@@ -126,6 +131,13 @@ struct pipeline_result {
 	 * pipeline_dispose_result(). */
 	bool dispose_pending;
 	char read_sha256[65];		/* the version read, for that disposal */
+	/* STORED by renaming the source itself into place
+	 * (rename_unchanged): the source is the output, no byte was
+	 * destroyed and nothing is left to dispose of. Under
+	 * PIPELINE_SYNC_GROUP it is dispose_pending all the same (durable
+	 * only after the next pipeline_commit()), and
+	 * pipeline_dispose_result() then has nothing to do. */
+	bool renamed;
 	/* Disposal of the source is a step of its own: the output may be
 	 * STORED (or DUPLICATE) while the source could not be removed. */
 	bool dispose_failed;
@@ -156,6 +168,10 @@ enum pipeline_point {
 				   yet checked and disposed of (not told
 				   under PIPELINE_SYNC_GROUP: the caller
 				   disposes after its commit) */
+	PIPELINE_AT_CLAIMED,	/* rename_unchanged: the source is claimed
+				   (under its private name in its folder),
+				   about to be renamed into the output;
+				   before_publish() follows */
 };
 
 struct pipeline_hooks {

@@ -27,6 +27,9 @@ import sys
 import threading
 import time
 
+import calendar
+import re
+
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
@@ -196,6 +199,14 @@ def expected_dir(out, it, patient_id=None, desc="Axial"):
     pid = patient_id if patient_id is not None else it.patient_id
     return pathlib.Path(out) / pid / it.study_date / (
         "%d_%s" % (it.series_number, desc))
+
+
+def record_time(line):
+    """Epoch seconds of a log line's leading stamp (2026-12-03T14:56:12.440Z)."""
+    stamp = line.split(" ", 1)[0]
+    whole, frac = stamp.rstrip("Z").split(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + \
+        int(frac) / 1000.0
 
 
 def wait_until(pred, timeout, interval=0.05, what="condition"):
@@ -387,6 +398,18 @@ class Daemon:
         tag = "event=%s" % name
         return [ln for ln in self.log_lines()
                 if tag + " " in ln + " "]
+
+    def stored_times(self):
+        """{dest: when its `stored` record was written} (epoch seconds,
+        from the log line's UTC millisecond stamp): when the output was
+        durable. An output's own mtime is no such time: a source renamed
+        into place keeps the sender's."""
+        out = {}
+        for ln in self.events("stored"):
+            m = re.search(r'dest="([^"]*)"', ln)
+            if m:
+                out[m.group(1)] = record_time(ln)
+        return out
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

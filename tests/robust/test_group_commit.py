@@ -8,6 +8,9 @@ not yet durable: a SIGKILL then must find every source still in the input,
 every output complete, and the next start must send each output's `stored`
 record once (recovered from its pending marker) and keep one output per
 file; a SIGTERM then commits what waits before the daemon exits.
+The tests whose point is a copy's kept source set rename_unchanged =
+false; test_rename_in.py has a kill in the same window for sources
+renamed into place.
 """
 
 import re
@@ -30,7 +33,8 @@ def test_kill_while_outputs_wait_for_their_commit(daemon):
     output has exactly one `stored` record, none is written twice, and
     every source goes (as a duplicate of its output)."""
     n = 12
-    d = daemon(env={"DICOMSORT_TEST_DELAY": "commit:600000"})
+    d = daemon(env={"DICOMSORT_TEST_DELAY": "commit:600000"},
+               rename_unchanged=False)
     items = make_items(n)
     write_items(d.input, items)
     wait_until(lambda: published_and_held(d, n), 60 * SLOW,
@@ -114,7 +118,7 @@ def test_failed_commit_keeps_every_source_and_recovers(daemon):
     (a duplicate), committed, and only then its source goes."""
     n = 5
     d = daemon(env={"DICOMSORT_TEST_DELAY": "commit-fails:1"},
-               retry={"parse_attempts": 3, "backoff_ms": 300,
+               rename_unchanged=False, retry={"parse_attempts": 3, "backoff_ms": 300,
                       "backoff_max_ms": 1000})
     items = make_items(n)
     write_items(d.input, items)

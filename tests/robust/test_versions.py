@@ -102,8 +102,10 @@ def test_rewrite_after_durable_is_kept_and_processed_again(daemon, tmp_path,
     extra = {}
     if after == "move":
         extra = {"after_success": "move", "processed": tmp_path / "processed"}
+    # The window after a copy is durable: a source renamed into place
+    # (the default for one that needs no change) has none.
     d = daemon(env={"DICOMSORT_TEST_DELAY": "durable:%d" % WINDOW_MS},
-               workers=1, **extra)
+               workers=1, rename_unchanged=False, **extra)
     a, b = same_size_pair("durable%d" % size, size)
     src = d.input / "img.dcm"
     src.write_bytes(a)
@@ -160,8 +162,10 @@ def test_rename_while_processing_gives_one_output(daemon, window):
     while its output waits for the group commit): one output, one
     `stored` record, the source disposed of under its new name, never a
     second copy."""
+    # "commit" and "durable" are a copy's windows (its source still
+    # there while its output waits); "parsed" takes the renamed path.
     d = daemon(env={"DICOMSORT_TEST_DELAY": "%s:%d" % (window, WINDOW_MS)},
-               workers=1)
+               workers=1, rename_unchanged=window == "parsed")
     a, _ = same_size_pair("rename" + window)
     src = d.input / "first.dcm"
     src.write_bytes(a)

@@ -59,6 +59,7 @@ static void minimal_file_gets_the_documented_defaults(void **state)
 	assert_null(cfg.filename);
 	assert_int_equal(cfg.profile, DEID_NONE);
 	assert_int_equal(cfg.after_success, AFTER_SUCCESS_DELETE);
+	assert_true(cfg.rename_unchanged);
 	assert_int_equal(cfg.settle_ms, 2000);
 	assert_true(cfg.workers >= 1);
 	assert_int_equal(cfg.retry.parse_attempts, 3);
@@ -82,6 +83,7 @@ static void every_key_is_read(void **state)
 		"layout = \"{PatientID}/\"; filename = \"{SOPInstanceUID}.dcm\";\n"
 		"profile = \"basic\"; correlation_table = \"ids.csv\";\n"
 		"after_success = \"move\"; processed = \"done\"; hold = \"/h\";\n"
+		"rename_unchanged = false;\n"
 		"settle_ms = 500; ignore = [\"*.partial\"]; workers = 3;\n"
 		"log_target = \"stderr\";\n"
 		"retry = { parse_attempts = 5; backoff_ms = 10; backoff_max_ms = 20; };\n"
@@ -102,6 +104,7 @@ static void every_key_is_read(void **state)
 	assert_non_null(strstr(cfg.correlation_table, "/ids.csv"));
 	assert_int_equal(cfg.correlation_table[0], '/');
 	assert_int_equal(cfg.after_success, AFTER_SUCCESS_MOVE);
+	assert_false(cfg.rename_unchanged);
 	assert_int_equal(cfg.settle_ms, 500);
 	assert_true(config_ignored(&cfg, "a.partial"));
 	assert_false(config_ignored(&cfg, ".hidden"));

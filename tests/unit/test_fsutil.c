@@ -380,6 +380,81 @@ static void move_recognises_its_earlier_copy(void **state)
 	assert_int_equal(ours, 0);
 }
 
+/* What the naming hook of move_tells_each_name() saw. */
+struct named {
+	char names[4][NAME_MAX + 1];
+	struct stat st[4];
+	int n;
+	int fail_at;		/* the call that fails (-1: none) */
+};
+
+static int note_name(void *ctx, const char *name, const struct stat *st,
+		     struct error *err)
+{
+	struct named *seen = ctx;
+
+	assert_true(seen->n < 4);
+	snprintf(seen->names[seen->n], sizeof(seen->names[0]), "%s", name);
+	seen->st[seen->n] = *st;
+	if (seen->n++ == seen->fail_at)
+		return error_set(err, ERROR_TRANSIENT, ENOSPC, "no room");
+	return 0;
+}
+
+/* The naming hook hears each name before the file may take it, with the
+ * identity (inode, size, mtime) it will have there; failing, it leaves
+ * the source under its own name. */
+static void move_tells_each_name(void **state)
+{
+	struct error err = ERROR_INIT;
+	struct named seen = { .fail_at = -1 };
+	struct fsutil_move mv;
+	struct stat src_st, out_st;
+	char src[PATH_MAX];
+	int ours;
+
+	(void)state;
+	make_dir("in");
+	make_dir("done");
+	put("in/a.dcm", "second");
+	put("done/a.dcm", "first");
+	assert_int_equal(stat(at("in/a.dcm"), &src_st), 0);
+	snprintf(src, sizeof(src), "%s", at("in/a.dcm"));
+	memset(&mv, 0, sizeof(mv));
+	mv.source = src;
+	mv.name = "a.dcm";
+	mv.naming = note_name;
+	mv.ctx = &seen;
+	mv.dest_dirfd = open(at("done"), O_RDONLY | O_DIRECTORY);
+	assert_int_equal(fsutil_move(&mv, &err), 0);
+	assert_true(mv.placed);
+	assert_int_equal(seen.n, 2);
+	assert_string_equal(seen.names[0], "a.dcm");
+	assert_string_equal(seen.names[1], "a_1.dcm");
+	assert_string_equal(mv.final, "a_1.dcm");
+	assert_int_equal(stat(at("done/a_1.dcm"), &out_st), 0);
+	assert_true(seen.st[1].st_ino == out_st.st_ino &&
+		    seen.st[1].st_ino == src_st.st_ino);
+	assert_true(seen.st[1].st_size == out_st.st_size);
+	assert_true(seen.st[1].st_mtim.tv_sec == out_st.st_mtim.tv_sec &&
+		    seen.st[1].st_mtim.tv_nsec == out_st.st_mtim.tv_nsec);
+
+	/* The hook refuses: nothing placed, the source keeps its name. */
+	put("in/b.dcm", "third");
+	snprintf(src, sizeof(src), "%s", at("in/b.dcm"));
+	seen = (struct named){ .fail_at = 0 };
+	mv.name = "b.dcm";
+	error_clear(&err);
+	assert_int_equal(fsutil_move(&mv, &err), -1);
+	close(mv.dest_dirfd);
+	assert_false(mv.placed);
+	assert_int_equal(mv.side, FSUTIL_SIDE_DEST);
+	assert_string_equal(slurp("in/b.dcm"), "third");
+	assert_false(exists("done/b.dcm"));
+	assert_int_equal(count_entries("in", &ours), 1);
+	assert_int_equal(ours, 0);
+}
+
 static void move_refuses_a_replaced_source(void **state)
 {
 	struct error err = ERROR_INIT;
@@ -920,6 +995,8 @@ int main(void)
 			remove_keeps_a_file_open_for_writing,
 			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_refuses_a_replaced_source,
+						make_root, drop_root),
+		cmocka_unit_test_setup_teardown(move_tells_each_name,
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_skips_a_name_with_a_companion,
 						make_root, drop_root),

@@ -2107,6 +2107,9 @@ static int open_pipeline(const struct config *cfg, bool dry_run,
 		.max_file_size = config_max_file_size(cfg),
 		.dry_run = dry_run,
 		.hash_source = true,
+		/* setup() ignores SIGIO before any thread: a read lease
+		 * needs no F_SETSIG per file. The dry run takes none. */
+		.sigio_ignored = !dry_run,
 	};
 	int rc;
 
@@ -2298,6 +2301,12 @@ static int setup(struct daemon *d, struct error *err, bool *config_error)
 	d->quarantine_fd = -1;
 	d->hold_fd = -1;
 	*config_error = false;
+	/* A broken read lease is signalled with SIGIO, whose default
+	 * would end us; the break is looked for with F_GETLEASE
+	 * (fsutil.h), and nothing here uses O_ASYNC or F_SETOWN. Ignored
+	 * once, before any thread, instead of an F_SETSIG per file. */
+	if (fsutil_ignore_sigio() == -1)
+		return error_set(err, ERROR_SETUP, errno, "sigaction");
 	d->fds[SLOT_SIGNAL].fd = block_signals();
 	if (d->fds[SLOT_SIGNAL].fd == -1)
 		return error_set(err, ERROR_SETUP, errno, "signalfd");

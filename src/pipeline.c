@@ -315,7 +315,8 @@ static int check_source_version(struct job *job, struct error *err)
  * A read lease on the source for the whole of its read (issue 12 item 1):
  * the kernel refuses it while anyone has the file open for writing, and
  * breaks it when someone opens it for writing meanwhile (signalled with
- * SIGURG, ignored; SIGIO would end us). The watch judged the file
+ * SIGURG, ignored, or with SIGIO where the process ignores it:
+ * fsutil_lease(); SIGIO's default would end us). The watch judged the file
  * finished, but a writer may have opened it again since - between that
  * judgement and our open, the version we fstat is already its half-written
  * one, and no ctime check can tell. Granted only to the file's owner or
@@ -323,15 +324,15 @@ static int check_source_version(struct job *job, struct error *err)
  */
 static int lease_source(struct job *job, struct error *err)
 {
-	if (fcntl(job->source_fd, F_SETSIG, SIGURG) == -1)
-		return 0;
-	if (fcntl(job->source_fd, F_SETLEASE, F_RDLCK) == 0) {
+	switch (fsutil_lease(job->source_fd, job->pipeline->opts.sigio_ignored)) {
+	case 1:
 		job->leased = true;
 		return 0;
-	}
-	if (errno == EAGAIN)
+	case -1:
 		return source_busy(job, err, "source is open for writing");
-	return 0;
+	default:
+		return 0;
+	}
 }
 
 /* After the read: a broken lease means a writer opened the file during

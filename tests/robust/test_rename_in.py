@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import signal
 import subprocess
 
 import pytest
@@ -130,9 +131,15 @@ def test_sender_holding_the_file_open_is_not_renamed(daemon):
     rename's lease is refused, so the file is never renamed while open.
     As for any copy, the version read is stored (copied from memory), the
     source stays untouched while open (its audit record: changed), and
-    once closed it is taken again: one output, the bytes sent."""
+    once closed it is taken again: one output, the bytes sent.
+    The break of the lease held at that moment is signalled with SIGIO
+    (the daemon sets no F_SETSIG per file): ignored, it must not end it."""
     d = daemon(settle_ms=300, workers=1,
                env={"DICOMSORT_TEST_DELAY": "parsed:%d" % int(800 * SLOW)})
+    status = pathlib.Path("/proc/%d/status" % d.proc.pid).read_text()
+    (ign,) = [ln.split()[1] for ln in status.splitlines()
+              if ln.startswith("SigIgn:")]
+    assert int(ign, 16) >> (signal.SIGIO - 1) & 1, "SIGIO not ignored"
     it = make_items(1)[0]
     path = write_items(d.input, [it])[0]
     ino = os.stat(path).st_ino

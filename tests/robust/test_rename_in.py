@@ -58,6 +58,19 @@ def check_records(d, items, disposal):
         disposed
     assert not d.events("duplicate") and not d.events("retry")
     assert not (d.output / STATE).exists()
+
+
+def drained(d, items, disposal, wait_s, input_empties=True):
+    """Wait for every item's output and records (and, by default, for the
+    input to empty), stop the daemon cleanly and check_records()."""
+    n = len(items)
+    d.wait_stored(n, wait_s * SLOW)
+    if input_empties:
+        d.wait_input_empty(wait_s * SLOW)
+    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
+               what=lambda: d.log()[-3000:])
+    assert d.stop()[0] == 0
+    check_records(d, items, disposal)
     assert not temp_files_below(d.output) and not claims_below(d.input)
 
 
@@ -73,12 +86,7 @@ def test_unchanged_burst_is_renamed_into_place(daemon):
     for i, p in enumerate(write_items(d.input / ("b%d" % 0), items[:150]) +
                           write_items(d.input / ("b%d" % 1), items[150:])):
         inodes[p.name] = os.stat(p).st_ino
-    d.wait_stored(n, 120 * SLOW)
-    d.wait_input_empty(60 * SLOW)
-    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
-               what=lambda: d.log()[-3000:])
-    assert d.stop()[0] == 0
-    check_records(d, items, "moved into the output")
+    drained(d, items, "moved into the output", 120)
     for p in outputs(d.output):
         assert os.stat(p).st_ino == inodes[p.name], "%s was copied" % p
 
@@ -106,12 +114,7 @@ def test_input_on_another_mount_is_copied_then_deleted(daemon, tmp_path,
         items = make_items(n, prefix=how)
         inodes = {p.name: os.stat(p).st_ino
                   for p in write_items(inp / "sub", items)}
-        d.wait_stored(n, 60 * SLOW)
-        d.wait_input_empty(60 * SLOW)
-        wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
-                   what=lambda: d.log()[-3000:])
-        assert d.stop()[0] == 0
-        check_records(d, items, "deleted")
+        drained(d, items, "deleted", 60)
         if how == "bind":
             # Same file system, so no inode number can say "copied"
             # for sure; the bytes and records above do.
@@ -215,11 +218,7 @@ def test_failed_commit_of_renamed_sources(daemon):
     write_items(d.input, items)
     wait_until(lambda: "test failure" in d.log(), 30 * SLOW,
                what=lambda: d.log()[-3000:])
-    d.wait_stored(n, 30 * SLOW)
-    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
-               what=lambda: d.log()[-3000:])
-    assert d.stop()[0] == 0
-    check_records(d, items, "moved into the output")
+    drained(d, items, "moved into the output", 30, input_empties=False)
 
 
 def test_kill_with_the_source_claimed_gives_it_back(daemon):
@@ -241,12 +240,7 @@ def test_kill_with_the_source_claimed_gives_it_back(daemon):
     d.env.pop("DICOMSORT_TEST_DELAY")
     d.start()
     assert "got their names back" in d.log()
-    d.wait_stored(n, 60 * SLOW)
-    d.wait_input_empty(60 * SLOW)
-    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
-               what=lambda: d.log()[-3000:])
-    assert d.stop()[0] == 0
-    check_records(d, items, "moved into the output")
+    drained(d, items, "moved into the output", 60)
     assert not any(field(ln, "recovered") for ln in d.events("stored"))
 
 
@@ -271,12 +265,7 @@ def test_copied_not_renamed(daemon, tmp_path, why):
             os.link(p, keep / p.name)
         inodes[p.name] = os.stat(p).st_ino
         os.rename(p, d.input / p.name)
-    d.wait_stored(n, 30 * SLOW)
-    d.wait_input_empty(30 * SLOW)
-    wait_until(lambda: len(d.events("disposed")) >= n, 30 * SLOW,
-               what=lambda: d.log()[-3000:])
-    assert d.stop()[0] == 0
-    check_records(d, items, "deleted")
+    drained(d, items, "deleted", 30)
     for p in outputs(d.output):
         assert os.stat(p).st_ino != inodes[p.name], "%s was renamed" % p
         assert os.stat(p).st_nlink == 1

@@ -105,6 +105,9 @@ struct watch {
 	char **ignore;			/* NULL-terminated, may be empty */
 	long settle_ms;
 	int fd;				/* -1 while inotify is down */
+	long gather_ms;			/* see watch_options.gather_ms */
+	int64_t held_until;		/* the queue gathers until then */
+	int64_t seen_ms;		/* every event before it is handled */
 	bool rebuild;			/* set while draining, done after */
 	struct entry **buckets;
 	size_t nbuckets, nentries;
@@ -1195,6 +1198,10 @@ int watch_handle_events(struct watch *w, struct error *err)
 		}
 		break;
 	}
+	/* Everything queued before now is handled; let what comes next
+	 * gather for a while (see watch_poll_fd()). */
+	w->seen_ms = now;
+	w->held_until = w->gather_ms > 0 ? now + w->gather_ms : 0;
 	rc = 0;
 	if (w->rebuild) {
 		rc = watch_rebuild(w, err);
@@ -1253,6 +1260,7 @@ int watch_new(struct watch **out, const struct watch_options *opts,
 	w->ignore = copy_globs(opts->ignore);
 	w->settle_ms = opts->settle_ms > 0 ? opts->settle_ms : 0;
 	w->fd = -1;
+	w->gather_ms = opts->gather_ms > 0 ? opts->gather_ms : 0;
 	w->nbuckets = 256;
 	w->buckets = xcalloc(w->nbuckets, sizeof(*w->buckets));
 	w->max_depth = opts->max_depth > 0 ? opts->max_depth : 0;
@@ -1308,24 +1316,89 @@ int watch_fd(const struct watch *w)
 	return w->fd;
 }
 
+/*
+ * Gathering. libinotifytools reads the queue in one read(2), but a loop
+ * that polls the descriptor wakes for each event of a burst: poll, the
+ * library's select, FIONREAD, read and a last select per event, seven
+ * calls a file. So after each read the descriptor is left out of the poll
+ * set for gather_ms and the queue fills meanwhile; the loop comes back
+ * when that ends (watch_poll_timeout_ms()). An event waits at most
+ * gather_ms longer: a fraction of settle_ms, which every file waits anyway.
+ * No file is handed out whose deadline is later than the last look at the
+ * queue (a read, or a poll that found it empty): a write in the last
+ * gather_ms before its deadline still pushes it back, as it would without
+ * gathering.
+ */
+static bool gathering(const struct watch *w)
+{
+	return w->gather_ms > 0 && w->fd != -1;
+}
+
+int watch_poll_fd(const struct watch *w, int64_t now)
+{
+	if (gathering(w) && now < w->held_until)
+		return -1;
+	return w->fd;
+}
+
+/* The first pending deadline, or -1. */
+static int64_t first_deadline(const struct watch *w)
+{
+	return w->heaplen == 0 ? -1 : w->heap[0]->deadline;
+}
+
+int watch_poll_timeout_ms(const struct watch *w, int64_t now)
+{
+	int64_t first = first_deadline(w);
+
+	if (!gathering(w))
+		return -1;
+	if (now < w->held_until) {
+		int64_t left = w->held_until - now;
+
+		return left > INT_MAX ? INT_MAX : (int)left;
+	}
+	/* A file is due that waits for a look at the queue. */
+	if (first >= 0 && first <= now && first > w->seen_ms)
+		return 0;
+	return -1;
+}
+
+void watch_polled(struct watch *w, int64_t before, bool readable)
+{
+	if (!readable && before > w->seen_ms)
+		w->seen_ms = before;
+}
+
+/* The latest deadline a file may have to be handed out now. */
+static int64_t take_until(const struct watch *w, int64_t now)
+{
+	return gathering(w) && w->seen_ms < now ? w->seen_ms : now;
+}
+
 /* ---- handing files out ---- */
 
 int64_t watch_next_ready_ms(const struct watch *w)
 {
+	int64_t now = watch_now_ms();
 	int64_t left;
 
 	if (w->heaplen == 0)
 		return -1;
-	left = w->heap[0]->deadline - watch_now_ms();
+	left = w->heap[0]->deadline - now;
+	/* Due, and waiting for the queue: the gathering ends first. */
+	if (left <= 0 && w->heap[0]->deadline > take_until(w, now) &&
+	    now < w->held_until)
+		left = w->held_until - now;
 	return left > 0 ? left : 0;
 }
 
 size_t watch_take_ready(struct watch *w, char **paths, size_t max)
 {
-	int64_t now = watch_now_ms();
+	int64_t until = take_until(w, watch_now_ms());
 	size_t n = 0;
 
-	while (n < max && w->heaplen > 0 && w->heap[0]->deadline <= now) {
+	while (n < max && w->heaplen > 0 && w->heap[0]->deadline <= until) {
 		struct entry *e = w->heap[0];
 
 		heap_remove(w, e);

@@ -59,6 +59,12 @@ struct watch_options {
 	 * responsive. Otherwise each call completes its walk before it
 	 * returns. */
 	bool deferred;
+	/* gather_ms > 0: after each read of the inotify queue, leave it
+	 * alone this long so that the next read takes many events (see
+	 * watch_poll_fd()); no file is handed out before every event up to
+	 * its deadline has been read. An event waits up to gather_ms longer.
+	 * 0: read whenever readable. */
+	long gather_ms;
 	long test_entry_delay_ms;	/* test only: a sleep per entry walked */
 };
 
@@ -81,6 +87,19 @@ void watch_free(struct watch *watch);
 /** The descriptor to poll for readability. It changes after a re-watch
  *  (overflow), so ask again after each watch_handle_events(). */
 int watch_fd(const struct watch *watch);
+
+/*
+ * With gather_ms, for a poll loop: poll watch_poll_fd() (-1 while events
+ * gather: leave it out) with a timeout no longer than
+ * watch_poll_timeout_ms() (-1: none needed; 0: look at the queue now),
+ * taking the time just before poll(); then tell watch_polled() whether the
+ * descriptor was readable (when it was polled at all), and call
+ * watch_handle_events() if it was. Without gather_ms, watch_poll_fd() is
+ * watch_fd() and the timeout is -1.
+ */
+int watch_poll_fd(const struct watch *watch, int64_t now);
+int watch_poll_timeout_ms(const struct watch *watch, int64_t now);
+void watch_polled(struct watch *watch, int64_t before, bool readable);
 
 /** Drain and handle all queued inotify events. Returns the number of files
  *  that became pending, or -1 when the watches had to be rebuilt and that

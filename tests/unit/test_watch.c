@@ -1002,6 +1002,114 @@ static void folders_deeper_than_max_depth_are_reported(void **state)
 
 /* Deferred: the walk of a 3,000-file backlog advances only in slices of
  * watch_scan_step(), each bounded, and finds every file once. */
+/* A watch that gathers events for gather_ms between reads. */
+static void start_gathering_watch(long gather_ms)
+{
+	struct watch_options opts = { .root = root, .ignore = ignore,
+				      .settle_ms = SETTLE_MS,
+				      .gather_ms = gather_ms };
+	struct error err = ERROR_INIT;
+
+	assert_int_equal(watch_new(&w, &opts, &err), 0);
+	assert_true(watch_fd(w) >= 0);
+}
+
+/* Sleep until the monotonic clock reaches at. */
+static void sleep_until(int64_t at)
+{
+	int64_t left;
+
+	while ((left = at - now_ms()) > 0) {
+		struct timespec ts = { left / 1000, (left % 1000) * 1000000L };
+
+		nanosleep(&ts, NULL);
+	}
+}
+
+/* After a read the descriptor is left out of the poll set for gather_ms,
+ * and the loop is told to come back when that ends. */
+static void gathering_leaves_the_queue_alone_between_reads(void **state)
+{
+	struct error err = ERROR_INIT;
+	int64_t before, after, now;
+	int timeout;
+
+	(void)state;
+	start_gathering_watch(100);
+	write_file(in(root, "g.dcm"), "DICM", O_TRUNC);
+	before = now_ms();
+	assert_true(watch_handle_events(w, &err) >= 0);
+	after = now_ms();
+	assert_int_equal(watch_pending_count(w), 1);
+	now = now_ms();
+	if (now < before + 100) {	/* not stalled past the pause */
+		assert_int_equal(watch_poll_fd(w, now), -1);
+		timeout = watch_poll_timeout_ms(w, now);
+		assert_true(timeout > 0 && timeout <= 100);
+	}
+	/* Once the pause is over it is polled again, without a timeout
+	 * while nothing is due. */
+	now = after + 100;
+	assert_int_equal(watch_poll_fd(w, now), watch_fd(w));
+	if (watch_next_ready_ms(w) > 100)
+		assert_int_equal(watch_poll_timeout_ms(w, now), -1);
+	expect_ready(in(root, "g.dcm"), WAIT_MS);
+	watch_done(w, in(root, "g.dcm"));
+}
+
+/* A file is not handed out on a deadline later than the last look at the
+ * queue: a rewrite still queued (the loop was gathering) pushes it back,
+ * as it would have without gathering. */
+static void unread_rewrite_holds_a_due_file_back(void **state)
+{
+	struct error err = ERROR_INIT;
+	char *got[2];
+	int64_t read_at;
+
+	(void)state;
+	start_gathering_watch(50);
+	write_file(in(root, "r.dcm"), "DICM", O_TRUNC);
+	assert_true(watch_handle_events(w, &err) >= 0);
+	read_at = now_ms();	/* the deadline is at most this + settle */
+	write_file(in(root, "r.dcm"), "DICM again", O_TRUNC);	/* unread */
+	sleep_until(read_at + SETTLE_MS + 20);
+	assert_int_equal(watch_take_ready(w, got, 2), 0);
+	assert_int_equal(watch_poll_timeout_ms(w, now_ms()), 0);	/* look */
+	assert_int_equal(watch_poll_fd(w, now_ms()), watch_fd(w));
+	/* The look reads the rewrite: a new settle starts from here. */
+	read_at = now_ms();
+	assert_true(watch_handle_events(w, &err) >= 0);
+	assert_held_since(read_at);
+	assert_int_equal(watch_take_ready(w, got, 2), 0);
+	expect_ready(in(root, "r.dcm"), WAIT_MS);
+	watch_done(w, in(root, "r.dcm"));
+}
+
+/* A poll that finds the queue empty is a look too: what was due by then
+ * goes, without a read. */
+static void empty_poll_lets_due_files_go(void **state)
+{
+	struct error err = ERROR_INIT;
+	char *got[2];
+	int64_t read_at, before;
+
+	(void)state;
+	start_gathering_watch(50);
+	write_file(in(root, "e.dcm"), "DICM", O_TRUNC);
+	assert_true(watch_handle_events(w, &err) >= 0);
+	read_at = now_ms();
+	sleep_until(read_at + SETTLE_MS + 20);
+	assert_int_equal(watch_take_ready(w, got, 2), 0);
+	before = now_ms();
+	watch_polled(w, before, true);		/* readable: no look yet */
+	assert_int_equal(watch_take_ready(w, got, 2), 0);
+	watch_polled(w, before, false);
+	assert_int_equal(watch_take_ready(w, got, 2), 1);
+	assert_string_equal(got[0], in(root, "e.dcm"));
+	free(got[0]);
+	watch_done(w, in(root, "e.dcm"));
+}
+
 static void deferred_walk_goes_in_slices(void **state)
 {
 	struct watch_options opts = { .root = root, .ignore = ignore,
@@ -1097,6 +1205,9 @@ int main(void)
 		T0(deep_tree_needs_no_descriptor_per_level),
 		T0(folders_deeper_than_max_depth_are_reported),
 		T0(deferred_walk_goes_in_slices),
+		T0(gathering_leaves_the_queue_alone_between_reads),
+		T0(unread_rewrite_holds_a_due_file_back),
+		T0(empty_poll_lets_due_files_go),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -124,7 +124,7 @@ static bool has_dot_component(const char *relpath)
  * never taken. -1 on any failure (a folder to make, a kernel or seccomp
  * filter without openat2): the walk then does it, and says why it fails.
  */
-static int open_existing(int rootfd, const char *relpath)
+int fsutil_open_existing_at(int rootfd, const char *relpath)
 {
 	struct open_how oh = {
 		.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
@@ -149,7 +149,7 @@ int fsutil_mkdirs_sync_at(int rootfd, const char *relpath,
 		return error_set(err, ERROR_INPUT, ENAMETOOLONG, "destination too long");
 	/* SYNC_PATH fsyncs each parent found: only the walk does that. */
 	if (how != FSUTIL_DIRS_SYNC_PATH &&
-	    (fd = open_existing(rootfd, relpath)) != -1)
+	    (fd = fsutil_open_existing_at(rootfd, relpath)) != -1)
 		return fd;
 	snprintf(buf, sizeof(buf), "%s", relpath);
 	fd = dup(rootfd);

@@ -727,12 +727,17 @@ static int mkdirs_output(struct job *job, const char *dir,
 		job->dir_cached = true;
 		return last_dir.fd;
 	}
-	/* A live cached folder means a live root; only a miss looks. Said
-	 * before the walk: whoever then finds a folder it made knows. */
-	reopen_output_if_removed(in);
+	/* Said before the walk: whoever then finds a folder it made knows. */
 	if (how == FSUTIL_DIRS_DEFER)
 		atomic_store(&in->dirs_deferred, true);
-	fd = fsutil_mkdirs_sync_at(in->output_fd, dir, how, err);
+	/* A folder found under the root (the common case: one call) means
+	 * a live root, as a live cached one does; only a miss looks. */
+	fd = how == FSUTIL_DIRS_SYNC_PATH ? -1 :
+	     fsutil_open_existing_at(in->output_fd, dir);
+	if (fd == -1) {
+		reopen_output_if_removed(in);
+		fd = fsutil_mkdirs_sync_at(in->output_fd, dir, how, err);
+	}
 	if (fd == -1 || strlen(dir) >= sizeof(last_dir.path))
 		return fd;
 	drop_cached_dir();

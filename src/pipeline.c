@@ -693,7 +693,9 @@ static void reopen_output_if_removed(struct pipeline *in)
 /*
  * Each thread keeps its last destination folder open: the files of a
  * series arrive together, and walking the folder down from the root again
- * costs two system calls per level. The job borrows the descriptor
+ * costs two system calls per level (one call in all where every folder
+ * exists; the daemon, PIPELINE_SYNC_GROUP, looks each file's folder up
+ * so and never reuses the cached one). The job borrows the descriptor
  * (job->dir_cached) - one job at a time runs on a thread - and a hit costs
  * no system call: a cached folder deleted meanwhile shows when creating
  * the temp file in it fails (write_temp() walks again then), or when a
@@ -722,7 +724,12 @@ static int mkdirs_output(struct job *job, const char *dir,
 	int fd;
 
 	job->dir_cached = false;
+	/* The daemon runs for months while people reorganise the output: a
+	 * series folder renamed away between two of its files would take
+	 * the second one by its cached descriptor. Looking the path up
+	 * again costs one call (fsutil_open_existing_at()). */
 	if (last_dir.fd != -1 && last_dir.generation == in->generation &&
+	    in->opts.sync != PIPELINE_SYNC_GROUP &&
 	    strcmp(last_dir.path, dir) == 0) {
 		job->dir_cached = true;
 		return last_dir.fd;

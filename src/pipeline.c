@@ -360,8 +360,12 @@ static void hex_digest(EVP_MD_CTX *ctx, char *hex)
 	hex[0] = '\0';
 	if (EVP_DigestFinal_ex(ctx, md, &mdlen) != 1)
 		return;
-	for (unsigned i = 0; i < mdlen && i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	/* Once per file: a table, not 32 snprintf() calls (PROFILE §17). */
+	for (unsigned i = 0; i < mdlen && i < 32; i++) {
+		hex[2 * i] = "0123456789abcdef"[md[i] >> 4];
+		hex[2 * i + 1] = "0123456789abcdef"[md[i] & 0xf];
+	}
+	hex[2 * (mdlen < 32 ? mdlen : 32)] = '\0';
 }
 
 #define SNAPSHOT_CHUNK (256 * 1024)

@@ -64,7 +64,7 @@ static const char *priority_name(int priority)
 /*
  * Every audit line is built here, two for each file a burst stores: with
  * memcpy and a digit table rather than snprintf(), whose set-up per call
- * was most of the daemon's user time (PROFILE §17). Each helper writes
+ * was a large share of the daemon's user time (PROFILE §16-§17). Each helper writes
  * exactly what snprintf() would: as much of the text as fits in len with
  * its NUL, and returns the new length (used < len on entry).
  */

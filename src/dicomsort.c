@@ -327,7 +327,8 @@ static int compare_names(const FTSENT **a, const FTSENT **b)
 	return strcmp((*a)->fts_name, (*b)->fts_name);
 }
 
-static void add_file(struct run *r, size_t *cap, const FTSENT *e, size_t inlen)
+static void add_file(struct run *r, size_t *cap, const char *path,
+		     const char *name, size_t inlen)
 {
 	struct input_file *f;
 
@@ -341,20 +342,41 @@ static void add_file(struct run *r, size_t *cap, const FTSENT *e, size_t inlen)
 	}
 	f = &r->files[r->count++];
 	memset(f, 0, sizeof(*f));
-	f->path = strdup(e->fts_path);
-	f->rel_off = (unsigned)(inlen + (e->fts_path[inlen] == '/'));
+	f->path = strdup(path);
+	f->rel_off = (unsigned)(inlen + (path[inlen] == '/'));
 	if (f->path == NULL) {
 		perror("dicomsort");
 		exit(EXIT_USAGE);
 	}
-	if (has_image_extension(e->fts_name))
+	if (has_image_extension(name))
 		f->status = FILE_SKIPPED;
+}
+
+/* A file found: under recover (--move), a claim a --move killed midway
+ * left (a source renamed to a private name before its place) gets its
+ * name back first and is sorted again like the rest (identical output:
+ * a duplicate) - fsutil_recover_claims() in the same walk. */
+static void found(struct run *r, size_t *cap, const FTSENT *e, size_t inlen,
+		  bool recover)
+{
+	char path[PATH_MAX];
+	const char *slash;
+
+	if (!recover || strncmp(e->fts_name, FSUTIL_CLAIM_PREFIX,
+				strlen(FSUTIL_CLAIM_PREFIX)) != 0 ||
+	    fsutil_recover_claim(e->fts_path, path, sizeof(path)) != 1) {
+		add_file(r, cap, e->fts_path, e->fts_name, inlen);
+		return;
+	}
+	slash = strrchr(path, '/');
+	add_file(r, cap, path, slash == NULL ? path : slash + 1, inlen);
 }
 
 /* Everything below dicomin that is not a directory: regular files, but also
  * symlinks and FIFOs, so each gets a defined outcome. The output tree is
  * left out when it lies inside the input. */
-static int collect(struct run *r, const char *dicomin, const char *dicomout)
+static int collect(struct run *r, const char *dicomin, const char *dicomout,
+		   bool recover)
 {
 	char *roots[] = { (char *)dicomin, NULL };
 	struct stat out_st;
@@ -392,7 +414,7 @@ static int collect(struct run *r, const char *dicomin, const char *dicomout)
 			fprintf(stderr, ": %s\n", strerror(e->fts_errno));
 			break;
 		default:
-			add_file(r, &cap, e, strlen(dicomin));
+			found(r, &cap, e, strlen(dicomin), recover);
 		}
 	}
 	fts_close(fts);
@@ -1116,15 +1138,7 @@ int main(int argc, char **argv)
 	if (o.forward != NULL)
 		r.forward = start_forward(&o, &cfg);
 	started = now_seconds();
-	/* A --move killed midway may have left sources claimed (renamed to
-	 * a private name before deletion): they get their names back and
-	 * are sorted again like the rest (identical output: duplicate). */
-	if (o.move && !o.dry_run &&
-	    fsutil_recover_claims(o.dicomin, &err) == -1) {
-		fprintf(stderr, "dicomsort: %s\n", err.msg);
-		return EXIT_USAGE;
-	}
-	if (collect(&r, o.dicomin, o.dicomout) == -1) {
+	if (collect(&r, o.dicomin, o.dicomout, o.move && !o.dry_run) == -1) {
 		fprintf(stderr, "dicomsort: %s: %s\n", o.dicomin, strerror(errno));
 		return EXIT_USAGE;
 	}

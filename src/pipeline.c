@@ -1452,6 +1452,17 @@ struct pipeline_staged {
 static int stage(struct job *job, const char *dir, const char *name)
 {
 	struct pipeline_staged *st = job->stage;
+	struct error ignored = ERROR_INIT;
+	int fd;
+
+	/* Its folders made here, off the renaming thread (a new inode each,
+	 * the costliest call after the renames): that thread opens them
+	 * through its own cache. A failure here is its to meet and report. */
+	fd = mkdirs_output(job, dir, job->pipeline->opts.sync != PIPELINE_SYNC_EACH ?
+			   FSUTIL_DIRS_DEFER : FSUTIL_DIRS_SYNC_NEW, &ignored);
+	if (fd != -1 && !job->dir_cached)
+		close(fd);
+	job->dir_cached = false;
 
 	fsutil_copy_str(st->dir, sizeof(st->dir), dir);
 	fsutil_copy_str(st->name, sizeof(st->name), name);

@@ -1434,10 +1434,10 @@ int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 /*
  * A file stopped right before its renames (the claim in its folder, the
  * place in the output): the job as it is - the source's descriptor,
- * leased, its version, what was parsed - and where it goes. Nothing of
- * the source has moved yet; its output folder is made by the thread
- * that finishes it (whose own cache it is), so no descriptor but the
- * job's passes between threads.
+ * leased, its version - and where it goes. Nothing of the source has
+ * moved yet. Its output folders exist (stage() made them); the thread
+ * that finishes it opens the folder through its own cache, so no
+ * descriptor but the job's passes between threads.
  */
 struct pipeline_staged {
 	struct job job;
@@ -1446,26 +1446,28 @@ struct pipeline_staged {
 	char name[NAME_MAX + 1];
 };
 
-/* What the parse gave is no longer needed (its result is taken; a copy
- * after all takes the source's bytes, copy_bytes): freed by the thread
- * that made it, where its memory came from. */
+/* Stop a rename candidate before its renames (pipeline_staged). */
 static int stage(struct job *job, const char *dir, const char *name)
 {
 	struct pipeline_staged *st = job->stage;
 	struct error ignored = ERROR_INIT;
+	enum fsutil_dirs_sync how;
 	int fd;
 
 	/* Its folders made here, off the renaming thread (a new inode each,
-	 * the costliest call after the renames): that thread opens them
-	 * through its own cache. A failure here is its to meet and report. */
-	fd = mkdirs_output(job, dir, job->pipeline->opts.sync != PIPELINE_SYNC_EACH ?
-			   FSUTIL_DIRS_DEFER : FSUTIL_DIRS_SYNC_NEW, &ignored);
+	 * the costliest call after the renames), as rename_source() would
+	 * make them; a failure is the renaming thread's to meet and report. */
+	how = job->pipeline->opts.sync != PIPELINE_SYNC_EACH ?
+	      FSUTIL_DIRS_DEFER : FSUTIL_DIRS_SYNC_NEW;
+	fd = mkdirs_output(job, dir, how, &ignored);
 	if (fd != -1 && !job->dir_cached)
 		close(fd);
 	job->dir_cached = false;
-
 	fsutil_copy_str(st->dir, sizeof(st->dir), dir);
 	fsutil_copy_str(st->name, sizeof(st->name), name);
+	/* What the parse gave is no longer needed (its result is taken; a
+	 * copy after all takes the source's bytes, copy_bytes): freed by
+	 * this thread, whose arena it came from. */
 	for (size_t i = 0; i < MAX_PLACEHOLDERS; i++) {
 		free(job->values[i]);
 		job->values[i] = NULL;

@@ -235,9 +235,10 @@ int pipeline_file_hooked(struct pipeline *pipeline, const char *source_path,
  * kernel work takes other locks, bench/PROFILE.md section 15). The
  * first half does everything but the renames of a source renamed into
  * place (rename_unchanged): it opens, leases, reads and parses it,
- * decides where it goes, and stops there with *staged true - the source
- * untouched, still leased, its result not final. Any other file is done
- * whole (*staged false) and its result is final. No hooks.
+ * decides where it goes, makes the folders, and stops there with
+ * *staged true - the source untouched, still leased, its result not
+ * final. Any other file is done whole (*staged false) and its result is
+ * final. No hooks.
  */
 struct pipeline_staged;
 
@@ -251,7 +252,7 @@ int pipeline_file_staged(struct pipeline *pipeline, const char *source_path,
 			 struct pipeline_staged *in, bool *staged);
 
 /**
- * The second half of a staged file, on any thread (making its output
+ * The second half of a staged file, on any thread (opening its output
  * folder there): the claim, the checks under the lease, the place - or
  * a copy where the renames cannot be made - with the same result and
  * the paths given to pipeline_file_staged(), which must still be valid.

@@ -85,6 +85,7 @@ struct run {
 	atomic_size_t queue_failed;
 	atomic_size_t next;
 	atomic_size_t done;
+	long staged_delay_ms;	/* DICOMSORT_TEST_DELAY=staged:MS */
 };
 
 struct tally {
@@ -106,8 +107,9 @@ static const char usage_text[] =
 "  --filename TMPL        file name template, e.g. '{SOPInstanceUID}.dcm'\n"
 "                         (default: keep the source name, add _1, _2 on clashes;\n"
 "                         basic: {SOPInstanceUID}.dcm; '' always keeps it)\n"
-"  --jobs N               worker threads (default: all cores; one for\n"
-"                         a --move that only renames)\n"
+"  --jobs N               worker threads (default: all cores; for a\n"
+"                         --move that only renames, one that reads and\n"
+"                         one that renames)\n"
 "  --move                 delete each source once its copy is durable\n"
 "  --dry-run              show what would be done, write nothing\n"
 "  --json                 print a machine-readable summary on stdout\n"
@@ -325,7 +327,8 @@ static int compare_names(const FTSENT **a, const FTSENT **b)
 	return strcmp((*a)->fts_name, (*b)->fts_name);
 }
 
-static void add_file(struct run *r, size_t *cap, const FTSENT *e, size_t inlen)
+static void add_file(struct run *r, size_t *cap, const char *path,
+		     const char *name, size_t inlen)
 {
 	struct input_file *f;
 
@@ -339,20 +342,41 @@ static void add_file(struct run *r, size_t *cap, const FTSENT *e, size_t inlen)
 	}
 	f = &r->files[r->count++];
 	memset(f, 0, sizeof(*f));
-	f->path = strdup(e->fts_path);
-	f->rel_off = (unsigned)(inlen + (e->fts_path[inlen] == '/'));
+	f->path = strdup(path);
+	f->rel_off = (unsigned)(inlen + (path[inlen] == '/'));
 	if (f->path == NULL) {
 		perror("dicomsort");
 		exit(EXIT_USAGE);
 	}
-	if (has_image_extension(e->fts_name))
+	if (has_image_extension(name))
 		f->status = FILE_SKIPPED;
+}
+
+/* A file found: under recover (--move), a claim a --move killed midway
+ * left (a source renamed to a private name before its place) gets its
+ * name back first and is sorted again like the rest (identical output:
+ * a duplicate) - fsutil_recover_claims() in the same walk. */
+static void found(struct run *r, size_t *cap, const FTSENT *e, size_t inlen,
+		  bool recover)
+{
+	char path[PATH_MAX];
+	const char *slash;
+
+	if (!recover || strncmp(e->fts_name, FSUTIL_CLAIM_PREFIX,
+				strlen(FSUTIL_CLAIM_PREFIX)) != 0 ||
+	    fsutil_recover_claim(e->fts_path, path, sizeof(path)) != 1) {
+		add_file(r, cap, e->fts_path, e->fts_name, inlen);
+		return;
+	}
+	slash = strrchr(path, '/');
+	add_file(r, cap, path, slash == NULL ? path : slash + 1, inlen);
 }
 
 /* Everything below dicomin that is not a directory: regular files, but also
  * symlinks and FIFOs, so each gets a defined outcome. The output tree is
  * left out when it lies inside the input. */
-static int collect(struct run *r, const char *dicomin, const char *dicomout)
+static int collect(struct run *r, const char *dicomin, const char *dicomout,
+		   bool recover)
 {
 	char *roots[] = { (char *)dicomin, NULL };
 	struct stat out_st;
@@ -390,7 +414,7 @@ static int collect(struct run *r, const char *dicomin, const char *dicomout)
 			fprintf(stderr, ": %s\n", strerror(e->fts_errno));
 			break;
 		default:
-			add_file(r, &cap, e, strlen(dicomin));
+			found(r, &cap, e, strlen(dicomin), recover);
 		}
 	}
 	fts_close(fts);
@@ -421,6 +445,36 @@ static void queue_stored(void *ctx, const struct pipeline_result *res,
 	}
 }
 
+/* What the report keeps of a file's result. */
+static void record(struct run *r, struct input_file *f,
+		   struct pipeline_result *res)
+{
+	struct outcome *o = &f->result;
+
+	/* --move: stored, but the source stays; a later run finds the
+	 * output and removes it. */
+	if (res->dispose_failed) {
+		res->status = PIPELINE_FAILED;
+		snprintf(res->err.msg, sizeof(res->err.msg),
+			 res->source_changed ?
+			 "stored, but the source changed after it was read "
+			 "and stays: %.400s" :
+			 "stored, but the source stays: %.400s",
+			 res->dispose_err.msg);
+	}
+	o->status = res->status;
+	if (r->keep_dest && (res->status == PIPELINE_STORED ||
+			     res->status == PIPELINE_DUPLICATE))
+		o->dest = strdup(res->dest);
+	if (res->status == PIPELINE_REJECTED || res->status == PIPELINE_FAILED)
+		o->reason = strdup(res->err.msg);
+	else if (res->warning != NULL)	/* stored as it came */
+		o->reason = strdup(res->warning);
+	if (res->deid.id_unmapped)
+		o->unmapped_id = strdup(res->deid.original_id);
+	f->status = FILE_DONE;
+}
+
 static void *worker(void *arg)
 {
 	struct run *r = arg;
@@ -433,37 +487,176 @@ static void *worker(void *arg)
 			struct pipeline_result res;
 			struct pipeline_hooks hooks = {
 				.after_publish = queue_stored, .ctx = r };
-			struct outcome *o = &f->result;
 
 			pipeline_file_hooked(r->pipeline, f->path,
 					     f->path + f->rel_off,
 					     r->forward ? &hooks : NULL, &res);
-			/* --move: stored, but the source stays; a later run
-			 * finds the output and removes it. */
-			if (res.dispose_failed) {
-				res.status = PIPELINE_FAILED;
-				snprintf(res.err.msg, sizeof(res.err.msg),
-					 res.source_changed ?
-					 "stored, but the source changed after "
-					 "it was read and stays: %.400s" :
-					 "stored, but the source stays: %.400s",
-					 res.dispose_err.msg);
-			}
-			o->status = res.status;
-			if (r->keep_dest && (res.status == PIPELINE_STORED ||
-					     res.status == PIPELINE_DUPLICATE))
-				o->dest = strdup(res.dest);
-			if (res.status == PIPELINE_REJECTED ||
-			    res.status == PIPELINE_FAILED)
-				o->reason = strdup(res.err.msg);
-			else if (res.warning != NULL)	/* stored as it came */
-				o->reason = strdup(res.warning);
-			if (res.deid.id_unmapped)
-				o->unmapped_id = strdup(res.deid.original_id);
-			f->status = FILE_DONE;
+			record(r, f, &res);
 		}
 		atomic_fetch_add(&r->done, 1);
 	}
+	return NULL;
+}
+
+/*
+ * --move that renames every file (see default_jobs()): two threads, one
+ * stage each. The reader opens, leases, reads and parses each file and
+ * finishes itself whatever is not renamed; the renamer takes the staged
+ * ones in input order and makes their folders, claims and places. Each
+ * rename then waits for no other rename, and the reading of the next
+ * files overlaps it. A ring of STAGE_DEPTH files bounds those open
+ * (leased) at once; a sleeping side is woken only once STAGE_BATCH files
+ * wait for it (or room for them), not for each (a wake-up costs more
+ * than a rename).
+ */
+#define STAGE_DEPTH 64
+#define STAGE_BATCH 16
+
+struct stage_slot {
+	size_t index;				/* into run.files */
+	struct pipeline_staged *staged;
+	struct pipeline_result res;
+};
+
+struct stages {
+	struct run *run;
+	pthread_mutex_t lock;
+	pthread_cond_t ready;		/* for the renamer: files, or the end */
+	pthread_cond_t room;		/* for the reader: free slots */
+	size_t head, tail;		/* taken < head <= tail: filled */
+	bool reader_done;
+	bool renamer_waits, reader_waits;
+	struct stage_slot slots[STAGE_DEPTH];
+};
+
+static void *renamer(void *arg)
+{
+	struct stages *q = arg;
+	struct run *r = q->run;
+
+	pthread_mutex_lock(&q->lock);
+	for (;;) {
+		struct stage_slot *s;
+
+		while (q->head == q->tail && !q->reader_done) {
+			q->renamer_waits = true;
+			pthread_cond_wait(&q->ready, &q->lock);
+		}
+		if (q->head == q->tail)
+			break;
+		s = &q->slots[q->head % STAGE_DEPTH];
+		pthread_mutex_unlock(&q->lock);
+		if (r->staged_delay_ms > 0)
+			nanosleep(&(struct timespec){
+				r->staged_delay_ms / 1000,
+				r->staged_delay_ms % 1000 * 1000000 }, NULL);
+		pipeline_finish_staged(s->staged, &s->res);
+		record(r, &r->files[s->index], &s->res);
+		atomic_fetch_add(&r->done, 1);
+		pthread_mutex_lock(&q->lock);
+		q->head++;
+		if (q->reader_waits &&
+		    q->tail - q->head <= STAGE_DEPTH - STAGE_BATCH) {
+			q->reader_waits = false;
+			pthread_cond_signal(&q->room);
+		}
+	}
+	pthread_mutex_unlock(&q->lock);
+	return NULL;
+}
+
+/* The renamer is woken with a batch waiting, or at the end. */
+static void wake_renamer(struct stages *q)
+{
+	if (q->renamer_waits &&
+	    (q->tail - q->head >= STAGE_BATCH || q->reader_done)) {
+		q->renamer_waits = false;
+		pthread_cond_signal(&q->ready);
+	}
+}
+
+/* The next free slot, waiting for room. */
+static struct stage_slot *free_slot(struct stages *q)
+{
+	size_t tail;
+
+	pthread_mutex_lock(&q->lock);
+	while (q->tail - q->head == STAGE_DEPTH) {
+		/* Full: the renamer is at work (it sleeps only when
+		 * nothing is left, and is woken with STAGE_BATCH). */
+		q->reader_waits = true;
+		pthread_cond_wait(&q->room, &q->lock);
+	}
+	tail = q->tail;
+	pthread_mutex_unlock(&q->lock);
+	return &q->slots[tail % STAGE_DEPTH];
+}
+
+static void reader(struct stages *q)
+{
+	struct run *r = q->run;
+
+	for (size_t i = 0; i < r->count; i++) {
+		struct input_file *f = &r->files[i];
+		struct stage_slot *s;
+		bool staged;
+
+		if (f->status != FILE_PENDING) {
+			atomic_fetch_add(&r->done, 1);
+			continue;
+		}
+		s = free_slot(q);
+		pipeline_file_staged(r->pipeline, f->path, f->path + f->rel_off,
+				     &s->res, s->staged, &staged);
+		if (!staged) {
+			record(r, f, &s->res);
+			atomic_fetch_add(&r->done, 1);
+			continue;
+		}
+		s->index = i;
+		pthread_mutex_lock(&q->lock);
+		q->tail++;
+		wake_renamer(q);
+		pthread_mutex_unlock(&q->lock);
+	}
+	pthread_mutex_lock(&q->lock);
+	q->reader_done = true;
+	wake_renamer(q);
+	pthread_mutex_unlock(&q->lock);
+}
+
+static void free_stages(struct stages *q)
+{
+	for (size_t i = 0; i < STAGE_DEPTH; i++)
+		pipeline_staged_free(q->slots[i].staged);
+	pthread_mutex_destroy(&q->lock);
+	pthread_cond_destroy(&q->ready);
+	pthread_cond_destroy(&q->room);
+	free(q);
+}
+
+static void *run_stages(void *arg)
+{
+	struct run *r = arg;
+	struct stages *q = calloc(1, sizeof(*q));
+	pthread_t thread;
+	bool ok = q != NULL;
+
+	if (q == NULL)
+		return worker(r);
+	q->run = r;
+	pthread_mutex_init(&q->lock, NULL);
+	pthread_cond_init(&q->ready, NULL);
+	pthread_cond_init(&q->room, NULL);
+	for (size_t i = 0; i < STAGE_DEPTH; i++)
+		ok = ok && (q->slots[i].staged = pipeline_staged_new()) != NULL;
+	if (!ok || pthread_create(&thread, NULL, renamer, q) != 0) {
+		free_stages(q);
+		return worker(r);
+	}
+	reader(q);
+	pthread_join(thread, NULL);
+	free_stages(q);
 	return NULL;
 }
 
@@ -486,18 +679,22 @@ static void draw_progress(size_t done, size_t total, double started)
 		done, total, rate);
 }
 
-static void run_workers(struct run *r, long jobs, bool progress, double started)
+/* staged: one thread running the two stages (see reader()), which
+ * start one more. */
+static void run_workers(struct run *r, long jobs, bool staged, bool progress,
+			double started)
 {
 	pthread_t *threads = calloc((size_t)jobs, sizeof(*threads));
+	void *(*fn)(void *) = staged ? run_stages : worker;
 	long started_threads = 0;
 
 	if (threads == NULL)
 		abort();
 	for (long i = 0; i < jobs; i++)
-		if (pthread_create(&threads[i], NULL, worker, r) == 0)
+		if (pthread_create(&threads[i], NULL, fn, r) == 0)
 			started_threads++;
 	if (started_threads == 0)
-		worker(r);
+		fn(r);
 	while (progress && atomic_load(&r->done) < r->count) {
 		draw_progress(atomic_load(&r->done), r->count, started);
 		nanosleep(&(struct timespec){ 0, 100 * 1000 * 1000 }, NULL);
@@ -803,22 +1000,40 @@ static struct pipeline *setup_pipeline(const struct options *o,
  * renames per file, each under the lock of its folders - the input's
  * folder for the claim, both for the placing. A second worker waits on
  * those locks (spinning: rwsem_spin_on_owner) instead of working; one
- * took 25-30% less wall and CPU time (bench/PROFILE.md section 9).
+ * took 25-30% less wall and CPU time (bench/PROFILE.md section 9). With
+ * two cores or more that one worker is split in two stages (*staged,
+ * reader()): one thread reads, another renames, and no rename waits for
+ * another (section 15).
  * in: --dicomin's stat; --dicomout exists once the pipeline is set up.
  */
 static long default_jobs(const struct options *o,
-			 const struct correlation *table, const struct stat *in)
+			 const struct correlation *table, const struct stat *in,
+			 bool *staged)
 {
 	long cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ?
 		     sysconf(_SC_NPROCESSORS_ONLN) : 1;
 	struct stat out;
 
+	*staged = false;
 	if (o->move && !o->dry_run && o->forward == NULL && table == NULL &&
 	    !o->anonymize && (o->profile == NULL ||
 			      strcmp(o->profile, "none") == 0) &&
-	    stat(o->dicomout, &out) == 0 && out.st_dev == in->st_dev)
+	    stat(o->dicomout, &out) == 0 && out.st_dev == in->st_dev) {
+		*staged = cores > 1;
 		return 1;
+	}
 	return cores;
+}
+
+/* DICOMSORT_TEST_DELAY=staged:MS, for tests only: the renamer waits MS
+ * before each staged file (a window for a sender to act in). */
+static long staged_test_delay(void)
+{
+	const char *v = getenv("DICOMSORT_TEST_DELAY");
+
+	if (v == NULL || strncmp(v, "staged:", 7) != 0)
+		return 0;
+	return strtol(v + 7, NULL, 10);
 }
 
 /* ---- --forward ---- */
@@ -895,6 +1110,7 @@ int main(int argc, char **argv)
 	double started, elapsed;
 	size_t unmapped = 0;
 	bool unsynced = false;
+	bool staged = false;
 
 	parse_args(argc, argv, &o);
 	/* A broken read lease (a writer opening a file being moved) is
@@ -916,24 +1132,17 @@ int main(int argc, char **argv)
 	secret = load_secret(o.secret_path);
 	r.pipeline = setup_pipeline(&o, table, secret);
 	if (o.jobs == 0)
-		o.jobs = default_jobs(&o, table, &st);
+		o.jobs = default_jobs(&o, table, &st, &staged);
+	r.staged_delay_ms = staged ? staged_test_delay() : 0;
 	r.keep_dest = o.json;
 	if (o.forward != NULL)
 		r.forward = start_forward(&o, &cfg);
 	started = now_seconds();
-	/* A --move killed midway may have left sources claimed (renamed to
-	 * a private name before deletion): they get their names back and
-	 * are sorted again like the rest (identical output: duplicate). */
-	if (o.move && !o.dry_run &&
-	    fsutil_recover_claims(o.dicomin, &err) == -1) {
-		fprintf(stderr, "dicomsort: %s\n", err.msg);
-		return EXIT_USAGE;
-	}
-	if (collect(&r, o.dicomin, o.dicomout) == -1) {
+	if (collect(&r, o.dicomin, o.dicomout, o.move && !o.dry_run) == -1) {
 		fprintf(stderr, "dicomsort: %s: %s\n", o.dicomin, strerror(errno));
 		return EXIT_USAGE;
 	}
-	run_workers(&r, o.jobs, !o.quiet && !o.json && isatty(STDERR_FILENO),
+	run_workers(&r, o.jobs, staged, !o.quiet && !o.json && isatty(STDERR_FILENO),
 		    started);
 	/* Not durable is not done: the sources are still there, so say so
 	 * in the exit status and a later run completes the job. */

@@ -616,13 +616,12 @@ static int rename_noreplace(int fromfd, const char *from, int tofd,
 }
 
 /* Give a claimed file its name back (numbered when a sender has
- * re-delivered under it meanwhile). */
-static int unclaim(int dirfd, const char *claim, const char *base)
+ * re-delivered under it meanwhile); name gets the one it took. */
+static int unclaim_as(int dirfd, const char *claim, const char *base,
+		      char name[NAME_MAX + 1])
 {
-	char name[NAME_MAX + 1];
-
 	for (unsigned n = 0; n < MOVE_MAX_NUMBERED; n++) {
-		if (fsutil_numbered_name(base, n, name, sizeof(name)) == -1)
+		if (fsutil_numbered_name(base, n, name, NAME_MAX + 1) == -1)
 			return -1;
 		if (rename_noreplace(dirfd, claim, dirfd, name) == 0)
 			return 0;
@@ -630,6 +629,13 @@ static int unclaim(int dirfd, const char *claim, const char *base)
 			return -1;
 	}
 	return -1;
+}
+
+static int unclaim(int dirfd, const char *claim, const char *base)
+{
+	char name[NAME_MAX + 1];
+
+	return unclaim_as(dirfd, claim, base, name);
 }
 
 /* Same inode, size and mtime: what a writer can keep (rsync --inplace
@@ -1329,26 +1335,39 @@ long fsutil_recover_claims(const char *root, struct error *err)
 	if (fts == NULL)
 		return error_set(err, ERROR_TRANSIENT, errno, "cannot scan %s", root);
 	while ((e = fts_read(fts)) != NULL) {
-		char base[NAME_MAX + 1], ignored[NAME_MAX + 1];
-		const char *orig;
-		int dirfd;
+		char ignored[PATH_MAX];
 
 		if (e->fts_info == FTS_D || e->fts_info == FTS_DP ||
 		    e->fts_info == FTS_DNR || e->fts_info == FTS_ERR)
 			continue;
-		orig = claimed_base(e->fts_name);
-		if (orig == NULL)
-			continue;
-		snprintf(base, sizeof(base), "%s", orig);
-		dirfd = open_parent(e->fts_path, ignored, sizeof(ignored));
-		if (dirfd == -1)
-			continue;
-		if (unclaim(dirfd, e->fts_name, base) == 0) {
-			fsync(dirfd);
+		if (fsutil_recover_claim(e->fts_path, ignored,
+					 sizeof(ignored)) == 1)
 			recovered++;
-		}
-		close(dirfd);
 	}
 	fts_close(fts);
 	return recovered;
+}
+
+int fsutil_recover_claim(const char *path, char *out, size_t outlen)
+{
+	char base[NAME_MAX + 1], claim[NAME_MAX + 1], name[NAME_MAX + 1];
+	const char *slash = strrchr(path, '/');
+	const char *orig;
+	int dirfd, rc;
+
+	orig = claimed_base(slash == NULL ? path : slash + 1);
+	if (orig == NULL)
+		return 0;
+	snprintf(base, sizeof(base), "%s", orig);
+	dirfd = open_parent(path, claim, sizeof(claim));
+	if (dirfd == -1)
+		return -1;
+	rc = unclaim_as(dirfd, claim, base, name);
+	if (rc == 0) {
+		fsync(dirfd);
+		snprintf(out, outlen, "%.*s%s", slash == NULL ? 0 :
+			 (int)(slash - path + 1), path, name);
+	}
+	close(dirfd);
+	return rc == 0 ? 1 : -1;
 }

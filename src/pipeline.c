@@ -91,6 +91,10 @@ struct job {
 	char tmp_name[64];
 	const struct pipeline_hooks *hooks;	/* NULL: none */
 	bool published;			/* the output has its name */
+	/* pipeline_file_staged(): a source to be renamed into place stops
+	 * before its renames, which pipeline_finish_staged() makes. */
+	struct pipeline_staged *stage;
+	bool staged;			/* stopped there: not released yet */
 	bool foreign_fs;		/* SYNC_GROUP, but the destination
 					   folder is on another file system
 					   than the output root (a mount
@@ -1299,6 +1303,11 @@ static void note_kept_meta(struct job *job, struct pipeline_result *res)
 		       dicom_meta_disagreement(job->file) : NULL;
 }
 
+static int stage(struct job *job, const char *dir, const char *name);
+static int copy_out(struct job *job, const char *path, const char *rel,
+		    const char *dir, const char *name,
+		    struct pipeline_result *res);
+
 static int run(struct job *job, const char *path, const char *rel,
 	       struct pipeline_result *res)
 {
@@ -1351,9 +1360,12 @@ static int run(struct job *job, const char *path, const char *rel,
 	job->copy_bytes = reuse_source_bytes(job);
 	note_kept_meta(job, res);
 	if (job->copy_bytes && rename_candidate(job)) {
-		int rc = rename_source(job, path, dir, name, final, sizeof(final),
-				       res);
+		int rc;
 
+		if (job->stage != NULL)
+			return stage(job, dir, name);
+		rc = rename_source(job, path, dir, name, final, sizeof(final),
+				   res);
 		if (rc != 1) {
 			if (rc == 0)
 				fsutil_join_path(res->dest, sizeof(res->dest),
@@ -1361,9 +1373,22 @@ static int run(struct job *job, const char *path, const char *rel,
 			return rc;
 		}
 	}
+	return copy_out(job, path, rel, dir, name, res);
+}
+
+/* The output written, published and the source disposed of: every file
+ * that is not renamed into place. */
+static int copy_out(struct job *job, const char *path, const char *rel,
+		    const char *dir, const char *name,
+		    struct pipeline_result *res)
+{
+	struct error *err = &res->err;
+	char final[NAME_MAX + 1];
+
 	if (write_temp(job, dir, err) == -1)
 		return -1;
-	note_kept_meta(job, res);	/* the splice decided at the write */
+	if (job->file != NULL)	/* NULL: staged, copy_bytes decided it */
+		note_kept_meta(job, res);	/* the splice decided at the write */
 	if (publish(job, dir, name, final, sizeof(final), res) == -1)
 		return -1;
 	fsutil_join_path(res->dest, sizeof(res->dest), dir, final);
@@ -1396,25 +1421,121 @@ int pipeline_file(struct pipeline *in, const char *source_path,
 	return pipeline_file_hooked(in, source_path, source_rel, NULL, res);
 }
 
+/* The end of every file, staged or not: its result's status, and what
+ * the job held let go. */
+static int end_job(struct job *job, int rc, struct pipeline_result *res)
+{
+	res->source_busy = rc == -1 && job->busy;
+	job_release(job);
+	/* A cached folder may be why it failed (deleted): a retry walks. */
+	if (rc == -1 && job->dir_cached)
+		drop_cached_dir();
+	if (rc == -1)
+		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :
+			      PIPELINE_FAILED;
+	return rc;
+}
+
 int pipeline_file_hooked(struct pipeline *in, const char *source_path,
 			 const char *source_rel, const struct pipeline_hooks *hooks,
 			 struct pipeline_result *res)
 {
 	struct job job = { .pipeline = in, .source_fd = -1, .dir_fd = -1,
 			   .tmp_fd = -1, .snap_fd = -1, .hooks = hooks };
-	int rc;
 
 	result_clear(res);
-	rc = run(&job, source_path, source_rel, res);
-	res->source_busy = rc == -1 && job.busy;
-	job_release(&job);
-	/* A cached folder may be why it failed (deleted): a retry walks. */
-	if (rc == -1 && job.dir_cached)
-		drop_cached_dir();
-	if (rc == -1)
-		res->status = res->err.kind == ERROR_INPUT ? PIPELINE_REJECTED :
-			      PIPELINE_FAILED;
-	return rc;
+	return end_job(&job, run(&job, source_path, source_rel, res), res);
+}
+
+/*
+ * A file stopped right before its renames (the claim in its folder, the
+ * place in the output): the job as it is - the source's descriptor,
+ * leased, its version - and where it goes. Nothing of the source has
+ * moved yet. Its output folders exist (stage() made them); the thread
+ * that finishes it opens the folder through its own cache, so no
+ * descriptor but the job's passes between threads.
+ */
+struct pipeline_staged {
+	struct job job;
+	const char *path, *rel;
+	char dir[PATH_MAX];
+	char name[NAME_MAX + 1];
+};
+
+/* Stop a rename candidate before its renames (pipeline_staged). */
+static int stage(struct job *job, const char *dir, const char *name)
+{
+	struct pipeline_staged *st = job->stage;
+	struct error ignored = ERROR_INIT;
+	enum fsutil_dirs_sync how;
+	int fd;
+
+	/* Its folders made here, off the renaming thread (a new inode each,
+	 * the costliest call after the renames), as rename_source() would
+	 * make them; a failure is the renaming thread's to meet and report. */
+	how = job->pipeline->opts.sync != PIPELINE_SYNC_EACH ?
+	      FSUTIL_DIRS_DEFER : FSUTIL_DIRS_SYNC_NEW;
+	fd = mkdirs_output(job, dir, how, &ignored);
+	if (fd != -1 && !job->dir_cached)
+		close(fd);
+	job->dir_cached = false;
+	fsutil_copy_str(st->dir, sizeof(st->dir), dir);
+	fsutil_copy_str(st->name, sizeof(st->name), name);
+	/* What the parse gave is no longer needed (its result is taken; a
+	 * copy after all takes the source's bytes, copy_bytes): freed by
+	 * this thread, whose arena it came from. */
+	for (size_t i = 0; i < MAX_PLACEHOLDERS; i++) {
+		free(job->values[i]);
+		job->values[i] = NULL;
+	}
+	dicom_free(job->file);
+	job->file = NULL;
+	job->staged = true;
+	return 0;
+}
+
+struct pipeline_staged *pipeline_staged_new(void)
+{
+	return malloc(sizeof(struct pipeline_staged));
+}
+
+void pipeline_staged_free(struct pipeline_staged *st)
+{
+	free(st);
+}
+
+int pipeline_file_staged(struct pipeline *in, const char *source_path,
+			 const char *source_rel, struct pipeline_result *res,
+			 struct pipeline_staged *st, bool *staged)
+{
+	int rc;
+
+	st->job = (struct job){ .pipeline = in, .source_fd = -1, .dir_fd = -1,
+				.tmp_fd = -1, .snap_fd = -1, .stage = st };
+	st->path = source_path;
+	st->rel = source_rel;
+	result_clear(res);
+	rc = run(&st->job, source_path, source_rel, res);
+	*staged = rc == 0 && st->job.staged;
+	if (*staged)
+		return 0;
+	return end_job(&st->job, rc, res);
+}
+
+int pipeline_finish_staged(struct pipeline_staged *st,
+			   struct pipeline_result *res)
+{
+	struct job *job = &st->job;
+	char final[NAME_MAX + 1];
+	int rc;
+
+	rc = rename_source(job, st->path, st->dir, st->name, final,
+			   sizeof(final), res);
+	if (rc == 0)
+		fsutil_join_path(res->dest, sizeof(res->dest), st->dir, final);
+	else if (rc == 1)
+		rc = copy_out(job, st->path, st->rel, st->dir, st->name, res);
+	return end_job(job, rc, res);
 }
 
 void pipeline_dispose_result(struct pipeline *in, const char *path,

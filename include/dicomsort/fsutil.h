@@ -291,4 +291,11 @@ int fsutil_remove_checked(struct fsutil_remove_args *args, struct error *err);
  *  taken): run at start, before files are taken. Returns how many. */
 long fsutil_recover_claims(const char *root, struct error *err);
 
+/** The same for one file found by a walk of its own (dicomsort's of the
+ *  input, which thus walks it once): if path's base is a claim name, it
+ *  gets its original name back (numbered if taken), its folder is
+ *  fsynced, and out gets the path it has now. 1 recovered, 0 not a claim
+ *  name, -1 a claim left as it is (errno). */
+int fsutil_recover_claim(const char *path, char *out, size_t outlen);
+
 #endif

@@ -229,6 +229,38 @@ int pipeline_file_hooked(struct pipeline *pipeline, const char *source_path,
 			 const char *source_rel, const struct pipeline_hooks *hooks,
 			 struct pipeline_result *result);
 
+/*
+ * pipeline_file() in two halves, for a caller that overlaps its files on
+ * two threads (dicomsort --move: one reads, one renames; each half's
+ * kernel work takes other locks, bench/PROFILE.md section 15). The
+ * first half does everything but the renames of a source renamed into
+ * place (rename_unchanged): it opens, leases, reads and parses it,
+ * decides where it goes, makes the folders, and stops there with
+ * *staged true - the source untouched, still leased, its result not
+ * final. Any other file is done whole (*staged false) and its result is
+ * final. No hooks.
+ */
+struct pipeline_staged;
+
+/* Room for one staged file, reused from file to file (NULL: no memory). */
+struct pipeline_staged *pipeline_staged_new(void);
+void pipeline_staged_free(struct pipeline_staged *staged);
+
+/* *staged: in, stopped before its renames; else done, in is free. */
+int pipeline_file_staged(struct pipeline *pipeline, const char *source_path,
+			 const char *source_rel, struct pipeline_result *result,
+			 struct pipeline_staged *in, bool *staged);
+
+/**
+ * The second half of a staged file, on any thread (opening its output
+ * folder there): the claim, the checks under the lease, the place - or
+ * a copy where the renames cannot be made - with the same result and
+ * the paths given to pipeline_file_staged(), which must still be valid.
+ * staged is free again after it; returns as pipeline_file().
+ */
+int pipeline_finish_staged(struct pipeline_staged *staged,
+			   struct pipeline_result *result);
+
 /**
  * The study and series of file as stored - study_uid, series_uid,
  * series_number, series_description of res, each "" when absent and cut

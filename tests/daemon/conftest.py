@@ -38,6 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "tools"))
+from binaries import built_binary  # noqa: E402
 from figures import Figures  # noqa: E402
 from gendicom import file_meta, set_grey_pixels  # noqa: E402
 
@@ -302,10 +303,7 @@ class NotifyListener:
 # ---- the daemon ----
 
 def daemon_bin():
-    path = os.environ.get("DICOMSORTD_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.skip("DICOMSORTD_BIN not set or not executable")
-    return path
+    return built_binary("dicomsortd")
 
 
 def base_config(tmp_path, **overrides):

@@ -11,19 +11,11 @@ import os
 import subprocess
 import time
 
-import pytest
-
+from binaries import built_binary
 from conftest import (SLOW, files_below, make_items, read_sops,
                       report_figure, wait_until)
 
 SERIES = ("PAT001", "20240102", "1_Axial")
-
-
-def dicomsort_bin():
-    path = os.environ.get("DICOMSORT_BIN")
-    if not path or not os.access(path, os.X_OK):
-        pytest.skip("DICOMSORT_BIN is not set")
-    return path
 
 
 def drop_same_named(folder, items, name="IM.dcm"):
@@ -36,7 +28,7 @@ def drop_same_named(folder, items, name="IM.dcm"):
 
 def batch(src, out):
     t0 = time.monotonic()
-    r = subprocess.run([dicomsort_bin(), "--dicomin", str(src),
+    r = subprocess.run([built_binary("dicomsort"), "--dicomin", str(src),
                         "--dicomout", str(out), "--quiet"],
                        capture_output=True, text=True, timeout=900 * SLOW)
     return r, time.monotonic() - t0

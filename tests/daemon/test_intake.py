@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from conftest import (SLOW, NotifyListener, files_below, make_items,
-                      read_sops, report_figure, wait_until, write_items)
+from conftest import (SLOW, NotifyListener, daemon_bin, files_below,
+                      make_items, read_sops, report_figure, wait_until,
+                      write_items)
 
 
 # ---- helpers ----
@@ -246,9 +247,7 @@ def test_tree_deeper_than_max_depth_is_an_error_the_rest_goes_on(daemon,
 
 def test_max_depth_is_checked_by_check_config(tmp_path):
     """watch.max_depth and watch.unwatched_rescan_s are validated."""
-    binary = os.environ.get("DICOMSORTD_BIN")
-    if not binary:
-        pytest.skip("DICOMSORTD_BIN not set")
+    binary = daemon_bin()
     (tmp_path / "in").mkdir()
     for text, ok in (("max_depth = 0;", False), ("max_depth = 5000;", False),
                      ("max_depth = \"x\";", False),

@@ -19,6 +19,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -28,6 +29,10 @@ from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO / "tests" / "tools") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests" / "tools"))
+from binaries import built_binary  # noqa: E402 (tests/tools, on the path above)
+
 CSV_PATH = REPO / "data" / "ps3.15-table-e.1-1.csv"
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -76,13 +81,7 @@ def flag(option):
 
 @pytest.fixture(scope="session")
 def dicomsort_bin():
-    path = os.environ.get("DICOMSORT_BIN")
-    if not path:
-        pytest.skip("DICOMSORT_BIN is not set: point it at a built dicomsort "
-                    "(e.g. build/dicomsort)")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"DICOMSORT_BIN={path} is not an executable file")
-    return os.path.abspath(path)
+    return built_binary("dicomsort", broken=pytest.fail)
 
 
 class Run:

@@ -11,6 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from advlib import drain_through_daemon
+from binaries import built_binary
 from conftest import (REPO, UID_ROOT, ct_image, code_item, make_secret, read,
                       output_files, seq, write)
 
@@ -415,14 +416,10 @@ def daemon_has_deid_config():
 
 @pytest.fixture
 def dicomsortd_bin():
-    path = os.environ.get("DICOMSORTD_BIN")
-    if not path:
-        pytest.skip("DICOMSORTD_BIN is not set")
+    path = built_binary("dicomsortd", broken=pytest.fail)
     if not daemon_has_deid_config():
         pytest.skip("include/dicomsort/config.h has no 'deid' group yet: "
                     "the daemon cannot be configured for basic")
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"DICOMSORTD_BIN={path} is not executable")
     return path
 
 

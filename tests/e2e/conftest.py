@@ -10,7 +10,6 @@ and say why. pydicom is the independent reader: inputs are written with it
 (tests/tools/gendicom.py), run through the binary and read back with it.
 """
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,28 +21,17 @@ TOOLS = REPO / "tests" / "tools"
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
+from binaries import built_binary  # noqa: E402 (tests/tools, on the path above)
+
 # Under ASan a run is a few times slower; no single run of these tests
 # comes near this, so hitting it means a hang (a FIFO read, a deadlock).
 RUN_TIMEOUT = 60
 
 
-def _dicomsort_path():
-    path = os.environ.get("DICOMSORT_BIN")
-    if not path and os.environ.get("DICOMSORT_BUILD_DIR"):
-        path = os.path.join(os.environ["DICOMSORT_BUILD_DIR"], "dicomsort")
-    return path
-
-
 @pytest.fixture(scope="session")
 def dicomsort_bin():
     """Absolute path of the dicomsort binary under test."""
-    path = _dicomsort_path()
-    if not path:
-        pytest.skip("DICOMSORT_BIN is not set: it must name the built "
-                    "dicomsort binary (ctest sets it)")
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"DICOMSORT_BIN={path} is not an executable")
-    return os.path.abspath(path)
+    return built_binary("dicomsort")
 
 
 @pytest.fixture

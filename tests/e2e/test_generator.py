@@ -17,6 +17,8 @@ import subprocess
 
 import pytest
 
+from binaries import built_binary
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "systemd" / "dicomsortd@.service"
 PLAIN = REPO / "systemd" / "dicomsortd.service"
@@ -24,14 +26,7 @@ DROPIN = "50-folders.conf"
 
 
 def generator_bin():
-    path = os.environ.get("DICOMSORTD_GENERATOR_BIN")
-    if not path and os.environ.get("DICOMSORT_BUILD_DIR"):
-        path = os.path.join(os.environ["DICOMSORT_BUILD_DIR"],
-                            "dicomsortd-generator")
-    if not path or not os.access(path, os.X_OK):
-        pytest.skip("no dicomsortd-generator: set DICOMSORT_BUILD_DIR or "
-                    "DICOMSORTD_GENERATOR_BIN")
-    return path
+    return built_binary("dicomsortd-generator")
 
 
 def conf(folders, extra=""):

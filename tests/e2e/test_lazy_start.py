@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 
+from binaries import built_binary
 from conftest import RUN_TIMEOUT, check_sanitizers
 
 DICTIONARY_ERROR = "the DICOM data dictionary could not be loaded"
@@ -92,8 +93,7 @@ def test_c_path_run_never_loads_the_dictionary(run_dicomsort, gen,
         pytest.skip("strace is not installed")
     src = tmp_path / "in"
     make_inputs(gen, src, explicit=6, implicit=0)
-    binary = os.environ.get("DICOMSORT_BIN") or os.path.join(
-        os.environ["DICOMSORT_BUILD_DIR"], "dicomsort")
+    binary = built_binary("dicomsort")
     # LeakSanitizer cannot run under ptrace; the other tests check leaks.
     env = dict(os.environ, ASAN_OPTIONS=(os.environ.get("ASAN_OPTIONS", "") +
                                          ":detect_leaks=0").lstrip(":"))
@@ -150,19 +150,10 @@ def test_missing_dictionary_stops_dicomsort_at_start(run_dicomsort, gen,
     assert not out.exists() or tree(out) == {}
 
 
-def daemon_binary():
-    path = os.environ.get("DICOMSORTD_BIN")
-    if not path and os.environ.get("DICOMSORT_BUILD_DIR"):
-        path = os.path.join(os.environ["DICOMSORT_BUILD_DIR"], "dicomsortd")
-    if not path or not os.access(path, os.X_OK):
-        pytest.skip("DICOMSORTD_BIN not set or not executable")
-    return path
-
-
 def test_missing_dictionary_stops_dicomsortd_at_start(tmp_path):
     """dicomsortd --check-config reports it; a start exits non-zero with
     the message, leaving the drop folder's file where it is."""
-    binary = daemon_binary()
+    binary = built_binary("dicomsortd")
     for name in ("in", "out", "quarantine"):
         (tmp_path / name).mkdir()
     dropped = tmp_path / "in" / "x.dcm"

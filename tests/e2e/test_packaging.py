@@ -26,6 +26,8 @@ import time
 
 import pytest
 
+from binaries import binary_path, built_binary
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "dicomsortd.service"
 SYSUSERS = REPO / "systemd" / "dicomsortd.sysusers"
@@ -65,9 +67,7 @@ def run(args, **kw):
 
 def daemon_binary():
     """The built dicomsortd, or None when this tree has none (yet)."""
-    path = os.environ.get("DICOMSORTD_BIN")
-    if not path and os.environ.get("DICOMSORT_BUILD_DIR"):
-        path = os.path.join(os.environ["DICOMSORT_BUILD_DIR"], "dicomsortd")
+    path = binary_path("dicomsortd")
     return path if path and os.access(path, os.X_OK) else None
 
 
@@ -381,13 +381,7 @@ def test_man_page_renders_without_warnings(page):
 @pytest.mark.parametrize("program,page", [("dicomsort", "dicomsort.1"),
                                           ("dicomsortd", "dicomsortd.8")])
 def test_man_page_documents_every_option(program, page):
-    if program == "dicomsortd":
-        binary = daemon_binary()
-    else:
-        binary = os.environ.get("DICOMSORT_BIN") or (
-            os.path.join(build_dir(), "dicomsort"))
-    if not binary or not os.access(binary, os.X_OK):
-        pytest.skip(f"{program} is not built")
+    binary = built_binary(program)
     r = run([binary, "--help"])
     assert r.returncode == 0, r.stderr
     text = (REPO / "doc" / page).read_text()

@@ -56,6 +56,7 @@ import pydicom  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.filewriter import write_dataset  # noqa: E402
 
+from binaries import built_binary  # noqa: E402
 from gendicom import file_meta, meta_header  # noqa: E402
 
 LONG = os.environ.get("DICOMSORT_LONG_TESTS") == "1"
@@ -66,12 +67,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 def dicomsort_bin():
-    path = os.environ.get("DICOMSORT_BIN")
-    if not path and os.environ.get("DICOMSORT_BUILD_DIR"):
-        path = os.path.join(os.environ["DICOMSORT_BUILD_DIR"], "dicomsort")
-    if not path or not os.access(path, os.X_OK):
-        pytest.skip("DICOMSORT_BIN not set or not executable")
-    return os.path.abspath(path)
+    return built_binary("dicomsort")
 
 
 def run_measured(argv, timeout=120, **kw):

@@ -35,6 +35,11 @@ The scenario:
                           reaches a only; all stop. c's outputs and its
                           journal are searched for every identifying
                           value dropped (a privacy audit under the unit).
+                          Then a DICOM receiver running as the daemon's
+                          own account drops files into b (profile none,
+                          after_success = "delete"): each is renamed into
+                          place by the unit (the output is the inode it
+                          wrote), but one with a second link is copied.
   then                    the checks.
 
 Every wait is a condition with a generous timeout. A wait that times out is
@@ -156,6 +161,16 @@ INSTANCES = {
 INSTANCE_FILES = 6
 GENERATED = "/run/systemd/generator/dicomsortd@%s.service.d/50-folders.conf"
 
+# Phase 3, then: a receiver (a storescp, say) running as the daemon's own
+# account writes into b's drop folder. Its files need no change, are
+# small, have one link, are the daemon's and of the output's group, and
+# lie on the output's file system: the unit renames them into place
+# (rename_unchanged). The last one keeps a second link: copied instead.
+RECEIVER = ("dicomsortd", 0o027)  # the unit's own UMask
+RECEIVER_INSTANCE = "b"
+RECEIVER_PID = "RECVB4"
+RECEIVER_FILES = 6  # renamed; plus one with two links, copied
+
 
 def inst_dir(name, sub=""):
     return "/srv/dicom/inst-%s%s" % (name, "/" + sub if sub else "")
@@ -172,6 +187,9 @@ def instance_conf(name):
         text += 'correlation_table = "/etc/dicomsortd/%s.csv";\n' % name
     if profile == "basic":
         text += 'deid = {\n  secret = "%s";\n};\n' % secret_path(name)
+    if name == RECEIVER_INSTANCE:
+        # The default, said: the receiver's files are renamed only so.
+        text += 'after_success = "delete";\n'
     return text
 
 
@@ -733,6 +751,7 @@ class World:
                 self.audit_identity(name)
             f["quarantine_" + name] = self.files_below(
                 inst_dir(name, "quarantine"))
+        self.receiver()
         # Reload a, and only a.
         self.machine.sh("systemctl reload dicomsortd@a", timeout=120)
         self.wait(lambda: self.inst_journal("a", "DICOMSORTD_EVENT=reload"),
@@ -762,6 +781,103 @@ class World:
         log("instances: %s" % json.dumps(
             {k: v for k, v in f.items() if k.startswith(("stop", "reload",
                                                          "pids"))}))
+
+    def receiver(self):
+        """RECEIVER writes files into b's drop folder as a receiver under
+        the daemon's account would: each written whole in a folder of b's
+        that is not watched (its inode noted there), then renamed into
+        the drop folder; the last is given a second name first, so it has
+        two links when the daemon reads it (its first name stays where it
+        was written). Records what became of each."""
+        name = RECEIVER_INSTANCE
+        r = self.facts["receiver"] = {"files": {}}
+        staging = inst_dir(name, "rx-staging")
+        incoming = inst_dir(name, "incoming") + "/rx"
+        self.machine.sh("install -d -o dicomsortd -g dicomsortd -m 2770 %s"
+                        % staging)
+        write = ["umask %04o" % RECEIVER[1]]
+        drop = ["mkdir -p %s" % incoming]
+        for i in range(RECEIVER_FILES + 1):
+            self.counter += 1
+            ds = gendicom.make_dataset(
+                patient_id=RECEIVER_PID, patient_name="Doe^Recv%d"
+                % self.counter, charset="ascii", study_index=4,
+                series_number=1, instance_number=i + 1, rows=16, cols=16,
+                seed=7)
+            stage = "x%05d.dcm" % self.counter
+            gendicom.write(ds, str(self.stage / stage))
+            fname = "IM%04d.dcm" % i
+            linked = i == RECEIVER_FILES
+            r["files"][str(ds.SOPInstanceUID)] = {
+                "name": fname, "linked": linked,
+                "sha": sha256((self.stage / stage).read_bytes())}
+            write.append("cat /stage/%s > %s/%s" % (stage, staging, fname))
+            src = "%s/%s" % (staging, fname)
+            if linked:
+                # A second name, moved in: the drop folder sees it arrive
+                # (IN_MOVED_TO) with two links. (A plain ln into it raises
+                # no event that says "finished"; the periodic rescan would
+                # find it minutes later.)
+                drop.append("ln %s %s.rx" % (src, src))
+                src += ".rx"
+            drop.append("mv %s %s/%s" % (src, incoming, fname))
+        out = self.machine.sh("\n".join(write + [
+            "stat -c '%%n %%i %%h %%U %%G' %s/*" % staging] + drop) + "\n",
+            user=RECEIVER[0]).stdout
+        seen = {}
+        for line in out.splitlines():
+            path, ino, links, user, group = line.split()
+            seen[os.path.basename(path)] = (int(ino), int(links), user,
+                                            group)
+        for e in r["files"].values():
+            e["ino"], e["links_written"], e["user"], e["group"] = \
+                seen[e["name"]]
+        sops = set(r["files"])
+        out_dir = inst_dir(name, "sorted") + "/" + RECEIVER_PID
+
+        def done():
+            recs = [x for x in self.inst_journal(name) if
+                    x.get("DICOMSORTD_SOP_INSTANCE_UID") in sops]
+            return (not self.files_below(inst_dir(name, "incoming")) and
+                    self.host(out_dir).is_dir() and
+                    len(self.files_below(out_dir)) >= len(sops) and
+                    sum(x.get("DICOMSORTD_EVENT") == "disposed"
+                        for x in recs) >= len(sops))
+        self.wait(done, 180, "dicomsortd@%s took the %d files of a receiver "
+                  "running as %s" % (name, len(sops), RECEIVER[0]))
+        # The container's view of what is there now.
+        r["outputs"] = []
+        listing = self.machine.sh(
+            "find %s -type f -printf '%%i %%n %%u %%g %%P\\n' 2>/dev/null "
+            "|| true" % out_dir).stdout
+        for line in listing.splitlines():
+            ino, links, user, group, rel = line.split(None, 4)
+            path = self.host(out_dir + "/" + rel)
+            data = path.read_bytes()
+            try:
+                sop = str(pydicom.dcmread(str(path)).SOPInstanceUID)
+            except Exception as e:  # noqa: BLE001 - reported by a test
+                sop = "unreadable: %s" % e
+            r["outputs"].append({"rel": RECEIVER_PID + "/" + rel,
+                                 "ino": int(ino), "links": int(links),
+                                 "user": user, "group": group,
+                                 "sha": sha256(data), "sop": sop})
+        r["staging_left"] = self.machine.sh(
+            "stat -c '%%n %%i %%h' %s/* 2>/dev/null || true"
+            % staging).stdout.splitlines()
+        r["incoming_left"] = self.files_below(inst_dir(name, "incoming"))
+        r["private_names"] = self.machine.sh(
+            "find %s -name '%s*'"
+            % (inst_dir(name), TMP_PREFIX)).stdout.split()
+        r["records"] = [
+            {k: x.get("DICOMSORTD_" + k.upper(), "") for k in (
+                "event", "sop_instance_uid", "dest", "disposal",
+                "source_sha256", "source_owner")}
+            for x in self.inst_journal(name)
+            if x.get("DICOMSORTD_SOP_INSTANCE_UID") in sops]
+        log("receiver as %s: %d outputs, records %s" % (
+            RECEIVER[0], len(r["outputs"]),
+            sorted((x["event"], x["disposal"]) for x in r["records"])))
 
     def audit_identity(self, name):
         """Every identifying value dropped at a de-identifying instance,
@@ -863,6 +979,18 @@ class World:
                 len(self.quarantine_expected),
                 json.dumps(f.get("events", {}), sort_keys=True),
                 len(self.problems), time.monotonic() - self.t0))
+        r = f.get("receiver", {})
+        kept = {o["ino"] for o in r.get("outputs", [])}
+        report_figure(
+            "system: receiver as %s into dicomsortd@%s: %d of %d files "
+            "renamed into place (the output is the inode written), %d of 1 "
+            "with two links copied" % (
+                RECEIVER[0], RECEIVER_INSTANCE,
+                sum(e["ino"] in kept for e in r.get("files", {}).values()
+                    if not e["linked"]), RECEIVER_FILES,
+                sum(e["ino"] not in kept and any(
+                    o["sop"] == s for o in r.get("outputs", []))
+                    for s, e in r.get("files", {}).items() if e["linked"])))
 
 
 @pytest.fixture(scope="module")
@@ -1107,6 +1235,97 @@ def test_basic_instance_leaks_no_identity_under_the_unit(world):
             continue
         assert f["journal_records_" + name] > 0, "no records to audit"
         assert f["leaks_" + name] == [], f["leaks_" + name]
+
+
+# ---- phase 3: a receiver under the daemon's own account (issue 14) ----
+
+def receiver_outputs(world):
+    """The receiver's files, each with the outputs holding its SOP."""
+    r = world.facts["receiver"]
+    return r, {sop: [o for o in r["outputs"] if o["sop"] == sop]
+               for sop in r["files"]}
+
+
+def test_receiver_files_renamed_into_place_by_the_unit(world):
+    """rename_unchanged through the shipped unit's sandbox: every file the
+    daemon's own account wrote (one link, its group, b's file system) is
+    stored once, byte for byte, and the output is the very inode written
+    (renamed, not copied); nothing is left in the drop folder, no claim
+    or temp name anywhere below b's folder."""
+    completed(world)
+    r, found = receiver_outputs(world)
+    renamed = {s: e for s, e in r["files"].items() if not e["linked"]}
+    assert len(renamed) == RECEIVER_FILES
+    wrong = []
+    for sop, e in sorted(renamed.items()):
+        # What the daemon read: the account's file, of the output's group,
+        # with one link.
+        assert (e["user"], e["group"], e["links_written"]) == (
+            "dicomsortd", "dicomsortd", 1), e
+        outs = found[sop]
+        if len(outs) != 1:
+            wrong.append("%s: %d outputs %s" % (e["name"], len(outs), outs))
+            continue
+        o = outs[0]
+        if o["sha"] != e["sha"]:
+            wrong.append("%s: other bytes in %s" % (e["name"], o["rel"]))
+        if o["ino"] != e["ino"]:
+            wrong.append("%s: copied, not renamed: %s is inode %d, the "
+                         "source was %d" % (e["name"], o["rel"], o["ino"],
+                                            e["ino"]))
+        if not o["rel"].endswith("/" + e["name"]) or o["links"] != 1:
+            wrong.append("%s: %s, %d links" % (e["name"], o["rel"],
+                                               o["links"]))
+    unreadable = [o for o in r["outputs"] if o["sop"] not in r["files"]]
+    assert not wrong and not unreadable, "\n".join(wrong) + "\nnot ours " \
+        "or unreadable: %s" % unreadable
+    assert r["incoming_left"] == [], r["incoming_left"]
+    assert r["private_names"] == [], r["private_names"]
+
+
+def test_receiver_file_with_two_links_is_copied(world):
+    """A file of the same account with a second link is never renamed
+    (the inode would stay reachable from outside the output): it is
+    stored by a copy, and the drop folder's link goes; the other stays."""
+    completed(world)
+    r, found = receiver_outputs(world)
+    [(sop, e)] = [(s, e) for s, e in r["files"].items() if e["linked"]]
+    outs = found[sop]
+    assert len(outs) == 1, outs
+    assert outs[0]["sha"] == e["sha"], outs
+    assert outs[0]["ino"] != e["ino"] and outs[0]["links"] == 1, (outs, e)
+    # Only the link outside the drop folder is left, unchanged.
+    assert r["staging_left"] == ["%s/%s %d 1" % (
+        inst_dir(RECEIVER_INSTANCE, "rx-staging"), e["name"], e["ino"])], \
+        r["staging_left"]
+
+
+def test_receiver_files_recorded(world):
+    """Each of the receiver's files: one `stored` record naming its output
+    with the SHA-256 of the bytes sent and the sending account, and one
+    `disposed` record: "moved into the output" for a renamed source,
+    "deleted" for the copied one. Nothing else (no retry, no duplicate)."""
+    completed(world)
+    r, found = receiver_outputs(world)
+    wrong = []
+    for sop, e in sorted(r["files"].items()):
+        recs = [x for x in r["records"] if x["sop_instance_uid"] == sop]
+        stored = [x for x in recs if x["event"] == "stored"]
+        disposed = [x for x in recs if x["event"] == "disposed"]
+        want = "deleted" if e["linked"] else "moved into the output"
+        if len(stored) != 1 or len(disposed) != 1 or \
+                len(recs) != 2:
+            wrong.append("%s: records %s" % (e["name"], recs))
+            continue
+        s = stored[0]
+        if [s["dest"]] != [o["rel"] for o in found[sop]] or \
+                s["source_sha256"] != e["sha"] or \
+                s["source_owner"].partition("(")[2] != "dicomsortd)":
+            wrong.append("%s: stored record %s" % (e["name"], s))
+        if disposed[0]["disposal"] != want:
+            wrong.append("%s: disposal %r, expected %r"
+                         % (e["name"], disposed[0]["disposal"], want))
+    assert not wrong, "\n".join(wrong)
 
 
 def test_reload_reaches_that_instance_only(world):

@@ -836,6 +836,34 @@ static void claims_left_by_a_crash_get_their_names_back(void **state)
 	assert_int_equal(ours, 1);
 }
 
+/* One claim found by the caller's own walk (dicomsort's collect()):
+ * back under its name, numbered if taken, and the caller told which. */
+static void one_claim_gets_its_name_back_and_says_which(void **state)
+{
+	char out[PATH_MAX], want[PATH_MAX];
+
+	(void)state;
+	make_dir("in");
+	put("in/" FSUTIL_CLAIM_PREFIX "1f.a.dcm", "claimed");
+	put("in/" FSUTIL_CLAIM_PREFIX "20.b.dcm", "claimed too");
+	put("in/b.dcm", "new delivery");
+	put("in/c.dcm", "no claim");
+	assert_int_equal(fsutil_recover_claim(at("in/" FSUTIL_CLAIM_PREFIX
+						 "1f.a.dcm"), out, sizeof(out)), 1);
+	snprintf(want, sizeof(want), "%s", at("in/a.dcm"));
+	assert_string_equal(out, want);
+	assert_string_equal(slurp("in/a.dcm"), "claimed");
+	assert_int_equal(fsutil_recover_claim(at("in/" FSUTIL_CLAIM_PREFIX
+						 "20.b.dcm"), out, sizeof(out)), 1);
+	snprintf(want, sizeof(want), "%s", at("in/b_1.dcm"));
+	assert_string_equal(out, want);
+	assert_string_equal(slurp("in/b.dcm"), "new delivery");
+	assert_string_equal(slurp("in/b_1.dcm"), "claimed too");
+	assert_int_equal(fsutil_recover_claim(at("in/c.dcm"), out,
+					      sizeof(out)), 0);
+	assert_string_equal(slurp("in/c.dcm"), "no claim");
+}
+
 /* Across a mount: the copy, fsynced and linked, then the source goes;
  * mode and mtime are kept, and no temp file is left on either side. */
 static void check_copy_across(const char *how)
@@ -1088,6 +1116,9 @@ int main(void)
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(
 			claims_left_by_a_crash_get_their_names_back,
+			make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			one_claim_gets_its_name_back_and_says_which,
 			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(move_copies_across_a_bind_mount,
 						make_root, drop_root),

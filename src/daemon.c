@@ -912,13 +912,13 @@ static void log_disposed(const struct daemon *d, const struct job *job)
 	/* The processed path repeats the source's: withheld when
 	 * de-identifying, like the source's name. */
 	if (job->result.renamed)
-		snprintf(where, sizeof(where), "moved into the output");
+		fsutil_copy_str(where, sizeof(where), "moved into the output");
 	else if (d->cfg->after_success == AFTER_SUCCESS_MOVE)
 		snprintf(where, sizeof(where), "moved to %s%s%s",
 			 d->cfg->processed, job->logged_source[0] ? "" : "/",
 			 job->logged_source[0] ? "" : job->result.disposed_as);
 	else
-		snprintf(where, sizeof(where), "deleted");
+		fsutil_copy_str(where, sizeof(where), "deleted");
 	rec.disposal = where;
 	log_audit(&rec);
 }
@@ -1423,8 +1423,8 @@ static struct job *job_new(struct daemon *d, char *path)
 		abort();
 	job->d = d;
 	job->path = path;
-	snprintf(job->table_sha256, sizeof(job->table_sha256), "%s",
-		 d->table_sha256);
+	fsutil_copy_str(job->table_sha256, sizeof(job->table_sha256),
+			d->table_sha256);
 	job->table_gen = d->table_gen;
 	/* job->marker: "" until before_publish() notes it. */
 	pending = *find_disposal(d, path);

@@ -10,7 +10,9 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -100,6 +102,42 @@ int fsutil_mkdirs_at(int rootfd, const char *relpath, struct error *err)
 	return fsutil_mkdirs_sync_at(rootfd, relpath, FSUTIL_DIRS_SYNC_NEW, err);
 }
 
+/* Whether relpath has a "." or ".." component, which the walk refuses. */
+static bool has_dot_component(const char *relpath)
+{
+	for (const char *c = relpath; *c != '\0'; c++) {
+		if (*c != '.' || (c != relpath && c[-1] != '/'))
+			continue;
+		if (c[1] == '\0' || c[1] == '/' ||
+		    (c[1] == '.' && (c[2] == '\0' || c[2] == '/')))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The whole path in one call, when every folder exists: what the walk
+ * below does, one openat(O_NOFOLLOW | O_DIRECTORY) per component, refusing
+ * a symlink anywhere (RESOLVE_NO_SYMLINKS) and never leaving rootfd
+ * (RESOLVE_BENEATH; "." and ".." are refused before). It is looked up
+ * afresh each time, so a folder removed or renamed since the last file is
+ * never taken. -1 on any failure (a folder to make, a kernel or seccomp
+ * filter without openat2): the walk then does it, and says why it fails.
+ */
+int fsutil_open_existing_at(int rootfd, const char *relpath)
+{
+	struct open_how oh = {
+		.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS,
+	};
+
+	while (*relpath == '/')
+		relpath++;
+	if (*relpath == '\0' || has_dot_component(relpath))
+		return -1;
+	return (int)syscall(SYS_openat2, rootfd, relpath, &oh, sizeof(oh));
+}
+
 int fsutil_mkdirs_sync_at(int rootfd, const char *relpath,
 			  enum fsutil_dirs_sync how, struct error *err)
 {
@@ -109,6 +147,10 @@ int fsutil_mkdirs_sync_at(int rootfd, const char *relpath,
 
 	if (strlen(relpath) >= sizeof(buf))
 		return error_set(err, ERROR_INPUT, ENAMETOOLONG, "destination too long");
+	/* SYNC_PATH fsyncs each parent found: only the walk does that. */
+	if (how != FSUTIL_DIRS_SYNC_PATH &&
+	    (fd = fsutil_open_existing_at(rootfd, relpath)) != -1)
+		return fd;
 	snprintf(buf, sizeof(buf), "%s", relpath);
 	fd = dup(rootfd);
 	if (fd == -1)

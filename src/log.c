@@ -61,7 +61,58 @@ static const char *priority_name(int priority)
 	}
 }
 
-/* One fputs per record, so lines from different threads never interleave.
+/*
+ * Every audit line is built here, two for each file a burst stores: with
+ * memcpy and a digit table rather than snprintf(), whose set-up per call
+ * was a large share of the daemon's user time (PROFILE §16-§17). Each helper writes
+ * exactly what snprintf() would: as much of the text as fits in len with
+ * its NUL, and returns the new length (used < len on entry).
+ */
+static size_t put(char *buf, size_t len, size_t used, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n > len - used - 1)
+		n = len - used - 1;
+	memcpy(buf + used, s, n);
+	buf[used + n] = '\0';
+	return used + n;
+}
+
+/* n as exactly `width` decimal digits (0 <= n < 10^width). */
+static void put_digits(char *at, unsigned n, int width)
+{
+	while (width-- > 0) {
+		at[width] = (char)('0' + n % 10);
+		n /= 10;
+	}
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ" (strftime's "%Y-%m-%dT%H:%M:%S" and
+ * ".%03dZ"); strftime() for a year that is not four digits. */
+static void format_stamp(char *stamp, size_t len, const struct tm *tm,
+			 long nsec)
+{
+	int year = tm->tm_year + 1900;
+	size_t n;
+
+	if (year < 1000 || year > 9999) {
+		if ((n = strftime(stamp, len, "%Y-%m-%dT%H:%M:%S", tm)) > 0)
+			snprintf(stamp + n, len - n, ".%03dZ",
+				 (int)(nsec / 1000000));
+		return;
+	}
+	memcpy(stamp, "0000-00-00T00:00:00.000Z", 25);
+	put_digits(stamp, (unsigned)year, 4);
+	put_digits(stamp + 5, (unsigned)tm->tm_mon + 1, 2);
+	put_digits(stamp + 8, (unsigned)tm->tm_mday, 2);
+	put_digits(stamp + 11, (unsigned)tm->tm_hour, 2);
+	put_digits(stamp + 14, (unsigned)tm->tm_min, 2);
+	put_digits(stamp + 17, (unsigned)tm->tm_sec, 2);
+	put_digits(stamp + 20, (unsigned)(nsec / 1000000), 3);
+}
+
+/* One write per record, so lines from different threads never interleave.
  * Each starts with the UTC time (ISO 8601, milliseconds): stderr may end
  * up in a file that has no time stamps of its own. */
 static void stderr_line(const char *line)
@@ -69,25 +120,30 @@ static void stderr_line(const char *line)
 	char buf[5120], stamp[32] = "-";
 	struct timespec now;
 	struct tm tm;
-	size_t n;
+	size_t used;
 
 	if (clock_gettime(CLOCK_REALTIME, &now) == 0 &&
-	    gmtime_r(&now.tv_sec, &tm) != NULL &&
-	    (n = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm)) > 0)
-		snprintf(stamp + n, sizeof(stamp) - n, ".%03dZ",
-			 (int)(now.tv_nsec / 1000000));
-	snprintf(buf, sizeof(buf), "%s %s: %s\n", stamp, log_state.ident, line);
-	fputs(buf, stderr);
+	    gmtime_r(&now.tv_sec, &tm) != NULL)
+		format_stamp(stamp, sizeof(stamp), &tm, now.tv_nsec);
+	used = put(buf, sizeof(buf), 0, stamp);
+	used = put(buf, sizeof(buf), used, " ");
+	used = put(buf, sizeof(buf), used, log_state.ident);
+	used = put(buf, sizeof(buf), used, ": ");
+	used = put(buf, sizeof(buf), used, line);
+	used = put(buf, sizeof(buf), used, "\n");
+	fwrite(buf, 1, used, stderr);
 }
 
 /*
  * Values come from file names and DICOM data: a newline or quote in them
  * must not forge a second record or end a field early, so quotes,
- * backslashes and control bytes are escaped (\", \\, \xHH).
+ * backslashes and control bytes are escaped (\", \\, \xHH). Appends at
+ * buf[used]; returns the new length.
  */
-static void append_escaped(char *buf, size_t len, const char *val)
+static size_t append_escaped(char *buf, size_t len, size_t used,
+			     const char *val)
 {
-	size_t used = strlen(buf);
+	static const char hex[] = "0123456789abcdef";
 
 	for (const unsigned char *p = (const unsigned char *)val;
 	     *p && used + 5 < len; p++) {
@@ -95,12 +151,16 @@ static void append_escaped(char *buf, size_t len, const char *val)
 			buf[used++] = '\\';
 			buf[used++] = (char)*p;
 		} else if (*p < 0x20 || *p == 0x7f) {
-			used += (size_t)snprintf(buf + used, len - used, "\\x%02x", *p);
+			buf[used++] = '\\';
+			buf[used++] = 'x';
+			buf[used++] = hex[*p >> 4];
+			buf[used++] = hex[*p & 0xf];
 		} else {
 			buf[used++] = (char)*p;
 		}
 	}
 	buf[used] = '\0';
+	return used;
 }
 
 void log_msg(int priority, const char *fmt, ...)
@@ -119,21 +179,23 @@ void log_msg(int priority, const char *fmt, ...)
 			    "SYSLOG_IDENTIFIER=%s", log_state.ident, NULL) >= 0)
 		return;
 	snprintf(line, sizeof(line), "%s: ", priority_name(priority));
-	append_escaped(line, sizeof(line), msg);
+	append_escaped(line, sizeof(line), strlen(line), msg);
 	stderr_line(line);
 }
 
-static void append_field(char *buf, size_t len, const char *key, const char *val)
+/* ` key="value"` at buf[used], if it fits; returns the new length. */
+static size_t append_field(char *buf, size_t len, size_t used,
+			   const char *key, const char *val)
 {
-	size_t used = strlen(buf);
-
 	if (val == NULL || used + strlen(key) + 4 >= len)
-		return;
-	snprintf(buf + used, len - used, " %s=\"", key);
-	append_escaped(buf, len - 1, val);
-	used = strlen(buf);
+		return used;
+	used = put(buf, len, used, " ");
+	used = put(buf, len, used, key);
+	used = put(buf, len, used, "=\"");
+	used = append_escaped(buf, len - 1, used, val);
 	buf[used] = '"';
 	buf[used + 1] = '\0';
+	return used + 1;
 }
 
 /* One journal field "KEY=value" for sd_journal_sendv(). */
@@ -195,31 +257,52 @@ static int journal_audit(const struct audit_record *rec, const char *message)
 	return rc;
 }
 
+/* The journal's MESSAGE: "event source[ -> dest][: reason]". */
+static void audit_message(char *buf, size_t len,
+			  const struct audit_record *rec)
+{
+	size_t used = put(buf, len, 0, rec->event);
+
+	used = put(buf, len, used, " ");
+	used = put(buf, len, used, rec->source ? rec->source : "");
+	if (rec->dest) {
+		used = put(buf, len, used, " -> ");
+		used = put(buf, len, used, rec->dest);
+	}
+	if (rec->reason) {
+		used = put(buf, len, used, ": ");
+		put(buf, len, used, rec->reason);
+	}
+}
+
 void log_audit(const struct audit_record *rec)
 {
 	char message[3072], line[4600];
+	size_t used;
 
-	snprintf(message, sizeof(message), "%s %s%s%s%s%s", rec->event,
-		 rec->source ? rec->source : "",
-		 rec->dest ? " -> " : "", rec->dest ? rec->dest : "",
-		 rec->reason ? ": " : "", rec->reason ? rec->reason : "");
 	/* On a send error (no socket, journald gone) the record goes to
 	 * stderr: never nowhere. */
-	if (log_state.journal && journal_audit(rec, message) >= 0)
-		return;
-	snprintf(line, sizeof(line), "%s: event=%s", priority_name(rec->priority),
-		 rec->event);
-	append_field(line, sizeof(line), "source", rec->source);
-	append_field(line, sizeof(line), "dest", rec->dest);
-	append_field(line, sizeof(line), "sop_instance_uid", rec->sop_instance_uid);
-	append_field(line, sizeof(line), "reason", rec->reason);
-	append_field(line, sizeof(line), "profile", rec->profile);
-	append_field(line, sizeof(line), "table_sha256", rec->table_sha256);
-	append_field(line, sizeof(line), "source_sha256", rec->source_sha256);
-	append_field(line, sizeof(line), "source_owner", rec->source_owner);
-	append_field(line, sizeof(line), "disposal", rec->disposal);
-	append_field(line, sizeof(line), "recovered", rec->recovered ? "1" : NULL);
-	append_field(line, sizeof(line), "destination", rec->destination);
-	append_field(line, sizeof(line), "peer_status", rec->peer_status);
+	if (log_state.journal) {
+		audit_message(message, sizeof(message), rec);
+		if (journal_audit(rec, message) >= 0)
+			return;
+	}
+	used = put(line, sizeof(line), 0, priority_name(rec->priority));
+	used = put(line, sizeof(line), used, ": event=");
+	used = put(line, sizeof(line), used, rec->event);
+#define FIELD(key, val) used = append_field(line, sizeof(line), used, key, val)
+	FIELD("source", rec->source);
+	FIELD("dest", rec->dest);
+	FIELD("sop_instance_uid", rec->sop_instance_uid);
+	FIELD("reason", rec->reason);
+	FIELD("profile", rec->profile);
+	FIELD("table_sha256", rec->table_sha256);
+	FIELD("source_sha256", rec->source_sha256);
+	FIELD("source_owner", rec->source_owner);
+	FIELD("disposal", rec->disposal);
+	FIELD("recovered", rec->recovered ? "1" : NULL);
+	FIELD("destination", rec->destination);
+	FIELD("peer_status", rec->peer_status);
+#undef FIELD
 	stderr_line(line);
 }

@@ -63,6 +63,15 @@ enum fsutil_dirs_sync {
 					   commit) */
 };
 
+/**
+ * The folder at relpath under rootfd when it and every folder above it
+ * exist, opened in one call; -1 otherwise (nothing made, errno set). It
+ * refuses what fsutil_mkdirs_at() refuses (a symlink anywhere, "." and
+ * ".."), and a failure says only "walk instead": fsutil_mkdirs_sync_at()
+ * tries it first where it has no folder to fsync.
+ */
+int fsutil_open_existing_at(int rootfd, const char *relpath);
+
 /** fsutil_mkdirs_at() with the durability of the folders chosen. */
 int fsutil_mkdirs_sync_at(int rootfd, const char *relpath,
 			  enum fsutil_dirs_sync how, struct error *err);

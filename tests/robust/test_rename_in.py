@@ -273,3 +273,46 @@ def test_copied_not_renamed(daemon, tmp_path, why):
         for it in items:
             assert (keep / it.name).read_bytes() == it.data
             assert os.stat(keep / it.name).st_nlink == 1
+
+
+@pytest.mark.parametrize("change,rename_unchanged", [
+    ("series renamed", True), ("patient renamed", True),
+    ("series removed", True), ("series renamed", False)])
+def test_output_folder_changed_between_two_files(daemon, change,
+                                                 rename_unchanged):
+    """One worker stores two files of one series; between them the
+    series folder (or the patient's above it) is renamed away or removed,
+    as an admin tidying the output would. The second file lands at its
+    own path, made again - never in the renamed folder by a descriptor
+    kept from the first file (PROFILE §17: the folder is looked up
+    afresh per file)."""
+    d = daemon(workers=1, rename_unchanged=rename_unchanged)
+    first = make_items(1, prefix="first")
+    write_items(d.input, first)
+    d.wait_stored(1)
+    d.wait_input_empty()
+    rel = field(d.events("stored")[0], "dest")
+    series = d.output / os.path.dirname(rel)
+    assert (d.output / rel).is_file()
+    if change == "series renamed":
+        moved = series.with_name(series.name + ".old")
+        series.rename(moved)
+    elif change == "patient renamed":
+        patient = d.output / pathlib.Path(rel).parts[0]
+        moved = patient.with_name(patient.name + ".old")
+        patient.rename(moved)
+    else:
+        moved = None
+        (d.output / rel).unlink()
+        series.rmdir()
+    second = make_items(1, prefix="second")
+    write_items(d.input, second)
+    d.wait_stored(2)
+    d.wait_input_empty()
+    rel2 = field(d.events("stored")[1], "dest")
+    assert os.path.dirname(rel2) == os.path.dirname(rel), rel2
+    assert (d.output / rel2).read_bytes() == second[0].data
+    if moved is not None:
+        assert [p.name for p in files_below(moved)] == [first[0].name]
+    assert not d.events("quarantined")
+    assert d.stop()[0] == 0

@@ -990,6 +990,85 @@ static void string_helpers_write_what_snprintf_writes(void **state)
 	}
 }
 
+/*
+ * A path whose folders all exist is opened in one call (openat2) rather
+ * than walked; it must refuse what the walk refuses - a symlink at any
+ * depth, "." and ".." - and look the path up afresh each time: a folder
+ * renamed or removed after one file never takes the next.
+ */
+static void mkdirs_existing_path_is_looked_up_afresh(void **state)
+{
+	static const enum fsutil_dirs_sync modes[] = {
+		FSUTIL_DIRS_SYNC_NEW, FSUTIL_DIRS_SYNC_PATH, FSUTIL_DIRS_DEFER };
+	struct error err = ERROR_INIT;
+	int rootfd = fsutil_open_dir(root, false, &err);
+	char from[PATH_MAX], to[PATH_MAX];
+	struct stat first, again, moved;
+	int fd;
+
+	(void)state;
+	assert_true(rootfd >= 0);
+	assert_int_equal(mkdirat(rootfd, "elsewhere", 0755), 0);
+	assert_int_equal(mkdirat(rootfd, "elsewhere/c", 0755), 0);
+	assert_int_equal(mkdirat(rootfd, "p", 0755), 0);
+	assert_int_equal(symlinkat("../elsewhere", rootfd, "p/mid"), 0);
+	assert_int_equal(symlinkat("elsewhere/c", rootfd, "last"), 0);
+	for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
+		/* A symlink in the middle or at the end of an existing path. */
+		assert_int_equal(fsutil_mkdirs_sync_at(rootfd, "p/mid/c",
+						       modes[i], &err), -1);
+		assert_int_equal(err.kind, ERROR_INPUT);
+		assert_int_equal(fsutil_mkdirs_sync_at(rootfd, "last", modes[i],
+						       &err), -1);
+		assert_int_equal(err.kind, ERROR_INPUT);
+		/* "." and ".." even where the path exists and stays inside. */
+		assert_int_equal(fsutil_mkdirs_sync_at(rootfd, "elsewhere/./c",
+						       modes[i], &err), -1);
+		assert_int_equal(err.kind, ERROR_INPUT);
+		assert_int_equal(fsutil_mkdirs_sync_at(rootfd,
+						       "p/../elsewhere/c",
+						       modes[i], &err), -1);
+		assert_int_equal(err.kind, ERROR_INPUT);
+		/* Names that merely start with dots are folders like others. */
+		fd = fsutil_mkdirs_sync_at(rootfd, ".a/..b/...", modes[i], &err);
+		assert_true(fd >= 0);
+		close(fd);
+		fd = fsutil_mkdirs_sync_at(rootfd, "/.a//..b/.../", modes[i],
+					   &err);
+		assert_true(fd >= 0);
+		close(fd);
+	}
+	/* Found, renamed away, asked for again: a new folder at the path. */
+	fd = fsutil_mkdirs_at(rootfd, "P1/D/S", &err);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &first), 0);
+	close(fd);
+	fd = fsutil_mkdirs_sync_at(rootfd, "P1/D/S", FSUTIL_DIRS_DEFER, &err);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &again), 0);
+	close(fd);
+	assert_int_equal(again.st_ino, first.st_ino);
+	snprintf(from, sizeof(from), "%s/P1/D", root);
+	snprintf(to, sizeof(to), "%s/P1/D.renamed", root);
+	assert_int_equal(rename(from, to), 0);
+	fd = fsutil_mkdirs_sync_at(rootfd, "P1/D/S", FSUTIL_DIRS_DEFER, &err);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &again), 0);
+	close(fd);
+	assert_int_equal(fstatat(rootfd, "P1/D.renamed/S", &moved, 0), 0);
+	assert_int_equal(moved.st_ino, first.st_ino);
+	assert_true(again.st_ino != first.st_ino);
+	/* Removed: made again. */
+	snprintf(from, sizeof(from), "%s/P1/D/S", root);
+	assert_int_equal(rmdir(from), 0);
+	fd = fsutil_mkdirs_sync_at(rootfd, "P1/D/S", FSUTIL_DIRS_DEFER, &err);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &moved), 0);
+	assert_true(moved.st_nlink > 0);
+	close(fd);
+	close(rootfd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1005,6 +1084,9 @@ int main(void)
 						make_root, drop_root),
 		cmocka_unit_test_setup_teardown(
 			mkdirs_sync_modes_make_the_same_folders,
+			make_root, drop_root),
+		cmocka_unit_test_setup_teardown(
+			mkdirs_existing_path_is_looked_up_afresh,
 			make_root, drop_root),
 		cmocka_unit_test_setup_teardown(publish_never_overwrites,
 						make_root, drop_root),
